@@ -1,0 +1,3 @@
+//! The tmem administration CLI.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Guest-side tmem library: frontend connection and the lazy-init pool map.

@@ -1,0 +1,3 @@
+//! Simulated tmem guest, workload and load generator.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Local transport: Unix socket handshake passing a sealed memfd and eventfds.

@@ -1,0 +1,1 @@
+//! Both ends of the tmem shared ring over a shared-memory trait.

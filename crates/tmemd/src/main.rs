@@ -1,0 +1,3 @@
+//! The tmemd daemon.
+
+fn main() {}
