@@ -1,0 +1,243 @@
+//! The backend (daemon) end of the ring: consumes requests, produces responses.
+
+use crate::{Index, Layout, RingError, RingMem, SharedMem, PAGE_SIZE};
+use std::collections::HashSet;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, Ordering};
+use tmem_abi::{Page, PageSink, PageSource, Refusal, Request, RequestEntry, ResponseEntry};
+
+/// One request taken off the ring: its id and the result of validating the copy.
+///
+/// Every `Incoming` must be answered with [`BackendRing::push_response`], a refused one with
+/// `refusal.status()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incoming {
+    pub id: u64,
+    pub req: Result<Request, Refusal>,
+}
+
+/// The daemon's end of one guest's ring.
+///
+/// Invariants: `rsp_prod_pvt <= req_cons` (free-running, wrapping), and the ids in `in_flight`
+/// are exactly the `req_cons - rsp_prod_pvt` requests consumed but not yet answered, so
+/// `in_flight.len() <= ring entries` whatever the guest does.
+#[derive(Debug)]
+pub struct BackendRing<M: SharedMem> {
+    ring: RingMem<M>,
+    req_cons: u32,
+    rsp_prod_pvt: u32,
+    rsp_published: u32,
+    in_flight: HashSet<u64>,
+    broken: Option<RingError>,
+}
+
+impl<M: SharedMem> BackendRing<M> {
+    /// Attach to a ring the frontend has initialised (indices start at zero). Checks that the
+    /// memory is large enough and aligned for `layout`; reads nothing from the header.
+    pub fn new(mem: M, layout: Layout) -> Result<Self, RingError> {
+        let ring = RingMem::new(mem, layout)?;
+        let entries = ring.entries() as usize;
+        Ok(BackendRing {
+            ring,
+            req_cons: 0,
+            rsp_prod_pvt: 0,
+            rsp_published: 0,
+            in_flight: HashSet::with_capacity(entries),
+            broken: None,
+        })
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.ring.layout()
+    }
+
+    /// Number of ring entries.
+    pub fn entries(&self) -> u32 {
+        self.ring.entries()
+    }
+
+    /// The shared memory.
+    pub fn mem(&self) -> &M {
+        self.ring.mem()
+    }
+
+    /// The protocol violation that broke this ring, if any. A broken ring consumes nothing more.
+    pub fn broken(&self) -> Option<&RingError> {
+        self.broken.as_ref()
+    }
+
+    /// Requests consumed and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Cheap check whether the guest has produced requests we have not consumed.
+    pub fn has_requests(&self) -> bool {
+        self.broken.is_none()
+            && self.ring.index(Index::ReqProd).load(Ordering::Acquire) != self.req_cons
+    }
+
+    /// Read `req_prod` once, check it, and copy out up to `max` requests, each validated with
+    /// [`tmem_abi::parse_request`]. Appends to `out`.
+    ///
+    /// An error is a ring protocol violation (the guest should be disconnected); requests
+    /// appended before it are still valid and in flight. The ring stays broken afterwards.
+    pub fn next_batch(&mut self, max: usize, out: &mut Vec<Incoming>) -> Result<(), RingError> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        let size = self.ring.entries();
+        let req_prod = self.ring.index(Index::ReqProd).load(Ordering::Acquire);
+        // Entries between our response producer and the guest's request producer are the
+        // guest's requests plus the slots of requests we still own; together at most a ring.
+        let ahead = req_prod.wrapping_sub(self.rsp_prod_pvt);
+        let owned = self.req_cons.wrapping_sub(self.rsp_prod_pvt);
+        if ahead > size || ahead < owned {
+            let e = RingError::Overflow {
+                req_prod,
+                ahead,
+                size,
+            };
+            self.broken = Some(e.clone());
+            return Err(e);
+        }
+        let avail = ahead - owned; // no underflow: checked above
+        let n = (avail as usize).min(max);
+        let data_slots = self.ring.layout().data_slots;
+        for _ in 0..n {
+            let bytes = self.ring.read_entry(self.req_cons);
+            let entry = RequestEntry::from_bytes(&bytes);
+            if !self.in_flight.insert(entry.id) {
+                let e = RingError::DuplicateId(entry.id);
+                self.broken = Some(e.clone());
+                return Err(e);
+            }
+            self.req_cons = self.req_cons.wrapping_add(1);
+            out.push(Incoming {
+                id: entry.id,
+                req: tmem_abi::parse_request(&entry, data_slots),
+            });
+        }
+        Ok(())
+    }
+
+    /// Answer the consumed request `id` (responses may come in any order). Written to shared
+    /// memory at once, visible to the guest after [`BackendRing::publish`].
+    pub fn push_response(&mut self, id: u64, status: i32, flags: u32) -> Result<(), RingError> {
+        if !self.in_flight.remove(&id) {
+            return Err(RingError::NotInFlight(id));
+        }
+        // There is a consumed request per in-flight id, so rsp_prod_pvt < req_cons: the slot
+        // we write belongs to a request we have already copied out.
+        let rsp = ResponseEntry { id, status, flags };
+        self.ring.write_entry(self.rsp_prod_pvt, &rsp.to_bytes());
+        self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Publish pushed responses (release). True if the guest asked to be notified, by the
+    /// `rsp_event` rule of `io/ring.h`.
+    pub fn publish(&mut self) -> bool {
+        let old = self.rsp_published;
+        let new = self.rsp_prod_pvt;
+        if old == new {
+            return false;
+        }
+        self.ring
+            .index(Index::RspProd)
+            .store(new, Ordering::Release);
+        self.rsp_published = new;
+        fence(Ordering::SeqCst);
+        let event = self.ring.index(Index::RspEvent).load(Ordering::Relaxed);
+        new.wrapping_sub(event) < new.wrapping_sub(old)
+    }
+
+    /// Ask to be notified of the next request, then check again. True means requests
+    /// arrived meanwhile: do not sleep.
+    pub fn prepare_to_sleep(&mut self) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        self.ring
+            .index(Index::ReqEvent)
+            .store(self.req_cons.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.has_requests()
+    }
+
+    /// The data of a `PUT` from data slot `slot`. A slot outside the data area (which
+    /// `parse_request` already refuses) reads as zeroes.
+    pub fn slot_source(&self, slot: u32) -> SlotSource<'_> {
+        SlotSource {
+            ptr: self.ring.slot_ptr(slot).and_then(NonNull::new),
+            _ring: PhantomData,
+        }
+    }
+
+    /// The destination of a `GET` into data slot `slot`. Writes to a slot outside the data
+    /// area are dropped.
+    pub fn slot_sink(&mut self, slot: u32) -> SlotSink<'_> {
+        SlotSink {
+            ptr: self.ring.slot_ptr(slot).and_then(NonNull::new),
+            _ring: PhantomData,
+        }
+    }
+}
+
+/// Reads one data slot of a [`BackendRing`] (a [`PageSource`]).
+#[derive(Debug)]
+pub struct SlotSource<'a> {
+    ptr: Option<NonNull<u8>>,
+    _ring: PhantomData<&'a ()>,
+}
+
+impl SlotSource<'_> {
+    /// False if the slot was outside the data area.
+    pub fn is_valid(&self) -> bool {
+        self.ptr.is_some()
+    }
+}
+
+impl PageSource for SlotSource<'_> {
+    fn read_page(&self, dst: &mut Page) {
+        match self.ptr {
+            // SAFETY: `p` is a bounds-checked data slot (4096 bytes) of shared memory kept
+            // mapped by the ring borrowed for 'a; `dst` is private and cannot overlap it.
+            Some(p) => unsafe {
+                std::ptr::copy_nonoverlapping(p.as_ptr(), dst.as_mut_ptr(), PAGE_SIZE)
+            },
+            None => dst.fill(0),
+        }
+    }
+}
+
+/// Writes one data slot of a [`BackendRing`] (a [`PageSink`]).
+#[derive(Debug)]
+pub struct SlotSink<'a> {
+    ptr: Option<NonNull<u8>>,
+    _ring: PhantomData<&'a mut ()>,
+}
+
+impl SlotSink<'_> {
+    /// False if the slot was outside the data area.
+    pub fn is_valid(&self) -> bool {
+        self.ptr.is_some()
+    }
+}
+
+impl PageSink for SlotSink<'_> {
+    fn write_page(&mut self, src: &Page) {
+        if let Some(p) = self.ptr {
+            // SAFETY: `p` is a bounds-checked data slot (4096 bytes) of shared memory kept
+            // mapped by the ring borrowed for 'a; `src` is private memory.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p.as_ptr(), PAGE_SIZE) }
+        }
+    }
+    fn write_zero_page(&mut self) {
+        if let Some(p) = self.ptr {
+            // SAFETY: as in write_page.
+            unsafe { std::ptr::write_bytes(p.as_ptr(), 0, PAGE_SIZE) }
+        }
+    }
+}
