@@ -19,15 +19,8 @@ impl<M: SharedMem> FrontendRing<M> {
     /// Take `mem` as a fresh ring: zero the header and the entries, set both event
     /// thresholds to 1 (notify on the first request / response).
     pub fn init(mem: M, layout: Layout) -> Result<Self, RingError> {
+        crate::init_shared_ring(&mem, layout)?;
         let ring = RingMem::new(mem, layout)?;
-        let ring_bytes = layout.ring_bytes().unwrap_or(0);
-        // SAFETY: `RingMem::new` checked the area holds `ring_pages` pages; nobody is using
-        // the ring yet, and the bytes are written, not referenced.
-        unsafe { std::ptr::write_bytes(ring.mem().base(), 0, ring_bytes) };
-        ring.index(Index::ReqProd).store(0, Ordering::Relaxed);
-        ring.index(Index::RspProd).store(0, Ordering::Relaxed);
-        ring.index(Index::ReqEvent).store(1, Ordering::Relaxed);
-        ring.index(Index::RspEvent).store(1, Ordering::Release);
         Ok(FrontendRing {
             ring,
             req_prod_pvt: 0,

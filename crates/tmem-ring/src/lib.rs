@@ -10,7 +10,7 @@
 //! the peer did. Header indices are accessed as atomics in place; entries and data slots are
 //! copied with volatile or `copy_nonoverlapping` accesses into private buffers.
 
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod backend;
 pub mod frontend;
@@ -124,6 +124,33 @@ pub enum RingError {
     Full,
     #[error("backend response index {rsp_prod} is beyond the {produced} requests produced")]
     BadResponseIndex { rsp_prod: u32, produced: u32 },
+}
+
+/// Write a fresh ring header into `mem` as a frontend must before the backend attaches:
+/// header and entries zeroed, both event thresholds 1 (notify on the first request and on the
+/// first response). Data slots are left alone.
+pub fn init_shared_ring<M: SharedMem>(mem: &M, layout: Layout) -> Result<(), RingError> {
+    // Validate the geometry with a borrowed view.
+    let ring = RingMem::new(mem, layout)?;
+    let ring_bytes = layout.ring_bytes().unwrap_or(0);
+    // SAFETY: `RingMem::new` checked the area holds `ring_pages` pages (`ring_bytes`); the
+    // bytes are written through a raw pointer, never referenced.
+    unsafe { std::ptr::write_bytes(mem.base(), 0, ring_bytes) };
+    ring.index(Index::ReqProd).store(0, Ordering::Relaxed);
+    ring.index(Index::RspProd).store(0, Ordering::Relaxed);
+    ring.index(Index::ReqEvent).store(1, Ordering::Relaxed);
+    ring.index(Index::RspEvent).store(1, Ordering::Release);
+    Ok(())
+}
+
+// SAFETY: forwards to the referenced implementor, which outlives the reference.
+unsafe impl<M: SharedMem> SharedMem for &M {
+    fn base(&self) -> *mut u8 {
+        (**self).base()
+    }
+    fn len(&self) -> usize {
+        (**self).len()
+    }
 }
 
 /// The ring and data area of one connection, with validated geometry. Private: all access
