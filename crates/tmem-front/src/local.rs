@@ -1,0 +1,314 @@
+//! The local transport: tmem-local's socket handshake plus a tmem-ring frontend ring.
+
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tmem_abi::{cmd, status, ResponseEntry};
+use tmem_local::ConnectParams;
+use tmem_ring::{FrontendRing, Layout, PollPolicy, SharedMem};
+
+use crate::transport::{Call, Connection, Payload, Reply, Transport};
+use crate::FrontError;
+
+/// Bits of a request id that name its in-flight tag (the rest is a sequence number).
+const TAG_BITS: u32 = 20;
+const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+
+/// How long one sleep on the notify eventfd lasts before the socket is checked again.
+const SLEEP_SLICE: Duration = Duration::from_millis(20);
+
+/// Reach tmemd over its Unix socket.
+#[derive(Debug, Clone)]
+pub struct LocalTransport {
+    pub path: PathBuf,
+    pub domid: u32,
+    /// Domain instance: persistent pools are reattached by `(instance, uuid)`.
+    pub instance: u64,
+    pub name: String,
+    pub layout: Layout,
+    /// Most requests in flight (also bounded by ring entries and data slots). 1: synchronous.
+    pub window: usize,
+    /// Spin before sleeping on the notify eventfd.
+    pub poll: PollPolicy,
+    /// A call with no progress for this long means the backend is dead.
+    pub call_timeout: Duration,
+    /// How long the handshake may take.
+    pub connect_timeout: Duration,
+}
+
+impl LocalTransport {
+    /// Defaults: 4 ring pages (128 entries), 128 data slots, window 128, the ring's default
+    /// poll policy, 5 s call timeout.
+    pub fn new(path: impl Into<PathBuf>, domid: u32, instance: u64, name: &str) -> Self {
+        LocalTransport {
+            path: path.into(),
+            domid,
+            instance,
+            name: name.to_owned(),
+            layout: Layout {
+                ring_pages: 4,
+                data_slots: 128,
+            },
+            window: 128,
+            poll: PollPolicy::default(),
+            call_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Transport for LocalTransport {
+    fn connect(&mut self) -> Result<Box<dyn Connection>, FrontError> {
+        let p = ConnectParams {
+            domid: self.domid,
+            instance: self.instance,
+            name: self.name.clone(),
+            layout: self.layout,
+        };
+        let c = tmem_local::connect_with_timeout(&self.path, &p, self.connect_timeout).map_err(
+            |e| FrontError::Connect {
+                what: format!("{}", self.path.display()),
+                source: Some(Box::new(e)),
+            },
+        )?;
+        c.stream
+            .set_nonblocking(true)
+            .map_err(|e| FrontError::Disconnected(format!("socket: {e}")))?;
+        let ring = FrontendRing::init(c.mem, c.layout)
+            .map_err(|e| FrontError::Disconnected(format!("ring: {e}")))?;
+        let conn = RingConnection::new(
+            ring,
+            c.kick,
+            c.notify,
+            c.stream,
+            c.client_id,
+            self.window,
+            self.poll,
+            self.call_timeout,
+        );
+        Ok(Box::new(conn))
+    }
+
+    fn describe(&self) -> String {
+        format!("local:{}", self.path.display())
+    }
+}
+
+/// One live connection over a frontend ring, a kick and a notify eventfd, and a stream socket
+/// whose EOF means the backend is gone. The local transport builds one from its handshake;
+/// tests build one over `HeapMem` and a socket pair.
+#[derive(Debug)]
+pub struct RingConnection<M: SharedMem> {
+    ring: FrontendRing<M>,
+    kick: OwnedFd,
+    notify: OwnedFd,
+    stream: UnixStream,
+    client_id: u32,
+    cap: usize,
+    seq: u64,
+    /// tag -> (index of the call in the current batch, full request id)
+    inflight: Vec<Option<(usize, u64)>>,
+    free: Vec<u32>,
+    poll: PollPolicy,
+    timeout: Duration,
+}
+
+impl<M: SharedMem> RingConnection<M> {
+    /// `stream` must be non-blocking. `window` is capped by ring entries and data slots.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ring: FrontendRing<M>,
+        kick: OwnedFd,
+        notify: OwnedFd,
+        stream: UnixStream,
+        client_id: u32,
+        window: usize,
+        poll: PollPolicy,
+        timeout: Duration,
+    ) -> RingConnection<M> {
+        let layout = ring.layout();
+        let cap = window
+            .max(1)
+            .min(ring.entries() as usize)
+            .min(layout.data_slots.max(1) as usize)
+            .min(TAG_MASK as usize);
+        RingConnection {
+            ring,
+            kick,
+            notify,
+            stream,
+            client_id,
+            cap,
+            seq: 0,
+            inflight: vec![None; cap],
+            free: (0..cap as u32).rev().collect(),
+            poll,
+            timeout,
+        }
+    }
+
+    /// Non-blocking look at the socket: `Err` if the daemon closed it (or wrote garbage).
+    fn check_socket(&self) -> Result<(), FrontError> {
+        let mut b = [0u8; 1];
+        match (&self.stream).read(&mut b) {
+            Ok(0) => Err(FrontError::Disconnected("tmemd closed the socket".into())),
+            Ok(_) => Err(FrontError::Disconnected(
+                "tmemd sent unexpected bytes on the socket".into(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(FrontError::Disconnected(format!("socket: {e}"))),
+        }
+    }
+
+    /// Consume every published response. Returns how many calls completed.
+    fn drain(&mut self, calls: &mut [Call<'_>]) -> Result<usize, FrontError> {
+        let mut n = 0;
+        loop {
+            let rsp = match self.ring.try_poll_response() {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(n),
+                Err(e) => return Err(FrontError::Disconnected(format!("ring: {e}"))),
+            };
+            self.complete(calls, rsp)?;
+            n += 1;
+        }
+    }
+
+    fn complete(&mut self, calls: &mut [Call<'_>], rsp: ResponseEntry) -> Result<(), FrontError> {
+        let tag = (rsp.id & TAG_MASK) as usize;
+        let (idx, id) = match self.inflight.get(tag).copied().flatten() {
+            Some(x) if x.1 == rsp.id => x,
+            _ => {
+                return Err(FrontError::Disconnected(format!(
+                    "tmemd answered request id {:#x}, which is not in flight",
+                    rsp.id
+                )))
+            }
+        };
+        debug_assert_eq!(id, rsp.id);
+        self.inflight[tag] = None;
+        self.free.push(tag as u32);
+        let call = &mut calls[idx];
+        if let Payload::Get(page) = &mut call.data {
+            if rsp.status == status::SUCCESS {
+                self.ring.read_slot(tag as u32, page);
+            }
+        }
+        call.reply = Some(Reply {
+            status: rsp.status,
+            flags: rsp.flags,
+        });
+        Ok(())
+    }
+
+    /// Wait for at least one response (spin, then sleep on the notify eventfd).
+    fn wait(&mut self, since: Instant) -> Result<(), FrontError> {
+        loop {
+            let ring = &self.ring;
+            if self.poll.spin_until(|| ring.has_responses()) {
+                return Ok(());
+            }
+            if self.ring.prepare_to_sleep() {
+                return Ok(());
+            }
+            let woke = tmem_local::wait_eventfd(self.notify.as_fd(), Some(SLEEP_SLICE))
+                .map_err(|e| FrontError::Disconnected(format!("notify eventfd: {e}")))?;
+            if self.ring.has_responses() {
+                return Ok(());
+            }
+            self.check_socket()?;
+            if !woke && since.elapsed() >= self.timeout {
+                return Err(FrontError::Disconnected(format!(
+                    "no answer from tmemd in {:?}",
+                    self.timeout
+                )));
+            }
+        }
+    }
+
+    fn fail(&mut self, e: FrontError) -> Result<(), FrontError> {
+        // The connection is dead: forget what was in flight.
+        for s in self.inflight.iter_mut() {
+            *s = None;
+        }
+        self.free = (0..self.cap as u32).rev().collect();
+        Err(e)
+    }
+}
+
+impl<M: SharedMem + 'static> Connection for RingConnection<M> {
+    fn call_batch(&mut self, calls: &mut [Call<'_>]) -> Result<(), FrontError> {
+        let n = calls.len();
+        let mut next = 0;
+        let mut done = 0;
+        let mut progress = Instant::now();
+        while done < n {
+            let mut pushed = false;
+            while next < n && self.ring.space() > 0 {
+                let Some(tag) = self.free.pop() else { break };
+                self.seq = self.seq.wrapping_add(1);
+                let id = (self.seq << TAG_BITS) | u64::from(tag);
+                let call = &mut calls[next];
+                let mut req = call.req;
+                req.id = id;
+                match &call.data {
+                    Payload::Put(page) => {
+                        self.ring.write_slot(tag, page);
+                        req.arg[3] = (req.arg[3] & 0xffff_ffff) | (u64::from(tag) << 32);
+                    }
+                    Payload::Get(_) => {
+                        req.arg[3] = (req.arg[3] & 0xffff_ffff) | (u64::from(tag) << 32);
+                    }
+                    Payload::None => {}
+                }
+                debug_assert!(
+                    !matches!(req.cmd, cmd::PUT_PAGE | cmd::GET_PAGE)
+                        || !matches!(call.data, Payload::None)
+                );
+                if let Err(e) = self.ring.push_request(&req) {
+                    self.free.push(tag);
+                    return self.fail(FrontError::Disconnected(format!("ring: {e}")));
+                }
+                self.inflight[tag as usize] = Some((next, id));
+                next += 1;
+                pushed = true;
+            }
+            if pushed && self.ring.publish() {
+                tmem_local::kick(self.kick.as_fd());
+            }
+            let got = match self.drain(calls) {
+                Ok(g) => g,
+                Err(e) => return self.fail(e),
+            };
+            if got > 0 {
+                done += got;
+                progress = Instant::now();
+                continue;
+            }
+            if let Err(e) = self.wait(progress) {
+                return self.fail(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn is_alive(&mut self) -> bool {
+        self.check_socket().is_ok()
+    }
+
+    fn window(&self) -> usize {
+        self.cap
+    }
+
+    fn client_id(&self) -> u64 {
+        u64::from(self.client_id)
+    }
+
+    fn goodbye(&mut self) {
+        tmem_local::goodbye(&self.stream);
+    }
+}
