@@ -293,3 +293,6 @@ impl<M: SharedMem> RingMem<M> {
         true
     }
 }
+
+#[cfg(test)]
+mod tests;
