@@ -1,0 +1,74 @@
+//! Page-data buffers: a fixed number of page frames, allocated (and pre-faulted) in chunks
+//! the first time a frame of a chunk is needed, then recycled for the life of the store.
+//!
+//! Each frame sits behind its own mutex so that data is copied in and out without holding the
+//! store's metadata lock; see the locking rules in `lib.rs`.
+
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use tmem_abi::{Page, PAGE_SIZE};
+
+/// Frames per chunk (2 MiB of page data).
+pub(crate) const CHUNK_FRAMES: usize = 512;
+
+pub(crate) struct Frames {
+    chunks: Box<[OnceLock<Box<[Mutex<Page>]>>]>,
+    nframes: u32,
+}
+
+impl std::fmt::Debug for Frames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frames")
+            .field("nframes", &self.nframes)
+            .field("chunks_allocated", &self.chunks_allocated())
+            .finish()
+    }
+}
+
+impl Frames {
+    pub(crate) fn new(nframes: u32) -> Frames {
+        let n = (nframes as usize).div_ceil(CHUNK_FRAMES);
+        Frames {
+            chunks: (0..n).map(|_| OnceLock::new()).collect(),
+            nframes,
+        }
+    }
+
+    /// Lock frame `f` (which must be `< nframes`), allocating its chunk on first use.
+    pub(crate) fn lock(&self, f: u32) -> MutexGuard<'_, Page> {
+        let f = f as usize;
+        let c = f / CHUNK_FRAMES;
+        let chunk = self.chunks[c].get_or_init(|| {
+            let len = (self.nframes as usize - c * CHUNK_FRAMES).min(CHUNK_FRAMES);
+            let mut v = Vec::with_capacity(len);
+            for _ in 0..len {
+                // Writing the zeroes faults the page in now, not on a later put.
+                v.push(Mutex::new([0u8; PAGE_SIZE]));
+            }
+            std::hint::black_box(&mut v);
+            v.into_boxed_slice()
+        });
+        chunk[f % CHUNK_FRAMES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn chunks_allocated(&self) -> usize {
+        self.chunks.iter().filter(|c| c.get().is_some()).count()
+    }
+
+    /// Bytes spent beyond the page data itself by the allocated frames (mutex words, padding).
+    pub(crate) fn overhead_bytes(&self) -> u64 {
+        let per = std::mem::size_of::<Mutex<Page>>() - PAGE_SIZE;
+        self.chunks
+            .iter()
+            .filter_map(|c| c.get())
+            .map(|c| (c.len() * per) as u64 + std::mem::size_of::<Box<[Mutex<Page>]>>() as u64)
+            .sum()
+    }
+}
+
+/// Whether a page is all zeroes (exits at the first non-zero 64-byte block).
+pub(crate) fn is_zero(p: &Page) -> bool {
+    p.chunks_exact(64)
+        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+}

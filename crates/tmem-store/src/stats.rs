@@ -1,0 +1,169 @@
+//! Statistics snapshot: everything Xen's `tmem-list` printed (global `G=`, client `C=`, pool
+//! `P=` and shared-pool `S=` records), the seed's per-client counters, and tmemd's own
+//! memory figures. Serialised as JSON on the admin control socket.
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot of the whole store, taken under the metadata lock.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreStats {
+    /// Store-wide figures (Xen's `G=` record plus memory figures).
+    pub global: GlobalStats,
+    /// One entry per client (Xen's `C=` records), each with its pools (`P=` records).
+    pub clients: Vec<ClientStats>,
+    /// One entry per shared pool (Xen's `S=` records).
+    pub shared_pools: Vec<SharedPoolStats>,
+}
+
+/// Store-wide counters and memory figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GlobalStats {
+    /// Guest operations handled (new/destroy pool, put, get, flush page, flush object) (`Tt`).
+    pub total_ops: u64,
+    /// Guest operations that returned an error (`Te`).
+    pub errored_ops: u64,
+    /// Ephemeral pages evicted (`Et`).
+    pub evictions: u64,
+    /// Eviction attempts, successful or not (`Ea`).
+    pub evict_attempts: u64,
+    /// Ephemeral pages stored now, zero pages included (`Ec`).
+    pub eph_pages: u64,
+    /// Highest `eph_pages` seen (`Em`).
+    pub eph_pages_max: u64,
+    /// Objects stored now (`Oc`).
+    pub objects: u64,
+    /// Highest `objects` seen (`Om`).
+    pub objects_max: u64,
+    /// Pages stored now, all kinds, zero pages included (`Pc`).
+    pub pages: u64,
+    /// Highest `pages` seen (`Pm`).
+    pub pages_max: u64,
+    /// Pages stored as all-zero (metadata only, no data frame).
+    pub zero_pages: u64,
+    /// Successful ephemeral puts (`Ep`).
+    pub good_eph_puts: u64,
+    /// Configured limit on page-data bytes.
+    pub mem_limit_bytes: u64,
+    /// Bytes of page data in use (frames holding a stored page, or being filled by a put).
+    pub data_bytes: u64,
+    /// Frames allocated (pre-faulted) so far; in use plus on the free list (`Fc`, in frames).
+    pub frames_allocated: u64,
+    /// Frames on the free list, ready for a put without a page fault (`Ta`).
+    pub frames_free: u64,
+    /// Ephemeral pages whose eviction would release page data now.
+    pub freeable_pages: u64,
+    /// Estimate of the bytes of metadata (index, LRU links, frame locks, objects, pools).
+    pub metadata_bytes: u64,
+    /// Whether joining a shared pool needs a per-domain authorisation.
+    pub shared_auth_required: bool,
+}
+
+/// One client (a connected or detached guest domain instance).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClientStats {
+    /// The store's id for this client.
+    pub client_id: u32,
+    /// Xen domain id (`CI`).
+    pub domid: u32,
+    /// Domain instance (distinguishes reuses of a domain id).
+    pub instance: u64,
+    /// Name given at attach.
+    pub name: String,
+    /// Whether the guest is connected now.
+    pub attached: bool,
+    /// Eviction weight (`ww`).
+    pub weight: u32,
+    /// Page cap, 0 = none (`ca`); enforced.
+    pub cap_pages: u64,
+    /// Compression requested (`co`); stored and reported only.
+    pub compress: bool,
+    /// Frozen: puts of new handles refused (`fr`).
+    pub frozen: bool,
+    /// Pages charged to this client (its private pools, ephemeral and persistent, zero pages included).
+    pub pages: u64,
+    /// Ephemeral pages in its private pools now (`Ec`).
+    pub eph_pages: u64,
+    /// Highest `eph_pages` seen (`Em`).
+    pub eph_pages_max: u64,
+    /// Successful ephemeral gets (`Ge`).
+    pub succ_eph_gets: u64,
+    /// Successful persistent puts (`Pp`).
+    pub pers_puts: u64,
+    /// Successful persistent gets (`Gp`).
+    pub pers_gets: u64,
+    /// Gets that returned data (seed `succ_gets`).
+    pub succ_gets: u64,
+    /// Gets that missed or failed (seed `failed_gets`).
+    pub failed_gets: u64,
+    /// Successful puts (seed `puts`).
+    pub puts: u64,
+    /// Page and object flushes (seed `invalidates`).
+    pub invalidates: u64,
+    /// This client's pools (`P=` records), by pool id.
+    pub pools: Vec<PoolStats>,
+}
+
+/// One pool as seen from one client.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolStats {
+    /// Pool id within the client (`PI`).
+    pub pool_id: u32,
+    /// Xen's two-letter type: `EP`, `ES` or `PP` (`PT`).
+    pub kind: String,
+    /// Pool uuid (`U0`, `U1`).
+    pub uuid: [u64; 2],
+    /// False for a persistent pool kept across a detach and not yet re-created by the guest.
+    pub adopted: bool,
+    /// The pool's counters (shared pools: the same counters for every sharer).
+    pub counters: PoolCounters,
+}
+
+/// Per-pool counters (the long part of Xen's `P=` record).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolCounters {
+    /// Pages now (`Pc`).
+    pub pages: u64,
+    /// Highest `pages` seen (`Pm`).
+    pub pages_max: u64,
+    /// Objects now (`Oc`).
+    pub objects: u64,
+    /// Highest `objects` seen (`Om`).
+    pub objects_max: u64,
+    /// Successful puts (`ps`).
+    pub good_puts: u64,
+    /// All puts (`pt`).
+    pub total_puts: u64,
+    /// Duplicate puts that failed and flushed the old copy (`pd`).
+    pub dup_puts_flushed: u64,
+    /// Duplicate puts that replaced the data (`pr`).
+    pub dup_puts_replaced: u64,
+    /// Puts refused for lack of memory (`px`).
+    pub no_mem_puts: u64,
+    /// Gets that found the page (`gs`).
+    pub found_gets: u64,
+    /// All gets (`gt`).
+    pub total_gets: u64,
+    /// Page flushes that found the page (`fs`).
+    pub found_flushes: u64,
+    /// All page flushes (`ft`).
+    pub total_flushes: u64,
+    /// Object flushes that found the object (`os`).
+    pub found_obj_flushes: u64,
+    /// All object flushes (`ot`).
+    pub total_obj_flushes: u64,
+}
+
+/// One shared pool (Xen's `S=` record).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SharedPoolStats {
+    /// Pool uuid (`U0`, `U1`).
+    pub uuid: [u64; 2],
+    /// Xen's two-letter type, always `ES` (`PT`).
+    pub kind: String,
+    /// Domain ids of the sharers (`SC`).
+    pub sharers: Vec<u32>,
+    /// Eviction weight of the pool's own account.
+    pub weight: u32,
+    /// The pool's counters.
+    pub counters: PoolCounters,
+}

@@ -1,0 +1,513 @@
+//! Unit tests, one or more per rule of the store's contract.
+
+use super::*;
+
+const EP: PoolKind = PoolKind::PrivateEphemeral;
+const ES: PoolKind = PoolKind::SharedEphemeral;
+const PP: PoolKind = PoolKind::PrivatePersistent;
+const U1: [u64; 2] = [0x1111, 0x2222];
+const U2: [u64; 2] = [0x3333, 0x4444];
+
+fn page(seed: u64) -> Page {
+    let mut p = [0u8; PAGE_SIZE];
+    for (i, c) in p.chunks_exact_mut(8).enumerate() {
+        c.copy_from_slice(&(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64 | 1).to_le_bytes());
+    }
+    p
+}
+
+fn key(o: u64, i: u32) -> PageKey {
+    PageKey {
+        oid: Oid([o, 0, 0]),
+        index: i,
+    }
+}
+
+fn store_pages(pages: u64) -> Store {
+    Store::new(StoreConfig {
+        mem_limit_bytes: pages * PAGE_SIZE as u64,
+        ..StoreConfig::default()
+    })
+}
+
+fn client(s: &Store, domid: u32) -> ClientId {
+    s.attach_client(domid, 1, "guest").unwrap().0
+}
+
+fn get(s: &Store, c: ClientId, p: u32, k: PageKey) -> Result<Option<Page>, TmemError> {
+    let mut d = [0xAAu8; PAGE_SIZE];
+    Ok(s.get(c, p, k, &mut d)?.then_some(d))
+}
+
+#[test]
+fn private_ephemeral_get_is_exclusive() {
+    let s = store_pages(16);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, [0, 0], EP).unwrap();
+    s.put(c, p, key(1, 0), &page(1)).unwrap();
+    s.put(c, p, key(1, 1), &page(2)).unwrap();
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(page(1))));
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(None));
+    assert_eq!(get(&s, c, p, key(1, 1)), Ok(Some(page(2))));
+    assert_eq!(get(&s, c, p, key(1, 1)), Err(TmemError::Empty));
+    assert_eq!(s.stats().global.data_bytes, 0);
+}
+
+#[test]
+fn persistent_and_shared_gets_are_not_exclusive() {
+    let s = store_pages(16);
+    s.set_shared_auth_required(false);
+    let c = client(&s, 1);
+    let (pp, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    let (sp, _) = s.new_pool(c, U1, ES).unwrap();
+    for p in [pp, sp] {
+        s.put(c, p, key(7, 3), &page(9)).unwrap();
+        for _ in 0..3 {
+            assert_eq!(get(&s, c, p, key(7, 3)), Ok(Some(page(9))));
+        }
+    }
+}
+
+#[test]
+fn get_on_empty_pool_is_empty_and_miss_is_false() {
+    let s = store_pages(16);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    assert_eq!(get(&s, c, p, key(1, 0)), Err(TmemError::Empty));
+    s.put(c, p, key(1, 0), &page(1)).unwrap();
+    assert_eq!(get(&s, c, p, key(1, 1)), Ok(None));
+    assert_eq!(get(&s, c, p, key(2, 0)), Ok(None));
+}
+
+#[test]
+fn unknown_pool_ids_are_no_such_pool() {
+    let s = store_pages(16);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    assert_eq!(p, 0);
+    for bad in [1, 15, 16, 63, 64, u32::MAX, 0x8000_0000] {
+        assert_eq!(s.put(c, bad, key(1, 0), &page(1)), Err(TmemError::NoSuchPool));
+        assert_eq!(get(&s, c, bad, key(1, 0)), Err(TmemError::NoSuchPool));
+        assert_eq!(s.flush_page(c, bad, key(1, 0)), Err(TmemError::NoSuchPool));
+        assert_eq!(s.flush_object(c, bad, Oid([1, 0, 0])), Err(TmemError::NoSuchPool));
+        assert_eq!(s.destroy_pool(c, bad), Ok(false));
+    }
+    assert_eq!(s.destroy_pool(c, p), Ok(true));
+    assert_eq!(s.destroy_pool(c, p), Ok(false));
+    assert_eq!(s.put(c, p, key(1, 0), &page(1)), Err(TmemError::NoSuchPool));
+    assert_eq!(s.put(ClientId(999), 0, key(1, 0), &page(1)), Err(TmemError::NoDevice));
+}
+
+#[test]
+fn pool_ids_are_lowest_free_and_limited() {
+    let s = Store::new(StoreConfig {
+        max_pools_per_client: 3,
+        mem_limit_bytes: 1 << 20,
+        ..StoreConfig::default()
+    });
+    let c = client(&s, 1);
+    assert_eq!(s.new_pool(c, [0, 0], EP), Ok((0, false)));
+    assert_eq!(s.new_pool(c, [0, 0], PP), Ok((1, false)));
+    assert_eq!(s.new_pool(c, [0, 0], EP), Ok((2, false)));
+    assert_eq!(s.new_pool(c, [0, 0], EP), Err(TmemError::NotPermitted));
+    assert_eq!(s.destroy_pool(c, 1), Ok(true));
+    assert_eq!(s.new_pool(c, [0, 0], EP), Ok((1, false)));
+}
+
+#[test]
+fn duplicate_put_replaces() {
+    let s = store_pages(16);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    s.put(c, p, key(1, 0), &page(1)).unwrap();
+    s.put(c, p, key(1, 0), &page(2)).unwrap();
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(page(2))));
+    let st = s.stats();
+    assert_eq!(st.global.pages, 1);
+    assert_eq!(st.clients[0].pools[0].counters.dup_puts_replaced, 1);
+}
+
+#[test]
+fn duplicate_put_that_cannot_be_stored_flushes_old_copy() {
+    // One frame, held by a persistent page; the other key is a zero page. Re-putting the zero
+    // page with data needs a frame that does not exist: the old copy must go.
+    let s = store_pages(1);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    s.put(c, p, key(1, 0), &page(1)).unwrap();
+    s.put(c, p, key(1, 1), &[0u8; PAGE_SIZE]).unwrap();
+    assert_eq!(s.put(c, p, key(1, 1), &page(2)), Err(TmemError::DupPutFlushed));
+    assert_eq!(get(&s, c, p, key(1, 1)), Ok(None));
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(page(1))));
+    assert_eq!(s.stats().clients[0].pools[0].counters.dup_puts_flushed, 1);
+}
+
+#[test]
+fn frozen_client_rules() {
+    let s = store_pages(16);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    s.put(c, p, key(1, 0), &page(1)).unwrap();
+    s.put(c, p, key(1, 1), &page(1)).unwrap();
+    s.set_frozen(c, true).unwrap();
+    assert_eq!(s.put(c, p, key(2, 0), &page(2)), Err(TmemError::Frozen));
+    assert_eq!(get(&s, c, p, key(2, 0)), Ok(None));
+    // Duplicate puts, gets and flushes work (flushes return Ok: a documented departure).
+    assert_eq!(s.put(c, p, key(1, 0), &page(3)), Ok(()));
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(page(3))));
+    assert_eq!(s.flush_page(c, p, key(1, 0)), Ok(()));
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(None));
+    assert_eq!(s.flush_object(c, p, Oid([1, 0, 0])), Ok(()));
+    assert_eq!(get(&s, c, p, key(1, 1)), Err(TmemError::Empty));
+    s.set_frozen(c, false).unwrap();
+    assert_eq!(s.put(c, p, key(2, 0), &page(2)), Ok(()));
+}
+
+#[test]
+fn zero_pages_store_no_data_but_count() {
+    let s = store_pages(4);
+    let c = client(&s, 1);
+    s.set_cap_pages(c, 3).unwrap();
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    let z = [0u8; PAGE_SIZE];
+    s.put(c, p, key(1, 0), &z).unwrap();
+    s.put(c, p, key(1, 1), &z).unwrap();
+    let st = s.stats();
+    assert_eq!(st.global.data_bytes, 0);
+    assert_eq!(st.global.zero_pages, 2);
+    assert_eq!(st.clients[0].pages, 2);
+    let mut d = [0xFFu8; PAGE_SIZE];
+    assert_eq!(s.get(c, p, key(1, 0), &mut d), Ok(true));
+    assert_eq!(d, z);
+    s.put(c, p, key(1, 2), &z).unwrap();
+    assert_eq!(s.put(c, p, key(1, 3), &z), Err(TmemError::OverCap));
+    // A data page over a zero page takes a frame; zero over data gives it back.
+    s.put(c, p, key(1, 0), &page(5)).unwrap();
+    assert_eq!(s.stats().global.data_bytes, PAGE_SIZE as u64);
+    s.put(c, p, key(1, 0), &z).unwrap();
+    assert_eq!(s.stats().global.data_bytes, 0);
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(z)));
+}
+
+#[test]
+fn zero_page_fits_when_memory_is_full() {
+    let s = store_pages(1);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    s.put(c, p, key(1, 0), &page(1)).unwrap();
+    assert_eq!(s.put(c, p, key(1, 1), &page(2)), Err(TmemError::NoMemory));
+    assert_eq!(s.put(c, p, key(1, 1), &[0u8; PAGE_SIZE]), Ok(()));
+}
+
+#[test]
+fn persistent_pages_are_never_evicted_and_no_memory_changes_nothing() {
+    let s = store_pages(4);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    for i in 0..4 {
+        s.put(c, p, key(1, i), &page(i as u64)).unwrap();
+    }
+    assert_eq!(s.put(c, p, key(1, 9), &page(9)), Err(TmemError::NoMemory));
+    let (e, _) = s.new_pool(c, [0, 0], EP).unwrap();
+    assert_eq!(s.put(c, e, key(1, 0), &page(9)), Err(TmemError::NoMemory));
+    for i in 0..4 {
+        assert_eq!(get(&s, c, p, key(1, i)), Ok(Some(page(i as u64))));
+    }
+    assert_eq!(s.stats().clients[0].pools[0].counters.no_mem_puts, 1);
+    assert_eq!(s.flush_kib(1 << 20), 0);
+}
+
+#[test]
+fn ephemeral_pages_are_evicted_oldest_first() {
+    let s = store_pages(4);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, [0, 0], EP).unwrap();
+    for i in 0..8u32 {
+        s.put(c, p, key(1, i), &page(i as u64)).unwrap();
+    }
+    for i in 0..4 {
+        assert_eq!(get(&s, c, p, key(1, i)), Ok(None), "{i}");
+    }
+    for i in 4..8 {
+        assert_eq!(get(&s, c, p, key(1, i)), Ok(Some(page(i as u64))));
+    }
+    let g = s.stats().global;
+    assert_eq!(g.evictions, 4);
+    assert!(g.data_bytes <= 4 * PAGE_SIZE as u64);
+}
+
+#[test]
+fn weighted_lru_evicts_from_client_over_its_share() {
+    let s = store_pages(8);
+    let a = client(&s, 1);
+    let b = client(&s, 2);
+    let (pa, _) = s.new_pool(a, [0, 0], EP).unwrap();
+    let (pb, _) = s.new_pool(b, [0, 0], EP).unwrap();
+    // a's pages are the oldest, but a has weight 3 and only 4 of 8 pages: b (weight 1,
+    // share 2 pages) is over its share and loses its own oldest first.
+    s.set_weight(a, 3).unwrap();
+    for i in 0..4 {
+        s.put(a, pa, key(1, i), &page(i as u64)).unwrap();
+    }
+    for i in 0..4 {
+        s.put(b, pb, key(1, i), &page(10 + i as u64)).unwrap();
+    }
+    s.put(b, pb, key(2, 0), &page(99)).unwrap();
+    assert_eq!(get(&s, b, pb, key(1, 0)), Ok(None));
+    for i in 0..4 {
+        assert_eq!(get(&s, a, pa, key(1, i)), Ok(Some(page(i as u64))));
+    }
+}
+
+#[test]
+fn equal_weights_evict_global_oldest_when_balanced() {
+    let s = store_pages(4);
+    let a = client(&s, 1);
+    let b = client(&s, 2);
+    let (pa, _) = s.new_pool(a, [0, 0], EP).unwrap();
+    let (pb, _) = s.new_pool(b, [0, 0], EP).unwrap();
+    s.put(a, pa, key(1, 0), &page(1)).unwrap();
+    s.put(b, pb, key(1, 0), &page(2)).unwrap();
+    s.put(b, pb, key(1, 1), &page(3)).unwrap();
+    s.put(a, pa, key(1, 1), &page(4)).unwrap();
+    // Balanced (2 and 2): the global oldest, a's first page, goes.
+    s.put(b, pb, key(1, 2), &page(5)).unwrap();
+    assert_eq!(get(&s, a, pa, key(1, 0)), Ok(None));
+    assert_eq!(get(&s, a, pa, key(1, 1)), Ok(Some(page(4))));
+}
+
+#[test]
+fn shared_get_moves_page_to_mru() {
+    let s = store_pages(2);
+    s.set_shared_auth_required(false);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, U1, ES).unwrap();
+    s.put(c, p, key(1, 0), &page(1)).unwrap();
+    s.put(c, p, key(1, 1), &page(2)).unwrap();
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(page(1))));
+    s.put(c, p, key(1, 2), &page(3)).unwrap();
+    assert_eq!(get(&s, c, p, key(1, 1)), Ok(None));
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(page(1))));
+}
+
+#[test]
+fn cap_is_enforced_and_ephemeral_put_evicts_own_pages() {
+    let s = store_pages(64);
+    let a = client(&s, 1);
+    let b = client(&s, 2);
+    s.set_cap_pages(a, 2).unwrap();
+    let (pe, _) = s.new_pool(a, [0, 0], EP).unwrap();
+    let (pp, _) = s.new_pool(a, [0, 0], PP).unwrap();
+    let (pb, _) = s.new_pool(b, [0, 0], EP).unwrap();
+    s.put(b, pb, key(1, 0), &page(50)).unwrap();
+    s.put(a, pe, key(1, 0), &page(1)).unwrap();
+    s.put(a, pe, key(1, 1), &page(2)).unwrap();
+    // Ephemeral put at cap: a's own oldest page goes, not b's.
+    s.put(a, pe, key(1, 2), &page(3)).unwrap();
+    assert_eq!(get(&s, a, pe, key(1, 0)), Ok(None));
+    assert_eq!(get(&s, b, pb, key(1, 0)), Ok(Some(page(50))));
+    assert_eq!(s.stats().clients[0].pages, 2);
+    // A persistent put at cap does not push out ephemeral pages.
+    assert_eq!(s.put(a, pp, key(1, 0), &page(4)), Err(TmemError::OverCap));
+    assert_eq!(get(&s, a, pe, key(1, 1)), Ok(Some(page(2))));
+    s.put(a, pp, key(1, 0), &page(4)).unwrap();
+    // Persistent put at cap: refused.
+    assert_eq!(s.put(a, pp, key(1, 1), &page(5)), Err(TmemError::OverCap));
+    // Dup put at cap is fine.
+    s.put(a, pp, key(1, 0), &page(6)).unwrap();
+    s.set_cap_pages(a, 0).unwrap();
+    s.put(a, pp, key(1, 1), &page(5)).unwrap();
+}
+
+#[test]
+fn cap_over_with_only_persistent_pages_refuses_ephemeral_put() {
+    let s = store_pages(64);
+    let a = client(&s, 1);
+    s.set_cap_pages(a, 1).unwrap();
+    let (pe, _) = s.new_pool(a, [0, 0], EP).unwrap();
+    let (pp, _) = s.new_pool(a, [0, 0], PP).unwrap();
+    s.put(a, pp, key(1, 0), &page(4)).unwrap();
+    assert_eq!(s.put(a, pe, key(1, 0), &page(1)), Err(TmemError::OverCap));
+}
+
+#[test]
+fn shared_pool_auth_and_bad_uuids() {
+    let s = Store::new(StoreConfig {
+        max_auth_per_domain: 2,
+        ..StoreConfig::default()
+    });
+    let a = client(&s, 1);
+    let b = client(&s, 2);
+    assert_eq!(s.new_pool(a, U1, ES), Err(TmemError::NotAuthorised));
+    assert_eq!(s.new_pool(a, [0, 0], ES), Err(TmemError::NotPermitted));
+    assert_eq!(s.new_pool(a, [!0, !0], ES), Err(TmemError::NotPermitted));
+    assert_eq!(s.set_shared_auth(1, U1, true), Ok(true));
+    assert_eq!(s.set_shared_auth(1, U1, true), Ok(false));
+    assert_eq!(s.set_shared_auth(1, U2, true), Ok(true));
+    assert_eq!(s.set_shared_auth(1, [5, 5], true), Err(TmemError::NoMemory));
+    // Before the domain ever connected.
+    assert_eq!(s.set_shared_auth(7, U1, true), Ok(true));
+    let (pa, _) = s.new_pool(a, U1, ES).unwrap();
+    assert_eq!(s.new_pool(b, U1, ES), Err(TmemError::NotAuthorised));
+    s.set_shared_auth_required(false);
+    let (pb, _) = s.new_pool(b, U1, ES).unwrap();
+    s.put(a, pa, key(1, 0), &page(1)).unwrap();
+    assert_eq!(get(&s, b, pb, key(1, 0)), Ok(Some(page(1))));
+    let st = s.stats();
+    assert_eq!(st.shared_pools.len(), 1);
+    assert_eq!(st.shared_pools[0].sharers, vec![1, 2]);
+    assert_eq!(s.set_shared_auth(1, U1, false), Ok(true));
+    assert_eq!(s.set_shared_auth(1, U1, false), Ok(false));
+}
+
+#[test]
+fn shared_pool_lives_until_last_sharer_leaves() {
+    let s = store_pages(16);
+    s.set_shared_auth_required(false);
+    let a = client(&s, 1);
+    let b = client(&s, 2);
+    let c = client(&s, 3);
+    let (pa, _) = s.new_pool(a, U1, ES).unwrap();
+    let (pb, _) = s.new_pool(b, U1, ES).unwrap();
+    let (pc, _) = s.new_pool(c, U1, ES).unwrap();
+    s.put(a, pa, key(1, 0), &page(1)).unwrap();
+    assert_eq!(s.destroy_pool(a, pa), Ok(true));
+    // a's pages stay for the others.
+    assert_eq!(get(&s, b, pb, key(1, 0)), Ok(Some(page(1))));
+    assert!(s.destroy_client(b));
+    s.detach_client(c);
+    let st = s.stats();
+    assert!(st.shared_pools.is_empty());
+    assert_eq!(st.global.pages, 0);
+    assert_eq!(st.global.data_bytes, 0);
+    let _ = pc;
+}
+
+#[test]
+fn shared_pool_limit() {
+    let s = Store::new(StoreConfig {
+        max_shared_pools: 1,
+        ..StoreConfig::default()
+    });
+    s.set_shared_auth_required(false);
+    let a = client(&s, 1);
+    s.new_pool(a, U1, ES).unwrap();
+    assert_eq!(s.new_pool(a, U2, ES), Err(TmemError::NotPermitted));
+}
+
+#[test]
+fn attach_detach_reattach() {
+    let s = store_pages(16);
+    let (c, how) = s.attach_client(5, 100, "vm").unwrap();
+    assert_eq!(how, Attach::New);
+    assert_eq!(s.attach_client(5, 100, "vm"), Err(TmemError::NotPermitted));
+    let (e, _) = s.new_pool(c, [0, 0], EP).unwrap();
+    let (p0, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    let (p, _) = s.new_pool(c, U1, PP).unwrap();
+    s.put(c, e, key(1, 0), &page(1)).unwrap();
+    s.put(c, p, key(1, 0), &page(2)).unwrap();
+    s.put(c, p0, key(1, 0), &page(3)).unwrap();
+    s.detach_client(c);
+    assert_eq!(s.put(c, p, key(1, 0), &page(2)), Err(TmemError::NoDevice));
+    assert_eq!(s.stats().global.pages, 1);
+    assert_eq!(s.attach_client(5, 100, "vm"), Ok((c, Attach::Reattached)));
+    // Not adopted yet: invisible.
+    assert_eq!(get(&s, c, p, key(1, 0)), Err(TmemError::NoSuchPool));
+    // A new pool does not take the kept pool's id.
+    let (n, re) = s.new_pool(c, [0, 0], EP).unwrap();
+    assert!(!re);
+    assert_ne!(n, p);
+    assert_eq!(s.new_pool(c, U1, PP), Ok((p, true)));
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(page(2))));
+    // A different instance of the same domid is a new client.
+    s.detach_client(c);
+    let (c2, how) = s.attach_client(5, 101, "vm").unwrap();
+    assert_eq!(how, Attach::New);
+    assert_ne!(c2, c);
+    assert_eq!(s.new_pool(c2, U1, PP), Ok((0, false)));
+    assert_eq!(s.stats().global.pages, 0);
+    assert_eq!(s.client_by_domid(5), Some(c2));
+    assert!(s.destroy_client(c2));
+    assert!(!s.destroy_client(c2));
+    assert_eq!(s.client_by_domid(5), None);
+}
+
+#[test]
+fn flush_page_object_and_destroy_free_memory() {
+    let s = store_pages(16);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    for i in 0..4 {
+        s.put(c, p, key(1, i), &page(i as u64)).unwrap();
+        s.put(c, p, key(2, i), &page(i as u64)).unwrap();
+    }
+    s.flush_page(c, p, key(1, 0)).unwrap();
+    s.flush_page(c, p, key(1, 0)).unwrap();
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(None));
+    s.flush_object(c, p, Oid([1, 0, 0])).unwrap();
+    assert_eq!(get(&s, c, p, key(1, 1)), Ok(None));
+    assert_eq!(get(&s, c, p, key(2, 1)), Ok(Some(page(1))));
+    let st = s.stats();
+    assert_eq!(st.global.pages, 4);
+    assert_eq!(st.global.objects, 1);
+    let pc = &st.clients[0].pools[0].counters;
+    assert_eq!((pc.found_flushes, pc.total_flushes), (1, 2));
+    assert_eq!((pc.found_obj_flushes, pc.total_obj_flushes), (1, 1));
+    assert_eq!(st.clients[0].invalidates, 3);
+    s.destroy_pool(c, p).unwrap();
+    let g = s.stats().global;
+    assert_eq!((g.pages, g.objects, g.data_bytes), (0, 0, 0));
+}
+
+#[test]
+fn freeable_and_flush_kib() {
+    let s = store_pages(16);
+    let c = client(&s, 1);
+    let (e, _) = s.new_pool(c, [0, 0], EP).unwrap();
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    for i in 0..6 {
+        s.put(c, e, key(1, i), &page(i as u64)).unwrap();
+    }
+    s.put(c, e, key(1, 9), &[0u8; PAGE_SIZE]).unwrap();
+    s.put(c, p, key(1, 0), &page(1)).unwrap();
+    assert_eq!(s.freeable_pages(), 6);
+    assert_eq!(s.flush_kib(9), 12);
+    assert_eq!(s.freeable_pages(), 3);
+    assert_eq!(s.flush_kib(1000), 12);
+    assert_eq!(s.freeable_pages(), 0);
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(page(1))));
+}
+
+#[test]
+fn stats_count_ops_and_errors_and_serialise() {
+    let s = store_pages(16);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    s.put(c, p, key(1, 0), &page(1)).unwrap();
+    let _ = get(&s, c, p, key(1, 0));
+    let _ = get(&s, c, p, key(1, 1));
+    let _ = s.put(c, 9, key(1, 0), &page(1));
+    let st = s.stats();
+    assert_eq!(st.global.total_ops, 5);
+    assert_eq!(st.global.errored_ops, 1);
+    let cl = &st.clients[0];
+    assert_eq!((cl.puts, cl.pers_puts, cl.succ_gets, cl.failed_gets, cl.pers_gets), (1, 1, 1, 1, 1));
+    let pc = &cl.pools[0].counters;
+    assert_eq!((pc.found_gets, pc.total_gets, pc.good_puts, pc.total_puts), (1, 2, 1, 1));
+    assert_eq!(cl.pools[0].kind, "PP");
+    assert!(st.global.metadata_bytes > 0);
+    // Serde round trip through a self-describing format is the control socket's business;
+    // here: the types implement the traits.
+    fn is_serde<T: serde::Serialize + for<'a> serde::Deserialize<'a>>(_: &T) {}
+    is_serde(&st);
+    s.set_weight(c, 4).unwrap();
+    s.set_compress(c, true).unwrap();
+    let cl = &s.stats().clients[0];
+    assert_eq!((cl.weight, cl.compress), (4, true));
+}
+
+#[test]
+fn store_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Store>();
+}
