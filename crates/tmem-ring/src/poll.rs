@@ -55,23 +55,45 @@ impl PollPolicy {
         }
     }
 
-    /// The whole wait: spin on `ready`, then `prepare_to_sleep` (arm the event and re-check;
-    /// true means work arrived), then `sleep` (block on the event, e.g. an eventfd with a
-    /// timeout). Returns how the wait ended. The caller loops on its own work.
-    pub fn wait(
-        &self,
-        ready: impl FnMut() -> bool,
-        prepare_to_sleep: impl FnOnce() -> bool,
-        sleep: impl FnOnce(),
-    ) -> WaitOutcome {
-        if self.spin_until(ready) {
+    /// The whole wait of a ring end: spin on [`Waitable::ready`], then
+    /// [`Waitable::prepare_to_sleep`] (arm the event and re-check), then `sleep` (block on the
+    /// event, e.g. `tmem_local::wait_eventfd` with a timeout). The caller loops on its
+    /// own work afterwards.
+    pub fn wait<W: Waitable + ?Sized>(&self, ring: &mut W, sleep: impl FnOnce()) -> WaitOutcome {
+        if self.spin_until(|| ring.ready()) {
             return WaitOutcome::Spun;
         }
-        if prepare_to_sleep() {
+        if ring.prepare_to_sleep() {
             return WaitOutcome::RaceAvoided;
         }
         sleep();
         WaitOutcome::Slept
+    }
+}
+
+/// A ring end a [`PollPolicy`] can wait on.
+pub trait Waitable {
+    /// Work is waiting (cheap; called in the spin loop).
+    fn ready(&self) -> bool;
+    /// Arm the peer's notification, fence, re-check; true if work arrived meanwhile.
+    fn prepare_to_sleep(&mut self) -> bool;
+}
+
+impl<M: crate::SharedMem> Waitable for crate::BackendRing<M> {
+    fn ready(&self) -> bool {
+        self.has_requests()
+    }
+    fn prepare_to_sleep(&mut self) -> bool {
+        crate::BackendRing::prepare_to_sleep(self)
+    }
+}
+
+impl<M: crate::SharedMem> Waitable for crate::FrontendRing<M> {
+    fn ready(&self) -> bool {
+        self.has_responses()
+    }
+    fn prepare_to_sleep(&mut self) -> bool {
+        crate::FrontendRing::prepare_to_sleep(self)
     }
 }
 

@@ -433,15 +433,20 @@ fn poll_policy_spins_then_gives_up() {
         n == 10
     }));
     assert!(!PollPolicy::sleep_at_once().spin_until(|| false));
+    // The full wait on a real ring: nothing there -> arms req_event and sleeps.
+    let (mut b, mut g) = pair(LAYOUT).unwrap();
     let mut slept = false;
     assert_eq!(
-        PollPolicy::sleep_at_once().wait(|| false, || false, || slept = true),
+        PollPolicy::sleep_at_once().wait(&mut b, || slept = true),
         WaitOutcome::Slept
     );
     assert!(slept);
+    assert_eq!(g.req_event(), 1);
+    g.push(&flush(1));
+    assert!(g.publish(), "sleeping backend must be kicked");
     assert_eq!(
-        PollPolicy::sleep_at_once().wait(|| false, || true, || unreachable!()),
-        WaitOutcome::RaceAvoided
+        PollPolicy::default().wait(&mut b, || unreachable!()),
+        WaitOutcome::Spun
     );
     assert_eq!(PollPolicy::default().spin, PollPolicy::DEFAULT_SPIN);
 }
