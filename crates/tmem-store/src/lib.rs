@@ -630,7 +630,8 @@ impl Store {
             dl: Links::default(),
             xl: Links::default(),
             x_free: Vec::new(),
-            max_zero: nframes as u64,
+            // Zero pages cost only metadata; bound them anyway (guest-driven allocation).
+            max_zero: (nframes as u64).max(1 << 16),
             stamp: 0,
             g: Global::default(),
             cfg,

@@ -1,0 +1,333 @@
+//! Property test: long random operation sequences over several clients and pools of every
+//! kind, against a simple reference model. Every status and every returned byte is checked.
+//!
+//! With eviction on, the model cannot know which ephemeral pages are still there, so it keeps
+//! for each ephemeral key the data of the last successful put ("may be present") and checks
+//! that a get returns a miss or exactly those bytes. Persistent pages are known exactly.
+
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use tmem_store::*;
+
+const LIMIT: u64 = 24; // pages of memory: small, so eviction happens
+const CLIENTS: usize = 3;
+const SHARED_UUID: [u64; 2] = [0xabc, 0xdef];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Sel {
+    Eph,
+    Pers,
+    Shared,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(usize, Sel, u64, u32, u8),
+    Get(usize, Sel, u64, u32),
+    FlushPage(usize, Sel, u64, u32),
+    FlushObject(usize, Sel, u64),
+    Freeze(usize, bool),
+    Cap(usize, u64),
+    Reattach(usize),
+    FlushKib(u64),
+}
+
+fn sel() -> impl Strategy<Value = Sel> {
+    prop_oneof![Just(Sel::Eph), Just(Sel::Pers), Just(Sel::Shared)]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let c = 0..CLIENTS;
+    let o = 0u64..3;
+    let i = 0u32..4;
+    prop_oneof![
+        8 => (c.clone(), sel(), o.clone(), i.clone(), 0u8..8).prop_map(|(c, s, o, i, d)| Op::Put(c, s, o, i, d)),
+        6 => (c.clone(), sel(), o.clone(), i.clone()).prop_map(|(c, s, o, i)| Op::Get(c, s, o, i)),
+        2 => (c.clone(), sel(), o.clone(), i).prop_map(|(c, s, o, i)| Op::FlushPage(c, s, o, i)),
+        1 => (c.clone(), sel(), o).prop_map(|(c, s, o)| Op::FlushObject(c, s, o)),
+        1 => (c.clone(), any::<bool>()).prop_map(|(c, f)| Op::Freeze(c, f)),
+        1 => (c.clone(), prop_oneof![Just(0u64), Just(3), Just(6), Just(12)]).prop_map(|(c, n)| Op::Cap(c, n)),
+        1 => c.prop_map(Op::Reattach),
+        1 => (0u64..40).prop_map(Op::FlushKib),
+    ]
+}
+
+/// Page contents: data 0 is the all-zero page; others encode the data number.
+fn page(d: u8) -> Page {
+    let mut p = [0u8; PAGE_SIZE];
+    if d != 0 {
+        for (i, b) in p.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(31) ^ d;
+        }
+        p[0] = d;
+    }
+    p
+}
+
+fn key(o: u64, i: u32) -> PageKey {
+    PageKey {
+        oid: Oid([o, 7, 0]),
+        index: i,
+    }
+}
+
+#[derive(Default)]
+struct Model {
+    frozen: [bool; CLIENTS],
+    cap: [u64; CLIENTS],
+    /// Persistent pages, exact: (client, oid, index) -> data.
+    pers: BTreeMap<(usize, u64, u32), u8>,
+    /// Private ephemeral pages that may be present.
+    eph: BTreeMap<(usize, u64, u32), u8>,
+    /// Shared ephemeral pages that may be present.
+    shared: BTreeMap<(u64, u32), u8>,
+}
+
+impl Model {
+    fn pers_of(&self, c: usize) -> u64 {
+        self.pers.keys().filter(|k| k.0 == c).count() as u64
+    }
+    fn eph_of(&self, c: usize) -> u64 {
+        self.eph.keys().filter(|k| k.0 == c).count() as u64
+    }
+    fn pers_data(&self) -> u64 {
+        self.pers.values().filter(|&&d| d != 0).count() as u64
+    }
+    fn maybe(&self, c: usize, s: Sel, o: u64, i: u32) -> Option<u8> {
+        match s {
+            Sel::Eph => self.eph.get(&(c, o, i)).copied(),
+            Sel::Pers => self.pers.get(&(c, o, i)).copied(),
+            Sel::Shared => self.shared.get(&(o, i)).copied(),
+        }
+    }
+    fn set(&mut self, c: usize, s: Sel, o: u64, i: u32, d: Option<u8>) {
+        match (s, d) {
+            (Sel::Eph, Some(d)) => drop(self.eph.insert((c, o, i), d)),
+            (Sel::Eph, None) => drop(self.eph.remove(&(c, o, i))),
+            (Sel::Pers, Some(d)) => drop(self.pers.insert((c, o, i), d)),
+            (Sel::Pers, None) => drop(self.pers.remove(&(c, o, i))),
+            (Sel::Shared, Some(d)) => drop(self.shared.insert((o, i), d)),
+            (Sel::Shared, None) => drop(self.shared.remove(&(o, i))),
+        }
+    }
+    fn pool_maybe_nonempty(&self, c: usize, s: Sel) -> bool {
+        match s {
+            Sel::Eph => self.eph.keys().any(|k| k.0 == c),
+            Sel::Pers => self.pers.keys().any(|k| k.0 == c),
+            Sel::Shared => !self.shared.is_empty(),
+        }
+    }
+    fn clear_pool(&mut self, c: usize, s: Sel) {
+        match s {
+            Sel::Eph => self.eph.retain(|k, _| k.0 != c),
+            Sel::Pers => self.pers.retain(|k, _| k.0 != c),
+            Sel::Shared => self.shared.clear(),
+        }
+    }
+}
+
+struct Harness {
+    s: Store,
+    ids: Vec<ClientId>,
+    pools: Vec<BTreeMap<Sel, u32>>,
+    m: Model,
+}
+
+fn open_pools(s: &Store, c: ClientId, domid: usize, reattach: bool) -> BTreeMap<Sel, u32> {
+    let mut p = BTreeMap::new();
+    let (e, re) = s.new_pool(c, [0, 0], PoolKind::PrivateEphemeral).unwrap();
+    assert!(!re);
+    p.insert(Sel::Eph, e);
+    let (pp, re) = s
+        .new_pool(c, [domid as u64 + 1, 99], PoolKind::PrivatePersistent)
+        .unwrap();
+    assert_eq!(re, reattach);
+    p.insert(Sel::Pers, pp);
+    let (sp, re) = s.new_pool(c, SHARED_UUID, PoolKind::SharedEphemeral).unwrap();
+    assert!(!re);
+    p.insert(Sel::Shared, sp);
+    p
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let s = Store::new(StoreConfig {
+            mem_limit_bytes: LIMIT * PAGE_SIZE as u64,
+            ..StoreConfig::default()
+        });
+        let mut ids = Vec::new();
+        let mut pools = Vec::new();
+        for d in 0..CLIENTS {
+            s.set_shared_auth(d as u32 + 1, SHARED_UUID, true).unwrap();
+            let (c, how) = s.attach_client(d as u32 + 1, 5, "g").unwrap();
+            assert_eq!(how, Attach::New);
+            pools.push(open_pools(&s, c, d, false));
+            ids.push(c);
+        }
+        Harness {
+            s,
+            ids,
+            pools,
+            m: Model::default(),
+        }
+    }
+
+    fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        let s = &self.s;
+        match *op {
+            Op::Put(c, sel, o, i, d) => {
+                let id = self.ids[c];
+                let pool = self.pools[c][&sel];
+                let r = s.put(id, pool, key(o, i), &page(d));
+                let m = &self.m;
+                let old = m.maybe(c, sel, o, i);
+                let full = m.pers_data() == LIMIT;
+                let mut allowed: Vec<Result<(), TmemError>> = Vec::new();
+                // Present (certainly for persistent pages, possibly for ephemeral ones).
+                if let Some(od) = old {
+                    if od == 0 && d != 0 && full {
+                        allowed.push(Err(TmemError::DupPutFlushed));
+                    } else {
+                        allowed.push(Ok(()));
+                    }
+                }
+                // Absent (certainly if not in the model, possibly for ephemeral pages).
+                if old.is_none() || sel != Sel::Pers {
+                    if m.frozen[c] {
+                        allowed.push(Err(TmemError::Frozen));
+                    } else {
+                        let cap = m.cap[c];
+                        let mut go_on = true;
+                        if sel != Sel::Shared && cap != 0 {
+                            let lo = m.pers_of(c);
+                            let hi = lo + m.eph_of(c);
+                            if sel == Sel::Pers {
+                                if hi >= cap {
+                                    allowed.push(Err(TmemError::OverCap));
+                                }
+                                go_on = lo < cap;
+                            } else {
+                                if hi >= cap {
+                                    allowed.push(Err(TmemError::OverCap));
+                                }
+                                go_on = lo < cap;
+                            }
+                        }
+                        if go_on {
+                            if d != 0 && full {
+                                allowed.push(Err(TmemError::NoMemory));
+                            } else {
+                                allowed.push(Ok(()));
+                            }
+                        }
+                    }
+                }
+                prop_assert!(allowed.contains(&r), "put {:?} -> {:?}, allowed {:?}", op, r, allowed);
+                self.m.set(c, sel, o, i, r.is_ok().then_some(d));
+            }
+            Op::Get(c, sel, o, i) => {
+                let id = self.ids[c];
+                let pool = self.pools[c][&sel];
+                let mut buf = [0x5au8; PAGE_SIZE];
+                let r = s.get(id, pool, key(o, i), &mut buf);
+                let m = &self.m;
+                let want = m.maybe(c, sel, o, i);
+                match r {
+                    Err(TmemError::Empty) => {
+                        prop_assert!(sel != Sel::Pers || !m.pool_maybe_nonempty(c, sel), "{:?}: Empty but model has pages", op);
+                        self.m.clear_pool(c, sel);
+                    }
+                    Ok(false) => {
+                        prop_assert!(m.pool_maybe_nonempty(c, sel), "{:?}: miss on a pool that must be empty", op);
+                        prop_assert!(sel != Sel::Pers || want.is_none(), "{:?}: persistent page lost", op);
+                        self.m.set(c, sel, o, i, None);
+                    }
+                    Ok(true) => {
+                        let Some(d) = want else {
+                            return Err(TestCaseError::fail(format!("{op:?}: hit on a page never put")));
+                        };
+                        prop_assert!(buf == page(d), "{:?}: wrong bytes (want data {})", op, d);
+                        if sel == Sel::Eph {
+                            self.m.set(c, sel, o, i, None);
+                        }
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("{op:?}: {e:?}"))),
+                }
+            }
+            Op::FlushPage(c, sel, o, i) => {
+                let r = s.flush_page(self.ids[c], self.pools[c][&sel], key(o, i));
+                prop_assert_eq!(r, Ok(()));
+                self.m.set(c, sel, o, i, None);
+            }
+            Op::FlushObject(c, sel, o) => {
+                let r = s.flush_object(self.ids[c], self.pools[c][&sel], key(o, 0).oid);
+                prop_assert_eq!(r, Ok(()));
+                match sel {
+                    Sel::Eph => self.m.eph.retain(|k, _| !(k.0 == c && k.1 == o)),
+                    Sel::Pers => self.m.pers.retain(|k, _| !(k.0 == c && k.1 == o)),
+                    Sel::Shared => self.m.shared.retain(|k, _| k.0 != o),
+                }
+            }
+            Op::Freeze(c, f) => {
+                s.set_frozen(self.ids[c], f).unwrap();
+                self.m.frozen[c] = f;
+            }
+            Op::Cap(c, n) => {
+                s.set_cap_pages(self.ids[c], n).unwrap();
+                self.m.cap[c] = n;
+            }
+            Op::Reattach(c) => {
+                let id = self.ids[c];
+                s.detach_client(id);
+                let (id2, how) = s.attach_client(c as u32 + 1, 5, "g").unwrap();
+                prop_assert_eq!(id2, id);
+                prop_assert_eq!(how, Attach::Reattached);
+                self.pools[c] = open_pools(s, id, c, true);
+                self.m.eph.retain(|k, _| k.0 != c);
+            }
+            Op::FlushKib(k) => {
+                let got = s.flush_kib(k);
+                prop_assert_eq!(got % 4, 0);
+                prop_assert!(got <= k.div_ceil(4) * 4);
+            }
+        }
+        let g = self.s.stats().global;
+        prop_assert!(g.data_bytes <= LIMIT * PAGE_SIZE as u64, "over the memory limit");
+        prop_assert!(g.data_bytes >= self.m.pers_data() * PAGE_SIZE as u64);
+        prop_assert!(g.pages >= self.m.pers.len() as u64);
+        prop_assert!(g.pages <= (self.m.pers.len() + self.m.eph.len() + self.m.shared.len()) as u64);
+        Ok(())
+    }
+
+    /// Every persistent page is there with its bytes; nothing else is.
+    fn check_persistent(&self) -> Result<(), TestCaseError> {
+        for c in 0..CLIENTS {
+            for o in 0..3 {
+                for i in 0..4 {
+                    let mut buf = [0x5au8; PAGE_SIZE];
+                    let r = self.s.get(self.ids[c], self.pools[c][&Sel::Pers], key(o, i), &mut buf);
+                    match self.m.pers.get(&(c, o, i)) {
+                        Some(&d) => {
+                            prop_assert_eq!(r, Ok(true));
+                            prop_assert!(buf == page(d));
+                        }
+                        None => prop_assert!(matches!(r, Ok(false) | Err(TmemError::Empty))),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn store_matches_model(ops in proptest::collection::vec(op(), 1..600)) {
+        let mut h = Harness::new();
+        for op in &ops {
+            h.step(op)?;
+        }
+        h.check_persistent()?;
+    }
+}
