@@ -764,6 +764,8 @@ fn unknown_outcome(pool: &mut Pool, op: &PageOp<'_>, limit: usize) -> Outcome {
     }
 }
 
+const EEMPTY: i32 = -tmem_abi::status::errno::EEMPTY;
+
 /// A page op answered by the backend.
 fn mapped_reply(pool: &mut Pool, op: &PageOp<'_>, st: i32, c: &mut Counters) -> Outcome {
     let persistent = pool.kind.is_persistent();
@@ -799,7 +801,7 @@ fn mapped_reply(pool: &mut Pool, op: &PageOp<'_>, st: i32, c: &mut Counters) -> 
                 }
                 Outcome::Hit
             }
-            status::MISS => {
+            status::MISS | EEMPTY => {
                 if persistent {
                     match pool.held(k) {
                         Held::No => Outcome::Miss,
