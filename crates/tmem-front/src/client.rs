@@ -334,8 +334,9 @@ impl Client {
                 RequestEntry::new_pool(0, uuid_words(&uuid), kind.flags()),
                 Payload::None,
             )];
-            match self.exec(st, &mut calls) {
-                Ok(()) => {
+            // On a disconnect the handle stays fake and is mapped on reconnect.
+            if self.exec(st, &mut calls).is_ok() {
+                {
                     let r = calls[0].reply.expect("answered");
                     if r.status < 0 {
                         st.counters.map.refused_pools += 1;
@@ -356,7 +357,6 @@ impl Client {
                         st.counters.map.pools_mapped += 1;
                     }
                 }
-                Err(_) => {} // disconnected: fake handle, mapped on reconnect
             }
         }
         st.next_fake = st.next_fake.checked_add(1).unwrap_or(st.cfg.first_fake_id);

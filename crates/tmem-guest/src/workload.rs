@@ -250,7 +250,7 @@ impl Guest {
             if self.a.ops.is_some_and(|n| self.c.ops >= n) {
                 break;
             }
-            if self.c.ops % 64 == 0 {
+            if self.c.ops.is_multiple_of(64) {
                 let now = Instant::now();
                 if deadline.is_some_and(|d| now >= d) {
                     break;
