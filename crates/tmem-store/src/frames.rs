@@ -10,8 +10,11 @@ use tmem_abi::{Page, PAGE_SIZE};
 /// Frames per chunk (2 MiB of page data).
 pub(crate) const CHUNK_FRAMES: usize = 512;
 
+/// One chunk of frames.
+type Chunk = Box<[Mutex<Page>]>;
+
 pub(crate) struct Frames {
-    chunks: Box<[OnceLock<Box<[Mutex<Page>]>>]>,
+    chunks: Box<[OnceLock<Chunk>]>,
     nframes: u32,
 }
 
@@ -62,7 +65,7 @@ impl Frames {
         self.chunks
             .iter()
             .filter_map(|c| c.get())
-            .map(|c| (c.len() * per) as u64 + std::mem::size_of::<Box<[Mutex<Page>]>>() as u64)
+            .map(|c| (c.len() * per) as u64 + std::mem::size_of::<Chunk>() as u64)
             .sum()
     }
 }

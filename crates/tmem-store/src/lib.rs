@@ -446,7 +446,9 @@ impl Meta {
             }
             if let Some(o) = owner {
                 if let Some(cl) = self.clients.get_mut(&o) {
-                    let e = self.accounts[account as usize].as_ref().map_or(0, |a| a.eph);
+                    let e = self.accounts[account as usize]
+                        .as_ref()
+                        .map_or(0, |a| a.eph);
                     cl.c.eph_max = cl.c.eph_max.max(e);
                 }
             }
@@ -550,14 +552,14 @@ impl Meta {
             let rhs = g * a.weight as u128;
             if lhs > rhs {
                 let excess = lhs - rhs;
-                if best.map_or(true, |(e, _)| excess > e) {
+                if best.is_none_or(|(e, _)| e < excess) {
                     best = Some((excess, i as u32));
                 }
             }
             let first = self.next(a.head);
             let (l, j) = self.l(first);
             let age = self.stamp.wrapping_sub(l.stamp[j]);
-            if oldest.map_or(true, |(o, _)| age > o) {
+            if oldest.is_none_or(|(o, _)| o < age) {
                 oldest = Some((age, i as u32));
             }
         }
@@ -1291,7 +1293,12 @@ impl Store {
     /// Allow or disallow a domain to join the shared pool `uuid`. Works before the domain
     /// has connected. `Ok(true)` if the list changed; a full list gives `NoMemory`.
     /// Revoking does not expel a domain that has already joined.
-    pub fn set_shared_auth(&self, domid: u32, uuid: [u64; 2], allow: bool) -> Result<bool, TmemError> {
+    pub fn set_shared_auth(
+        &self,
+        domid: u32,
+        uuid: [u64; 2],
+        allow: bool,
+    ) -> Result<bool, TmemError> {
         let mut m = lock(&self.meta);
         let max = m.cfg.max_auth_per_domain as usize;
         if allow {
@@ -1480,7 +1487,6 @@ impl Store {
         b
     }
 }
-
 
 /// Move an ephemeral page to the MRU end of its account's list.
 fn touch(m: &mut Meta, gid: u32, node: u32) {

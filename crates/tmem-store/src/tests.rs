@@ -86,16 +86,25 @@ fn unknown_pool_ids_are_no_such_pool() {
     let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
     assert_eq!(p, 0);
     for bad in [1, 15, 16, 63, 64, u32::MAX, 0x8000_0000] {
-        assert_eq!(s.put(c, bad, key(1, 0), &page(1)), Err(TmemError::NoSuchPool));
+        assert_eq!(
+            s.put(c, bad, key(1, 0), &page(1)),
+            Err(TmemError::NoSuchPool)
+        );
         assert_eq!(get(&s, c, bad, key(1, 0)), Err(TmemError::NoSuchPool));
         assert_eq!(s.flush_page(c, bad, key(1, 0)), Err(TmemError::NoSuchPool));
-        assert_eq!(s.flush_object(c, bad, Oid([1, 0, 0])), Err(TmemError::NoSuchPool));
+        assert_eq!(
+            s.flush_object(c, bad, Oid([1, 0, 0])),
+            Err(TmemError::NoSuchPool)
+        );
         assert_eq!(s.destroy_pool(c, bad), Ok(false));
     }
     assert_eq!(s.destroy_pool(c, p), Ok(true));
     assert_eq!(s.destroy_pool(c, p), Ok(false));
     assert_eq!(s.put(c, p, key(1, 0), &page(1)), Err(TmemError::NoSuchPool));
-    assert_eq!(s.put(ClientId(999), 0, key(1, 0), &page(1)), Err(TmemError::NoDevice));
+    assert_eq!(
+        s.put(ClientId(999), 0, key(1, 0), &page(1)),
+        Err(TmemError::NoDevice)
+    );
 }
 
 #[test]
@@ -136,7 +145,10 @@ fn duplicate_put_that_cannot_be_stored_flushes_old_copy() {
     let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
     s.put(c, p, key(1, 0), &page(1)).unwrap();
     s.put(c, p, key(1, 1), &[0u8; PAGE_SIZE]).unwrap();
-    assert_eq!(s.put(c, p, key(1, 1), &page(2)), Err(TmemError::DupPutFlushed));
+    assert_eq!(
+        s.put(c, p, key(1, 1), &page(2)),
+        Err(TmemError::DupPutFlushed)
+    );
     assert_eq!(get(&s, c, p, key(1, 1)), Ok(None));
     assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(page(1))));
     assert_eq!(s.stats().clients[0].pools[0].counters.dup_puts_flushed, 1);
@@ -491,9 +503,21 @@ fn stats_count_ops_and_errors_and_serialise() {
     assert_eq!(st.global.total_ops, 5);
     assert_eq!(st.global.errored_ops, 1);
     let cl = &st.clients[0];
-    assert_eq!((cl.puts, cl.pers_puts, cl.succ_gets, cl.failed_gets, cl.pers_gets), (1, 1, 1, 1, 1));
+    assert_eq!(
+        (
+            cl.puts,
+            cl.pers_puts,
+            cl.succ_gets,
+            cl.failed_gets,
+            cl.pers_gets
+        ),
+        (1, 1, 1, 1, 1)
+    );
     let pc = &cl.pools[0].counters;
-    assert_eq!((pc.found_gets, pc.total_gets, pc.good_puts, pc.total_puts), (1, 2, 1, 1));
+    assert_eq!(
+        (pc.found_gets, pc.total_gets, pc.good_puts, pc.total_puts),
+        (1, 2, 1, 1)
+    );
     assert_eq!(cl.pools[0].kind, "PP");
     assert!(st.global.metadata_bytes > 0);
     // Serde round trip through a self-describing format is the control socket's business;

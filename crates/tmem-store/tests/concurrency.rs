@@ -13,13 +13,20 @@ const OPS: usize = 20000;
 const SHARED: [u64; 2] = [0x5eed, 0xfeed];
 
 fn word(kid: u64, ver: u64, i: usize) -> u64 {
-    (kid << 40 ^ ver).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+    (kid << 40 ^ ver).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
 }
 
 fn page(kid: u64, ver: u64) -> Page {
     let mut p = [0u8; PAGE_SIZE];
     for (i, c) in p.chunks_exact_mut(8).enumerate() {
-        let w = if i == 0 { kid } else if i == 1 { ver } else { word(kid, ver, i) };
+        let w = if i == 0 {
+            kid
+        } else if i == 1 {
+            ver
+        } else {
+            word(kid, ver, i)
+        };
         c.copy_from_slice(&w.to_le_bytes());
     }
     p
@@ -29,7 +36,9 @@ fn page(kid: u64, ver: u64) -> Page {
 fn decode(p: &Page) -> Option<(u64, u64)> {
     let w = |i: usize| u64::from_le_bytes(p[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
     let (kid, ver) = (w(0), w(1));
-    (2..PAGE_SIZE / 8).all(|i| w(i) == word(kid, ver, i)).then_some((kid, ver))
+    (2..PAGE_SIZE / 8)
+        .all(|i| w(i) == word(kid, ver, i))
+        .then_some((kid, ver))
 }
 
 fn key(kid: u64) -> PageKey {
@@ -150,6 +159,9 @@ fn no_torn_or_stale_pages_under_contention() {
         h.join().expect("worker panicked");
     }
     let g = store.stats().global;
-    assert_eq!((g.pages, g.data_bytes, g.eph_pages, g.objects), (0, 0, 0, 0));
+    assert_eq!(
+        (g.pages, g.data_bytes, g.eph_pages, g.objects),
+        (0, 0, 0, 0)
+    );
     assert!(g.evictions > 0, "the test should have exercised eviction");
 }

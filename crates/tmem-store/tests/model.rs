@@ -143,7 +143,9 @@ fn open_pools(s: &Store, c: ClientId, domid: usize, reattach: bool) -> BTreeMap<
         .unwrap();
     assert_eq!(re, reattach);
     p.insert(Sel::Pers, pp);
-    let (sp, re) = s.new_pool(c, SHARED_UUID, PoolKind::SharedEphemeral).unwrap();
+    let (sp, re) = s
+        .new_pool(c, SHARED_UUID, PoolKind::SharedEphemeral)
+        .unwrap();
     assert!(!re);
     p.insert(Sel::Shared, sp);
     p
@@ -222,7 +224,13 @@ impl Harness {
                         }
                     }
                 }
-                prop_assert!(allowed.contains(&r), "put {:?} -> {:?}, allowed {:?}", op, r, allowed);
+                prop_assert!(
+                    allowed.contains(&r),
+                    "put {:?} -> {:?}, allowed {:?}",
+                    op,
+                    r,
+                    allowed
+                );
                 self.m.set(c, sel, o, i, r.is_ok().then_some(d));
             }
             Op::Get(c, sel, o, i) => {
@@ -234,17 +242,31 @@ impl Harness {
                 let want = m.maybe(c, sel, o, i);
                 match r {
                     Err(TmemError::Empty) => {
-                        prop_assert!(sel != Sel::Pers || !m.pool_maybe_nonempty(c, sel), "{:?}: Empty but model has pages", op);
+                        prop_assert!(
+                            sel != Sel::Pers || !m.pool_maybe_nonempty(c, sel),
+                            "{:?}: Empty but model has pages",
+                            op
+                        );
                         self.m.clear_pool(c, sel);
                     }
                     Ok(false) => {
-                        prop_assert!(m.pool_maybe_nonempty(c, sel), "{:?}: miss on a pool that must be empty", op);
-                        prop_assert!(sel != Sel::Pers || want.is_none(), "{:?}: persistent page lost", op);
+                        prop_assert!(
+                            m.pool_maybe_nonempty(c, sel),
+                            "{:?}: miss on a pool that must be empty",
+                            op
+                        );
+                        prop_assert!(
+                            sel != Sel::Pers || want.is_none(),
+                            "{:?}: persistent page lost",
+                            op
+                        );
                         self.m.set(c, sel, o, i, None);
                     }
                     Ok(true) => {
                         let Some(d) = want else {
-                            return Err(TestCaseError::fail(format!("{op:?}: hit on a page never put")));
+                            return Err(TestCaseError::fail(format!(
+                                "{op:?}: hit on a page never put"
+                            )));
                         };
                         prop_assert!(buf == page(d), "{:?}: wrong bytes (want data {})", op, d);
                         if sel == Sel::Eph {
@@ -292,10 +314,15 @@ impl Harness {
             }
         }
         let g = self.s.stats().global;
-        prop_assert!(g.data_bytes <= LIMIT * PAGE_SIZE as u64, "over the memory limit");
+        prop_assert!(
+            g.data_bytes <= LIMIT * PAGE_SIZE as u64,
+            "over the memory limit"
+        );
         prop_assert!(g.data_bytes >= self.m.pers_data() * PAGE_SIZE as u64);
         prop_assert!(g.pages >= self.m.pers.len() as u64);
-        prop_assert!(g.pages <= (self.m.pers.len() + self.m.eph.len() + self.m.shared.len()) as u64);
+        prop_assert!(
+            g.pages <= (self.m.pers.len() + self.m.eph.len() + self.m.shared.len()) as u64
+        );
         Ok(())
     }
 
@@ -305,7 +332,9 @@ impl Harness {
             for o in 0..3 {
                 for i in 0..4 {
                     let mut buf = [0x5au8; PAGE_SIZE];
-                    let r = self.s.get(self.ids[c], self.pools[c][&Sel::Pers], key(o, i), &mut buf);
+                    let r = self
+                        .s
+                        .get(self.ids[c], self.pools[c][&Sel::Pers], key(o, i), &mut buf);
                     match self.m.pers.get(&(c, o, i)) {
                         Some(&d) => {
                             prop_assert_eq!(r, Ok(true));
