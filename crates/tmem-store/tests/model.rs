@@ -203,17 +203,12 @@ impl Harness {
                         if sel != Sel::Shared && cap != 0 {
                             let lo = m.pers_of(c);
                             let hi = lo + m.eph_of(c);
-                            if sel == Sel::Pers {
-                                if hi >= cap {
-                                    allowed.push(Err(TmemError::OverCap));
-                                }
-                                go_on = lo < cap;
-                            } else {
-                                if hi >= cap {
-                                    allowed.push(Err(TmemError::OverCap));
-                                }
-                                go_on = lo < cap;
+                            // Persistent puts are refused at cap; ephemeral ones may push out one
+                            // of the client's own ephemeral pages, which still needs lo < cap.
+                            if hi >= cap {
+                                allowed.push(Err(TmemError::OverCap));
                             }
+                            go_on = lo < cap;
                         }
                         if go_on {
                             if d != 0 && full {
