@@ -1,0 +1,207 @@
+//! The command line as clap sees it: raw strings and flags, nothing validated yet.
+//!
+//! [`crate::command::Command`] is built from these types by `TryFrom`; the man pages and the
+//! shell completions are generated from them too, so the three cannot disagree.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Administer tmemd, the transcendent-memory daemon for Xen guests.
+///
+/// Every command talks to tmemd over its control socket (root only). A DOMAIN is a domain id
+/// or the name a guest attached with; `-a` means every domain.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tmem",
+    version,
+    about = "Administer tmemd, the transcendent-memory daemon for Xen guests",
+    after_help = "Exit status: 0 success, 1 the operation failed, 2 usage error, \
+                  3 tmemd unreachable, 4 permission denied, 5 protocol mismatch."
+)]
+pub struct Cli {
+    /// Control socket of the daemon.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "TMEM_CONTROL_SOCKET",
+        default_value = tmem_control::DEFAULT_CONTROL_SOCKET
+    )]
+    pub socket: PathBuf,
+
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Show clients, pools and counters (Xen's `xl tmem-list`).
+    List(ListArgs),
+    /// Refuse new puts from a domain (existing pages still answer gets).
+    Freeze(TargetArgs),
+    /// Undo `freeze`.
+    Thaw(TargetArgs),
+    /// Change a domain's weight, page cap or compression flag.
+    Set(SetArgs),
+    /// Authorise or de-authorise a domain for a shared pool uuid.
+    SharedAuth(SharedAuthArgs),
+    /// Show how much ephemeral memory could be given back now.
+    Freeable,
+    /// Evict ephemeral pages until at least this much memory is released.
+    Flush(FlushArgs),
+    /// Drop every pool of a domain and disconnect it.
+    Destroy(DestroyArgs),
+    /// Show the daemon's version, uptime and connected guests.
+    Status,
+    /// Live view of the busiest clients and pools.
+    Top(TopArgs),
+    /// Generate man pages or shell completions.
+    #[command(subcommand)]
+    Generate(GenerateCommand),
+}
+
+/// `tmem list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Domain id or name (default: all domains).
+    #[arg(value_name = "DOMAIN", conflicts_with = "all")]
+    pub domain: Option<String>,
+    /// All domains (the default).
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+    /// Long statistics: every counter.
+    #[arg(short = 'l', long = "long")]
+    pub long: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ListFormat::Table, conflicts_with = "json")]
+    pub format: ListFormat,
+    /// Same as `--format json`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Output formats of `tmem list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// A readable table.
+    Table,
+    /// Xen's `tmem-list` lines (G=, S=, C=, P=, T) for existing parsers.
+    Xen,
+    /// The daemon's statistics snapshot as JSON, for scripts.
+    Json,
+}
+
+/// A DOMAIN or `-a`, exactly one of them.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct TargetSel {
+    /// Domain id or name.
+    #[arg(value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// Every domain.
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+}
+
+/// Commands that take only a target.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub target: TargetSel,
+}
+
+/// `tmem set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    #[command(flatten)]
+    pub target: TargetSel,
+    /// Eviction weight (a larger weight keeps more ephemeral pages).
+    #[arg(
+        short = 'w',
+        long = "weight",
+        value_name = "WEIGHT",
+        allow_hyphen_values = true
+    )]
+    pub weight: Option<String>,
+    /// Page cap: a number of pages, or a size such as 64M or 1G; 0 removes the cap.
+    #[arg(
+        short = 'c',
+        long = "cap",
+        value_name = "CAP",
+        allow_hyphen_values = true
+    )]
+    pub cap: Option<String>,
+    /// Compression flag, 0 or 1 (stored and reported; tmemd does not compress yet).
+    #[arg(short = 'p', long = "compress", value_name = "0|1")]
+    pub compress: Option<String>,
+}
+
+/// `tmem shared-auth`.
+#[derive(Debug, Args)]
+pub struct SharedAuthArgs {
+    #[command(flatten)]
+    pub target: TargetSel,
+    /// Shared pool uuid: 32 hex digits, dashes allowed.
+    #[arg(short = 'u', long = "uuid", value_name = "UUID")]
+    pub uuid: String,
+    /// 1 to authorise, 0 to de-authorise. With -a: 1 turns authorisation checking off, 0 on.
+    #[arg(short = 'A', long = "auth", value_name = "0|1")]
+    pub auth: String,
+}
+
+/// `tmem flush`.
+#[derive(Debug, Args)]
+pub struct FlushArgs {
+    /// KiB of memory to release.
+    #[arg(long = "kib", value_name = "N", allow_hyphen_values = true)]
+    pub kib: String,
+}
+
+/// `tmem destroy`.
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// Domain id or name.
+    #[arg(value_name = "DOMAIN")]
+    pub domain: String,
+}
+
+/// `tmem top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Seconds between refreshes (fractions allowed).
+    #[arg(
+        short = 'i',
+        long = "interval",
+        value_name = "SECS",
+        default_value = "1"
+    )]
+    pub interval: String,
+    /// Stop after this many refreshes (default: run until interrupted).
+    #[arg(short = 'n', long = "iterations", value_name = "N")]
+    pub iterations: Option<String>,
+    /// Rows shown in each of the client and pool lists.
+    #[arg(short = 'r', long = "rows", value_name = "N", default_value = "10")]
+    pub rows: String,
+    /// Plain lines even on a terminal.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+/// `tmem generate`.
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Write man pages (tmem.1 and one per subcommand) into DIR.
+    Man {
+        /// Directory to write into, e.g. /usr/local/share/man/man1.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Print a completion script for SHELL on stdout.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+}

@@ -1,0 +1,735 @@
+//! Output formatting: pure functions from replies to text, so every format is unit tested on
+//! fixed values.
+
+use std::fmt::Write as _;
+
+use tmem_control::{format_uuid, OkReply, Op, StoreStats, Target};
+use tmem_store::{ClientStats, PoolCounters};
+
+/// Bytes in one page.
+pub const PAGE_BYTES: u64 = 4096;
+
+/// `1536` → `1.5 KiB`; plain bytes below 1 KiB.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// `hits` as a percentage of `total`, or `-` when there were none.
+pub fn percent(hits: u64, total: u64) -> String {
+    if total == 0 {
+        "-".into()
+    } else {
+        format!("{:.1}%", hits as f64 * 100.0 / total as f64)
+    }
+}
+
+/// A uuid for display: `-` for the all-zero uuid of a private pool.
+pub fn uuid_cell(uuid: [u64; 2]) -> String {
+    if uuid == [0, 0] {
+        "-".into()
+    } else {
+        format_uuid(uuid)
+    }
+}
+
+/// Left-aligned text columns separated by two spaces; trailing spaces trimmed.
+pub fn columns(rows: &[Vec<String>]) -> String {
+    let ncol = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut width = vec![0; ncol];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(c);
+            if i + 1 < r.len() {
+                line.extend(std::iter::repeat_n(' ', width[i] - c.chars().count()));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn client_state(c: &ClientStats) -> String {
+    let mut s = String::from(if c.attached { "attached" } else { "detached" });
+    if c.frozen {
+        s.push_str(",frozen");
+    }
+    s
+}
+
+fn cap_cell(cap: u64) -> String {
+    if cap == 0 {
+        "-".into()
+    } else {
+        cap.to_string()
+    }
+}
+
+/// The default `tmem list` table: a summary, the clients, their pools, the shared pools.
+pub fn render_table(stats: &StoreStats, all: bool) -> String {
+    let g = &stats.global;
+    let mut out = String::new();
+    if all {
+        let _ = writeln!(
+            out,
+            "memory: {} of {} page data in use ({}), {} pre-faulted and free, ~{} metadata",
+            human_bytes(g.data_bytes),
+            human_bytes(g.mem_limit_bytes),
+            percent(g.data_bytes, g.mem_limit_bytes),
+            human_bytes(g.frames_free * PAGE_BYTES),
+            human_bytes(g.metadata_bytes),
+        );
+        let _ = writeln!(
+            out,
+            "pages: {} stored ({} ephemeral, {} zero), {} freeable; shared pools need authorisation: {}",
+            g.pages,
+            g.eph_pages,
+            g.zero_pages,
+            g.freeable_pages,
+            if g.shared_auth_required { "yes" } else { "no" },
+        );
+        out.push('\n');
+    }
+    if stats.clients.is_empty() {
+        out.push_str("no tmem clients\n");
+    } else {
+        let mut rows = vec![[
+            "DOMID", "NAME", "STATE", "WEIGHT", "CAP", "PAGES", "MEMORY", "PUTS", "GETS", "HITS",
+            "HIT%",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for c in &stats.clients {
+            let gets = c.succ_gets + c.failed_gets;
+            rows.push(vec![
+                c.domid.to_string(),
+                if c.name.is_empty() {
+                    "-".into()
+                } else {
+                    c.name.clone()
+                },
+                client_state(c),
+                c.weight.to_string(),
+                cap_cell(c.cap_pages),
+                c.pages.to_string(),
+                human_bytes(c.pages * PAGE_BYTES),
+                c.puts.to_string(),
+                gets.to_string(),
+                c.succ_gets.to_string(),
+                percent(c.succ_gets, gets),
+            ]);
+        }
+        out.push_str(&columns(&rows));
+        let mut prow = vec![[
+            "DOMID", "POOL", "KIND", "UUID", "PAGES", "PUTS", "GETS", "HITS", "HIT%", "FLUSHES",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for c in &stats.clients {
+            for p in &c.pools {
+                let k = &p.counters;
+                let mut kind = p.kind.clone();
+                if !p.adopted && p.kind.starts_with('P') {
+                    kind.push_str(" (kept)");
+                }
+                prow.push(vec![
+                    c.domid.to_string(),
+                    p.pool_id.to_string(),
+                    kind,
+                    uuid_cell(p.uuid),
+                    k.pages.to_string(),
+                    k.total_puts.to_string(),
+                    k.total_gets.to_string(),
+                    k.found_gets.to_string(),
+                    percent(k.found_gets, k.total_gets),
+                    (k.total_flushes + k.total_obj_flushes).to_string(),
+                ]);
+            }
+        }
+        if prow.len() > 1 {
+            out.push('\n');
+            out.push_str(&columns(&prow));
+        }
+    }
+    if all && !stats.shared_pools.is_empty() {
+        let mut srow = vec![[
+            "SHARED UUID",
+            "KIND",
+            "SHARERS",
+            "PAGES",
+            "PUTS",
+            "GETS",
+            "HITS",
+            "HIT%",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for s in &stats.shared_pools {
+            let k = &s.counters;
+            srow.push(vec![
+                format_uuid(s.uuid),
+                s.kind.clone(),
+                s.sharers
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                k.pages.to_string(),
+                k.total_puts.to_string(),
+                k.total_gets.to_string(),
+                k.found_gets.to_string(),
+                percent(k.found_gets, k.total_gets),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&columns(&srow));
+    }
+    out
+}
+
+fn kv_block(out: &mut String, title: &str, items: &[(&str, String)]) {
+    out.push_str(title);
+    out.push('\n');
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|(k, v)| vec![format!("  {k}"), v.clone()])
+        .collect();
+    out.push_str(&columns(&rows));
+}
+
+fn counter_items(k: &PoolCounters) -> Vec<(&'static str, String)> {
+    vec![
+        ("pages (now/max)", format!("{}/{}", k.pages, k.pages_max)),
+        (
+            "objects (now/max)",
+            format!("{}/{}", k.objects, k.objects_max),
+        ),
+        (
+            "puts (good/total)",
+            format!("{}/{}", k.good_puts, k.total_puts),
+        ),
+        (
+            "duplicate puts (flushed/replaced)",
+            format!("{}/{}", k.dup_puts_flushed, k.dup_puts_replaced),
+        ),
+        ("puts refused for memory", k.no_mem_puts.to_string()),
+        (
+            "gets (found/total)",
+            format!(
+                "{}/{} ({})",
+                k.found_gets,
+                k.total_gets,
+                percent(k.found_gets, k.total_gets)
+            ),
+        ),
+        (
+            "page flushes (found/total)",
+            format!("{}/{}", k.found_flushes, k.total_flushes),
+        ),
+        (
+            "object flushes (found/total)",
+            format!("{}/{}", k.found_obj_flushes, k.total_obj_flushes),
+        ),
+    ]
+}
+
+/// `tmem list -l`: every counter, one per line, grouped by store, client, pool.
+pub fn render_long(stats: &StoreStats, all: bool) -> String {
+    let g = &stats.global;
+    let mut out = String::new();
+    if all {
+        kv_block(
+            &mut out,
+            "store",
+            &[
+                (
+                    "operations (total/errored)",
+                    format!("{}/{}", g.total_ops, g.errored_ops),
+                ),
+                ("memory limit", human_bytes(g.mem_limit_bytes)),
+                ("page data in use", human_bytes(g.data_bytes)),
+                (
+                    "frames (allocated/free)",
+                    format!("{}/{}", g.frames_allocated, g.frames_free),
+                ),
+                ("metadata (estimate)", human_bytes(g.metadata_bytes)),
+                ("pages (now/max)", format!("{}/{}", g.pages, g.pages_max)),
+                (
+                    "ephemeral pages (now/max)",
+                    format!("{}/{}", g.eph_pages, g.eph_pages_max),
+                ),
+                ("zero pages", g.zero_pages.to_string()),
+                (
+                    "objects (now/max)",
+                    format!("{}/{}", g.objects, g.objects_max),
+                ),
+                ("good ephemeral puts", g.good_eph_puts.to_string()),
+                (
+                    "evictions (done/attempted)",
+                    format!("{}/{}", g.evictions, g.evict_attempts),
+                ),
+                ("freeable pages", g.freeable_pages.to_string()),
+                (
+                    "shared pools need authorisation",
+                    if g.shared_auth_required { "yes" } else { "no" }.into(),
+                ),
+            ],
+        );
+    }
+    for c in &stats.clients {
+        out.push('\n');
+        kv_block(
+            &mut out,
+            &format!(
+                "client domid {} '{}' (instance {}, store id {})",
+                c.domid, c.name, c.instance, c.client_id
+            ),
+            &[
+                ("state", client_state(c)),
+                ("weight", c.weight.to_string()),
+                ("cap (pages)", cap_cell(c.cap_pages)),
+                ("compress", u8::from(c.compress).to_string()),
+                ("pages charged", c.pages.to_string()),
+                (
+                    "ephemeral pages (now/max)",
+                    format!("{}/{}", c.eph_pages, c.eph_pages_max),
+                ),
+                ("puts", c.puts.to_string()),
+                (
+                    "gets (hit/miss)",
+                    format!(
+                        "{}/{} ({})",
+                        c.succ_gets,
+                        c.failed_gets,
+                        percent(c.succ_gets, c.succ_gets + c.failed_gets)
+                    ),
+                ),
+                ("ephemeral gets that hit", c.succ_eph_gets.to_string()),
+                (
+                    "persistent puts/gets",
+                    format!("{}/{}", c.pers_puts, c.pers_gets),
+                ),
+                ("flushes", c.invalidates.to_string()),
+            ],
+        );
+        for p in &c.pools {
+            let mut items = vec![("uuid", uuid_cell(p.uuid))];
+            if !p.adopted {
+                items.push(("state", "kept for reattach".into()));
+            }
+            items.extend(counter_items(&p.counters));
+            kv_block(
+                &mut out,
+                &format!("  pool {} [{}]", p.pool_id, p.kind),
+                &items,
+            );
+        }
+    }
+    if all {
+        for s in &stats.shared_pools {
+            out.push('\n');
+            let mut items = vec![
+                (
+                    "sharers",
+                    s.sharers
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                ("weight", s.weight.to_string()),
+            ];
+            items.extend(counter_items(&s.counters));
+            kv_block(
+                &mut out,
+                &format!("shared pool {} [{}]", format_uuid(s.uuid), s.kind),
+                &items,
+            );
+        }
+    }
+    out
+}
+
+fn target_text(t: &Target) -> String {
+    match t {
+        Target::All => "all domains".into(),
+        Target::DomId(d) => format!("domain {d}"),
+        Target::Name(n) => format!("domain '{n}'"),
+    }
+}
+
+fn clients_text(n: u32) -> String {
+    if n == 1 {
+        "1 client".into()
+    } else {
+        format!("{n} clients")
+    }
+}
+
+/// The confirmation printed for a command other than `list` and `top`.
+pub fn render_reply(op: &Op, reply: &OkReply) -> String {
+    match (op, reply) {
+        (
+            _,
+            OkReply::Status {
+                daemon_version,
+                control_version,
+                uptime_secs,
+                guests_connected,
+                transports,
+            },
+        ) => format!(
+            "tmemd {daemon_version} (control protocol {control_version}), up {}, \
+             {guests_connected} guest(s) connected, transports: {}\n",
+            human_duration(*uptime_secs),
+            transports.join(", ")
+        ),
+        (_, OkReply::Freeable { pages, kib }) => format!(
+            "{kib} KiB ({pages} pages, {} MiB) of ephemeral memory can be freed now\n",
+            kib / 1024
+        ),
+        (_, OkReply::Flushed { kib }) => format!("flushed {kib} KiB\n"),
+        (Op::Freeze { target }, OkReply::Done { clients }) => format!(
+            "froze {} ({}): new puts now fail with -EFROZEN\n",
+            target_text(target),
+            clients_text(*clients)
+        ),
+        (Op::Thaw { target }, OkReply::Done { clients }) => format!(
+            "thawed {} ({})\n",
+            target_text(target),
+            clients_text(*clients)
+        ),
+        (
+            Op::Set {
+                target,
+                weight,
+                cap_pages,
+                compress,
+            },
+            OkReply::Done { clients },
+        ) => {
+            let mut what = Vec::new();
+            if let Some(w) = weight {
+                what.push(format!("weight {w}"));
+            }
+            if let Some(c) = cap_pages {
+                what.push(if *c == 0 {
+                    "no cap".to_string()
+                } else {
+                    format!(
+                        "cap {c} pages ({})",
+                        human_bytes(c.saturating_mul(PAGE_BYTES))
+                    )
+                });
+            }
+            if let Some(p) = compress {
+                what.push(format!("compress {}", u8::from(*p)));
+            }
+            format!(
+                "set {} on {} ({})\n",
+                what.join(", "),
+                target_text(target),
+                clients_text(*clients)
+            )
+        }
+        (
+            Op::SharedAuth {
+                target: Target::All,
+                allow,
+                ..
+            },
+            OkReply::Done { .. },
+        ) => format!(
+            "shared pools {} authorisation\n",
+            if *allow { "no longer need" } else { "now need" }
+        ),
+        (
+            Op::SharedAuth {
+                target,
+                uuid,
+                allow,
+            },
+            OkReply::Done { .. },
+        ) => format!(
+            "{} {} for shared pool {}\n",
+            if *allow {
+                "authorised"
+            } else {
+                "de-authorised"
+            },
+            target_text(target),
+            format_uuid(*uuid)
+        ),
+        (Op::Destroy { target }, OkReply::Done { clients }) => format!(
+            "destroyed {} ({}): its pools are gone and it is disconnected\n",
+            target_text(target),
+            clients_text(*clients)
+        ),
+        (_, OkReply::Done { clients }) => format!("done ({})\n", clients_text(*clients)),
+        (_, OkReply::Stats(_)) => "statistics received\n".into(),
+    }
+}
+
+/// `3725` → `1h 2m 5s`.
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m {s}s"),
+        _ => format!("{d}d {h}h {m}m"),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use tmem_store::{GlobalStats, PoolStats, SharedPoolStats};
+
+    /// A fixed snapshot used by the rendering tests: two clients, three private pools and one
+    /// shared pool.
+    pub(crate) fn sample() -> StoreStats {
+        let counters = |base: u64| PoolCounters {
+            pages: base,
+            pages_max: base + 10,
+            objects: base / 10,
+            objects_max: base / 10 + 1,
+            good_puts: base * 3,
+            total_puts: base * 3 + 2,
+            dup_puts_flushed: 1,
+            dup_puts_replaced: 4,
+            no_mem_puts: 2,
+            found_gets: base,
+            total_gets: base * 2,
+            found_flushes: 5,
+            total_flushes: 7,
+            found_obj_flushes: 3,
+            total_obj_flushes: 9,
+        };
+        StoreStats {
+            global: GlobalStats {
+                total_ops: 123_456,
+                errored_ops: 12,
+                evictions: 4096,
+                evict_attempts: 4100,
+                eph_pages: 1100,
+                eph_pages_max: 1500,
+                objects: 210,
+                objects_max: 300,
+                pages: 1600,
+                pages_max: 2000,
+                zero_pages: 3,
+                good_eph_puts: 40_000,
+                mem_limit_bytes: 64 << 20,
+                data_bytes: 1597 * 4096,
+                frames_allocated: 2048,
+                frames_free: 451,
+                freeable_pages: 1097,
+                metadata_bytes: 300_000,
+                shared_auth_required: true,
+            },
+            clients: vec![
+                ClientStats {
+                    client_id: 1,
+                    domid: 1,
+                    instance: 1,
+                    name: "web".into(),
+                    attached: true,
+                    weight: 100,
+                    cap_pages: 0,
+                    compress: false,
+                    frozen: false,
+                    pages: 1500,
+                    eph_pages: 1000,
+                    eph_pages_max: 1400,
+                    succ_eph_gets: 900,
+                    pers_puts: 500,
+                    pers_gets: 250,
+                    succ_gets: 1150,
+                    failed_gets: 850,
+                    puts: 3500,
+                    invalidates: 40,
+                    pools: vec![
+                        PoolStats {
+                            pool_id: 0,
+                            kind: "EP".into(),
+                            uuid: [0, 0],
+                            adopted: true,
+                            counters: counters(1000),
+                        },
+                        PoolStats {
+                            pool_id: 1,
+                            kind: "PP".into(),
+                            uuid: [0, 0],
+                            adopted: true,
+                            counters: counters(500),
+                        },
+                        PoolStats {
+                            pool_id: 2,
+                            kind: "ES".into(),
+                            uuid: [0x2, 0xabcdef],
+                            adopted: true,
+                            counters: counters(100),
+                        },
+                    ],
+                },
+                ClientStats {
+                    client_id: 2,
+                    domid: 7,
+                    instance: 3,
+                    name: "db".into(),
+                    attached: false,
+                    weight: 50,
+                    cap_pages: 2560,
+                    compress: true,
+                    frozen: true,
+                    pages: 0,
+                    pools: vec![PoolStats {
+                        pool_id: 0,
+                        kind: "ES".into(),
+                        uuid: [0x2, 0xabcdef],
+                        adopted: true,
+                        counters: counters(100),
+                    }],
+                    ..ClientStats::default()
+                },
+            ],
+            shared_pools: vec![SharedPoolStats {
+                uuid: [0x2, 0xabcdef],
+                kind: "ES".into(),
+                sharers: vec![1, 7],
+                weight: 100,
+                counters: counters(100),
+            }],
+        }
+    }
+
+    #[test]
+    fn table_shows_clients_pools_and_memory() {
+        let t = render_table(&sample(), true);
+        let expected = "\
+memory: 6.2 MiB of 64.0 MiB page data in use (9.7%), 1.8 MiB pre-faulted and free, ~293.0 KiB metadata
+pages: 1600 stored (1100 ephemeral, 3 zero), 1097 freeable; shared pools need authorisation: yes
+
+DOMID  NAME  STATE            WEIGHT  CAP   PAGES  MEMORY   PUTS  GETS  HITS  HIT%
+1      web   attached         100     -     1500   5.9 MiB  3500  2000  1150  57.5%
+7      db    detached,frozen  50      2560  0      0 B      0     0     0     -
+
+DOMID  POOL  KIND  UUID                                  PAGES  PUTS  GETS  HITS  HIT%   FLUSHES
+1      0     EP    -                                     1000   3002  2000  1000  50.0%  16
+1      1     PP    -                                     500    1502  1000  500   50.0%  16
+1      2     ES    00000000-00ab-cdef-0000-000000000002  100    302   200   100   50.0%  16
+7      0     ES    00000000-00ab-cdef-0000-000000000002  100    302   200   100   50.0%  16
+
+SHARED UUID                           KIND  SHARERS  PAGES  PUTS  GETS  HITS  HIT%
+00000000-00ab-cdef-0000-000000000002  ES    1,7      100    302   200   100   50.0%
+";
+        assert_eq!(t, expected, "got:\n{t}");
+    }
+
+    #[test]
+    fn table_for_one_domain_omits_the_store_summary() {
+        let mut s = sample();
+        s.clients.truncate(1);
+        let t = render_table(&s, false);
+        assert!(t.starts_with("DOMID  NAME"), "{t}");
+        assert!(!t.contains("SHARED UUID"));
+        let empty = render_table(&StoreStats::default(), true);
+        assert!(empty.ends_with("no tmem clients\n"), "{empty}");
+    }
+
+    #[test]
+    fn long_form_has_every_counter() {
+        let t = render_long(&sample(), true);
+        for needle in [
+            "operations (total/errored)       123456/12",
+            "evictions (done/attempted)       4096/4100",
+            "client domid 7 'db' (instance 3, store id 2)",
+            "state                      detached,frozen",
+            "cap (pages)                2560",
+            "  pool 1 [PP]",
+            "duplicate puts (flushed/replaced)  1/4",
+            "gets (found/total)                 1000/2000 (50.0%)",
+            "shared pool 00000000-00ab-cdef-0000-000000000002 [ES]",
+            "sharers",
+        ] {
+            assert!(t.contains(needle), "missing {needle:?} in:\n{t}");
+        }
+    }
+
+    #[test]
+    fn confirmations_name_the_effect() {
+        let done = OkReply::Done { clients: 2 };
+        assert_eq!(
+            render_reply(
+                &Op::Freeze {
+                    target: Target::All
+                },
+                &done
+            ),
+            "froze all domains (2 clients): new puts now fail with -EFROZEN\n"
+        );
+        assert_eq!(
+            render_reply(
+                &Op::Set {
+                    target: Target::DomId(3),
+                    weight: Some(5),
+                    cap_pages: Some(256),
+                    compress: None
+                },
+                &OkReply::Done { clients: 1 }
+            ),
+            "set weight 5, cap 256 pages (1.0 MiB) on domain 3 (1 client)\n"
+        );
+        assert_eq!(
+            render_reply(
+                &Op::Freeable,
+                &OkReply::Freeable {
+                    pages: 512,
+                    kib: 2048
+                }
+            ),
+            "2048 KiB (512 pages, 2 MiB) of ephemeral memory can be freed now\n"
+        );
+        assert_eq!(
+            render_reply(&Op::Flush { kib: 100 }, &OkReply::Flushed { kib: 128 }),
+            "flushed 128 KiB\n"
+        );
+        assert_eq!(human_duration(3725), "1h 2m 5s");
+        assert_eq!(human_duration(59), "59s");
+    }
+
+    #[test]
+    fn sizes_and_columns() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(64 << 20), "64.0 MiB");
+        assert_eq!(
+            columns(&[
+                vec!["A".into(), "BB".into()],
+                vec!["CCC".into(), "D".into()]
+            ]),
+            "A    BB\nCCC  D\n"
+        );
+    }
+}
