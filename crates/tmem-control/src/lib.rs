@@ -1,1 +1,323 @@
-//! The tmemd control protocol: versioned request/response messages between tmemd and the tmem CLI.
+//! The tmemd control protocol, spoken on the daemon's root-only Unix control socket.
+//!
+//! One JSON object per line in each direction. Every request carries the protocol version;
+//! the daemon answers every line with exactly one [`Reply`] line, then the client may send
+//! another request or close. Guests never reach this socket: administration (freeze, caps,
+//! shared-pool authorisation, ...) happens only here.
+//!
+//! This crate defines the messages and their framing; it does no I/O beyond encoding and
+//! decoding byte buffers, so the daemon and the CLI agree by construction.
+
+use serde::{Deserialize, Serialize};
+pub use tmem_store::StoreStats;
+
+/// The protocol version this crate speaks.
+pub const CONTROL_VERSION: u32 = 1;
+/// The longest request line the daemon accepts, newline included.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Default path of the control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tmemd/control.sock";
+
+/// Which domain(s) an administrative command applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Every client (Xen's `-a`).
+    All,
+    /// One domain, by domain id.
+    DomId(u32),
+    /// One domain, by the name it registered with.
+    Name(String),
+}
+
+impl Target {
+    /// Parse a DOMAIN argument: a number is a domain id, anything else a name.
+    pub fn parse_domain(s: &str) -> Result<Target, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty domain: give a domain id or a name".into());
+        }
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return s
+                .parse::<u32>()
+                .map(Target::DomId)
+                .map_err(|_| format!("domain id {s} is out of range"));
+        }
+        Ok(Target::Name(s.to_string()))
+    }
+}
+
+/// An administrative request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Daemon version and uptime.
+    Status,
+    /// Statistics for one domain or all.
+    List {
+        target: Target,
+    },
+    /// New puts from these clients fail with -EFROZEN.
+    Freeze {
+        target: Target,
+    },
+    Thaw {
+        target: Target,
+    },
+    /// Change weight, page cap (0 = none) or the compression flag.
+    Set {
+        target: Target,
+        weight: Option<u32>,
+        cap_pages: Option<u64>,
+        compress: Option<bool>,
+    },
+    /// Authorise (or de-authorise) a domain for a shared-pool uuid; `Target::All` flips the
+    /// global "authorisation required" switch instead (`allow = true` means not required).
+    SharedAuth {
+        target: Target,
+        uuid: [u64; 2],
+        allow: bool,
+    },
+    /// Ephemeral memory that could be given back now.
+    Freeable,
+    /// Evict ephemeral pages until `kib` KiB are released.
+    Flush {
+        kib: u64,
+    },
+    /// Drop every pool of a domain and disconnect it.
+    Destroy {
+        target: Target,
+    },
+}
+
+/// A request line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub version: u32,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// What went wrong, in a form the CLI can turn into a one-line message and an exit code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request line was not valid JSON or not a known op.
+    Malformed,
+    /// The client speaks another protocol version.
+    Version,
+    /// The peer is not allowed to administer tmemd.
+    PermissionDenied,
+    /// The named domain has no tmem client.
+    UnknownDomain,
+    /// The arguments are out of range or contradictory.
+    InvalidArgument,
+    /// The store refused (e.g. the authorisation list is full).
+    Refused,
+}
+
+/// The daemon's answer to one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Ok(OkReply),
+    Error { kind: ErrorKind, message: String },
+}
+
+/// Successful results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OkReply {
+    Status {
+        daemon_version: String,
+        control_version: u32,
+        uptime_secs: u64,
+        guests_connected: u32,
+        transports: Vec<String>,
+    },
+    Stats(Box<StoreStats>),
+    /// Number of clients the command changed.
+    Done {
+        clients: u32,
+    },
+    Freeable {
+        pages: u64,
+        kib: u64,
+    },
+    Flushed {
+        kib: u64,
+    },
+}
+
+/// A reply line with its version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplyLine {
+    pub version: u32,
+    #[serde(flatten)]
+    pub reply: Reply,
+}
+
+/// Encode a request as one line (newline included).
+pub fn encode_request(op: &Op) -> Vec<u8> {
+    let mut v = serde_json::to_vec(&Request {
+        version: CONTROL_VERSION,
+        op: op.clone(),
+    })
+    .expect("control requests always serialise");
+    v.push(b'\n');
+    v
+}
+
+/// Decode a request line (without its newline). A version mismatch is reported as such even
+/// when the rest of the line is not understood, so old and new CLIs get a useful message.
+pub fn decode_request(line: &[u8]) -> Result<Op, (ErrorKind, String)> {
+    let value: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|e| (ErrorKind::Malformed, format!("request is not JSON: {e}")))?;
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(CONTROL_VERSION) => {}
+        Some(v) => {
+            return Err((
+                ErrorKind::Version,
+                format!("control protocol version {v} is not supported; this tmemd speaks {CONTROL_VERSION}"),
+            ))
+        }
+        None => return Err((ErrorKind::Malformed, "request has no version".into())),
+    }
+    serde_json::from_value::<Request>(value)
+        .map(|r| r.op)
+        .map_err(|e| {
+            (
+                ErrorKind::Malformed,
+                format!("unknown or malformed request: {e}"),
+            )
+        })
+}
+
+/// Encode a reply as one line (newline included).
+pub fn encode_reply(reply: Reply) -> Vec<u8> {
+    let mut v = serde_json::to_vec(&ReplyLine {
+        version: CONTROL_VERSION,
+        reply,
+    })
+    .expect("control replies always serialise");
+    v.push(b'\n');
+    v
+}
+
+/// Decode a reply line.
+pub fn decode_reply(line: &[u8]) -> Result<Reply, String> {
+    let r: ReplyLine =
+        serde_json::from_slice(line).map_err(|e| format!("tmemd sent a malformed reply: {e}"))?;
+    if r.version != CONTROL_VERSION {
+        return Err(format!(
+            "tmemd speaks control protocol version {}, this tmem speaks {CONTROL_VERSION}",
+            r.version
+        ));
+    }
+    Ok(r.reply)
+}
+
+/// Parse a uuid given as 32 hex digits (dashes allowed). As `xl tmem-shared-auth` did, the
+/// first 16 digits are the high word and the last 16 the low word; the result is `[lo, hi]`.
+pub fn parse_uuid(s: &str) -> Result<[u64; 2], String> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "bad uuid '{s}': expected 32 hex digits like 0123456789abcdef-0123456789abcdef"
+        ));
+    }
+    let hi = u64::from_str_radix(&hex[..16], 16).map_err(|e| e.to_string())?;
+    let lo = u64::from_str_radix(&hex[16..], 16).map_err(|e| e.to_string())?;
+    Ok([lo, hi])
+}
+
+/// The text form of a uuid `[lo, hi]`, inverse of [`parse_uuid`].
+pub fn format_uuid(uuid: [u64; 2]) -> String {
+    let s = format!("{:016x}{:016x}", uuid[1], uuid[0]);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &s[0..8],
+        &s[8..12],
+        &s[12..16],
+        &s[16..20],
+        &s[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        for op in [
+            Op::Status,
+            Op::List {
+                target: Target::All,
+            },
+            Op::Freeze {
+                target: Target::DomId(3),
+            },
+            Op::Set {
+                target: Target::Name("web".into()),
+                weight: Some(2),
+                cap_pages: None,
+                compress: Some(false),
+            },
+            Op::SharedAuth {
+                target: Target::DomId(1),
+                uuid: [1, 2],
+                allow: true,
+            },
+            Op::Flush { kib: 1024 },
+        ] {
+            let line = encode_request(&op);
+            assert_eq!(line.last(), Some(&b'\n'));
+            assert_eq!(decode_request(&line[..line.len() - 1]), Ok(op));
+        }
+    }
+
+    #[test]
+    fn bad_requests_get_precise_errors() {
+        assert_eq!(
+            decode_request(b"garbage").unwrap_err().0,
+            ErrorKind::Malformed
+        );
+        assert_eq!(
+            decode_request(br#"{"op":"status"}"#).unwrap_err().0,
+            ErrorKind::Malformed
+        );
+        assert_eq!(
+            decode_request(br#"{"version":99,"op":"whatever"}"#)
+                .unwrap_err()
+                .0,
+            ErrorKind::Version
+        );
+        assert_eq!(
+            decode_request(br#"{"version":1,"op":"reboot_host"}"#)
+                .unwrap_err()
+                .0,
+            ErrorKind::Malformed
+        );
+    }
+
+    #[test]
+    fn uuid_text_round_trips_with_xl_word_order() {
+        let u = parse_uuid("00000000000000010000000000000002").unwrap();
+        assert_eq!(u, [2, 1]);
+        assert_eq!(parse_uuid(&format_uuid(u)).unwrap(), u);
+        assert!(parse_uuid("xyz").is_err());
+        assert!(parse_uuid("0000000000000001000000000000000").is_err());
+    }
+
+    #[test]
+    fn domain_arguments_parse() {
+        assert_eq!(Target::parse_domain("7"), Ok(Target::DomId(7)));
+        assert_eq!(
+            Target::parse_domain("web1"),
+            Ok(Target::Name("web1".into()))
+        );
+        assert!(Target::parse_domain("").is_err());
+        assert!(Target::parse_domain("99999999999").is_err());
+    }
+}

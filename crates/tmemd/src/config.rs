@@ -1,0 +1,323 @@
+//! Command-line arguments and the optional TOML file, validated into one [`Config`].
+//!
+//! Precedence: a command-line flag beats the file, the file beats the default. Every field
+//! is checked here once; the rest of the daemon trusts `Config`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use tmem_store::StoreConfig;
+
+pub const DEFAULT_SOCKET: &str = "/run/tmemd/tmemd.sock";
+pub const DEFAULT_CONTROL_SOCKET: &str = tmem_control::DEFAULT_CONTROL_SOCKET;
+
+/// tmemd: transcendent memory for Xen guests, as a dom0 daemon.
+#[derive(Debug, Parser, Default)]
+#[command(name = "tmemd", version, about, long_about = None)]
+pub struct Args {
+    /// TOML configuration file (flags given here override it).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Unix socket guests connect to (local transport).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Unix socket for the `tmem` administration CLI (root only).
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Memory for page data, e.g. 512M or 2G.
+    #[arg(long, value_name = "SIZE")]
+    pub mem_limit: Option<String>,
+    /// Worker threads serving guest rings.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<u32>,
+    /// How long a worker polls its rings before it sleeps, in microseconds.
+    #[arg(long, value_name = "US")]
+    pub poll_us: Option<u64>,
+    /// Largest ring a guest may offer, in pages.
+    #[arg(long, value_name = "N")]
+    pub max_ring_pages: Option<u32>,
+    /// Largest data area a guest may offer, in page slots.
+    #[arg(long, value_name = "N")]
+    pub max_data_slots: Option<u32>,
+    /// Guests connected at once.
+    #[arg(long, value_name = "N")]
+    pub max_guests: Option<u32>,
+    /// Seconds a disconnected guest's persistent pools are kept for it to reattach.
+    #[arg(long, value_name = "SECS")]
+    pub reattach_grace_secs: Option<u64>,
+    /// Page cap for each guest, in pages (0 = only the memory limit).
+    #[arg(long, value_name = "PAGES")]
+    pub default_cap_pages: Option<u64>,
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// The TOML file. Unknown keys are an error, so a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub socket: Option<PathBuf>,
+    pub control_socket: Option<PathBuf>,
+    pub mem_limit: Option<String>,
+    pub workers: Option<u32>,
+    pub poll_us: Option<u64>,
+    pub max_ring_pages: Option<u32>,
+    pub max_data_slots: Option<u32>,
+    pub max_guests: Option<u32>,
+    pub reattach_grace_secs: Option<u64>,
+    pub default_cap_pages: Option<u64>,
+    pub max_pools_per_client: Option<u32>,
+    pub max_shared_pools: Option<u32>,
+    pub max_auth_per_domain: Option<u32>,
+    pub log_level: Option<String>,
+    /// Non-root user ids (besides the daemon's own) allowed on the control socket.
+    pub control_uids: Option<Vec<u32>>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub control_socket: PathBuf,
+    pub workers: u32,
+    pub poll: Duration,
+    pub max_ring_pages: u32,
+    pub max_data_slots: u32,
+    pub max_guests: u32,
+    pub reattach_grace: Duration,
+    pub log_level: String,
+    pub control_uids: Vec<u32>,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Build the configuration from arguments, reading the file they name.
+    pub fn load(args: Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Config::merge(args, file)
+    }
+
+    /// Merge flags over file values over defaults, and validate.
+    pub fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
+        let defaults = StoreConfig::default();
+        let mem_limit = match args.mem_limit.or(file.mem_limit) {
+            Some(s) => parse_size(&s).map_err(ConfigError::Invalid)?,
+            None => defaults.mem_limit_bytes,
+        };
+        if mem_limit < tmem_abi::PAGE_SIZE as u64 {
+            return Err(invalid(format!(
+                "mem_limit {mem_limit} bytes is smaller than one page (4096 bytes)"
+            )));
+        }
+        let workers = args
+            .workers
+            .or(file.workers)
+            .unwrap_or_else(default_workers);
+        check_range("workers", workers.into(), 1, 64)?;
+        let poll_us = args.poll_us.or(file.poll_us).unwrap_or(50);
+        check_range("poll_us", poll_us, 0, 100_000)?;
+        let max_ring_pages = args.max_ring_pages.or(file.max_ring_pages).unwrap_or(16);
+        check_range("max_ring_pages", max_ring_pages.into(), 1, 256)?;
+        let max_data_slots = args.max_data_slots.or(file.max_data_slots).unwrap_or(1024);
+        check_range("max_data_slots", max_data_slots.into(), 1, 65_536)?;
+        let max_guests = args.max_guests.or(file.max_guests).unwrap_or(256);
+        check_range("max_guests", max_guests.into(), 1, 65_536)?;
+        let grace = args
+            .reattach_grace_secs
+            .or(file.reattach_grace_secs)
+            .unwrap_or(30);
+        check_range("reattach_grace_secs", grace, 0, 86_400)?;
+        let store = StoreConfig {
+            mem_limit_bytes: mem_limit,
+            max_pools_per_client: file
+                .max_pools_per_client
+                .unwrap_or(defaults.max_pools_per_client),
+            max_shared_pools: file.max_shared_pools.unwrap_or(defaults.max_shared_pools),
+            max_auth_per_domain: file
+                .max_auth_per_domain
+                .unwrap_or(defaults.max_auth_per_domain),
+            default_cap_pages: args
+                .default_cap_pages
+                .or(file.default_cap_pages)
+                .unwrap_or(defaults.default_cap_pages),
+            default_weight: defaults.default_weight,
+        };
+        check_range(
+            "max_pools_per_client",
+            store.max_pools_per_client.into(),
+            1,
+            1 << 20,
+        )?;
+        check_range(
+            "max_shared_pools",
+            store.max_shared_pools.into(),
+            0,
+            1 << 20,
+        )?;
+        check_range(
+            "max_auth_per_domain",
+            store.max_auth_per_domain.into(),
+            0,
+            1 << 20,
+        )?;
+        Ok(Config {
+            socket: args
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            control_socket: args
+                .control_socket
+                .or(file.control_socket)
+                .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+            workers,
+            poll: Duration::from_micros(poll_us),
+            max_ring_pages,
+            max_data_slots,
+            max_guests,
+            reattach_grace: Duration::from_secs(grace),
+            log_level: args
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            control_uids: file.control_uids.unwrap_or_default(),
+            store,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        // toml's message spans several lines; keep the error to one.
+        message: e.message().replace('\n', " "),
+    })
+}
+
+fn default_workers() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cpus.clamp(1, 4) as u32
+}
+
+fn invalid(msg: String) -> ConfigError {
+    ConfigError::Invalid(msg)
+}
+
+fn check_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(invalid(format!(
+            "{name} = {v} is out of range: it must be between {lo} and {hi}"
+        )));
+    }
+    Ok(())
+}
+
+/// Parse a byte size: a number with an optional K, M, G or T suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (t, 1u64),
+        Some((i, _)) => {
+            let unit = t[i..].trim().to_ascii_uppercase();
+            let unit = unit
+                .strip_suffix("IB")
+                .or(unit.strip_suffix('B'))
+                .unwrap_or(&unit);
+            let mult = match unit {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => return Err(format!("bad size '{s}': use a number with K, M, G or T")),
+            };
+            (&t[..i], mult)
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size '{s}': use a number with K, M, G or T"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn flags_override_file_and_defaults_apply() {
+        let args = Args {
+            mem_limit: Some("1G".into()),
+            ..Args::default()
+        };
+        let file = FileConfig {
+            mem_limit: Some("2G".into()),
+            workers: Some(3),
+            ..FileConfig::default()
+        };
+        let c = Config::merge(args, file).unwrap();
+        assert_eq!(c.store.mem_limit_bytes, 1 << 30);
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.poll, Duration::from_micros(50));
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_their_name() {
+        let args = Args {
+            workers: Some(0),
+            ..Args::default()
+        };
+        let e = Config::merge(args, FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("workers = 0"), "{e}");
+        let args = Args {
+            mem_limit: Some("100".into()),
+            ..Args::default()
+        };
+        assert!(Config::merge(args, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let e = toml::from_str::<FileConfig>("mem_limt = \"1G\"").unwrap_err();
+        assert!(e.message().contains("mem_limt"), "{}", e.message());
+        let f: FileConfig = toml::from_str("mem_limit = \"1G\"\nworkers = 2\n").unwrap();
+        assert_eq!(f.workers, Some(2));
+    }
+}

@@ -1,0 +1,13 @@
+//! tmemd: the dom0 daemon that serves tmem guests.
+//!
+//! `main.rs` only parses arguments and reports errors; this library holds the daemon:
+//! configuration ([`config`]), the main thread ([`daemon`]: sockets, handshakes, signals),
+//! the workers that serve guest rings ([`worker`]) and the control socket ([`control`]).
+//! It must never trust a guest: every guest byte reaches it through tmem-ring's validation.
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod ratelimit;
+pub mod sdnotify;
+pub mod worker;

@@ -1,0 +1,289 @@
+//! Harness for the integration tests: start the real `tmemd`, real `tmem-guest` processes and
+//! talk to the real control socket, each test in its own temporary directory.
+//!
+//! Nothing here replaces a component of ours; it only starts, watches and stops them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// Directory of the built binaries (the profile directory the test executable lives in).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .to_path_buf()
+}
+
+static BUILD: Once = Once::new();
+
+/// Path of a workspace binary, building the workspace's binaries once if one is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        BUILD.call_once(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--workspace", "--bins"]);
+            if bin_dir().ends_with("release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "cargo build --bins failed");
+        });
+    }
+    assert!(path.exists(), "binary {} not found", path.display());
+    path
+}
+
+/// A temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "tmem-it-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.0.join("tmemd.sock")
+    }
+    pub fn control(&self) -> PathBuf {
+        self.0.join("control.sock")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Wait until `f` returns `Some`, or panic with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running tmemd.
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+    pub socket: PathBuf,
+    pub control: PathBuf,
+}
+
+impl Daemon {
+    /// Start tmemd in `dir` with extra arguments and wait until both sockets accept.
+    pub fn start(dir: &TempDir, extra: &[&str]) -> Daemon {
+        let log = dir.path().join(format!(
+            "tmemd-{}.log",
+            Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())
+        ));
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open daemon log");
+        let child = Command::new(bin("tmemd"))
+            .arg("--socket")
+            .arg(dir.socket())
+            .arg("--control-socket")
+            .arg(dir.control())
+            .args(["--log-level", "debug"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn tmemd");
+        let d = Daemon {
+            child,
+            log,
+            socket: dir.socket(),
+            control: dir.control(),
+        };
+        let control = d.control.clone();
+        wait_for(Duration::from_secs(10), "tmemd control socket", || {
+            UnixStream::connect(&control).ok()
+        });
+        d
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// Wait for exit, up to `timeout`; returns the exit status.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        wait_for(timeout, "tmemd to exit", || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One control request; returns the decoded reply.
+    pub fn control(&self, op: &tmem_control::Op) -> tmem_control::Reply {
+        control_request(&self.control, op)
+    }
+
+    /// Statistics as JSON (the `list` reply's payload).
+    pub fn stats(&self) -> Value {
+        match self.control(&tmem_control::Op::List {
+            target: tmem_control::Target::All,
+        }) {
+            tmem_control::Reply::Ok(tmem_control::OkReply::Stats(s)) => {
+                serde_json::to_value(&*s).expect("stats serialise")
+            }
+            other => panic!("list failed: {other:?}"),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Send one request to a control socket and read one reply.
+pub fn control_request(path: &Path, op: &tmem_control::Op) -> tmem_control::Reply {
+    let mut s = UnixStream::connect(path).expect("connect control socket");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&tmem_control::encode_request(op)).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    tmem_control::decode_reply(line.trim_end().as_bytes()).expect("decode reply")
+}
+
+/// A running tmem-guest whose `--json` lines are collected.
+#[derive(Debug)]
+pub struct Guest {
+    pub child: Child,
+    lines: Receiver<Value>,
+    /// Every JSON line seen so far.
+    pub seen: Arc<Mutex<Vec<Value>>>,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Guest {
+    /// Start tmem-guest with `--socket <dir socket> --json` and the given arguments.
+    pub fn start(dir: &TempDir, args: &[&str]) -> Guest {
+        let mut child = Command::new(bin("tmem-guest"))
+            .arg("--socket")
+            .arg(dir.socket())
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tmem-guest");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    seen2.lock().unwrap().push(v.clone());
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let err = Arc::new(Mutex::new(String::new()));
+        let err2 = err.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                err2.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Guest {
+            child,
+            lines: rx,
+            seen,
+            stderr: err,
+        }
+    }
+
+    /// Wait for a JSON line satisfying `pred`; panics with the guest's stderr on timeout.
+    pub fn wait_line(&self, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) if pred(&v) => return v,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
+                    "timed out waiting for guest line: {what}\nstderr:\n{}",
+                    self.stderr.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    /// Wait for the guest to exit and return (exit status, stderr).
+    pub fn finish(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let st = wait_for(timeout, "tmem-guest to exit", || {
+            self.child.try_wait().ok().flatten()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let err = self.stderr.lock().unwrap().clone();
+        (st, err)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
