@@ -343,13 +343,13 @@ mod tests {
                 "shared-auth",
                 "2",
                 "-u",
-                "00000000000000010000000000000002",
+                "00112233-4455-6677-8899-aabbccddeeff",
                 "-A",
                 "1"
             ]),
             Command::Simple(Op::SharedAuth {
                 target: Target::DomId(2),
-                uuid: [2, 1],
+                uuid: [0x7766_5544_3322_1100, 0xffee_ddcc_bbaa_9988],
                 allow: true,
             })
         );

@@ -638,11 +638,11 @@ DOMID  NAME  STATE            WEIGHT  CAP   PAGES  MEMORY   PUTS  GETS  HITS  HI
 DOMID  POOL  KIND  UUID                                  PAGES  PUTS  GETS  HITS  HIT%   FLUSHES
 1      0     EP    -                                     1000   3002  2000  1000  50.0%  16
 1      1     PP    -                                     500    1502  1000  500   50.0%  16
-1      2     ES    00000000-00ab-cdef-0000-000000000002  100    302   200   100   50.0%  16
-7      0     ES    00000000-00ab-cdef-0000-000000000002  100    302   200   100   50.0%  16
+1      2     ES    02000000-0000-0000-efcd-ab0000000000  100    302   200   100   50.0%  16
+7      0     ES    02000000-0000-0000-efcd-ab0000000000  100    302   200   100   50.0%  16
 
 SHARED UUID                           KIND  SHARERS  PAGES  PUTS  GETS  HITS  HIT%
-00000000-00ab-cdef-0000-000000000002  ES    1,7      100    302   200   100   50.0%
+02000000-0000-0000-efcd-ab0000000000  ES    1,7      100    302   200   100   50.0%
 ";
         assert_eq!(t, expected, "got:\n{t}");
     }
@@ -670,7 +670,7 @@ SHARED UUID                           KIND  SHARERS  PAGES  PUTS  GETS  HITS  HI
             "  pool 1 [PP]",
             "duplicate puts (flushed/replaced)  1/4",
             "gets (found/total)                 1000/2000 (50.0%)",
-            "shared pool 00000000-00ab-cdef-0000-000000000002 [ES]",
+            "shared pool 02000000-0000-0000-efcd-ab0000000000 [ES]",
             "sharers",
         ] {
             assert!(t.contains(needle), "missing {needle:?} in:\n{t}");

@@ -217,30 +217,48 @@ pub fn decode_reply(line: &[u8]) -> Result<Reply, String> {
     Ok(r.reply)
 }
 
-/// Parse a uuid given as 32 hex digits (dashes allowed). As `xl tmem-shared-auth` did, the
-/// first 16 digits are the high word and the last 16 the low word; the result is `[lo, hi]`.
+/// Parse a uuid given as 32 hex digits (dashes allowed) into the `[lo, hi]` words a guest
+/// sends on the ring.
+///
+/// The text is read as 16 bytes in order and each word is the little-endian value of eight of
+/// them, exactly as the guest side (tmem-front, and Linux's cleancache shim, which copies the
+/// filesystem uuid bytes into `uuid_lo`/`uuid_hi`) turns a uuid into words. So the uuid an
+/// administrator types (e.g. from `blkid`) names the pool the guest created. `xl` parsed the
+/// text as two big-endian numbers instead, which never matched what Linux guests sent.
 pub fn parse_uuid(s: &str) -> Result<[u64; 2], String> {
-    let hex: String = s.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+    let hex: Vec<u8> = s.bytes().filter(|c| *c != b'-').collect();
+    if hex.len() != 32 || !hex.iter().all(u8::is_ascii_hexdigit) {
         return Err(format!(
-            "bad uuid '{s}': expected 32 hex digits like 0123456789abcdef-0123456789abcdef"
+            "bad uuid '{s}': expected 32 hex digits like 00112233-4455-6677-8899-aabbccddeeff"
         ));
     }
-    let hi = u64::from_str_radix(&hex[..16], 16).map_err(|e| e.to_string())?;
-    let lo = u64::from_str_radix(&hex[16..], 16).map_err(|e| e.to_string())?;
-    Ok([lo, hi])
+    let mut bytes = [0u8; 16];
+    for (b, pair) in bytes.iter_mut().zip(hex.chunks(2)) {
+        let txt = std::str::from_utf8(pair).map_err(|e| e.to_string())?;
+        *b = u8::from_str_radix(txt, 16).map_err(|e| e.to_string())?;
+    }
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[i..i + 8]);
+        u64::from_le_bytes(w)
+    };
+    Ok([word(0), word(8)])
 }
 
-/// The text form of a uuid `[lo, hi]`, inverse of [`parse_uuid`].
+/// The text form (8-4-4-4-12) of a uuid `[lo, hi]`, inverse of [`parse_uuid`].
 pub fn format_uuid(uuid: [u64; 2]) -> String {
-    let s = format!("{:016x}{:016x}", uuid[1], uuid[0]);
+    let b: Vec<String> = uuid
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .map(|x| format!("{x:02x}"))
+        .collect();
     format!(
         "{}-{}-{}-{}-{}",
-        &s[0..8],
-        &s[8..12],
-        &s[12..16],
-        &s[16..20],
-        &s[20..32]
+        b[0..4].concat(),
+        b[4..6].concat(),
+        b[6..8].concat(),
+        b[8..10].concat(),
+        b[10..16].concat()
     )
 }
 
@@ -302,9 +320,13 @@ mod tests {
     }
 
     #[test]
-    fn uuid_text_round_trips_with_xl_word_order() {
+    fn uuid_text_uses_the_guest_byte_order() {
+        // Bytes in text order, each word little-endian: what tmem-front puts on the ring.
+        let u = parse_uuid("00112233-4455-6677-8899-aabbccddeeff").unwrap();
+        assert_eq!(u, [0x7766_5544_3322_1100, 0xffee_ddcc_bbaa_9988]);
+        assert_eq!(format_uuid(u), "00112233-4455-6677-8899-aabbccddeeff");
         let u = parse_uuid("00000000000000010000000000000002").unwrap();
-        assert_eq!(u, [2, 1]);
+        assert_eq!(u, [0x0100_0000_0000_0000, 0x0200_0000_0000_0000]);
         assert_eq!(parse_uuid(&format_uuid(u)).unwrap(), u);
         assert!(parse_uuid("xyz").is_err());
         assert!(parse_uuid("0000000000000001000000000000000").is_err());
