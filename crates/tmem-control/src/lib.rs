@@ -217,48 +217,42 @@ pub fn decode_reply(line: &[u8]) -> Result<Reply, String> {
     Ok(r.reply)
 }
 
-/// Parse a uuid given as 32 hex digits (dashes allowed) into the `[lo, hi]` words a guest
-/// sends on the ring.
-///
-/// The text is read as 16 bytes in order and each word is the little-endian value of eight of
-/// them, exactly as the guest side (tmem-front, and Linux's cleancache shim, which copies the
-/// filesystem uuid bytes into `uuid_lo`/`uuid_hi`) turns a uuid into words. So the uuid an
-/// administrator types (e.g. from `blkid`) names the pool the guest created. `xl` parsed the
-/// text as two big-endian numbers instead, which never matched what Linux guests sent.
+/// Parse a uuid in its usual text form (32 hex digits, dashes anywhere), as `blkid` prints a
+/// filesystem's uuid. The 16 bytes in text order are the raw uuid; the pool's two words are
+/// those bytes read as little-endian `u64`s, `[bytes 0..8, bytes 8..16]` — exactly what a
+/// Linux guest sends for that filesystem. (`xl tmem-shared-auth` put the first 16 digits in
+/// the high word instead, so the same text named a different pool than the guest's; tmemd
+/// follows the guest.)
 pub fn parse_uuid(s: &str) -> Result<[u64; 2], String> {
-    let hex: Vec<u8> = s.bytes().filter(|c| *c != b'-').collect();
+    let hex: Vec<u8> = s.bytes().filter(|&b| b != b'-').collect();
     if hex.len() != 32 || !hex.iter().all(u8::is_ascii_hexdigit) {
         return Err(format!(
-            "bad uuid '{s}': expected 32 hex digits like 00112233-4455-6677-8899-aabbccddeeff"
+            "bad uuid '{s}': expected 32 hex digits like 01234567-89ab-cdef-0123-456789abcdef"
         ));
     }
-    let mut bytes = [0u8; 16];
-    for (b, pair) in bytes.iter_mut().zip(hex.chunks(2)) {
-        let txt = std::str::from_utf8(pair).map_err(|e| e.to_string())?;
-        *b = u8::from_str_radix(txt, 16).map_err(|e| e.to_string())?;
+    let mut raw = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let text = std::str::from_utf8(pair).map_err(|e| e.to_string())?;
+        raw[i] = u8::from_str_radix(text, 16).map_err(|e| e.to_string())?;
     }
-    let word = |i: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&bytes[i..i + 8]);
-        u64::from_le_bytes(w)
-    };
-    Ok([word(0), word(8)])
+    let lo = u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
+    let hi = u64::from_le_bytes(raw[8..16].try_into().expect("8 bytes"));
+    Ok([lo, hi])
 }
 
-/// The text form (8-4-4-4-12) of a uuid `[lo, hi]`, inverse of [`parse_uuid`].
+/// The text form of a pool uuid `[lo, hi]`, inverse of [`parse_uuid`].
 pub fn format_uuid(uuid: [u64; 2]) -> String {
-    let b: Vec<String> = uuid
-        .iter()
-        .flat_map(|w| w.to_le_bytes())
-        .map(|x| format!("{x:02x}"))
-        .collect();
+    let mut raw = [0u8; 16];
+    raw[0..8].copy_from_slice(&uuid[0].to_le_bytes());
+    raw[8..16].copy_from_slice(&uuid[1].to_le_bytes());
+    let h: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",
-        b[0..4].concat(),
-        b[4..6].concat(),
-        b[6..8].concat(),
-        b[8..10].concat(),
-        b[10..16].concat()
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
     )
 }
 
