@@ -6,6 +6,17 @@
 //! stale or corrupt byte is fatal (exit 1). `tmem-guest bench` is the ring load generator.
 //! This binary must never hide a verification error and never panic on a backend failure.
 
+/// `println!` that ends the process quietly when stdout is gone (e.g. piped into `head`)
+/// instead of panicking: nobody is left to read the result.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(1);
+        }
+    }};
+}
+
 mod content;
 mod workload;
 
@@ -262,7 +273,7 @@ fn bench(a: BenchArgs) -> ExitCode {
         "verification_errors": bad,
         "counters": client.counters(),
     });
-    println!("{j}");
+    outln!("{j}");
     if bad > 0 {
         eprintln!("tmem-guest bench: {bad} pages came back with the wrong content");
         return ExitCode::from(1);

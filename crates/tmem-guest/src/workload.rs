@@ -117,7 +117,7 @@ struct Guest {
 }
 
 fn emit_json(v: serde_json::Value) {
-    println!("{v}");
+    outln!("{v}");
 }
 
 pub fn run(a: RunArgs) -> ExitCode {
@@ -501,7 +501,7 @@ impl Guest {
             let mapped = st.pools.iter().filter(|p| p.real_id.is_some()).count();
             let cc = st.counters.cleancache;
             let fsw = st.counters.frontswap;
-            println!(
+            outln!(
                 "[{:7.2}s] {} pools {}/{} mapped | ops {} | cleancache gets {}/{} puts {} inval {} | frontswap stores {}/{} loads {}/{} lost {} | errors {}",
                 self.elapsed(),
                 if st.connected { "connected   " } else { "disconnected" },
@@ -524,13 +524,13 @@ impl Guest {
 
     fn print_table(&self) {
         let st = self.client.status();
-        println!();
-        println!(
+        outln!();
+        outln!(
             "{:<10} {:<20} {:<38} {:>8} {:>5} {:>8}",
             "FAKE-ID", "KIND", "UUID", "REAL-ID", "LOST", "REPLAY"
         );
         for p in &st.pools {
-            println!(
+            outln!(
                 "{:<10} {:<20} {:<38} {:>8} {:>5} {:>8}{}",
                 p.fake_id,
                 p.kind,
@@ -544,32 +544,32 @@ impl Guest {
             );
         }
         let c = st.counters;
-        println!();
-        println!(
+        outln!();
+        outln!(
             "cleancache: succ_gets {} failed_gets {} puts {} invalidates {}",
             c.cleancache.succ_gets,
             c.cleancache.failed_gets,
             c.cleancache.puts,
             c.cleancache.invalidates
         );
-        println!(
+        outln!(
             "frontswap:  succ_stores {} failed_stores {} loads {} succ_loads {} lost_loads {} invalidates {}",
             c.frontswap.succ_stores, c.frontswap.failed_stores, c.frontswap.loads, c.frontswap.succ_loads, c.frontswap.lost_loads, c.frontswap.invalidates
         );
-        println!(
+        outln!(
             "map:        connects {} disconnects {} mapped {} reattached {} losses {} lost_pages {} replayed {} dropped_puts {}",
             c.map.connects, c.map.disconnects, c.map.pools_mapped, c.map.reattached, c.map.losses, c.map.lost_pages, c.map.replayed, c.map.dropped_puts
         );
-        println!(
+        outln!(
             "guest:      {}",
             serde_json::to_string(&self.c).unwrap_or_default()
         );
         if self.errors.is_empty() {
-            println!("verification: OK ({} pages checked)", self.c.verified_pages);
+            outln!("verification: OK ({} pages checked)", self.c.verified_pages);
         } else {
-            println!("verification: FAILED");
+            outln!("verification: FAILED");
             for e in &self.errors {
-                println!("  {e}");
+                outln!("  {e}");
             }
         }
     }
