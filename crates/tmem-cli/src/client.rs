@@ -39,7 +39,9 @@ impl Client {
         };
         stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
         stream.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
-        stream.write_all(&encode_request(op)).map_err(io)?;
+        // A daemon that refuses this peer answers at once and closes; the refusal is still
+        // readable after our write fails, and is the better message.
+        let write_err = stream.write_all(&encode_request(op)).err();
         let mut line = Vec::new();
         let n = BufReader::new((&stream).take(MAX_REPLY_BYTES))
             .read_until(b'\n', &mut line)
@@ -53,6 +55,11 @@ impl Client {
                 },
                 _ => io(e),
             })?;
+        if let Some(e) = write_err {
+            if n == 0 {
+                return Err(io(e));
+            }
+        }
         if n == 0 {
             return Err(CliError::Unreachable {
                 path: self.path.clone(),
