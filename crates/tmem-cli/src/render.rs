@@ -210,9 +210,10 @@ pub fn render_table(stats: &StoreStats, all: bool) -> String {
 fn kv_block(out: &mut String, title: &str, items: &[(&str, String)]) {
     out.push_str(title);
     out.push('\n');
+    let indent = " ".repeat(title.len() - title.trim_start().len() + 2);
     let rows: Vec<Vec<String>> = items
         .iter()
-        .map(|(k, v)| vec![format!("  {k}"), v.clone()])
+        .map(|(k, v)| vec![format!("{indent}{k}"), v.clone()])
         .collect();
     out.push_str(&columns(&rows));
 }
@@ -297,7 +298,9 @@ pub fn render_long(stats: &StoreStats, all: bool) -> String {
         );
     }
     for c in &stats.clients {
-        out.push('\n');
+        if !out.is_empty() {
+            out.push('\n');
+        }
         kv_block(
             &mut out,
             &format!(
@@ -668,8 +671,8 @@ SHARED UUID                           KIND  SHARERS  PAGES  PUTS  GETS  HITS  HI
             "state                      detached,frozen",
             "cap (pages)                2560",
             "  pool 1 [PP]",
-            "duplicate puts (flushed/replaced)  1/4",
-            "gets (found/total)                 1000/2000 (50.0%)",
+            "    duplicate puts (flushed/replaced)  1/4",
+            "    gets (found/total)                 1000/2000 (50.0%)",
             "shared pool 02000000-0000-0000-efcd-ab0000000000 [ES]",
             "sharers",
         ] {
