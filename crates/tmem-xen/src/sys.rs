@@ -1,0 +1,536 @@
+//! Raw kernel interfaces: the Linux Xen device ioctls (`include/uapi/xen/{gntdev,gntalloc,
+//! evtchn}.h`), mmap and poll. Every `unsafe` of the Xen transport lives in this file.
+
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tmem_ring::{SharedMem, PAGE_SIZE};
+
+pub const GNTDEV_PATH: &str = "/dev/xen/gntdev";
+pub const GNTALLOC_PATH: &str = "/dev/xen/gntalloc";
+pub const EVTCHN_PATH: &str = "/dev/xen/evtchn";
+
+/// `_IOC(_IOC_NONE, type, nr, size)` on x86/arm (`_IOC_NONE` = 0, size at bit 16).
+const fn ioc_none(ty: u8, nr: u8, size: usize) -> libc::c_ulong {
+    ((size as libc::c_ulong) << 16) | ((ty as libc::c_ulong) << 8) | nr as libc::c_ulong
+}
+
+// gntdev.h
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct GntdevGrantRef {
+    domid: u32,
+    gref: u32,
+}
+/// `struct ioctl_gntdev_map_grant_ref` with its one-element trailing array (the size the ioctl
+/// number encodes); more refs follow in the same buffer.
+#[repr(C)]
+struct GntdevMapGrantRef {
+    count: u32,
+    pad: u32,
+    index: u64,
+    refs: [GntdevGrantRef; 1],
+}
+#[repr(C)]
+struct GntdevUnmapGrantRef {
+    index: u64,
+    count: u32,
+    pad: u32,
+}
+const IOCTL_GNTDEV_MAP_GRANT_REF: libc::c_ulong =
+    ioc_none(b'G', 0, std::mem::size_of::<GntdevMapGrantRef>());
+const IOCTL_GNTDEV_UNMAP_GRANT_REF: libc::c_ulong =
+    ioc_none(b'G', 1, std::mem::size_of::<GntdevUnmapGrantRef>());
+
+// gntalloc.h
+#[repr(C)]
+struct GntallocAllocGref {
+    domid: u16,
+    flags: u16,
+    count: u32,
+    index: u64,
+    gref_ids: [u32; 1],
+}
+#[repr(C)]
+struct GntallocDeallocGref {
+    index: u64,
+    count: u32,
+}
+const GNTALLOC_FLAG_WRITABLE: u16 = 1;
+const IOCTL_GNTALLOC_ALLOC_GREF: libc::c_ulong =
+    ioc_none(b'G', 5, std::mem::size_of::<GntallocAllocGref>());
+const IOCTL_GNTALLOC_DEALLOC_GREF: libc::c_ulong =
+    ioc_none(b'G', 6, std::mem::size_of::<GntallocDeallocGref>());
+
+// evtchn.h
+#[repr(C)]
+struct EvtchnBindInterdomain {
+    remote_domain: u32,
+    remote_port: u32,
+}
+#[repr(C)]
+struct EvtchnPort {
+    port: u32,
+}
+const IOCTL_EVTCHN_BIND_INTERDOMAIN: libc::c_ulong =
+    ioc_none(b'E', 1, std::mem::size_of::<EvtchnBindInterdomain>());
+const IOCTL_EVTCHN_BIND_UNBOUND_PORT: libc::c_ulong = ioc_none(b'E', 2, 4);
+const IOCTL_EVTCHN_UNBIND: libc::c_ulong = ioc_none(b'E', 3, 4);
+const IOCTL_EVTCHN_NOTIFY: libc::c_ulong = ioc_none(b'E', 4, 4);
+
+const _: () = {
+    assert!(std::mem::size_of::<GntdevMapGrantRef>() == 24);
+    assert!(std::mem::size_of::<GntdevUnmapGrantRef>() == 16);
+    assert!(std::mem::size_of::<GntallocAllocGref>() == 24);
+    assert!(std::mem::size_of::<GntallocDeallocGref>() == 16);
+    // Values from the kernel headers, as a cross-check of the encoding.
+    assert!(IOCTL_GNTDEV_MAP_GRANT_REF == 0x0018_4700);
+    assert!(IOCTL_GNTALLOC_ALLOC_GREF == 0x0018_4705);
+    assert!(IOCTL_EVTCHN_BIND_INTERDOMAIN == 0x0008_4501);
+    assert!(IOCTL_EVTCHN_NOTIFY == 0x0004_4504);
+};
+
+// The ioctl buffers below are assembled as little-endian u64 words.
+const _: () = assert!(cfg!(target_endian = "little"));
+
+/// Most grants mapped or shared in one call (bounds the ioctl buffers; the data area limit
+/// the backend advertises is far below).
+pub const MAX_GRANTS_PER_CALL: usize = 1 << 16;
+
+fn open_dev(path: &str) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+}
+
+fn errno() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// `poll` one descriptor; `Ok(true)` if ready, `Ok(false)` on timeout. EINTR counts as ready
+/// (the caller re-checks).
+pub fn poll_fd(fd: RawFd, events: i16, timeout: Option<Duration>) -> std::io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ms = match timeout {
+        None => -1,
+        Some(t) => t.as_millis().min(i32::MAX as u128) as i32,
+    };
+    // SAFETY: `p` is one valid pollfd for the duration of the call.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    if r < 0 {
+        let e = errno();
+        if e.kind() == ErrorKind::Interrupted {
+            return Ok(true);
+        }
+        return Err(e);
+    }
+    Ok(r > 0)
+}
+
+/// A shared mapping of `len` bytes of `fd` at page offset `index`.
+fn mmap_shared(fd: RawFd, len: usize, index: u64, writable: bool) -> std::io::Result<*mut u8> {
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    let off = libc::off_t::try_from(index)
+        .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "mmap offset too large"))?;
+    // SAFETY: a fresh mapping chosen by the kernel (no fixed address), of a device file we
+    // hold open; nothing else is affected.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, off) };
+    if p == libc::MAP_FAILED {
+        return Err(errno());
+    }
+    Ok(p.cast())
+}
+
+/// # Safety
+/// `addr..addr+len` must be a mapping made by [`mmap_shared`] that nothing uses any more.
+unsafe fn munmap(addr: *mut u8, len: usize) {
+    // SAFETY: per the function contract.
+    unsafe { libc::munmap(addr.cast(), len) };
+}
+
+// ---- gntdev: the backend maps a peer's grants ---------------------------------------------
+
+/// `/dev/xen/gntdev`, shared by all mappings of a process.
+#[derive(Debug)]
+pub struct Gntdev {
+    file: File,
+}
+
+impl Gntdev {
+    pub fn open() -> std::io::Result<Arc<Gntdev>> {
+        Ok(Arc::new(Gntdev {
+            file: open_dev(GNTDEV_PATH)?,
+        }))
+    }
+
+    /// Map grants `refs` of domain `domid` as one contiguous area, in order. Fails if any
+    /// grant is invalid (the whole mapping is then released).
+    pub fn map(
+        self: &Arc<Self>,
+        domid: u32,
+        refs: &[u32],
+        writable: bool,
+    ) -> std::io::Result<GrantMapping> {
+        if refs.is_empty() || refs.len() > MAX_GRANTS_PER_CALL {
+            return Err(std::io::Error::new(
+                ErrorKind::InvalidInput,
+                "grant count out of range",
+            ));
+        }
+        // Buffer of u64 words so the header is 8-byte aligned: 16 header bytes + 8 per ref.
+        let mut buf = vec![0u64; 2 + refs.len()];
+        {
+            let words: Vec<u64> = refs
+                .iter()
+                .map(|&r| u64::from(domid) | (u64::from(r) << 32))
+                .collect();
+            buf[0] = refs.len() as u64; // count (low half), pad (high half) = 0
+            buf[2..].copy_from_slice(&words);
+        }
+        let hdr = buf.as_mut_ptr().cast::<GntdevMapGrantRef>();
+        // SAFETY: `buf` is at least as large as GntdevMapGrantRef (24 bytes) plus the extra
+        // refs the kernel reads for `count`, 8-byte aligned, and lives across the call.
+        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), IOCTL_GNTDEV_MAP_GRANT_REF, hdr) };
+        if r != 0 {
+            return Err(errno());
+        }
+        let index = buf[1];
+        let len = refs.len() * PAGE_SIZE;
+        let mut mapping = GrantMapping {
+            dev: self.clone(),
+            addr: std::ptr::null_mut(),
+            len,
+            index,
+            count: refs.len() as u32,
+        };
+        // On failure `mapping` is dropped, which releases the reservation.
+        mapping.addr = mmap_shared(self.file.as_raw_fd(), len, index, writable)?;
+        Ok(mapping)
+    }
+
+    fn unmap_ref(&self, index: u64, count: u32) {
+        let mut u = GntdevUnmapGrantRef {
+            index,
+            count,
+            pad: 0,
+        };
+        // SAFETY: `u` is a valid, properly sized struct for this ioctl.
+        unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                IOCTL_GNTDEV_UNMAP_GRANT_REF,
+                &mut u as *mut GntdevUnmapGrantRef,
+            )
+        };
+    }
+}
+
+/// A peer's grants mapped into this process. Unmapped (and the grant handles released) on
+/// drop. Implements [`SharedMem`], so tmem-ring runs over it unchanged.
+#[derive(Debug)]
+pub struct GrantMapping {
+    dev: Arc<Gntdev>,
+    addr: *mut u8,
+    len: usize,
+    index: u64,
+    count: u32,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this object; all access goes through
+// raw pointers per the SharedMem contract.
+unsafe impl Send for GrantMapping {}
+// SAFETY: as above.
+unsafe impl Sync for GrantMapping {}
+
+impl Drop for GrantMapping {
+    fn drop(&mut self) {
+        if !self.addr.is_null() {
+            // SAFETY: `addr/len` is our own mapping, dropped exactly once, with no users left
+            // (the ring that borrowed it is gone with its owner).
+            unsafe { munmap(self.addr, self.len) };
+        }
+        self.dev.unmap_ref(self.index, self.count);
+    }
+}
+
+// SAFETY: `addr..addr+len` is a live mapping until Drop; mmap returns page-aligned addresses.
+unsafe impl SharedMem for GrantMapping {
+    fn base(&self) -> *mut u8 {
+        self.addr
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl GrantMapping {
+    /// Copy the mapping out (for small read-only areas such as the grant directory).
+    pub fn copy_out(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.len];
+        // SAFETY: `addr..addr+len` is readable while self lives; the peer may write it
+        // concurrently, which only makes the copied values arbitrary (they are validated).
+        unsafe { std::ptr::copy_nonoverlapping(self.addr, v.as_mut_ptr(), self.len) };
+        v
+    }
+}
+
+// ---- gntalloc: the frontend shares its own pages ----------------------------------------
+
+/// Pages of this domain granted to another domain through `/dev/xen/gntalloc`, mapped here.
+/// Dropping unmaps them and releases the grants (the kernel keeps a page alive while the
+/// peer still maps it).
+#[derive(Debug)]
+pub struct GrantShare {
+    file: File,
+    addr: *mut u8,
+    len: usize,
+    index: u64,
+    refs: Vec<u32>,
+}
+
+// SAFETY: plain shared memory owned by this object, accessed through raw pointers only.
+unsafe impl Send for GrantShare {}
+// SAFETY: as above.
+unsafe impl Sync for GrantShare {}
+
+impl GrantShare {
+    /// Allocate `pages` zeroed pages granted to `peer`.
+    pub fn alloc(peer: u32, pages: usize, writable: bool) -> std::io::Result<GrantShare> {
+        if pages == 0 || pages > MAX_GRANTS_PER_CALL {
+            return Err(std::io::Error::new(
+                ErrorKind::InvalidInput,
+                "page count out of range",
+            ));
+        }
+        let peer = u16::try_from(peer)
+            .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "peer domid too large"))?;
+        let file = open_dev(GNTALLOC_PATH)?;
+        // 16 header bytes, then `pages` u32 ids; in u64 words for alignment.
+        let words = 2 + pages.div_ceil(2);
+        let mut buf = vec![0u64; words];
+        let flags = if writable { GNTALLOC_FLAG_WRITABLE } else { 0 };
+        buf[0] = u64::from(peer) | (u64::from(flags) << 16) | ((pages as u64) << 32);
+        let hdr = buf.as_mut_ptr().cast::<GntallocAllocGref>();
+        // SAFETY: `buf` holds the header and room for `pages` grant ids, is 8-byte aligned,
+        // and outlives the call.
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), IOCTL_GNTALLOC_ALLOC_GREF, hdr) };
+        if r != 0 {
+            return Err(errno());
+        }
+        let index = buf[1];
+        let refs: Vec<u32> = (0..pages)
+            .map(|i| {
+                let w = buf[2 + i / 2];
+                if i % 2 == 0 {
+                    w as u32
+                } else {
+                    (w >> 32) as u32
+                }
+            })
+            .collect();
+        let len = pages * PAGE_SIZE;
+        let mut share = GrantShare {
+            file,
+            addr: std::ptr::null_mut(),
+            len,
+            index,
+            refs,
+        };
+        share.addr = mmap_shared(share.file.as_raw_fd(), len, index, true)?;
+        Ok(share)
+    }
+
+    /// The grant reference of each page, in order.
+    pub fn refs(&self) -> &[u32] {
+        &self.refs
+    }
+
+    /// Copy `bytes` into the shared pages at `offset` (before the peer maps them).
+    pub fn write_at(&self, offset: usize, bytes: &[u8]) {
+        let end = offset.checked_add(bytes.len()).expect("offset overflow");
+        assert!(end <= self.len, "write_at out of range");
+        // SAFETY: `offset <= len` (checked above), so the pointer stays inside our mapping.
+        let dst = unsafe { self.addr.add(offset) };
+        // SAFETY: `dst..dst+bytes.len()` is inside our live mapping; raw copy, no reference.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+    }
+}
+
+impl Drop for GrantShare {
+    fn drop(&mut self) {
+        if !self.addr.is_null() {
+            // SAFETY: our own mapping, unused from here on.
+            unsafe { munmap(self.addr, self.len) };
+        }
+        let mut d = GntallocDeallocGref {
+            index: self.index,
+            count: self.refs.len() as u32,
+        };
+        // SAFETY: a valid struct for this ioctl on the file that allocated the grants.
+        unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                IOCTL_GNTALLOC_DEALLOC_GREF,
+                &mut d as *mut GntallocDeallocGref,
+            )
+        };
+    }
+}
+
+// SAFETY: `addr..addr+len` is a live, page-aligned mapping until Drop.
+unsafe impl SharedMem for GrantShare {
+    fn base(&self) -> *mut u8 {
+        self.addr
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+// ---- event channels ----------------------------------------------------------------------
+
+/// `/dev/xen/evtchn`: one open file can bind many ports. Reading yields the ports that fired
+/// (each then stays masked until written back); the file is non-blocking and pollable.
+#[derive(Debug)]
+pub struct Evtchn {
+    file: File,
+}
+
+impl Evtchn {
+    pub fn open() -> std::io::Result<Arc<Evtchn>> {
+        Ok(Arc::new(Evtchn {
+            file: open_dev(EVTCHN_PATH)?,
+        }))
+    }
+
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Bind to `remote_port` of `domid` (the backend side). Returns the local port.
+    pub fn bind_interdomain(&self, domid: u32, remote_port: u32) -> std::io::Result<u32> {
+        let mut b = EvtchnBindInterdomain {
+            remote_domain: domid,
+            remote_port,
+        };
+        // SAFETY: a valid struct for this ioctl; the kernel only reads it.
+        let r = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                IOCTL_EVTCHN_BIND_INTERDOMAIN,
+                &mut b as *mut EvtchnBindInterdomain,
+            )
+        };
+        if r < 0 {
+            return Err(errno());
+        }
+        Ok(r as u32)
+    }
+
+    /// Allocate a port that `domid` may bind to (the frontend side). Returns the port.
+    pub fn bind_unbound(&self, domid: u32) -> std::io::Result<u32> {
+        let mut p = EvtchnPort { port: domid };
+        // SAFETY: a valid 4-byte struct for this ioctl.
+        let r = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                IOCTL_EVTCHN_BIND_UNBOUND_PORT,
+                &mut p as *mut EvtchnPort,
+            )
+        };
+        if r < 0 {
+            return Err(errno());
+        }
+        Ok(r as u32)
+    }
+
+    fn port_ioctl(&self, req: libc::c_ulong, port: u32) -> std::io::Result<()> {
+        let mut p = EvtchnPort { port };
+        // SAFETY: a valid 4-byte struct for these ioctls.
+        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), req, &mut p as *mut EvtchnPort) };
+        if r < 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
+    pub fn notify(&self, port: u32) -> std::io::Result<()> {
+        self.port_ioctl(IOCTL_EVTCHN_NOTIFY, port)
+    }
+
+    pub fn unbind(&self, port: u32) -> std::io::Result<()> {
+        self.port_ioctl(IOCTL_EVTCHN_UNBIND, port)
+    }
+
+    /// Take every pending port (without blocking) and unmask each again. Returns how many.
+    pub fn drain(&self, mut on_port: impl FnMut(u32)) -> std::io::Result<usize> {
+        use std::io::{Read, Write};
+        let mut n = 0;
+        let mut buf = [0u8; 4 * 64];
+        loop {
+            match (&self.file).read(&mut buf) {
+                Ok(0) => return Ok(n),
+                Ok(len) => {
+                    let len = len - len % 4;
+                    for c in buf[..len].chunks_exact(4) {
+                        on_port(u32::from_ne_bytes(c.try_into().expect("4 bytes")));
+                    }
+                    // Unmask what we took; errors (an unbound port) are harmless.
+                    let _ = (&self.file).write(&buf[..len]);
+                    n += len / 4;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Wait up to `timeout` for any port to fire; drains and unmasks. True if one fired.
+    pub fn wait(&self, timeout: Option<Duration>) -> std::io::Result<bool> {
+        if self.drain(|_| {})? > 0 {
+            return Ok(true);
+        }
+        poll_fd(self.as_raw_fd(), libc::POLLIN, timeout)?;
+        Ok(self.drain(|_| {})? > 0)
+    }
+}
+
+/// A port bound on a shared [`Evtchn`]; unbound on drop.
+#[derive(Debug)]
+pub struct BoundPort {
+    pub evtchn: Arc<Evtchn>,
+    pub port: u32,
+}
+
+impl BoundPort {
+    pub fn notify(&self) -> std::io::Result<()> {
+        self.evtchn.notify(self.port)
+    }
+}
+
+impl Drop for BoundPort {
+    fn drop(&mut self) {
+        let _ = self.evtchn.unbind(self.port);
+    }
+}
+
+/// Whether a path exists (used by the probe).
+pub fn exists(p: &str) -> bool {
+    Path::new(p).exists()
+}

@@ -1,0 +1,459 @@
+//! The `tmem` PV device's xenstore protocol, both ends: key names (from `tmem_abi::xenstore`),
+//! strict parsing of what the other end wrote, the backend's state decisions, and the
+//! frontend's publication. See `docs/protocol.md` §3.
+
+use tmem_abi::xenstore::{key, state};
+
+use crate::wire::{parse_u32, Access, Perm};
+use crate::xs::{Tx, Xs, XsError};
+
+/// Grant references per data-directory page (4-byte little-endian entries).
+pub const REFS_PER_DIR_PAGE: u32 = 1024;
+/// Largest ring the protocol allows whatever the backend says (2^8 = 256 pages).
+pub const MAX_RING_PAGE_ORDER: u32 = 8;
+/// The ring protocol version this code speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What the backend accepts, as it advertises it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_ring_page_order: u32,
+    pub max_data_pages: u32,
+}
+
+/// The frontend's connection parameters, parsed and bounds-checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendKeys {
+    pub ring_page_order: u32,
+    pub ring_refs: Vec<u32>,
+    pub data_pages: u32,
+    pub data_dir_refs: Vec<u32>,
+    pub event_channel: u32,
+    pub instance: u64,
+}
+
+impl FrontendKeys {
+    pub fn ring_pages(&self) -> u32 {
+        1 << self.ring_page_order
+    }
+}
+
+/// A frontend value that is missing or malformed (hostile input: always a refusal).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("frontend key {0} is missing")]
+    Missing(String),
+    #[error("frontend key {key} = {value:?} is invalid: {why}")]
+    Invalid {
+        key: String,
+        value: String,
+        why: &'static str,
+    },
+    #[error(transparent)]
+    Xs(#[from] XsError),
+}
+
+fn invalid(key: &str, value: &str, why: &'static str) -> KeyError {
+    // Bound what a guest can make us log.
+    let value: String = value.chars().take(32).collect();
+    KeyError::Invalid {
+        key: key.to_owned(),
+        value,
+        why,
+    }
+}
+
+/// Read a strictly formatted decimal u32 key.
+pub fn read_u32(xs: &mut Xs, tx: Tx, dir: &str, k: &str) -> Result<u32, KeyError> {
+    let v = read_key(xs, tx, dir, k)?;
+    parse_u32(&v).ok_or_else(|| invalid(k, &v, "not a decimal u32"))
+}
+
+fn read_key(xs: &mut Xs, tx: Tx, dir: &str, k: &str) -> Result<String, KeyError> {
+    let raw = xs
+        .read(tx, &format!("{dir}/{k}"))?
+        .ok_or_else(|| KeyError::Missing(k.to_owned()))?;
+    if raw.len() > 64 {
+        return Err(invalid(k, "", "longer than 64 bytes"));
+    }
+    String::from_utf8(raw).map_err(|_| invalid(k, "", "not UTF-8"))
+}
+
+/// Strict decimal u64 (no sign, no leading zeros, no spaces).
+pub fn parse_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if s.len() > 1 && s.starts_with('0') {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Read and validate everything the frontend published, against our limits.
+pub fn read_frontend_keys(
+    xs: &mut Xs,
+    tx: Tx,
+    fe: &str,
+    limits: &Limits,
+) -> Result<FrontendKeys, KeyError> {
+    let order = read_u32(xs, tx, fe, key::RING_PAGE_ORDER)?;
+    if order > limits.max_ring_page_order.min(MAX_RING_PAGE_ORDER) {
+        return Err(invalid(
+            key::RING_PAGE_ORDER,
+            &order.to_string(),
+            "above max-ring-page-order",
+        ));
+    }
+    let mut ring_refs = Vec::with_capacity(1 << order);
+    for i in 0..(1u32 << order) {
+        ring_refs.push(read_u32(
+            xs,
+            tx,
+            fe,
+            &format!("{}{i}", key::RING_REF_PREFIX),
+        )?);
+    }
+    let data_pages = read_u32(xs, tx, fe, key::DATA_PAGES)?;
+    if data_pages > limits.max_data_pages {
+        return Err(invalid(
+            key::DATA_PAGES,
+            &data_pages.to_string(),
+            "above max-data-pages",
+        ));
+    }
+    let mut data_dir_refs = Vec::new();
+    for i in 0..data_pages.div_ceil(REFS_PER_DIR_PAGE) {
+        data_dir_refs.push(read_u32(
+            xs,
+            tx,
+            fe,
+            &format!("{}{i}", key::DATA_DIR_REF_PREFIX),
+        )?);
+    }
+    let event_channel = read_u32(xs, tx, fe, key::EVENT_CHANNEL)?;
+    if event_channel == 0 {
+        return Err(invalid(key::EVENT_CHANNEL, "0", "port 0 is never valid"));
+    }
+    let inst = read_key(xs, tx, fe, key::INSTANCE)?;
+    let instance = parse_u64(&inst)
+        .filter(|&i| i != 0)
+        .ok_or_else(|| invalid(key::INSTANCE, &inst, "not a non-zero decimal u64"))?;
+    Ok(FrontendKeys {
+        ring_page_order: order,
+        ring_refs,
+        data_pages,
+        data_dir_refs,
+        event_channel,
+        instance,
+    })
+}
+
+/// The data pages' grant references from the directory pages (copied out of shared memory
+/// once). Entries past `data_pages` are ignored.
+pub fn parse_data_dir(dir: &[u8], data_pages: u32) -> Result<Vec<u32>, KeyError> {
+    let need = data_pages as usize * 4;
+    if dir.len() < need {
+        return Err(invalid(key::DATA_DIR_REF_PREFIX, "", "directory too small"));
+    }
+    Ok(dir[..need]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect())
+}
+
+/// Lay out directory pages for `refs` (little-endian u32 each, zero padded to whole pages).
+pub fn build_data_dir(refs: &[u32]) -> Vec<u8> {
+    let pages = (refs.len() as u32).div_ceil(REFS_PER_DIR_PAGE) as usize;
+    let mut out = vec![0u8; pages * tmem_abi::PAGE_SIZE];
+    for (i, r) in refs.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&r.to_le_bytes());
+    }
+    out
+}
+
+/// What the backend does after looking at both states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Nothing,
+    /// Read the frontend's keys and connect (first tearing down a connection made with other
+    /// keys; the same keys mean nothing to do).
+    Connect,
+    /// Tear down and answer `Closed` (the frontend is closing).
+    Close,
+    /// Tear down and go back to `InitWait` (the frontend reset or went away).
+    Reset,
+}
+
+/// The backend state machine: `fe` is the frontend's state (None if absent or garbage), `be`
+/// the backend's last written state, `connected` whether a connection is live.
+pub fn backend_step(fe: Option<u32>, be: u32, connected: bool) -> Step {
+    match fe {
+        Some(state::INITIALISED) => {
+            if connected || be == state::INIT_WAIT {
+                Step::Connect
+            } else {
+                Step::Nothing
+            }
+        }
+        Some(state::CONNECTED) | Some(state::INIT_WAIT) => Step::Nothing,
+        Some(state::CLOSING) => {
+            if connected || be != state::CLOSED {
+                Step::Close
+            } else {
+                Step::Nothing
+            }
+        }
+        _ => {
+            if connected || be != state::INIT_WAIT {
+                Step::Reset
+            } else {
+                Step::Nothing
+            }
+        }
+    }
+}
+
+/// Parse a `state` value (absent or garbage: `None`).
+pub fn parse_state(v: Option<&[u8]>) -> Option<u32> {
+    let s = std::str::from_utf8(v?).ok()?;
+    parse_u32(s).filter(|&x| x <= state::RECONFIGURED)
+}
+
+/// Backend directory permissions: dom0 owns it, nobody else may read, except the guest.
+pub fn backend_perms(backend: u32, domid: u32) -> [Perm; 2] {
+    [
+        Perm::new(backend, Access::None),
+        Perm::new(domid, Access::Read),
+    ]
+}
+
+/// Frontend directory permissions: the guest owns it (may write), the backend may read.
+pub fn frontend_perms(backend: u32, domid: u32) -> [Perm; 2] {
+    [
+        Perm::new(domid, Access::None),
+        Perm::new(backend, Access::Read),
+    ]
+}
+
+/// What the frontend shares, to publish.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub ring_page_order: u32,
+    pub ring_refs: Vec<u32>,
+    pub data_pages: u32,
+    pub data_dir_refs: Vec<u32>,
+    pub event_channel: u32,
+    pub instance: u64,
+}
+
+/// Frontend: write all keys and `state = Initialised` in one transaction (stale ring-ref /
+/// data-dir-ref keys of a bigger earlier ring are removed first).
+pub fn publish_frontend(xs: &mut Xs, fe: &str, p: &Publish) -> Result<(), XsError> {
+    xs.transaction(|xs, tx| {
+        if let Some(kids) = xs.directory(tx, fe)? {
+            for k in kids {
+                if k.starts_with(key::RING_REF_PREFIX) || k.starts_with(key::DATA_DIR_REF_PREFIX) {
+                    xs.rm(tx, &format!("{fe}/{k}"))?;
+                }
+            }
+        }
+        let w = |xs: &mut Xs, k: &str, v: String| xs.write(tx, &format!("{fe}/{k}"), v.as_bytes());
+        w(xs, key::RING_PAGE_ORDER, p.ring_page_order.to_string())?;
+        for (i, r) in p.ring_refs.iter().enumerate() {
+            w(xs, &format!("{}{i}", key::RING_REF_PREFIX), r.to_string())?;
+        }
+        w(xs, key::DATA_PAGES, p.data_pages.to_string())?;
+        for (i, r) in p.data_dir_refs.iter().enumerate() {
+            w(
+                xs,
+                &format!("{}{i}", key::DATA_DIR_REF_PREFIX),
+                r.to_string(),
+            )?;
+        }
+        w(xs, key::EVENT_CHANNEL, p.event_channel.to_string())?;
+        w(xs, key::INSTANCE, p.instance.to_string())?;
+        w(xs, key::STATE, state::INITIALISED.to_string())
+    })
+}
+
+/// Frontend: the backend's advertised limits and protocol version.
+pub fn read_backend_limits(xs: &mut Xs, be: &str) -> Result<Limits, KeyError> {
+    let v = read_u32(xs, Tx::NONE, be, key::PROTOCOL_VERSION)?;
+    if v != PROTOCOL_VERSION {
+        return Err(invalid(
+            key::PROTOCOL_VERSION,
+            &v.to_string(),
+            "unsupported",
+        ));
+    }
+    Ok(Limits {
+        max_ring_page_order: read_u32(xs, Tx::NONE, be, key::MAX_RING_PAGE_ORDER)?,
+        max_data_pages: read_u32(xs, Tx::NONE, be, key::MAX_DATA_PAGES)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeXenstore;
+    use tmem_abi::xenstore::frontend_path;
+
+    const LIM: Limits = Limits {
+        max_ring_page_order: 4,
+        max_data_pages: 1024,
+    };
+
+    fn good(fx: &FakeXenstore, fe: &str) {
+        for (k, v) in [
+            ("ring-page-order", "1"),
+            ("ring-ref0", "10"),
+            ("ring-ref1", "11"),
+            ("data-pages", "1025"),
+            ("data-dir-ref0", "20"),
+            ("data-dir-ref1", "21"),
+            ("event-channel", "7"),
+            ("instance", "123456789"),
+        ] {
+            fx.write(&format!("{fe}/{k}"), v);
+        }
+    }
+
+    #[test]
+    fn frontend_keys_parse_and_are_bounded() {
+        let fx = FakeXenstore::new();
+        let (mut xs, _j) = fx.connect();
+        let fe = frontend_path(5);
+        good(&fx, &fe);
+        let lim = Limits {
+            max_data_pages: 2048,
+            ..LIM
+        };
+        let k = read_frontend_keys(&mut xs, Tx::NONE, &fe, &lim).unwrap();
+        assert_eq!(k.ring_refs, vec![10, 11]);
+        assert_eq!(k.data_dir_refs, vec![20, 21]);
+        assert_eq!(
+            (k.data_pages, k.event_channel, k.instance),
+            (1025, 7, 123456789)
+        );
+        // Above our limit.
+        let e = read_frontend_keys(&mut xs, Tx::NONE, &fe, &LIM).unwrap_err();
+        assert!(e.to_string().contains("max-data-pages"), "{e}");
+        // Each kind of garbage.
+        for (k, v, what) in [
+            ("ring-page-order", "5", "max-ring-page-order"),
+            ("ring-page-order", "-1", "decimal"),
+            ("ring-ref1", "0x10", "decimal"),
+            ("event-channel", "0", "port 0"),
+            ("instance", "0", "non-zero"),
+            ("instance", "18446744073709551616", "non-zero"),
+            ("data-pages", " 3", "decimal"),
+        ] {
+            good(&fx, &fe);
+            fx.write(&format!("{fe}/{k}"), v);
+            let e = read_frontend_keys(&mut xs, Tx::NONE, &fe, &lim).unwrap_err();
+            assert!(e.to_string().contains(what), "{k}={v}: {e}");
+        }
+        good(&fx, &fe);
+        fx.rm(&format!("{fe}/data-dir-ref1"));
+        let e = read_frontend_keys(&mut xs, Tx::NONE, &fe, &lim).unwrap_err();
+        assert!(
+            matches!(e, KeyError::Missing(ref k) if k == "data-dir-ref1"),
+            "{e}"
+        );
+        fx.write(&format!("{fe}/data-dir-ref1"), &"9".repeat(100));
+        let e = read_frontend_keys(&mut xs, Tx::NONE, &fe, &lim).unwrap_err();
+        assert!(e.to_string().contains("64 bytes"), "{e}");
+    }
+
+    #[test]
+    fn data_directory_round_trip() {
+        let refs: Vec<u32> = (100..1200).collect();
+        let dir = build_data_dir(&refs);
+        assert_eq!(dir.len(), 2 * 4096);
+        assert_eq!(parse_data_dir(&dir, refs.len() as u32).unwrap(), refs);
+        assert!(parse_data_dir(&dir[..4096], 1100).is_err());
+    }
+
+    #[test]
+    fn backend_state_machine() {
+        use state::*;
+        // Normal handshake.
+        assert_eq!(
+            backend_step(Some(INITIALISING), INIT_WAIT, false),
+            Step::Nothing
+        );
+        assert_eq!(
+            backend_step(Some(INITIALISED), INIT_WAIT, false),
+            Step::Connect
+        );
+        assert_eq!(
+            backend_step(Some(INITIALISED), CONNECTED, true),
+            Step::Connect
+        );
+        assert_eq!(
+            backend_step(Some(CONNECTED), CONNECTED, true),
+            Step::Nothing
+        );
+        // A failed connect waits for the frontend to reset.
+        assert_eq!(
+            backend_step(Some(INITIALISED), CLOSED, false),
+            Step::Nothing
+        );
+        // Closing and reset.
+        assert_eq!(backend_step(Some(CLOSING), CONNECTED, true), Step::Close);
+        assert_eq!(backend_step(Some(CLOSING), CLOSED, false), Step::Nothing);
+        assert_eq!(backend_step(Some(CLOSED), CLOSED, false), Step::Reset);
+        assert_eq!(backend_step(Some(CLOSED), INIT_WAIT, false), Step::Nothing);
+        assert_eq!(backend_step(None, CONNECTED, true), Step::Reset);
+        assert_eq!(backend_step(Some(INITIALISING), CLOSED, false), Step::Reset);
+        // After a tmemd restart: a frontend still "Connected" keeps us in InitWait until it
+        // notices and re-publishes.
+        assert_eq!(
+            backend_step(Some(CONNECTED), INIT_WAIT, false),
+            Step::Nothing
+        );
+        assert_eq!(parse_state(Some(b"4")), Some(CONNECTED));
+        assert_eq!(parse_state(Some(b"9")), None);
+        assert_eq!(parse_state(Some(b"04")), None);
+        assert_eq!(parse_state(None), None);
+    }
+
+    #[test]
+    fn publish_then_read_back_with_a_conflict() {
+        let fx = FakeXenstore::new();
+        let (mut xs, _j) = fx.connect();
+        let fe = frontend_path(3);
+        fx.write(&format!("{fe}/ring-ref3"), "99"); // stale key of an older, bigger ring
+        fx.conflict_next(2);
+        let p = Publish {
+            ring_page_order: 1,
+            ring_refs: vec![8, 9],
+            data_pages: 3,
+            data_dir_refs: vec![12],
+            event_channel: 4,
+            instance: 77,
+        };
+        publish_frontend(&mut xs, &fe, &p).unwrap();
+        assert!(!fx.exists(&format!("{fe}/ring-ref3")));
+        assert_eq!(fx.read(&format!("{fe}/state")).as_deref(), Some("3"));
+        let k = read_frontend_keys(&mut xs, Tx::NONE, &fe, &LIM).unwrap();
+        assert_eq!(k.ring_refs, vec![8, 9]);
+        assert_eq!(k.instance, 77);
+        // Three commits were tried.
+        let ends = fx
+            .log()
+            .iter()
+            .filter(|(t, _)| *t == crate::wire::ty::TRANSACTION_END)
+            .count();
+        assert_eq!(ends, 3);
+    }
+
+    #[test]
+    fn perms_for_both_directories() {
+        let b: Vec<String> = backend_perms(0, 7).iter().map(Perm::format).collect();
+        assert_eq!(b, ["n0", "r7"]);
+        let f: Vec<String> = frontend_perms(0, 7).iter().map(Perm::format).collect();
+        assert_eq!(f, ["n7", "r0"]);
+    }
+}
