@@ -769,7 +769,8 @@ const EEMPTY: i32 = -tmem_abi::status::errno::EEMPTY;
 /// A page op answered by the backend.
 fn mapped_reply(pool: &mut Pool, op: &PageOp<'_>, st: i32, c: &mut Counters) -> Outcome {
     let persistent = pool.kind.is_persistent();
-    if st < 0 {
+    // -EEMPTY is Xen's way of saying "miss" on an empty pool, not an error.
+    if st < 0 && st != EEMPTY {
         c.map.backend_errors += 1;
     }
     let err = || TmemError::from_status(st).unwrap_or(TmemError::Invalid);

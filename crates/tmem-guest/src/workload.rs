@@ -97,6 +97,9 @@ enum Slot {
     Empty,
     InTmem(u32),
     OnDisk(u32),
+    /// Stored in tmem, then reported lost (the backend lost it); stays lost until the
+    /// offset is stored or invalidated again.
+    Lost,
 }
 
 struct Guest {
@@ -448,8 +451,11 @@ impl Guest {
                 (LoadOutcome::Lost, Slot::InTmem(_)) => {
                     // Reported loss: the data is gone (a kernel would fail this swap-in).
                     self.c.swap_lost += 1;
-                    self.swap[off as usize] = Slot::Empty;
+                    self.swap[off as usize] = Slot::Lost;
                 }
+                // The loss is reported again, or the library has forgotten the key: both
+                // are honest (neither returns data).
+                (LoadOutcome::Lost | LoadOutcome::NotStored, Slot::Lost) => {}
                 (LoadOutcome::Lost, _) => {
                     self.fatal(
                         "bogus-loss",
@@ -527,7 +533,12 @@ impl Guest {
         outln!();
         outln!(
             "{:<10} {:<20} {:<38} {:>8} {:>5} {:>8}",
-            "FAKE-ID", "KIND", "UUID", "REAL-ID", "LOST", "REPLAY"
+            "FAKE-ID",
+            "KIND",
+            "UUID",
+            "REAL-ID",
+            "LOST",
+            "REPLAY"
         );
         for p in &st.pools {
             outln!(
