@@ -79,7 +79,11 @@ fn bare_spsc() -> (u64, Duration) {
                 let off = (head % n) as usize * PAGE_SIZE;
                 // SAFETY: slot inside the HeapMem, free (head - tail < n).
                 unsafe {
-                    std::ptr::copy_nonoverlapping(page.as_ptr(), s.mem.base().wrapping_add(off), PAGE_SIZE)
+                    std::ptr::copy_nonoverlapping(
+                        page.as_ptr(),
+                        s.mem.base().wrapping_add(off),
+                        PAGE_SIZE,
+                    )
                 };
                 head += 1;
                 pushed = true;
@@ -163,6 +167,81 @@ fn ring_put() -> (u64, Duration) {
     stop.store(true, Ordering::Relaxed);
     backend.join().unwrap();
     (got, t)
+}
+
+/// One thread plays both ends (no cross-core traffic): the per-page CPU cost of the ring code
+/// itself. `ring == false` is the bare equivalent (memcpy in, memcpy out, no entries).
+/// Deterministic enough for `valgrind --tool=callgrind` (`-- --single N`).
+fn single_thread(ring: bool, pages: u64) -> (u64, Duration) {
+    let layout = Layout {
+        ring_pages: 2,
+        data_slots: SLOTS,
+    };
+    let mem = Arc::new(HeapMem::new(layout.total_bytes()));
+    let mut f = FrontendRing::init(Arc::clone(&mem), layout).unwrap();
+    let mut b = BackendRing::new(Arc::clone(&mem), layout).unwrap();
+    let src = [9u8; PAGE_SIZE];
+    let mut page = [0u8; PAGE_SIZE];
+    let mut v = Vec::with_capacity(64);
+    let mut sum = 0u64;
+    let start = Instant::now();
+    let mut id = 0u64;
+    while id < pages {
+        if ring {
+            for slot in 0..SLOTS {
+                f.write_slot(slot, &src);
+                f.push_request(&RequestEntry::page_op(
+                    id,
+                    cmd::PUT_PAGE,
+                    0,
+                    [1, 2, 3],
+                    0,
+                    slot,
+                ))
+                .unwrap();
+                id += 1;
+            }
+            f.publish();
+            v.clear();
+            b.next_batch(64, &mut v).unwrap();
+            for i in &v {
+                if let Ok(Request::Put { slot, .. }) = i.req {
+                    b.slot_source(slot).read_page(&mut page);
+                    sum = sum.wrapping_add(page[0] as u64);
+                }
+                b.push_response(i.id, 1, 0).unwrap();
+            }
+            b.publish();
+            while let Some(r) = f.poll_response() {
+                sum = sum.wrapping_add(r.id);
+            }
+        } else {
+            for slot in 0..SLOTS as usize {
+                // SAFETY: slot inside the HeapMem data area.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr(),
+                        mem.base().wrapping_add((2 + slot) * PAGE_SIZE),
+                        PAGE_SIZE,
+                    )
+                };
+                id += 1;
+            }
+            for slot in 0..SLOTS as usize {
+                // SAFETY: as above.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        mem.base().wrapping_add((2 + slot) * PAGE_SIZE),
+                        page.as_mut_ptr(),
+                        PAGE_SIZE,
+                    )
+                };
+                sum = sum.wrapping_add(page[0] as u64);
+            }
+        }
+    }
+    std::hint::black_box(sum);
+    (id, start.elapsed())
 }
 
 fn eventfd() -> i32 {
@@ -259,7 +338,23 @@ fn pct(v: &[u64], p: f64) -> f64 {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--single") {
+        // For callgrind: only the single-thread loops, N pages each.
+        let n = args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64_000);
+        let (a, ta) = single_thread(false, n);
+        let (b, tb) = single_thread(true, n);
+        println!(
+            "single thread: bare {:.2} / ring {:.2} M pages/s",
+            mpages(a, ta),
+            mpages(b, tb)
+        );
         return;
     }
     println!(
@@ -274,6 +369,14 @@ fn main() {
     println!(
         "FrontendRing -> BackendRing PUT    : {ring:6.2} M pages/s ({:.0}% of bare)",
         ring / bare * 100.0
+    );
+    let (n, t) = single_thread(false, 2_000_000);
+    let bare1 = mpages(n, t);
+    let (n, t) = single_thread(true, 2_000_000);
+    let ring1 = mpages(n, t);
+    println!(
+        "one thread plays both ends, bare   : {bare1:6.2} M pages/s; ring {ring1:6.2} M pages/s ({:.0}%)",
+        ring1 / bare1 * 100.0
     );
     println!("synchronous round trip (window 1), flush request, µs:");
     println!(

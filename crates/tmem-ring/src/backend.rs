@@ -1,7 +1,7 @@
 //! The backend (daemon) end of the ring: consumes requests, produces responses.
 
+use crate::idset::IdSet;
 use crate::{Index, Layout, RingError, RingMem, SharedMem, PAGE_SIZE};
-use std::collections::HashSet;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, Ordering};
@@ -28,7 +28,7 @@ pub struct BackendRing<M: SharedMem> {
     req_cons: u32,
     rsp_prod_pvt: u32,
     rsp_published: u32,
-    in_flight: HashSet<u64>,
+    in_flight: IdSet,
     broken: Option<RingError>,
 }
 
@@ -43,7 +43,7 @@ impl<M: SharedMem> BackendRing<M> {
             req_cons: 0,
             rsp_prod_pvt: 0,
             rsp_published: 0,
-            in_flight: HashSet::with_capacity(entries),
+            in_flight: IdSet::with_max(entries),
             broken: None,
         })
     }
@@ -125,7 +125,7 @@ impl<M: SharedMem> BackendRing<M> {
     /// Answer the consumed request `id` (responses may come in any order). Written to shared
     /// memory at once, visible to the guest after [`BackendRing::publish`].
     pub fn push_response(&mut self, id: u64, status: i32, flags: u32) -> Result<(), RingError> {
-        if !self.in_flight.remove(&id) {
+        if !self.in_flight.remove(id) {
             return Err(RingError::NotInFlight(id));
         }
         // There is a consumed request per in-flight id, so rsp_prod_pvt < req_cons: the slot

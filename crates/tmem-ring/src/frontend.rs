@@ -12,6 +12,9 @@ pub struct FrontendRing<M: SharedMem> {
     req_prod_pvt: u32,
     req_published: u32,
     rsp_cons: u32,
+    /// The last `rsp_prod` read and validated: responses up to it are consumed without
+    /// touching the shared header again (one acquire load per batch, not per response).
+    rsp_prod_seen: u32,
     broken: Option<RingError>,
 }
 
@@ -26,6 +29,7 @@ impl<M: SharedMem> FrontendRing<M> {
             req_prod_pvt: 0,
             req_published: 0,
             rsp_cons: 0,
+            rsp_prod_seen: 0,
             broken: None,
         })
     }
@@ -99,20 +103,21 @@ impl<M: SharedMem> FrontendRing<M> {
         if let Some(e) = &self.broken {
             return Err(e.clone());
         }
-        let rsp_prod = self.ring.index(Index::RspProd).load(Ordering::Acquire);
-        let avail = rsp_prod.wrapping_sub(self.rsp_cons);
-        let produced = self.req_published.wrapping_sub(self.rsp_cons);
-        if avail > produced {
-            let e = RingError::BadResponseIndex { rsp_prod, produced };
-            self.broken = Some(e.clone());
-            return Err(e);
+        if self.rsp_cons == self.rsp_prod_seen {
+            let rsp_prod = self.ring.index(Index::RspProd).load(Ordering::Acquire);
+            let avail = rsp_prod.wrapping_sub(self.rsp_cons);
+            let produced = self.req_published.wrapping_sub(self.rsp_cons);
+            if avail > produced {
+                let e = RingError::BadResponseIndex { rsp_prod, produced };
+                self.broken = Some(e.clone());
+                return Err(e);
+            }
+            if avail == 0 {
+                return Ok(None);
+            }
+            self.rsp_prod_seen = rsp_prod;
         }
-        if avail == 0 {
-            return Ok(None);
-        }
-        let bytes = self.ring.read_entry(self.rsp_cons);
-        let mut head = [0u8; 16];
-        head.copy_from_slice(&bytes[..16]);
+        let head = self.ring.read_entry::<16>(self.rsp_cons);
         self.rsp_cons = self.rsp_cons.wrapping_add(1);
         Ok(Some(ResponseEntry::from_bytes(&head)))
     }

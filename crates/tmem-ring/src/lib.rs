@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod backend;
 pub mod frontend;
+mod idset;
 mod mem;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;
@@ -238,20 +239,34 @@ impl<M: SharedMem> RingMem<M> {
         unsafe { self.mem.base().add(off) }
     }
 
-    /// Copy the 64 bytes of the entry at ring index `i` out of shared memory (once).
-    pub(crate) fn read_entry(&self, i: u32) -> [u8; tmem_abi::ENTRY_SIZE] {
-        let p = self.entry_ptr(i).cast::<[u8; tmem_abi::ENTRY_SIZE]>();
-        // SAFETY: `p` is 64 in-bounds bytes (entry_ptr); `[u8; 64]` needs no alignment and
-        // has no invalid bit patterns; the volatile read copies whatever the peer left there.
-        unsafe { p.read_volatile() }
+    /// Copy the first `N` bytes of the entry at ring index `i` out of shared memory (once),
+    /// as `N / 8` volatile 8-byte loads (a volatile `[u8; 64]` load compiles to 64 one-byte
+    /// loads and stores).
+    pub(crate) fn read_entry<const N: usize>(&self, i: u32) -> [u8; N] {
+        const { assert!(N <= tmem_abi::ENTRY_SIZE && N.is_multiple_of(8)) };
+        let p = self.entry_ptr(i).cast::<u64>();
+        let mut out = [0u8; N];
+        for (k, chunk) in out.chunks_exact_mut(8).enumerate() {
+            // SAFETY: `p` is the start of 64 in-bounds bytes (entry_ptr), 8-byte aligned
+            // (page-aligned base, 64-byte header and entries); `k < N / 8 <= 8`. u64 has no
+            // invalid bit patterns; the volatile read copies whatever the peer left there.
+            let w = unsafe { p.wrapping_add(k).read_volatile() };
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        out
     }
 
-    /// Write `N` bytes at the start of the entry at ring index `i`.
+    /// Write `N` bytes at the start of the entry at ring index `i`, as `N / 8` volatile
+    /// 8-byte stores.
     pub(crate) fn write_entry<const N: usize>(&self, i: u32, bytes: &[u8; N]) {
-        const { assert!(N <= tmem_abi::ENTRY_SIZE) };
-        let p = self.entry_ptr(i).cast::<[u8; N]>();
-        // SAFETY: `N <= 64` bytes at an in-bounds entry slot; no alignment needed.
-        unsafe { p.write_volatile(*bytes) }
+        const { assert!(N <= tmem_abi::ENTRY_SIZE && N.is_multiple_of(8)) };
+        let p = self.entry_ptr(i).cast::<u64>();
+        for (k, chunk) in bytes.chunks_exact(8).enumerate() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            // SAFETY: as in read_entry: `k < N / 8`, in bounds and 8-byte aligned.
+            unsafe { p.wrapping_add(k).write_volatile(u64::from_ne_bytes(w)) }
+        }
     }
 
     /// Pointer to data slot `slot`, if it is inside the data area.

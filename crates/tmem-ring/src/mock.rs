@@ -95,10 +95,7 @@ impl<M: SharedMem> MockGuest<M> {
 
     /// The response in the slot of ring index `index`.
     pub fn response(&self, index: u32) -> ResponseEntry {
-        let b = self.ring.read_entry(index);
-        let mut head = [0u8; 16];
-        head.copy_from_slice(&b[..16]);
-        ResponseEntry::from_bytes(&head)
+        ResponseEntry::from_bytes(&self.ring.read_entry::<16>(index))
     }
 
     /// All responses published so far with index in `from..rsp_prod`.
