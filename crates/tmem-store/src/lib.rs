@@ -32,12 +32,14 @@
 #![forbid(unsafe_code)]
 
 mod frames;
+mod pagemap;
 mod stats;
 
 pub use stats::{ClientStats, GlobalStats, PoolCounters, PoolStats, SharedPoolStats, StoreStats};
 pub use tmem_abi::{Oid, Page, PageKey, PageSink, PageSource, PoolKind, TmemError, PAGE_SIZE};
 
 use frames::{is_zero, Frames};
+use pagemap::PageMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -129,7 +131,7 @@ impl Links {
 struct Obj {
     pool: u32,
     oid: Oid,
-    pages: HashMap<u32, u32>,
+    pages: PageMap,
 }
 
 #[derive(Debug)]
@@ -378,7 +380,7 @@ impl Meta {
     }
     fn lookup(&self, gid: u32, key: &PageKey) -> Option<Found> {
         let obj = *self.pool(gid).objs.get(&key.oid)?;
-        let node = *self.objs[obj as usize].as_ref()?.pages.get(&key.index)?;
+        let node = self.objs[obj as usize].as_ref()?.pages.get(key.index)?;
         Some(Found { obj, node })
     }
 
@@ -390,7 +392,7 @@ impl Meta {
                 let o = Obj {
                     pool: gid,
                     oid: key.oid,
-                    pages: HashMap::new(),
+                    pages: PageMap::default(),
                 };
                 let slot = if let Some(s) = self.obj_free.pop() {
                     self.objs[s as usize] = Some(o);
@@ -460,7 +462,7 @@ impl Meta {
         let index = self.l(node).0.index[self.l(node).1];
         let gid = match self.objs[obj as usize].as_mut() {
             Some(o) => {
-                o.pages.remove(&index);
+                o.pages.remove(index);
                 o.pool
             }
             None => return None,
@@ -518,7 +520,7 @@ impl Meta {
     }
     fn empty_object(&mut self, obj: u32, out: &mut Vec<u32>) {
         let nodes: Vec<u32> = match self.objs[obj as usize].as_ref() {
-            Some(o) => o.pages.values().copied().collect(),
+            Some(o) => o.pages.nodes(),
             None => return,
         };
         for n in nodes {
@@ -1478,7 +1480,7 @@ impl Store {
         b += (m.objs.capacity() * std::mem::size_of::<Option<Obj>>()) as u64;
         b += 4 * m.obj_free.capacity() as u64;
         for o in m.objs.iter().flatten() {
-            b += map_bytes(o.pages.capacity(), 8);
+            b += o.pages.heap_bytes();
         }
         for p in m.pools.iter().flatten() {
             b += std::mem::size_of::<Pool>() as u64;
