@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# tests/xen-qemu/run.sh: the real-Xen test layer (DESIGN.md §6, layer 4).
+#
+# Boots Debian 12's Xen 4.17 hypervisor with a Linux dom0 inside QEMU (TCG), with tmemd and
+# the `tmem` CLI in dom0 and `tmem-guest` in PV domUs, then runs scenario scripts in dom0.
+# Everything comes from Debian packages (apt-get download + dpkg -x) and from this workspace's
+# release binaries. Exit 0 only if every requested scenario printed its PASS marker.
+#
+# usage: tests/xen-qemu/run.sh [SCENARIO...]          (default: see TMEMXQ_SCENARIOS)
+#
+# Environment:
+#   TMEMXQ_SCENARIOS   space/comma separated list, or "auto" (default): the real-Xen scenarios
+#                      if the built tmem-guest has `--transport`, otherwise "smoke".
+#   TMEMXQ_CACHE       downloads, extracted packages, images, logs  (default /var/tmp/tmem-xen-qemu)
+#   TMEMXQ_TARGET_DIR  cargo target dir for the release binaries    (default $CARGO_TARGET_DIR or ./target)
+#   TMEMXQ_NO_BUILD=1  do not run cargo; use the binaries already in the target dir
+#   TMEMXQ_TOTAL_TIMEOUT  whole script, seconds (default 900)
+#   TMEMXQ_DOM0_TIMEOUT   QEMU start -> dom0 control plane up (default 240)
+#   TMEMXQ_SCENARIO_TIMEOUT  per scenario, seconds (default 300)
+#   TMEMXQ_QEMU_CPU    QEMU -cpu under TCG (default qemu64; "max" needs ",-smap")
+#   TMEMXQ_KEEP=1      keep QEMU's staging trees after the run
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE=${TMEMXQ_CACHE:-/var/tmp/tmem-xen-qemu}
+TARGET_DIR=${TMEMXQ_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target}}
+TOTAL_TIMEOUT=${TMEMXQ_TOTAL_TIMEOUT:-900}
+DOM0_TIMEOUT=${TMEMXQ_DOM0_TIMEOUT:-240}
+SCENARIO_TIMEOUT=${TMEMXQ_SCENARIO_TIMEOUT:-300}
+QEMU_CPU=${TMEMXQ_QEMU_CPU:-qemu64}
+XENVER=4.17
+ALL_REAL="first-boot two-guests restart destroy"
+
+START=$SECONDS
+stamp() { printf '[xen-qemu %4ss]' "$((SECONDS - START))"; }
+say() { echo "$(stamp) $*"; }
+
+QEMU_PID=
+WATCHDOG_PID=
+SERIAL=
+stop_qemu() {
+    if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then
+        kill "$QEMU_PID" 2>/dev/null || true
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.3; done
+        kill -9 "$QEMU_PID" 2>/dev/null || true
+        wait "$QEMU_PID" 2>/dev/null || true
+    fi
+    QEMU_PID=
+}
+on_exit() {
+    local rc=$?
+    stop_qemu
+    if [ -n "$WATCHDOG_PID" ]; then kill "$WATCHDOG_PID" 2>/dev/null || true; fi
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'die "interrupted (signal)"' INT TERM HUP
+
+# Fail loudly: the reason, the tail of the serial log, and where the whole log is.
+die() {
+    trap - INT TERM HUP
+    echo
+    echo "$(stamp) FAIL: $*" >&2
+    if [ -n "$SERIAL" ] && [ -s "$SERIAL" ]; then
+        echo "----- last 120 lines of $SERIAL -----" >&2
+        tail -n 120 "$SERIAL" | tr -d '\r' >&2
+        echo "----- end of serial log tail (full log: $SERIAL) -----" >&2
+    fi
+    echo "$(stamp) RESULT: FAIL ($*)" >&2
+    stop_qemu
+    exit 1
+}
+
+# The whole run has a hard deadline, enforced from outside the main loop too.
+( sleep "$TOTAL_TIMEOUT" && echo "$(stamp) total timeout ${TOTAL_TIMEOUT}s reached" >&2 \
+    && kill -TERM $$ ) 2>/dev/null &
+WATCHDOG_PID=$!
+
+[ "$(id -u)" = 0 ] || die "must run as root (apt-get, mknod of /dev/console in the images)"
+case "$CACHE" in *,*|*' '*) die "TMEMXQ_CACHE must not contain ',' or spaces (QEMU multiboot module list)";; esac
+mkdir -p "$CACHE"/{debs,logs}
+
+# ------------------------------------------------------------------ scenarios
+SCENARIOS=${*:-${TMEMXQ_SCENARIOS:-auto}}
+SCENARIOS=$(echo "$SCENARIOS" | tr ',' ' ')
+
+# ------------------------------------------------------------------ binaries
+BIN=$TARGET_DIR/release
+if [ -z "${TMEMXQ_NO_BUILD:-}" ]; then
+    say "building release binaries (tmemd, tmem, tmem-guest) into $TARGET_DIR"
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR nice cargo build --release --quiet \
+        -p tmemd -p tmem-cli -p tmem-guest) || die "cargo build --release failed"
+fi
+for b in tmemd tmem tmem-guest; do [ -x "$BIN/$b" ] || die "missing $BIN/$b (build it or unset TMEMXQ_NO_BUILD)"; done
+if [ "$SCENARIOS" = auto ]; then
+    if "$BIN/tmem-guest" --help 2>&1 | grep -q -- '--transport'; then
+        SCENARIOS=$ALL_REAL
+    else
+        SCENARIOS=smoke
+        say "NOTE: tmem-guest has no --transport option yet (no Xen transport): running only 'smoke'"
+    fi
+fi
+for s in $SCENARIOS; do
+    [ -f "$HERE/scenarios/$s.sh" ] || die "unknown scenario '$s' (have: $(cd "$HERE/scenarios" && ls ./*.sh | sed 's|./||; s|\.sh||' | grep -v '^lib$' | tr '\n' ' '))"
+done
+say "scenarios: $SCENARIOS"
+
+# ------------------------------------------------------------------ packages
+export DEBIAN_FRONTEND=noninteractive
+APT_STAMP=$CACHE/.apt-updated
+apt_update() { say "apt-get update"; timeout 300 apt-get update -qq || die "apt-get update failed"; touch "$APT_STAMP"; }
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    [ -e "$APT_STAMP" ] || apt_update
+    say "installing qemu-system-x86 (--no-install-recommends)"
+    timeout 600 apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null \
+        || die "cannot install qemu-system-x86"
+fi
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found"
+
+# The kernel package is whatever linux-image-amd64 currently points to.
+kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\).*/\1/p' | head -n1; }
+KPKG=$(kernel_pkg)
+if [ -z "$KPKG" ]; then apt_update; KPKG=$(kernel_pkg); fi
+[ -n "$KPKG" ] || die "apt does not know linux-image-amd64 (is this Debian 12 with a main mirror?)"
+KVER=${KPKG#linux-image-}
+PKGS="xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER xen-utils-common xenstore-utils
+ libxenmisc$XENVER libxenstore4 libxentoolcore1 libxentoollog1 libxencall1 libxenevtchn1
+ libxenforeignmemory1 libxengnttab1 libxendevicemodel1 libxenhypfs1
+ libc6 libgcc-s1 libyajl2 libuuid1 zlib1g liblzma5 libzstd1 busybox-static
+ jq libjq1 libonig5 $KPKG"
+have_deb() { compgen -G "$CACHE/debs/${1}_*.deb" >/dev/null; }
+missing_debs() { local p m=; for p in $PKGS; do have_deb "$p" || m="$m $p"; done; echo "$m"; }
+MISSING=$(missing_debs)
+if [ -n "$MISSING" ]; then
+    say "downloading:$MISSING"
+    chmod 777 "$CACHE/debs"   # apt's _apt user writes there
+    # shellcheck disable=SC2086
+    if ! (cd "$CACHE/debs" && timeout 600 apt-get download -q $MISSING >"$CACHE/logs/apt-download.log" 2>&1); then
+        apt_update
+        # shellcheck disable=SC2086
+        (cd "$CACHE/debs" && timeout 600 apt-get download -q $MISSING >"$CACHE/logs/apt-download.log" 2>&1) \
+            || { cat "$CACHE/logs/apt-download.log" >&2; die "apt-get download failed"; }
+    fi
+    MISSING=$(missing_debs)
+    [ -z "$MISSING" ] || die "still missing after download:$MISSING"
+fi
+
+# Extract once per distinct set of .debs (newest version of each package).
+DEBS=$(for p in $PKGS; do ls -v "$CACHE/debs/${p}"_*.deb | tail -n1; done)
+ROOT=$CACHE/root
+SIG=$(echo "$DEBS" | md5sum | cut -d' ' -f1)
+if [ "$(cat "$ROOT/.sig" 2>/dev/null)" != "$SIG" ]; then
+    say "extracting $(echo "$DEBS" | wc -l) packages into $ROOT"
+    rm -rf "$ROOT"; mkdir -p "$ROOT"
+    for d in $DEBS; do dpkg -x "$d" "$ROOT" || die "dpkg -x $d"; done
+    for d in $DEBS; do dpkg-deb -f "$d" Package Version | paste -sd' '; done > "$ROOT/.versions"
+    echo "$SIG" > "$ROOT/.sig"
+fi
+
+# ------------------------------------------------------------------ images
+RUN=$CACHE/run
+rm -rf "$RUN"; mkdir -p "$RUN"
+SERIAL=$CACHE/logs/serial.log
+: > "$SERIAL"
+BB=$ROOT/bin/busybox
+[ -x "$BB" ] || die "busybox-static did not provide $BB"
+KMODS=$ROOT/lib/modules/$KVER/kernel/drivers/xen
+zcat "$ROOT/boot/xen-$XENVER-amd64.gz" > "$RUN/xen"      # multiboot wants the plain ELF
+cp "$ROOT/boot/vmlinuz-$KVER" "$RUN/vmlinuz"
+
+# A tree with busybox and its applets, an empty /dev/console and the usual mount points.
+new_tree() {
+    local t=$1 a
+    mkdir -p "$t"/{bin,sbin,dev,proc,sys,run,tmp,etc,root,lib/modules,usr/bin,usr/sbin,lib64,lib/x86_64-linux-gnu,usr/lib/x86_64-linux-gnu}
+    cp "$BB" "$t/bin/busybox"
+    for a in $("$BB" --list); do [ -e "$t/bin/$a" ] || ln -s busybox "$t/bin/$a"; done
+    mknod -m 600 "$t/dev/console" c 5 1
+    mkdir -p "$t/var"
+    ln -s ../run "$t/var/run"     # libxenstore's socket is /var/run/xenstored/socket
+}
+# Copy an executable and every shared library it loads (resolved on this Debian 12 host,
+# whose glibc is the guests'), plus libgcc_s which glibc dlopens for thread cancellation.
+add_exe() {
+    local t=$1 exe=$2 dest=$3 lib
+    install -D -m 755 "$exe" "$t$dest"
+    # release builds carry debug info (tens of MB); the images don't need it
+    if command -v strip >/dev/null; then strip --strip-debug "$t$dest"; fi
+    for lib in $(ldd "$exe" | awk '/=> \//{print $3} /^\t\/[^ ]*ld-linux/{print $1}') \
+               /lib/x86_64-linux-gnu/libgcc_s.so.1; do
+        [ -e "$t$lib" ] || install -D -m 755 "$(readlink -f "$lib")" "$t$lib"
+    done
+}
+add_module() { cp "$(find "$ROOT/lib/modules/$KVER" -name "$2.ko" | head -n1)" "$1/lib/modules/" || die "module $2 not found"; }
+pack() { (cd "$1" && find . | "$BB" cpio -o -H newc 2>/dev/null) | gzip -1 > "$2"; }
+
+# domU: busybox, Xen guest modules, xenstore clients (via /dev/xen/xenbus), Xen libraries (in
+# case the guest transport loads them), tmem-guest.
+U=$RUN/domu
+new_tree "$U"
+for m in xen-evtchn xen-gntdev xen-gntalloc; do add_module "$U" "$m"; done
+cp -a "$ROOT"/lib/x86_64-linux-gnu/. "$U/lib/x86_64-linux-gnu/"
+cp -a "$ROOT"/lib64/. "$U/lib64/"
+cp -a "$ROOT"/usr/lib/x86_64-linux-gnu/libxen*.so* "$U/usr/lib/x86_64-linux-gnu/"
+for f in "$ROOT"/usr/bin/xenstore*; do [ -L "$f" ] || cp -a "$f" "$U/usr/bin/"; done
+add_exe "$U" "$BIN/tmem-guest" /usr/bin/tmem-guest
+install -m 755 "$HERE/guest/init" "$U/init"
+pack "$U" "$RUN/domu.cpio.gz"
+
+# dom0: busybox, all Xen drivers we use, the Xen tools and daemons, jq, tmemd, tmem, the
+# scenarios, and the domU kernel + image.
+D=$RUN/dom0
+new_tree "$D"
+for m in xen-evtchn xen-privcmd xenfs xen-gntdev xen-gntalloc; do add_module "$D" "$m"; done
+mkdir -p "$D"/{usr/lib/xen-$XENVER,var/log/xen/console,var/lib/xen,etc/xen,boot,tmemxq}
+cp -a "$ROOT"/lib/x86_64-linux-gnu/. "$D/lib/x86_64-linux-gnu/"
+cp -a "$ROOT"/lib64/. "$D/lib64/"
+cp -a "$ROOT"/usr/lib/x86_64-linux-gnu/*.so* "$D/usr/lib/x86_64-linux-gnu/"
+cp -a "$ROOT/usr/lib/xen-$XENVER/bin" "$D/usr/lib/xen-$XENVER/"
+rm -f "$D/usr/lib/xen-$XENVER/bin/"{pygrub,xenpvnetboot,test-*}
+for f in "$ROOT"/usr/bin/xenstore*; do [ -L "$f" ] || cp -a "$f" "$D/usr/bin/"; done
+cp -a "$ROOT/usr/bin/jq" "$D/usr/bin/jq"
+cp -a "$ROOT/etc/xen/xl.conf" "$D/etc/xen/"
+printf 'root:x:0:0:root:/root:/bin/sh\n' > "$D/etc/passwd"
+printf 'root:x:0:\n' > "$D/etc/group"
+add_exe "$D" "$BIN/tmemd" /usr/sbin/tmemd
+add_exe "$D" "$BIN/tmem" /usr/sbin/tmem
+install -m 755 "$HERE/dom0/init" "$D/init"
+cp "$HERE"/scenarios/*.sh "$D/tmemxq/"
+echo "$SCENARIOS" > "$D/tmemxq/scenarios"
+cp "$RUN/vmlinuz" "$D/boot/vmlinuz"
+cp "$RUN/domu.cpio.gz" "$D/boot/domu.cpio.gz"
+pack "$D" "$RUN/dom0.cpio.gz"
+[ -n "${TMEMXQ_KEEP:-}" ] || rm -rf "$D" "$U"
+say "images: dom0 $(du -h "$RUN/dom0.cpio.gz" | cut -f1), domU $(du -h "$RUN/domu.cpio.gz" | cut -f1), kernel $KVER"
+
+# ------------------------------------------------------------------ boot
+# Xen on com1 (the serial log); dom0 on hvc0, which Xen forwards to com1.
+XEN_ARGS="console=com1 com1=115200,8n1 console_timestamps=boot loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=2 bootscrub=false"
+DOM0_ARGS="console=hvc0 earlyprintk=xen"
+say "booting Xen in QEMU (TCG, -cpu $QEMU_CPU); serial log: $SERIAL"
+qemu-system-x86_64 -accel tcg,thread=multi -cpu "$QEMU_CPU" -m 3072 -smp 2 \
+    -nodefaults -no-reboot -display none -monitor none -serial "file:$SERIAL" \
+    -kernel "$RUN/xen" -append "$XEN_ARGS" \
+    -initrd "$RUN/vmlinuz $DOM0_ARGS,$RUN/dom0.cpio.gz" &
+QEMU_PID=$!
+BOOT0=$SECONDS
+
+# Wait for a marker (a fixed string at the start of a serial line, after any timestamp).
+# Any failure marker, panic or QEMU exit ends the wait with a reason.
+expect() {
+    local marker=$1 limit=$2 what=$3 t0=$SECONDS line
+    while :; do
+        if line=$(grep -a -m1 -F -- "$marker" "$SERIAL" 2>/dev/null); then
+            say "seen: $(echo "$line" | tr -d '\r' | sed 's/^.*\(TXQ-\)/\1/') (+$((SECONDS - BOOT0))s after QEMU start)"
+            return 0
+        fi
+        if line=$(grep -a -m1 'TXQ-FAIL' "$SERIAL" 2>/dev/null); then
+            sleep 2   # let the scenario's diagnostics reach the log
+            die "waiting for '$marker' ($what): dom0 reported $(echo "$line" | tr -d '\r' | sed 's/^.*TXQ-FAIL/TXQ-FAIL/')"
+        fi
+        if grep -a -q -E 'Panic on CPU|Kernel panic' "$SERIAL"; then
+            sleep 2; die "waiting for '$marker' ($what): panic on the serial console"
+        fi
+        kill -0 "$QEMU_PID" 2>/dev/null || die "waiting for '$marker' ($what): QEMU exited"
+        [ $((SECONDS - t0)) -lt "$limit" ] || die "timeout: '$marker' ($what) not seen within ${limit}s"
+        sleep 0.5
+    done
+}
+
+expect "TXQ-DOM0-UP" "$DOM0_TIMEOUT" "Xen + dom0 control plane"
+for s in $SCENARIOS; do
+    expect "TXQ-BEGIN $s" 120 "scenario $s starts"
+    expect "TXQ-PASS $s" "$SCENARIO_TIMEOUT" "scenario $s passes"
+done
+expect "TXQ-END status=ok" 60 "dom0 finished"
+# dom0 reboots; Xen restarts the machine and QEMU exits (-no-reboot). Don't wait long.
+for _ in $(seq 1 40); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.5; done
+stop_qemu
+grep -a -h 'TXQ-' "$SERIAL" | tr -d '\r' | sed 's/^.*\(TXQ-\)/\1/' > "$CACHE/logs/markers.txt"
+say "RESULT: PASS ($SCENARIOS) in $((SECONDS - START))s total, $((SECONDS - BOOT0))s in QEMU"
