@@ -53,6 +53,13 @@ pub struct Args {
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Do not serve Xen guests even when running in a Xen dom0 (local transport only).
+    #[arg(long)]
+    pub no_xen: bool,
+    /// Xen domains that get a tmem device: ids or names, comma separated (default: every
+    /// domain but dom0).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub xen_domains: Option<Vec<String>>,
 }
 
 /// The TOML file. Unknown keys are an error, so a typo is not silently ignored.
@@ -75,6 +82,10 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// Non-root user ids (besides the daemon's own) allowed on the control socket.
     pub control_uids: Option<Vec<u32>>,
+    /// Serve Xen guests when running in a Xen dom0 (default true).
+    pub xen: Option<bool>,
+    /// Xen domains that get a tmem device: ids or names (default: all but dom0).
+    pub xen_domains: Option<Vec<String>>,
 }
 
 /// The validated configuration.
@@ -91,6 +102,10 @@ pub struct Config {
     pub log_level: String,
     pub control_uids: Vec<u32>,
     pub store: StoreConfig,
+    /// Try the Xen transport (it still needs a Xen dom0 to start).
+    pub xen: bool,
+    /// `None`: every domain but dom0.
+    pub xen_domains: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +195,23 @@ impl Config {
             0,
             1 << 20,
         )?;
+        let xen = !args.no_xen && file.xen.unwrap_or(true);
+        let xen_domains = args.xen_domains.or(file.xen_domains);
+        if let Some(list) = &xen_domains {
+            for e in list {
+                let ok = !e.is_empty()
+                    && e.len() <= 64
+                    && e.chars().all(|c| c.is_ascii_graphic() && c != ',');
+                if !ok {
+                    return Err(invalid(format!(
+                        "xen_domains entry {e:?} is not a domain id or name"
+                    )));
+                }
+            }
+        }
         Ok(Config {
+            xen,
+            xen_domains,
             socket: args
                 .socket
                 .or(file.socket)
@@ -311,6 +342,26 @@ mod tests {
             ..Args::default()
         };
         assert!(Config::merge(args, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn xen_switches() {
+        let c = Config::merge(Args::default(), FileConfig::default()).unwrap();
+        assert!(c.xen);
+        assert_eq!(c.xen_domains, None);
+        let args = Args::try_parse_from(["tmemd", "--no-xen", "--xen-domains", "3,web"]).unwrap();
+        let c = Config::merge(args, FileConfig::default()).unwrap();
+        assert!(!c.xen);
+        assert_eq!(
+            c.xen_domains,
+            Some(vec!["3".to_string(), "web".to_string()])
+        );
+        let f: FileConfig = toml::from_str("xen = false\nxen_domains = [\"1\", \"db\"]\n").unwrap();
+        let c = Config::merge(Args::default(), f).unwrap();
+        assert!(!c.xen);
+        assert_eq!(c.xen_domains.unwrap().len(), 2);
+        let f: FileConfig = toml::from_str("xen_domains = [\"\"]\n").unwrap();
+        assert!(Config::merge(Args::default(), f).is_err());
     }
 
     #[test]

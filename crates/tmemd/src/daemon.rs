@@ -30,6 +30,7 @@ use crate::worker::{self, lock, GuestConn, GuestHandle, Shared, WorkerHandle, Wo
 const GUEST_LISTENER: Token = Token(0);
 const CONTROL_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const XEN: Token = Token(3);
 const FIRST_CONTROL: usize = 16;
 /// Handshakes in progress at once; more connections wait in the listen backlog.
 const MAX_HANDSHAKES: u32 = 16;
@@ -129,12 +130,35 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         started,
         allowed_uids: allowed_control_uids(&config),
     };
+    let mut xen = if config.xen {
+        match crate::xen::XenBackend::start(&config, shared.clone(), workers.clone()) {
+            Ok(x) => {
+                poll.registry()
+                    .register(&mut SourceFd(&x.raw_fd()), XEN, Interest::READABLE)
+                    .map_err(DaemonError::Poll)?;
+                info!(
+                    xenstore = %x.describe(),
+                    domains = x.domain_count(),
+                    "xen transport ready"
+                );
+                Some(x)
+            }
+            Err(reason) => {
+                info!("Xen absent: {reason}; serving the local transport only");
+                None
+            }
+        }
+    } else {
+        info!("Xen transport disabled by configuration; serving the local transport only");
+        None
+    };
     info!(
         socket = %config.socket.display(),
         control = %config.control_socket.display(),
         mem_limit = config.store.mem_limit_bytes,
         workers = config.workers,
-        "tmemd ready (local transport; Xen transport not built in this version)"
+        xen = xen.is_some(),
+        "tmemd ready"
     );
     notifier.notify("READY=1\nSTATUS=serving guests");
 
@@ -210,6 +234,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                         }
                     }
                 },
+                XEN => {
+                    if let Some(x) = xen.as_mut() {
+                        x.process();
+                    }
+                }
                 Token(t) => {
                     if let Some(conn) = controls.get_mut(&t) {
                         if !conn.on_ready(&ctx) {
@@ -223,6 +252,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         let now = Instant::now();
         if now.duration_since(last_housekeeping) >= HOUSEKEEPING {
             last_housekeeping = now;
+            if let Some(x) = xen.as_mut() {
+                x.housekeeping();
+            }
             expire_detached(&shared, config.reattach_grace);
             controls.retain(|_, c| {
                 let keep = !c.idle_too_long(now);
@@ -241,6 +273,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
 
     notifier.notify("STOPPING=1");
+    if let Some(x) = xen.as_mut() {
+        x.shutdown();
+    }
     for w in workers.iter() {
         w.send(WorkerMsg::Shutdown);
     }

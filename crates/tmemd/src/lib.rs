@@ -11,3 +11,4 @@ pub mod daemon;
 pub mod ratelimit;
 pub mod sdnotify;
 pub mod worker;
+pub mod xen;

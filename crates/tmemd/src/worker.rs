@@ -21,6 +21,7 @@ use tmem_abi::{rsp_flags, status, Request};
 use tmem_local::{LocalGuest, MemfdRegion};
 use tmem_ring::{BackendRing, Incoming};
 use tmem_store::{ClientId, Store};
+use tmem_xen::{BoundPort, Evtchn, GrantMapping};
 use tracing::{debug, info, warn};
 
 use crate::ratelimit::RateLimiter;
@@ -28,6 +29,8 @@ use crate::ratelimit::RateLimiter;
 /// Requests taken from one guest's ring before the worker turns to the next guest.
 pub const BATCH: usize = 64;
 const WAKE: Token = Token(0);
+/// The worker's event-channel file (all its Xen guests' ports).
+const EVTCHN: Token = Token(1);
 /// How often a busy worker still looks at its sockets (liveness, new guests).
 const EVENT_CHECK: Duration = Duration::from_millis(1);
 
@@ -56,13 +59,48 @@ pub struct GuestConn {
     pub client: ClientId,
     pub domid: u32,
     pub name: String,
-    pub ring: BackendRing<MemfdRegion>,
-    pub kick: OwnedFd,
-    pub notify: OwnedFd,
-    pub stream: UnixStream,
+    pub ring: BackendRing<GuestMem>,
+    pub link: Link,
     pub kill: Arc<AtomicBool>,
     log: RateLimiter,
     batch: Vec<Incoming>,
+}
+
+/// The guest's shared area: a sealed memfd (local) or the guest's grants mapped (Xen).
+#[derive(Debug)]
+pub enum GuestMem {
+    Memfd(MemfdRegion),
+    Grant(GrantMapping),
+}
+
+// SAFETY: forwards to the variant, each of which upholds the SharedMem contract itself.
+unsafe impl tmem_ring::SharedMem for GuestMem {
+    fn base(&self) -> *mut u8 {
+        match self {
+            GuestMem::Memfd(m) => m.base(),
+            GuestMem::Grant(m) => m.base(),
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            GuestMem::Memfd(m) => m.len(),
+            GuestMem::Grant(m) => m.len(),
+        }
+    }
+}
+
+/// How a guest is notified and how its liveness is known.
+#[derive(Debug)]
+pub enum Link {
+    /// Local transport: kick/notify eventfds, and the socket whose EOF means the guest left.
+    Local {
+        kick: OwnedFd,
+        notify: OwnedFd,
+        stream: UnixStream,
+    },
+    /// Xen: an event channel port bound on the worker's evtchn file (unbound on drop).
+    /// Liveness is xenstore's business: the daemon's Xen module sets `kill`.
+    Xen { port: BoundPort },
 }
 
 impl GuestConn {
@@ -73,15 +111,42 @@ impl GuestConn {
         kill: Arc<AtomicBool>,
     ) -> Result<GuestConn, tmem_ring::RingError> {
         let layout = guest.hello.layout;
-        let ring = BackendRing::new(guest.mem, layout)?;
+        let ring = BackendRing::new(GuestMem::Memfd(guest.mem), layout)?;
         Ok(GuestConn {
             client,
             domid: guest.hello.domid,
             name: guest.hello.name.clone(),
             ring,
-            kick: guest.kick,
-            notify: guest.notify,
-            stream: guest.stream,
+            link: Link::Local {
+                kick: guest.kick,
+                notify: guest.notify,
+                stream: guest.stream,
+            },
+            kill,
+            log: RateLimiter::new(10, Duration::from_secs(1)),
+            batch: Vec::with_capacity(BATCH),
+        })
+    }
+}
+
+impl GuestConn {
+    /// Wrap a Xen guest whose grants are mapped and whose event channel is bound.
+    pub fn from_xen(
+        client: ClientId,
+        domid: u32,
+        name: String,
+        mem: GrantMapping,
+        layout: tmem_ring::Layout,
+        port: BoundPort,
+        kill: Arc<AtomicBool>,
+    ) -> Result<GuestConn, tmem_ring::RingError> {
+        let ring = BackendRing::new(GuestMem::Grant(mem), layout)?;
+        Ok(GuestConn {
+            client,
+            domid,
+            name,
+            ring,
+            link: Link::Xen { port },
             kill,
             log: RateLimiter::new(10, Duration::from_secs(1)),
             batch: Vec::with_capacity(BATCH),
@@ -132,6 +197,8 @@ pub struct Worker {
     load: Arc<AtomicU32>,
     poll_window: Duration,
     guests: Vec<Option<GuestConn>>,
+    /// The event-channel file of this worker's Xen guests, once one arrives.
+    evtchn: Option<Arc<Evtchn>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -160,6 +227,7 @@ pub fn spawn(
         load: load.clone(),
         poll_window,
         guests: Vec::new(),
+        evtchn: None,
     };
     let join = std::thread::Builder::new()
         .name(format!("tmemd-worker-{index}"))
@@ -238,6 +306,15 @@ impl Worker {
             for ev in events.iter() {
                 match ev.token() {
                     WAKE => shutdown |= self.drain_messages(),
+                    EVTCHN => {
+                        // Take and unmask the fired ports; the rings are served at the top.
+                        if let Some(ev) = &self.evtchn {
+                            if let Err(e) = ev.drain(|_| {}) {
+                                warn!("worker {}: event channel read failed: {e}", self.index);
+                            }
+                        }
+                        last_work = Instant::now();
+                    }
                     Token(t) => {
                         let slot = (t - 2) / 2;
                         if t % 2 == 0 {
@@ -279,16 +356,34 @@ impl Worker {
                 self.guests.len() - 1
             }
         };
+        if let Link::Xen { port } = &g.link {
+            if let Err(e) = self.watch_evtchn(&port.evtchn) {
+                warn!(domid = g.domid, "cannot watch the event channel file: {e}");
+                lock(&self.shared.guests).remove(&g.client);
+                self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            self.adopt(slot, g);
+            return;
+        }
+        let Link::Local {
+            ref kick,
+            ref stream,
+            ..
+        } = g.link
+        else {
+            return;
+        };
         let registry = self.poll.registry();
-        let kick = g.kick.as_raw_fd();
-        let stream = g.stream.as_raw_fd();
+        let kick = kick.as_raw_fd();
+        let stream_fd = stream.as_raw_fd();
         // Never read the kick eventfd: mio is edge-triggered, so every write by the guest
         // wakes us, and not reading means a guest fiddling with the fd's flags cannot block us.
         let ok = registry
             .register(&mut SourceFd(&kick), kick_token(slot), Interest::READABLE)
             .and_then(|_| {
                 registry.register(
-                    &mut SourceFd(&stream),
+                    &mut SourceFd(&stream_fd),
                     stream_token(slot),
                     Interest::READABLE,
                 )
@@ -302,12 +397,38 @@ impl Worker {
             self.shared.store.detach_client(g.client);
             return;
         }
-        if let Err(e) = g.stream.set_nonblocking(true) {
+        if let Err(e) = stream.set_nonblocking(true) {
             warn!(
                 domid = g.domid,
                 "cannot make guest socket non-blocking: {e}"
             );
         }
+        self.adopt(slot, g);
+    }
+
+    /// Register the worker's evtchn file once (every Xen guest of a worker shares it).
+    fn watch_evtchn(&mut self, ev: &Arc<Evtchn>) -> std::io::Result<()> {
+        if let Some(have) = &self.evtchn {
+            if Arc::ptr_eq(have, ev) {
+                return Ok(());
+            }
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&have.as_raw_fd()));
+        }
+        self.poll.registry().register(
+            &mut SourceFd(&ev.as_raw_fd()),
+            EVTCHN,
+            Interest::READABLE,
+        )?;
+        self.evtchn = Some(ev.clone());
+        // Ports that fired before registration would not raise an edge: take them now.
+        let _ = ev.drain(|_| {});
+        Ok(())
+    }
+
+    fn adopt(&mut self, slot: usize, g: GuestConn) {
         info!(
             domid = g.domid,
             client = g.client.0,
@@ -324,8 +445,11 @@ impl Worker {
         let Some(g) = self.guests.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
+        let Link::Local { stream, .. } = &g.link else {
+            return;
+        };
         // Anything but a goodbye after the hello is a protocol error, so one byte decides.
-        let end = match tmem_local::poll_peer(&g.stream) {
+        let end = match tmem_local::poll_peer(stream) {
             tmem_local::PeerEvent::Idle => None,
             tmem_local::PeerEvent::Goodbye => Some(End::Destroy),
             tmem_local::PeerEvent::Closed => Some(End::Detach),
@@ -350,8 +474,10 @@ impl Worker {
         };
         let registry = self.poll.registry();
         // The guest holds the same open files: closing ours would not take them out of epoll.
-        let _ = registry.deregister(&mut SourceFd(&g.kick.as_raw_fd()));
-        let _ = registry.deregister(&mut SourceFd(&g.stream.as_raw_fd()));
+        if let Link::Local { kick, stream, .. } = &g.link {
+            let _ = registry.deregister(&mut SourceFd(&kick.as_raw_fd()));
+            let _ = registry.deregister(&mut SourceFd(&stream.as_raw_fd()));
+        }
         self.load.fetch_sub(1, Ordering::Relaxed);
         self.shared.connected.fetch_sub(1, Ordering::Relaxed);
         lock(&self.shared.guests).remove(&g.client);
@@ -416,7 +542,12 @@ fn serve(store: &Store, g: &mut GuestConn) -> Result<usize, String> {
             .map_err(|e| format!("cannot answer request: {e}"))?;
     }
     if g.ring.publish() {
-        notify(&g.notify)?;
+        match &g.link {
+            Link::Local { notify: fd, .. } => notify(fd)?,
+            Link::Xen { port } => port
+                .notify()
+                .map_err(|e| format!("cannot notify guest's event channel: {e}"))?,
+        }
     }
     Ok(n)
 }
@@ -425,7 +556,7 @@ fn serve(store: &Store, g: &mut GuestConn) -> Result<usize, String> {
 fn execute(
     store: &Store,
     client: ClientId,
-    ring: &mut BackendRing<MemfdRegion>,
+    ring: &mut BackendRing<GuestMem>,
     req: Request,
 ) -> (i32, u32) {
     let result = match req {
