@@ -939,10 +939,35 @@ impl Store {
         key: PageKey,
         src: &S,
     ) -> Result<(), TmemError> {
+        // Fast path: fill a free frame before taking the metadata lock, so that the lock is
+        // taken once and never held during the copy. If the put turns out to need anything
+        // unusual (frozen, cap, no such pool) the frame goes back and the general path below
+        // runs under the same lock acquisition.
+        let pre = self.take_free_frame().map(|f| {
+            let mut g = self.frames.lock(f);
+            src.read_page(&mut g);
+            (f, is_zero(&g))
+        });
         let mut m = lock(&self.meta);
-        let gid = m.resolve(c, pool)?;
+        let gid = match m.resolve(c, pool) {
+            Ok(g) => g,
+            Err(e) => {
+                if let Some((f, _)) = pre {
+                    self.free_frames(&[f]);
+                }
+                return Err(e);
+            }
+        };
         let gen = m.pool(gid).gen;
         m.pool_mut(gid).c.total_puts += 1;
+        if let Some((f, zero)) = pre {
+            if let Some(to_free) = self.link_prefilled(&mut m, c, gid, &key, f, zero) {
+                drop(m);
+                self.free_frames(&to_free);
+                return Ok(());
+            }
+            self.free_frames(&[f]);
+        }
         if let Some(found) = m.lookup(gid, &key) {
             if found.node & EXTRA == 0 {
                 // Duplicate of a page with data: refill its frame in place.
@@ -1025,6 +1050,65 @@ impl Store {
                 Err(TmemError::NoMemory)
             }
         }
+    }
+
+    /// A frame from the free list (or a never-used one) without touching the metadata, for
+    /// a put that fills it before taking the metadata lock. `None` when memory is full: the
+    /// caller then reserves under the metadata lock, evicting if needed.
+    fn take_free_frame(&self) -> Option<u32> {
+        let mut f = lock(&self.free);
+        if let Some(x) = f.list.pop() {
+            return Some(x);
+        }
+        if f.fresh < self.nframes {
+            let x = f.fresh;
+            f.fresh += 1;
+            return Some(x);
+        }
+        None
+    }
+
+    /// Link the already-filled frame `f` as the page `key` of pool `gid` if that needs no
+    /// eviction and no refusal: a duplicate (replaced by the new frame; a data duplicate
+    /// thereby behaves like the in-place refill of the general path) or a new handle of an
+    /// unfrozen client within its cap. Returns the frames to free, or `None` (nothing changed)
+    /// to leave the put to the general path.
+    fn link_prefilled(
+        &self,
+        m: &mut Meta,
+        c: ClientId,
+        gid: u32,
+        key: &PageKey,
+        f: u32,
+        zero: bool,
+    ) -> Option<Vec<u32>> {
+        let found = m.lookup(gid, key);
+        if found.is_none() {
+            let cl = m.client(c).ok()?;
+            if cl.frozen || (!m.pool(gid).kind.is_shared() && cl.cap != 0 && cl.pages >= cl.cap) {
+                return None;
+            }
+        }
+        m.ensure_data_links(f);
+        let mut to_free = Vec::new();
+        let dup = match found {
+            Some(old) => {
+                if let Some(of) = m.remove_page(old.obj, old.node) {
+                    to_free.push(of);
+                }
+                true
+            }
+            None => false,
+        };
+        let node = if zero && m.g.zero_pages < m.max_zero {
+            to_free.push(f);
+            m.alloc_extra()
+        } else {
+            f
+        };
+        m.insert_page(gid, key, node);
+        self.count_put_ok(m, c, gid, dup);
+        Some(to_free)
     }
 
     /// Copy a put's data into reserved frame `f` (metadata unlocked), then link it in.
