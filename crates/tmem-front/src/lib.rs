@@ -20,11 +20,13 @@ pub mod frontswap;
 pub mod local;
 pub mod pool;
 pub mod transport;
+pub mod xen;
 
 pub use cleancache::{Cleancache, FileKey};
 pub use client::{Client, ClientConfig, Counters, Outcome, PageOp, PoolEvent, PoolInfo, Status};
 pub use error::FrontError;
 pub use frontswap::{Frontswap, LoadOutcome};
-pub use local::{LocalTransport, RingConnection};
+pub use local::{LocalSignal, LocalTransport, RingConnection, Signal};
 pub use pool::{format_uuid, parse_uuid, random_uuid, PoolHandle};
 pub use transport::{Call, Connection, Payload, Reply, Transport};
+pub use xen::XenTransport;

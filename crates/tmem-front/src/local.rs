@@ -97,15 +97,66 @@ impl Transport for LocalTransport {
     }
 }
 
-/// One live connection over a frontend ring, a kick and a notify eventfd, and a stream socket
-/// whose EOF means the backend is gone. The local transport builds one from its handshake;
-/// tests build one over `HeapMem` and a socket pair.
+/// How a ring connection kicks its backend, sleeps until notified, and learns that the
+/// backend is gone. [`LocalSignal`] uses eventfds and a socket; the Xen transport an event
+/// channel and xenstore.
+pub trait Signal: Send + std::fmt::Debug {
+    /// Tell the backend that requests were published.
+    fn kick(&mut self);
+    /// Sleep until the backend notifies or `timeout` passes. `Ok(true)`: notified.
+    fn wait(&mut self, timeout: Duration) -> Result<bool, FrontError>;
+    /// Non-blocking liveness check: `Err(Disconnected)` if the backend is gone.
+    fn check(&mut self) -> Result<(), FrontError>;
+    /// Orderly close: the guest is leaving for good.
+    fn goodbye(&mut self) {}
+}
+
+/// The local transport's signals: kick and notify eventfds, and the socket whose EOF means
+/// tmemd is gone.
 #[derive(Debug)]
-pub struct RingConnection<M: SharedMem> {
-    ring: FrontendRing<M>,
+pub struct LocalSignal {
     kick: OwnedFd,
     notify: OwnedFd,
     stream: UnixStream,
+}
+
+impl Signal for LocalSignal {
+    fn kick(&mut self) {
+        tmem_local::kick(self.kick.as_fd());
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<bool, FrontError> {
+        tmem_local::wait_eventfd(self.notify.as_fd(), Some(timeout))
+            .map_err(|e| FrontError::Disconnected(format!("notify eventfd: {e}")))
+    }
+
+    /// Non-blocking look at the socket: `Err` if the daemon closed it (or wrote garbage).
+    fn check(&mut self) -> Result<(), FrontError> {
+        let mut b = [0u8; 1];
+        match (&self.stream).read(&mut b) {
+            Ok(0) => Err(FrontError::Disconnected("tmemd closed the socket".into())),
+            Ok(_) => Err(FrontError::Disconnected(
+                "tmemd sent unexpected bytes on the socket".into(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(FrontError::Disconnected(format!("socket: {e}"))),
+        }
+    }
+
+    fn goodbye(&mut self) {
+        tmem_local::goodbye(&self.stream);
+    }
+}
+
+/// One live connection over a frontend ring and a [`Signal`] (by default eventfds plus a
+/// stream socket whose EOF means the backend is gone). The local transport builds one from
+/// its handshake; tests build one over `HeapMem` and a socket pair; the Xen transport over
+/// granted pages and an event channel.
+#[derive(Debug)]
+pub struct RingConnection<M: SharedMem, S: Signal = LocalSignal> {
+    ring: FrontendRing<M>,
+    signal: S,
     client_id: u32,
     cap: usize,
     seq: u64,
@@ -116,7 +167,7 @@ pub struct RingConnection<M: SharedMem> {
     timeout: Duration,
 }
 
-impl<M: SharedMem> RingConnection<M> {
+impl<M: SharedMem> RingConnection<M, LocalSignal> {
     /// `stream` must be non-blocking. `window` is capped by ring entries and data slots.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -129,6 +180,25 @@ impl<M: SharedMem> RingConnection<M> {
         poll: PollPolicy,
         timeout: Duration,
     ) -> RingConnection<M> {
+        let signal = LocalSignal {
+            kick,
+            notify,
+            stream,
+        };
+        RingConnection::with_signal(ring, signal, client_id, window, poll, timeout)
+    }
+}
+
+impl<M: SharedMem, S: Signal> RingConnection<M, S> {
+    /// A connection over any [`Signal`]. `window` is capped by ring entries and data slots.
+    pub fn with_signal(
+        ring: FrontendRing<M>,
+        signal: S,
+        client_id: u32,
+        window: usize,
+        poll: PollPolicy,
+        timeout: Duration,
+    ) -> RingConnection<M, S> {
         let layout = ring.layout();
         let cap = window
             .max(1)
@@ -137,9 +207,7 @@ impl<M: SharedMem> RingConnection<M> {
             .min(TAG_MASK as usize);
         RingConnection {
             ring,
-            kick,
-            notify,
-            stream,
+            signal,
             client_id,
             cap,
             seq: 0,
@@ -147,20 +215,6 @@ impl<M: SharedMem> RingConnection<M> {
             free: (0..cap as u32).rev().collect(),
             poll,
             timeout,
-        }
-    }
-
-    /// Non-blocking look at the socket: `Err` if the daemon closed it (or wrote garbage).
-    fn check_socket(&self) -> Result<(), FrontError> {
-        let mut b = [0u8; 1];
-        match (&self.stream).read(&mut b) {
-            Ok(0) => Err(FrontError::Disconnected("tmemd closed the socket".into())),
-            Ok(_) => Err(FrontError::Disconnected(
-                "tmemd sent unexpected bytes on the socket".into(),
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
-            Err(e) => Err(FrontError::Disconnected(format!("socket: {e}"))),
         }
     }
 
@@ -215,12 +269,11 @@ impl<M: SharedMem> RingConnection<M> {
             if self.ring.prepare_to_sleep() {
                 return Ok(());
             }
-            let woke = tmem_local::wait_eventfd(self.notify.as_fd(), Some(SLEEP_SLICE))
-                .map_err(|e| FrontError::Disconnected(format!("notify eventfd: {e}")))?;
+            let woke = self.signal.wait(SLEEP_SLICE)?;
             if self.ring.has_responses() {
                 return Ok(());
             }
-            self.check_socket()?;
+            self.signal.check()?;
             if !woke && since.elapsed() >= self.timeout {
                 return Err(FrontError::Disconnected(format!(
                     "no answer from tmemd in {:?}",
@@ -240,7 +293,7 @@ impl<M: SharedMem> RingConnection<M> {
     }
 }
 
-impl<M: SharedMem + 'static> Connection for RingConnection<M> {
+impl<M: SharedMem + 'static, S: Signal + 'static> Connection for RingConnection<M, S> {
     fn call_batch(&mut self, calls: &mut [Call<'_>]) -> Result<(), FrontError> {
         let n = calls.len();
         let mut next = 0;
@@ -278,7 +331,7 @@ impl<M: SharedMem + 'static> Connection for RingConnection<M> {
                 pushed = true;
             }
             if pushed && self.ring.publish() {
-                tmem_local::kick(self.kick.as_fd());
+                self.signal.kick();
             }
             let got = match self.drain(calls) {
                 Ok(g) => g,
@@ -297,7 +350,7 @@ impl<M: SharedMem + 'static> Connection for RingConnection<M> {
     }
 
     fn is_alive(&mut self) -> bool {
-        self.check_socket().is_ok()
+        self.signal.check().is_ok()
     }
 
     fn window(&self) -> usize {
@@ -309,6 +362,6 @@ impl<M: SharedMem + 'static> Connection for RingConnection<M> {
     }
 
     fn goodbye(&mut self) {
-        tmem_local::goodbye(&self.stream);
+        self.signal.goodbye();
     }
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use tmem_abi::{Oid, Page, PageKey, PoolKind, PAGE_SIZE};
-use tmem_front::{Client, ClientConfig, LocalTransport, Outcome, PageOp};
+use tmem_front::{Client, ClientConfig, LocalTransport, Outcome, PageOp, Transport, XenTransport};
 use tmem_ring::{Layout, PollPolicy};
 
 #[derive(Debug, Parser)]
@@ -55,6 +55,10 @@ enum Cmd {
 /// Connection options shared by `run` and `bench`.
 #[derive(Debug, Clone, Args)]
 pub struct ConnArgs {
+    /// How to reach tmemd: `local` (its Unix socket) or `xen` (the tmem PV device in
+    /// xenstore, grants and an event channel; run in a Xen guest, --socket and --domid unused).
+    #[arg(long, value_enum, default_value = "local")]
+    pub transport: TransportKind,
     /// tmemd's socket.
     #[arg(long, default_value = "/run/tmemd/tmemd.sock")]
     pub socket: PathBuf,
@@ -87,6 +91,13 @@ pub struct ConnArgs {
     pub call_timeout_ms: u64,
 }
 
+/// Which transport `tmem-guest` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportKind {
+    Local,
+    Xen,
+}
+
 impl ConnArgs {
     pub fn client(&self) -> (Arc<Client>, u64) {
         let instance = self.instance.unwrap_or_else(|| {
@@ -97,22 +108,38 @@ impl ConnArgs {
             .name
             .clone()
             .unwrap_or_else(|| format!("guest-{}", self.domid));
-        let mut t = LocalTransport::new(&self.socket, self.domid, instance, &name);
-        t.layout = Layout {
+        let layout = Layout {
             ring_pages: self.ring_pages,
             data_slots: self.data_slots,
         };
-        t.window = self.window.max(1);
-        t.poll = PollPolicy {
+        let poll = PollPolicy {
             spin: Duration::from_micros(self.spin_us),
             ..PollPolicy::default()
         };
-        t.call_timeout = Duration::from_millis(self.call_timeout_ms.max(1));
+        let call_timeout = Duration::from_millis(self.call_timeout_ms.max(1));
+        let t: Box<dyn Transport> = match self.transport {
+            TransportKind::Local => {
+                let mut t = LocalTransport::new(&self.socket, self.domid, instance, &name);
+                t.layout = layout;
+                t.window = self.window.max(1);
+                t.poll = poll;
+                t.call_timeout = call_timeout;
+                Box::new(t)
+            }
+            TransportKind::Xen => {
+                let mut t = XenTransport::new(instance);
+                t.layout = layout;
+                t.window = self.window.max(1);
+                t.poll = poll;
+                t.call_timeout = call_timeout;
+                Box::new(t)
+            }
+        };
         let cfg = ClientConfig {
             backoff_max: Duration::from_millis(self.backoff_max_ms.max(10)),
             ..ClientConfig::default()
         };
-        (Arc::new(Client::new(Box::new(t), cfg)), instance)
+        (Arc::new(Client::new(t, cfg)), instance)
     }
 }
 

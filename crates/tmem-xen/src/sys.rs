@@ -114,6 +114,9 @@ fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
+/// `POLLIN`, for callers that do not link libc themselves.
+pub const POLLIN: i16 = libc::POLLIN;
+
 /// `poll` one descriptor; `Ok(true)` if ready, `Ok(false)` on timeout. EINTR counts as ready
 /// (the caller re-checks).
 pub fn poll_fd(fd: RawFd, events: i16, timeout: Option<Duration>) -> std::io::Result<bool> {
