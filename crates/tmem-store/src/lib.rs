@@ -675,6 +675,8 @@ impl Store {
         {
             let mut f = lock(&self.free);
             if let Some(x) = f.list.pop() {
+                drop(f);
+                m.ensure_data_links(x);
                 return Reserve::Frame(x);
             }
             if f.fresh < self.nframes {
@@ -949,6 +951,10 @@ impl Store {
             (f, is_zero(&g))
         });
         let mut m = lock(&self.meta);
+        if let Some((f, _)) = pre {
+            // A never-used frame gets its node now, before it can reach the free list.
+            m.ensure_data_links(f);
+        }
         let gid = match m.resolve(c, pool) {
             Ok(g) => g,
             Err(e) => {
@@ -1089,7 +1095,6 @@ impl Store {
                 return None;
             }
         }
-        m.ensure_data_links(f);
         let mut to_free = Vec::new();
         let dup = match found {
             Some(old) => {
