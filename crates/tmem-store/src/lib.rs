@@ -97,33 +97,44 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Per-node metadata arrays.
+/// One node's list links and position: 16 bytes, so a node never straddles a cache line and
+/// a lookup, insert or removal touches one line of node metadata.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(16))]
+struct Node {
+    prev: u32,
+    next: u32,
+    obj: u32,
+    index: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Node>() == 16);
+
+const NODE_INIT: Node = Node {
+    prev: NIL,
+    next: NIL,
+    obj: NIL,
+    index: 0,
+};
+
+/// Per-node metadata: links, plus the LRU stamp apart (only ephemeral pages and eviction use
+/// it).
 #[derive(Debug, Default)]
 struct Links {
-    prev: Vec<u32>,
-    next: Vec<u32>,
-    obj: Vec<u32>,
-    index: Vec<u32>,
+    n: Vec<Node>,
     stamp: Vec<u32>,
 }
 
 impl Links {
     fn push(&mut self) {
-        self.prev.push(NIL);
-        self.next.push(NIL);
-        self.obj.push(NIL);
-        self.index.push(0);
+        self.n.push(NODE_INIT);
         self.stamp.push(0);
     }
     fn len(&self) -> usize {
-        self.prev.len()
+        self.n.len()
     }
     fn bytes(&self) -> u64 {
-        4 * (self.prev.capacity()
-            + self.next.capacity()
-            + self.obj.capacity()
-            + self.index.capacity()
-            + self.stamp.capacity()) as u64
+        (std::mem::size_of::<Node>() * self.n.capacity() + 4 * self.stamp.capacity()) as u64
     }
 }
 
@@ -269,19 +280,19 @@ impl Meta {
     }
     fn prev(&self, id: u32) -> u32 {
         let (l, i) = self.l(id);
-        l.prev[i]
+        l.n[i].prev
     }
     fn next(&self, id: u32) -> u32 {
         let (l, i) = self.l(id);
-        l.next[i]
+        l.n[i].next
     }
     fn set_prev(&mut self, id: u32, v: u32) {
         let (l, i) = self.lm(id);
-        l.prev[i] = v;
+        l.n[i].prev = v;
     }
     fn set_next(&mut self, id: u32, v: u32) {
         let (l, i) = self.lm(id);
-        l.next[i] = v;
+        l.n[i].next = v;
     }
 
     fn alloc_extra(&mut self) -> u32 {
@@ -294,9 +305,9 @@ impl Meta {
     }
     fn free_extra(&mut self, x: u32) {
         let (l, i) = self.lm(x);
-        l.prev[i] = NIL;
-        l.next[i] = NIL;
-        l.obj[i] = NIL;
+        l.n[i].prev = NIL;
+        l.n[i].next = NIL;
+        l.n[i].obj = NIL;
         self.x_free.push(x);
     }
 
@@ -415,8 +426,8 @@ impl Meta {
         }
         {
             let (l, i) = self.lm(node);
-            l.obj[i] = obj;
-            l.index[i] = key.index;
+            l.n[i].obj = obj;
+            l.n[i].index = key.index;
         }
         let p = self.pool_mut(gid);
         p.c.pages += 1;
@@ -459,7 +470,10 @@ impl Meta {
 
     /// Remove one page. Returns its frame if it had one (the caller frees it).
     fn remove_page(&mut self, obj: u32, node: u32) -> Option<u32> {
-        let index = self.l(node).0.index[self.l(node).1];
+        let index = {
+            let (l, i) = self.l(node);
+            l.n[i].index
+        };
         let gid = match self.objs[obj as usize].as_mut() {
             Some(o) => {
                 o.pages.remove(index);
@@ -504,9 +518,9 @@ impl Meta {
             None
         } else {
             let (l, i) = self.lm(node);
-            l.obj[i] = NIL;
-            l.prev[i] = NIL;
-            l.next[i] = NIL;
+            l.n[i].obj = NIL;
+            l.n[i].prev = NIL;
+            l.n[i].next = NIL;
             Some(node)
         }
     }
@@ -576,7 +590,10 @@ impl Meta {
         if node == head || node == NIL {
             return None;
         }
-        let obj = self.l(node).0.obj[self.l(node).1];
+        let obj = {
+            let (l, i) = self.l(node);
+            l.n[i].obj
+        };
         self.g.evictions += 1;
         Some(self.remove_page(obj, node))
     }
