@@ -168,7 +168,7 @@ fn idle_cpu_percent(pid: i32, secs: u64) -> f64 {
 fn main() {
     let pages = pages_per_guest();
     let dir = TempDir::new("e2e");
-    let mem = format!("{}M", (pages * 8 * PAGE_SIZE as u64 >> 20) + 256);
+    let mem = format!("{}M", ((pages * 8 * PAGE_SIZE as u64) >> 20) + 256);
     let daemon = Daemon::start(&dir, &["--mem-limit", &mem]);
     let mut rows = Vec::new();
 
