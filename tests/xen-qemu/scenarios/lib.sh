@@ -90,7 +90,8 @@ tmemd_stop() {
 tmemd_log_has() { grep -q -- "$1" "$TMEMD_LOG"; }
 
 # ---------------------------------------------------------------- domUs
-# guest_start NAME TMEM-GUEST-ARGS...: create a PV domU running tmem-guest with these args.
+# guest_start NAME TMEM-GUEST-ARGS...: create a PV domU running tmem-guest with these args
+# (GUEST_PAUSED=1: leave it paused; `xl unpause NAME` starts it).
 guest_start() {
     _name=$1
     shift
@@ -109,7 +110,7 @@ on_reboot = "destroy"
 on_crash = "preserve"
 EOF
     say "xl create $_name (tmem-guest $*)"
-    xl create "/etc/xen/$_name.cfg" >/tmp/xl-create-$_name.log 2>&1 \
+    xl create ${GUEST_PAUSED:+-p} "/etc/xen/$_name.cfg" >/tmp/xl-create-$_name.log 2>&1 \
         || { cat /tmp/xl-create-$_name.log; fail "xl create $_name"; }
     relay "$_name" "$CONSOLE_DIR/guest-$_name.log"
 }
@@ -131,6 +132,26 @@ guest_exit() {
 
 # last_status NAME FILE: the guest's most recent JSON status line.
 last_status() { guest_log "$1" | grep '"type":"status"' | tail -n 1 > "$2"; }
+
+# Arguments every real-Xen guest gets: JSON, a status line per second, and a short pause
+# between operations so that busy guests leave CPU to dom0 and tmemd under TCG.
+XEN_GUEST="--transport xen --json --report-interval 1 --pace-us ${TXQ_PACE_US:-100}"
+
+# guest_json NAME JQ-EXPRESSION: does the guest's latest status line satisfy it?
+guest_json() {
+    last_status "$1" "/tmp/$1.status.json"
+    [ -s "/tmp/$1.status.json" ] && jq -e "$2" "/tmp/$1.status.json" >/dev/null 2>&1
+}
+# wait_json NAME SECONDS JQ-EXPRESSION DESCRIPTION
+wait_json() {
+    wait_for "$2" "domU $1: $4" guest_json "$1" "$3"
+    ok "domU $1: $4"
+}
+# Every pool mapped to a real backend pool (none fake, none refused, none lost).
+ALL_MAPPED='.connected and (.pools | length > 0) and all(.pools[]; .real_id != null and .error == null and (.lost | not))'
+
+# tmem_list FILE: `tmem list --json` into FILE.
+tmem_list() { tmem list --json > "$1" 2>/tmp/tmem-list.err || { cat /tmp/tmem-list.err; fail "tmem list --json"; }; }
 
 # jcheck FILE JQ-EXPRESSION DESCRIPTION: the JSON document must satisfy the expression.
 jcheck() {

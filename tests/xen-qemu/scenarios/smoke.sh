@@ -1,7 +1,9 @@
-# smoke: the harness itself, without needing tmemd's Xen transport.
+# smoke: the harness itself, without needing the guest side of the Xen transport.
 # dom0 xenstore answers; tmemd starts in dom0 and says which transport it serves; a PV domU
-# boots, reaches xenstore, and tmem-guest runs there with fake handles only (no backend it
-# can reach), verifying every byte, and exits 0; dom0 reads the domU's xenstore key.
+# boots, reaches xenstore, and tmem-guest runs there with fake handles only (local transport,
+# no backend it can reach), verifying every byte, and exits 0; dom0 reads the domU's xenstore
+# key. If tmemd serves Xen: it offers the tmem device to the domU (backend and frontend
+# directories, InitWait; the domU can read its side) and removes it when the domU is gone.
 
 xenstore-read /local/domain/0/name >/dev/null || fail "dom0 cannot read its own xenstore node"
 ok "xenstore answers in dom0 (domain 0 is '$(xenstore-read /local/domain/0/name)')"
@@ -9,7 +11,9 @@ ok "xenstore answers in dom0 (domain 0 is '$(xenstore-read /local/domain/0/name)
 tmemd_start
 # tmemd must say which transport it serves: Xen, or why Xen is absent.
 wait_for 10 "tmemd logged its readiness line" tmemd_log_has "ready"
+XEN=0
 if tmemd_log_has "xen transport ready"; then
+    XEN=1
     ok "tmemd serves the Xen transport"
 elif tmemd_log_has "Xen absent"; then
     ok "tmemd: $(grep -m1 -o 'Xen absent.*' "$TMEMD_LOG")"
@@ -30,6 +34,19 @@ for d in evtchn gntdev gntalloc; do
     guest_log smoke | grep -q "TXQ-GUEST-WARN /dev/xen/$d missing" && fail "domU has no /dev/xen/$d"
 done
 ok "domU has /dev/xen/{evtchn,gntdev,gntalloc}"
+BE=/local/domain/0/backend/tmem/$domid/0
+FE=/local/domain/$domid/device/tmem/0
+if [ $XEN = 1 ]; then
+    wait_for 15 "tmemd offered the tmem device to domain $domid ($BE/state = 2)" \
+        sh -c "[ \"\$(xenstore-read $BE/state)\" = 2 ]"
+    [ "$(xenstore-read $FE/backend)" = "$BE" ] || fail "$FE/backend is '$(xenstore-read $FE/backend)', not $BE"
+    ok "tmem device offered: $BE (state 2, InitWait), $FE/backend points to it"
+    if guest_has smoke "TXQ-GUEST-XS device/tmem/0/backend=$BE"; then
+        ok "the domU reads its own device/tmem/0 directory"
+    else
+        say "note: the domU booted before the offer reached its directory (no TXQ-GUEST-XS line)"
+    fi
+fi
 
 guest_exit smoke 90
 [ "$GUEST_RC" = 0 ] || fail "tmem-guest in domU exited with '$GUEST_RC'"
@@ -43,3 +60,9 @@ else
     ok "tmem-guest is connected (client $(jq -c .client_id $f))"
 fi
 jcheck $f '.guest.ops > 0' "tmem-guest ran $(jq .guest.ops $f) operations"
+if [ $XEN = 1 ]; then
+    # on_poweroff=destroy: the domain goes away after the guest's run; tmemd must notice.
+    wait_for 30 "domU $domid gone" sh -c "! xl domid smoke"
+    wait_for 15 "tmemd removed $BE after the domain died" sh -c "! xenstore-read $BE/state"
+    ok "domain $domid gone: tmemd removed its backend directory"
+fi
