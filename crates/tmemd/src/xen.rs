@@ -168,6 +168,14 @@ impl XenBackend {
 
     fn process_inner(&mut self) -> Result<(), XsError> {
         self.xs.pump()?;
+        // Our own requests may queue more events while we handle these.
+        while self.xs.has_events() {
+            self.handle_events()?;
+        }
+        Ok(())
+    }
+
+    fn handle_events(&mut self) -> Result<(), XsError> {
         let mut rescan = false;
         let mut frontends = Vec::new();
         while let Some(ev) = self.xs.take_event() {
@@ -188,10 +196,6 @@ impl XenBackend {
             if self.domains.contains_key(&d) {
                 self.frontend_changed(d)?;
             }
-        }
-        // Our own requests may have queued more events meanwhile.
-        if self.xs.has_events() {
-            return self.process_inner();
         }
         Ok(())
     }
@@ -401,7 +405,10 @@ impl XenBackend {
             &format!("{fe}/{}", key::STATE),
             &format!("{TOKEN_FRONTEND}{d}"),
         )?;
-        self.xs.rm(Tx::NONE, &backend_path(BACKEND_DOMID, d))?;
+        let be = backend_path(BACKEND_DOMID, d);
+        // `.../backend/tmem/<domid>/0`: remove the `<domid>` level too.
+        self.xs
+            .rm(Tx::NONE, &be[..be.rfind('/').expect("absolute path")])?;
         info!(domid = d, "domain gone; tmem device removed");
         Ok(())
     }
