@@ -76,7 +76,8 @@ struct Dom {
 #[derive(Debug)]
 pub struct XenBackend {
     xs: Xs,
-    gntdev: Arc<Gntdev>,
+    /// `None` only in tests (connecting then fails cleanly).
+    gntdev: Option<Arc<Gntdev>>,
     evtchns: Vec<Arc<Evtchn>>,
     shared: Arc<Shared>,
     workers: Arc<Vec<WorkerHandle>>,
@@ -102,8 +103,22 @@ impl XenBackend {
         for _ in 0..workers.len() {
             evtchns.push(Evtchn::open().map_err(|e| format!("cannot open evtchn: {e}"))?);
         }
+        let mut x = XenBackend::new(xs, Some(gntdev), evtchns, config, shared, workers);
+        x.init()?;
+        Ok(x)
+    }
+
+    /// A backend over an open xenstore connection (tests pass a fake one and no gntdev).
+    pub fn new(
+        xs: Xs,
+        gntdev: Option<Arc<Gntdev>>,
+        evtchns: Vec<Arc<Evtchn>>,
+        config: &Config,
+        shared: Arc<Shared>,
+        workers: Arc<Vec<WorkerHandle>>,
+    ) -> XenBackend {
         let max_ring_page_order = 31 - config.max_ring_pages.max(1).leading_zeros();
-        let mut x = XenBackend {
+        XenBackend {
             xs,
             gntdev,
             evtchns,
@@ -121,13 +136,17 @@ impl XenBackend {
             last_rescan: Instant::now(),
             log: RateLimiter::new(20, Duration::from_secs(1)),
             failed: false,
-        };
-        x.xs.watch(INTRODUCE_DOMAIN, TOKEN_INTRODUCE)
-            .and_then(|()| x.xs.watch(RELEASE_DOMAIN, TOKEN_RELEASE))
+        }
+    }
+
+    /// Watch domains and reconcile with what xenstore holds.
+    pub fn init(&mut self) -> Result<(), String> {
+        self.xs
+            .watch(INTRODUCE_DOMAIN, TOKEN_INTRODUCE)
+            .and_then(|()| self.xs.watch(RELEASE_DOMAIN, TOKEN_RELEASE))
             .map_err(|e| format!("cannot watch domains: {e}"))?;
-        x.reconcile()
-            .map_err(|e| format!("start-up reconcile failed: {e}"))?;
-        Ok(x)
+        self.reconcile()
+            .map_err(|e| format!("start-up reconcile failed: {e}"))
     }
 
     /// Where the xenstore connection goes, for the ready line.
@@ -505,10 +524,13 @@ impl XenBackend {
                 self.max_guests
             ));
         }
+        let gntdev = self
+            .gntdev
+            .clone()
+            .ok_or_else(|| "the grant device is not available".to_string())?;
         let mut refs = keys.ring_refs.clone();
         if keys.data_pages > 0 {
-            let dir = self
-                .gntdev
+            let dir = gntdev
                 .map(d, &keys.data_dir_refs, false)
                 .map_err(|e| format!("cannot map the data directory grants: {e}"))?;
             let bytes = dir.copy_out();
@@ -517,8 +539,7 @@ impl XenBackend {
                 xenbus::parse_data_dir(&bytes, keys.data_pages).map_err(|e| e.to_string())?,
             );
         }
-        let mem = self
-            .gntdev
+        let mem = gntdev
             .map(d, &refs, true)
             .map_err(|e| format!("cannot map the ring and data grants: {e}"))?;
         let layout = tmem_ring::Layout {
@@ -624,6 +645,155 @@ impl XenBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Args, FileConfig};
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicU32;
+    use std::sync::Mutex;
+    use tmem_xen::fake::FakeXenstore;
+
+    fn until(x: &mut XenBackend, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+            x.process();
+        }
+    }
+
+    /// The backend's xenstore side against a fake xenstored: reconcile, offer, refusal of
+    /// hostile keys, reset, a connect that fails cleanly (no grant device here), release.
+    #[test]
+    fn backend_lifecycle_against_a_fake_xenstored() {
+        let fx = FakeXenstore::new();
+        fx.introduce(0, "Domain-0");
+        // Left over by a previous tmemd: a domain that is gone, and one still connected.
+        fx.write("/local/domain/0/backend/tmem/9/0/state", "4");
+        fx.introduce(3, "web");
+        let fe3 = frontend_path(3);
+        let be3 = backend_path(0, 3);
+        fx.write(&format!("{fe3}/state"), "4");
+        fx.write(&format!("{be3}/state"), "4");
+
+        let config = Config::merge(Args::default(), FileConfig::default()).unwrap();
+        let shared = Arc::new(Shared {
+            store: tmem_store::Store::new(config.store.clone()),
+            guests: Mutex::new(HashMap::new()),
+            detached: Mutex::new(HashMap::new()),
+            connected: AtomicU32::new(0),
+        });
+        let (w, join) = crate::worker::spawn(0, shared.clone(), Duration::from_micros(50)).unwrap();
+        let workers = Arc::new(vec![w]);
+        let (xs, _srv) = fx.connect();
+        let mut x = XenBackend::new(
+            xs,
+            None,
+            Vec::new(),
+            &config,
+            shared.clone(),
+            workers.clone(),
+        );
+        x.init().unwrap();
+
+        // Reconcile: the dead domain's backend is gone; the live one reset to InitWait with
+        // both directories' permissions, limits and links; the frontend's own state untouched.
+        assert!(!fx.exists("/local/domain/0/backend/tmem/9"));
+        let st = |p: &str| fx.read(&format!("{p}/state"));
+        assert_eq!(st(&be3).as_deref(), Some("2"));
+        assert_eq!(fx.perms(&be3).unwrap(), ["n0", "r3"]);
+        assert_eq!(
+            fx.perms("/local/domain/0/backend/tmem/3").unwrap(),
+            ["n0", "r3"]
+        );
+        assert_eq!(fx.perms(&fe3).unwrap(), ["n3", "r0"]);
+        assert_eq!(
+            fx.read(&format!("{fe3}/backend")).as_deref(),
+            Some(be3.as_str())
+        );
+        assert_eq!(
+            fx.read(&format!("{be3}/protocol-version")).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            fx.read(&format!("{be3}/max-ring-page-order")).as_deref(),
+            Some("4")
+        );
+        assert_eq!(
+            fx.read(&format!("{be3}/max-data-pages")).as_deref(),
+            Some("1024")
+        );
+        assert_eq!(fx.read(&format!("{be3}/frontend-id")).as_deref(), Some("3"));
+        assert_eq!(st(&fe3).as_deref(), Some("4"));
+        assert!(
+            !fx.exists("/local/domain/0/backend/tmem/0"),
+            "dom0 gets no device"
+        );
+
+        // A domain introduced later is offered the device too, frontend state Initialising.
+        fx.introduce(4, "db");
+        let be4 = backend_path(0, 4);
+        until(&mut x, "domain 4 offered", || {
+            st(&be4).as_deref() == Some("2")
+        });
+        assert_eq!(st(&frontend_path(4)).as_deref(), Some("1"));
+
+        // Hostile keys are refused with a reason, and the backend waits for a reset.
+        for (k, v) in [
+            ("ring-page-order", "9"),
+            ("ring-ref0", "8"),
+            ("data-pages", "1"),
+            ("data-dir-ref0", "9"),
+            ("event-channel", "5"),
+            ("instance", "42"),
+        ] {
+            fx.write(&format!("{fe3}/{k}"), v);
+        }
+        fx.write(&format!("{fe3}/state"), "3");
+        until(&mut x, "refusal", || st(&be3).as_deref() == Some("6"));
+        let err = fx.read(&format!("{be3}/error")).unwrap();
+        assert!(err.contains("max-ring-page-order"), "{err}");
+        // Still Initialised with a Closed backend: nothing happens until the guest resets.
+        fx.write(&format!("{fe3}/ring-page-order"), "0");
+        fx.write(&format!("{fe3}/state"), "3");
+        x.process();
+        assert_eq!(st(&be3).as_deref(), Some("6"));
+        fx.write(&format!("{fe3}/state"), "6");
+        until(&mut x, "reset to InitWait", || {
+            st(&be3).as_deref() == Some("2")
+        });
+        assert!(!fx.exists(&format!("{be3}/error")));
+        // Good keys, but this host has no grant device: refused cleanly, nothing attached.
+        fx.write(&format!("{fe3}/state"), "3");
+        until(&mut x, "connect refused", || {
+            st(&be3).as_deref() == Some("6")
+        });
+        assert!(fx
+            .read(&format!("{be3}/error"))
+            .unwrap()
+            .contains("grant device"));
+        assert_eq!(shared.connected.load(Ordering::Relaxed), 0);
+
+        // Release: the client and all its pools go, and the backend directory.
+        let (c, _) = shared.store.attach_client(3, 42, "web").unwrap();
+        fx.release(3);
+        until(&mut x, "domain 3 released", || {
+            !fx.exists("/local/domain/0/backend/tmem/3")
+        });
+        assert_eq!(
+            shared.store.client_by_domid(3),
+            None,
+            "client {c:?} destroyed"
+        );
+        assert_eq!(st(&be4).as_deref(), Some("2"), "other domains untouched");
+
+        x.shutdown();
+        assert_eq!(st(&be4).as_deref(), Some("6"));
+        assert_eq!(
+            fx.read(&format!("{be4}/error")).as_deref(),
+            Some("tmemd stopped")
+        );
+        workers[0].send(WorkerMsg::Shutdown);
+        join.join().unwrap();
+    }
 
     #[test]
     fn policy_defaults_to_every_guest_and_matches_ids_or_names() {
