@@ -56,6 +56,7 @@ on_exit() {
 }
 trap on_exit EXIT
 trap 'die "interrupted (signal)"' INT TERM HUP
+trap 'die "run.sh line $LINENO: command failed: $BASH_COMMAND"' ERR
 
 # Fail loudly: the reason, the tail of the serial log, and where the whole log is.
 die() {
@@ -228,7 +229,22 @@ add_exe "$D" "$BIN/tmem" /usr/sbin/tmem
 install -m 755 "$HERE/dom0/init" "$D/init"
 cp "$HERE"/scenarios/*.sh "$D/tmemxq/"
 echo "$SCENARIOS" > "$D/tmemxq/scenarios"
-cp "$RUN/vmlinuz" "$D/boot/vmlinuz"
+# The domU kernel: Xen's PV builder would decompress the XZ payload of the bzImage inside
+# dom0 (under TCG) at every `xl create`; hand it the ELF instead, decompressed once here.
+if [ ! -s "$ROOT/.vmlinux" ] && command -v xz >/dev/null; then
+    off=$(LC_ALL=C grep -obUa $'\xfd7zXZ' "$RUN/vmlinuz" | head -n1 | cut -d: -f1)
+    if [ -n "$off" ]; then tail -c +$((off + 1)) "$RUN/vmlinuz" | xz -dc 2>/dev/null > "$ROOT/.vmlinux.tmp" || true; fi   # xz: "trailing garbage"
+    if [ "$(head -c4 "$ROOT/.vmlinux.tmp" 2>/dev/null | od -An -c | tr -d ' ')" = '177ELF' ]; then
+        mv "$ROOT/.vmlinux.tmp" "$ROOT/.vmlinux"
+    else
+        rm -f "$ROOT/.vmlinux.tmp"; say "note: could not extract an ELF vmlinux; domUs boot the bzImage"
+    fi
+fi
+if [ -s "$ROOT/.vmlinux" ] && [ -z "${TMEMXQ_DOMU_BZIMAGE:-}" ]; then
+    cp "$ROOT/.vmlinux" "$D/boot/vmlinuz"
+else
+    cp "$RUN/vmlinuz" "$D/boot/vmlinuz"
+fi
 cp "$RUN/domu.cpio.gz" "$D/boot/domu.cpio.gz"
 pack "$D" "$RUN/dom0.cpio.gz"
 [ -n "${TMEMXQ_KEEP:-}" ] || rm -rf "$D" "$U"

@@ -38,14 +38,15 @@ fail() {
 
 ok() { echo "TXQ-CHECK ok [$(now)]: $*"; }
 
-# wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.3 s until it succeeds.
+# wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every second until it succeeds
+# (every process costs a lot in a PV dom0 under TCG: don't poll faster).
 wait_for() {
     _limit=$1 _what=$2
     shift 2
     _t0=$(secs)
     until "$@" >/dev/null 2>&1; do
         [ $(( $(secs) - _t0 )) -lt "$_limit" ] || fail "timeout after ${_limit}s: $_what"
-        sleep 0.3
+        sleep 1
     done
 }
 
