@@ -14,7 +14,7 @@
 #   TMEMXQ_CACHE       downloads, extracted packages, images, logs  (default /var/tmp/tmem-xen-qemu)
 #   TMEMXQ_TARGET_DIR  cargo target dir for the release binaries    (default $CARGO_TARGET_DIR or ./target)
 #   TMEMXQ_NO_BUILD=1  do not run cargo; use the binaries already in the target dir
-#   TMEMXQ_TOTAL_TIMEOUT  whole script, seconds (default 900)
+#   TMEMXQ_TOTAL_TIMEOUT  everything after the cargo build, seconds (default 900)
 #   TMEMXQ_DOM0_TIMEOUT   QEMU start -> dom0 control plane up (default 240)
 #   TMEMXQ_SCENARIO_TIMEOUT  per scenario, seconds (default 300)
 #   TMEMXQ_QEMU_CPU    QEMU -cpu under TCG (default qemu64; "max" needs ",-smap")
@@ -73,11 +73,6 @@ die() {
     exit 1
 }
 
-# The whole run has a hard deadline, enforced from outside the main loop too.
-( sleep "$TOTAL_TIMEOUT" && echo "$(stamp) total timeout ${TOTAL_TIMEOUT}s reached" >&2 \
-    && kill -TERM $$ ) 2>/dev/null &
-WATCHDOG_PID=$!
-
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get, mknod of /dev/console in the images)"
 case "$CACHE" in *,*|*' '*) die "TMEMXQ_CACHE must not contain ',' or spaces (QEMU multiboot module list)";; esac
 mkdir -p "$CACHE"/{debs,logs}
@@ -90,9 +85,14 @@ SCENARIOS=$(echo "$SCENARIOS" | tr ',' ' ')
 BIN=$TARGET_DIR/release
 if [ -z "${TMEMXQ_NO_BUILD:-}" ]; then
     say "building release binaries (tmemd, tmem, tmem-guest) into $TARGET_DIR"
-    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR nice cargo build --release --quiet \
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR timeout 1800 nice cargo build --release --quiet \
         -p tmemd -p tmem-cli -p tmem-guest) || die "cargo build --release failed"
 fi
+# From here on (packages, images, QEMU, scenarios) the run has a hard deadline, enforced
+# from outside the main loop too. The cargo build above has its own limit.
+( sleep "$TOTAL_TIMEOUT" && echo "$(stamp) total timeout ${TOTAL_TIMEOUT}s reached" >&2 \
+    && kill -TERM $$ ) 2>/dev/null &
+WATCHDOG_PID=$!
 for b in tmemd tmem tmem-guest; do [ -x "$BIN/$b" ] || die "missing $BIN/$b (build it or unset TMEMXQ_NO_BUILD)"; done
 if [ "$SCENARIOS" = auto ]; then
     if "$BIN/tmem-guest" --help 2>&1 | grep -q -- '--transport'; then
