@@ -256,6 +256,19 @@ impl<M: SharedMem> RingMem<M> {
         out
     }
 
+    /// The first `N` little-endian 8-byte words of the entry at ring index `i`, copied out of
+    /// shared memory once with volatile loads.
+    pub(crate) fn read_words<const N: usize>(&self, i: u32) -> [u64; N] {
+        const { assert!(N * 8 <= tmem_abi::ENTRY_SIZE) };
+        let p = self.entry_ptr(i).cast::<u64>();
+        let mut out = [0u64; N];
+        for (k, w) in out.iter_mut().enumerate() {
+            // SAFETY: as in read_entry: `k < N <= 8`, in bounds and 8-byte aligned.
+            *w = u64::from_le(unsafe { p.wrapping_add(k).read_volatile() });
+        }
+        out
+    }
+
     /// Write `N` bytes at the start of the entry at ring index `i`, as `N / 8` volatile
     /// 8-byte stores.
     pub(crate) fn write_entry<const N: usize>(&self, i: u32, bytes: &[u8; N]) {
