@@ -70,7 +70,7 @@ fn one_lock_puts_race_gets_and_flushes_without_tearing() {
                     .new_pool(c, [0, 0], PoolKind::PrivatePersistent)
                     .unwrap();
                 let mut pers_last: Vec<Option<u64>> = vec![None; 16];
-                let mut x = 0x2545_F491_4F6C_DD1Du64 ^ (t as u64 + 1) * 0x9E37;
+                let mut x = 0x2545_F491_4F6C_DD1Du64 ^ ((t as u64 + 1) * 0x9E37);
                 let mut buf = [0u8; PAGE_SIZE];
                 let zero = [0u8; PAGE_SIZE];
                 let base = (t as u64 + 1) << 20;
