@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 mod frames;
+mod hash;
 mod pagemap;
 mod stats;
 
@@ -39,6 +40,7 @@ pub use stats::{ClientStats, GlobalStats, PoolCounters, PoolStats, SharedPoolSta
 pub use tmem_abi::{Oid, Page, PageKey, PageSink, PageSource, PoolKind, TmemError, PAGE_SIZE};
 
 use frames::{is_zero, Frames};
+use hash::{IdState, KeyedState};
 use pagemap::PageMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,7 +157,7 @@ struct Pool {
     /// Private pools: the owning client. Shared pools: `None`.
     owner: Option<ClientId>,
     sharers: Vec<ClientId>,
-    objs: HashMap<Oid, u32>,
+    objs: HashMap<Oid, u32, KeyedState>,
     c: PoolCounters,
 }
 
@@ -225,7 +227,7 @@ struct Global {
 struct Meta {
     cfg: StoreConfig,
     next_client: u32,
-    clients: HashMap<ClientId, Client>,
+    clients: HashMap<ClientId, Client, IdState>,
     by_domid: HashMap<u32, ClientId>,
     auth: HashMap<u32, Vec<[u64; 2]>>,
     auth_required: bool,
@@ -233,6 +235,8 @@ struct Meta {
     pool_free: Vec<u32>,
     next_gen: u64,
     shared: HashMap<[u64; 2], u32>,
+    /// Keys of the object-id hash (guest-chosen keys), drawn once per store.
+    obj_hash: KeyedState,
     objs: Vec<Option<Obj>>,
     obj_free: Vec<u32>,
     accounts: Vec<Option<Account>>,
@@ -636,7 +640,7 @@ impl Store {
         let nframes = (cfg.mem_limit_bytes / PAGE_SIZE as u64).min((EXTRA - 1) as u64) as u32;
         let meta = Meta {
             next_client: 1,
-            clients: HashMap::new(),
+            clients: HashMap::default(),
             by_domid: HashMap::new(),
             auth: HashMap::new(),
             auth_required: true,
@@ -644,6 +648,7 @@ impl Store {
             pool_free: Vec::new(),
             next_gen: 1,
             shared: HashMap::new(),
+            obj_hash: KeyedState::random(),
             objs: Vec::new(),
             obj_free: Vec::new(),
             accounts: Vec::new(),
@@ -1627,7 +1632,7 @@ fn new_pool_slot(
         account,
         owner,
         sharers,
-        objs: HashMap::new(),
+        objs: HashMap::with_hasher(m.obj_hash),
         c: PoolCounters::default(),
     };
     if let Some(g) = m.pool_free.pop() {
