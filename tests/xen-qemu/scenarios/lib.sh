@@ -136,12 +136,13 @@ last_status() { guest_log "$1" | grep '"type":"status"' | tail -n 1 > "$2"; }
 
 # Arguments every real-Xen guest gets: JSON, a status line per second, and a short pause
 # between operations so that busy guests leave CPU to dom0 and tmemd under TCG.
-XEN_GUEST="--transport xen --json --report-interval 1 --pace-us ${TXQ_PACE_US:-100}"
+XEN_GUEST="--transport xen --json --report-interval 1 --pace-us ${TXQ_PACE_US:-300}"
 
-# guest_json NAME JQ-EXPRESSION: does the guest's latest status line satisfy it?
+# guest_json NAME JQ-EXPRESSION: did any of the guest's status (or final) lines so far satisfy
+# it? (Lines stay in the console log, so a check cannot miss a state the guest already left.)
 guest_json() {
-    last_status "$1" "/tmp/$1.status.json"
-    [ -s "/tmp/$1.status.json" ] && jq -e "$2" "/tmp/$1.status.json" >/dev/null 2>&1
+    guest_log "$1" | grep -E '^\{.*"type":"(status|final)"' > "/tmp/$1.statuses.json"
+    [ -s "/tmp/$1.statuses.json" ] && jq -e -s "any(.[]; $2)" "/tmp/$1.statuses.json" >/dev/null 2>&1
 }
 # wait_json NAME SECONDS JQ-EXPRESSION DESCRIPTION
 wait_json() {
@@ -150,6 +151,9 @@ wait_json() {
 }
 # Every pool mapped to a real backend pool (none fake, none refused, none lost).
 ALL_MAPPED='.connected and (.pools | length > 0) and all(.pools[]; .real_id != null and .error == null and (.lost | not))'
+
+# list_has FILE JQ-EXPRESSION: take a `tmem list --json` snapshot into FILE; does it satisfy it?
+list_has() { tmem list --json > "$1" 2>/dev/null && jq -e "$2" "$1" >/dev/null 2>&1; }
 
 # tmem_list FILE: `tmem list --json` into FILE.
 tmem_list() { tmem list --json > "$1" 2>/tmp/tmem-list.err || { cat /tmp/tmem-list.err; fail "tmem list --json"; }; }
