@@ -12,8 +12,10 @@
 //!   exceed the limit.
 //! * A stored page is a *node*. A page with data is the node whose id equals its frame; an
 //!   all-zero page (and an LRU list head) is an "extra" node with the top bit set and no frame.
-//!   Per-node metadata is five `u32` arrays: LRU `prev`/`next`, `obj`, `index`, `stamp`.
-//! * Each pool maps an [`Oid`] to an object slot; each object maps a page index to a node.
+//!   Per-node metadata is one 16-byte struct (LRU `prev`/`next`, `obj`, `index`) plus a `u32`
+//!   LRU stamp.
+//! * Each pool maps an [`Oid`] to an object slot (keyed hash, see `hash.rs`); each object maps
+//!   a page index to a node (`pagemap.rs`: a vector for dense objects, a map for sparse ones).
 //! * Ephemeral pages are on the LRU list of their *account*: the client for private pools, the
 //!   pool itself for a shared pool. Lists are circular with a head node, so a page can be
 //!   unlinked without knowing whose list it is on.
@@ -22,12 +24,17 @@
 //! One metadata mutex guards everything except page data and the frame free list. Each frame
 //! has its own mutex. Order: metadata → frame, metadata → free list. A thread holding a frame
 //! lock never waits for the metadata lock, so there is no cycle:
+//! * put, common case: take a free frame (free-list lock only) and fill it (its frame lock
+//!   only), then take the metadata lock once and link it in (a duplicate is replaced by it).
+//!   If that needs anything else (frozen, cap, eviction) the frame goes back and, under the
+//!   same acquisition, the general path runs:
 //! * put of a new handle: under metadata, check and reserve a frame (evicting if needed); drop
 //!   the lock; copy into the frame; retake it and link the page in.
 //! * get: under metadata, find the node and lock its frame; drop the metadata lock; copy out.
 //!   A frame in the index is therefore read whole or not at all, never while being refilled.
-//! * duplicate put: the old frame is locked under metadata and refilled in place after the
-//!   metadata lock is dropped; readers queue on the frame lock and see old or new data whole.
+//! * duplicate put (general path): the old frame is locked under metadata and refilled in
+//!   place after the metadata lock is dropped; readers queue on the frame lock and see old or
+//!   new data whole.
 
 #![forbid(unsafe_code)]
 
