@@ -397,7 +397,7 @@ fn many_threads_with_remaps_in_the_middle_never_see_stale_bytes() {
                             let _ = got;
                             assert!(out != [0u8; PAGE_SIZE]);
                         }
-                        if n % 11 == 0 {
+                        if n.is_multiple_of(11) {
                             c.flush_page(per, k);
                             ver[i] = None;
                         }
