@@ -155,6 +155,9 @@ ALL_MAPPED='.connected and (.pools | length > 0) and all(.pools[]; .real_id != n
 # list_has FILE JQ-EXPRESSION: take a `tmem list --json` snapshot into FILE; does it satisfy it?
 list_has() { tmem list --json > "$1" 2>/dev/null && jq -e "$2" "$1" >/dev/null 2>&1; }
 
+# Connected and every pool real, allowing pools that reported a loss (after a tmemd restart).
+REMAPPED='.connected and (.pools | length > 0) and all(.pools[]; .real_id != null and .error == null)'
+
 # tmem_list FILE: `tmem list --json` into FILE.
 tmem_list() { tmem list --json > "$1" 2>/tmp/tmem-list.err || { cat /tmp/tmem-list.err; fail "tmem list --json"; }; }
 
