@@ -163,6 +163,7 @@ struct BenchArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    workload::stop_on_signals();
     match cli.cmd {
         Some(Cmd::Bench(b)) => bench(b),
         Some(Cmd::Run(r)) => workload::run(r),

@@ -123,6 +123,28 @@ fn emit_json(v: serde_json::Value) {
     outln!("{v}");
 }
 
+/// Set by SIGTERM or SIGINT: finish the current step, print the final report, exit.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Take SIGTERM and SIGINT on a thread of their own, so a harness can end a run early and
+/// still get the final report. Must run before any other thread starts (they inherit the mask).
+pub fn stop_on_signals() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    if set.thread_block().is_err() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if set.wait().is_ok() {
+                STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+}
+
 pub fn run(a: RunArgs) -> ExitCode {
     let mut shared_uuids = Vec::new();
     for s in &a.shared_fs {
@@ -250,7 +272,9 @@ impl Guest {
             if self.c.verification_errors > 0 {
                 return ExitCode::from(1);
             }
-            if self.a.ops.is_some_and(|n| self.c.ops >= n) {
+            if self.a.ops.is_some_and(|n| self.c.ops >= n)
+                || STOP.load(std::sync::atomic::Ordering::Relaxed)
+            {
                 break;
             }
             if self.c.ops.is_multiple_of(64) {
