@@ -39,8 +39,14 @@ impl Frames {
     /// Lock frame `f` (which must be `< nframes`), allocating its chunk on first use.
     pub(crate) fn lock(&self, f: u32) -> MutexGuard<'_, Page> {
         let f = f as usize;
-        let c = f / CHUNK_FRAMES;
-        let chunk = self.chunks[c].get_or_init(|| {
+        self.chunk(f / CHUNK_FRAMES)[f % CHUNK_FRAMES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Chunk `c`, allocated and faulted in on first use.
+    fn chunk(&self, c: usize) -> &Chunk {
+        self.chunks[c].get_or_init(|| {
             let len = (self.nframes as usize - c * CHUNK_FRAMES).min(CHUNK_FRAMES);
             let mut v = Vec::with_capacity(len);
             for _ in 0..len {
@@ -49,10 +55,19 @@ impl Frames {
             }
             std::hint::black_box(&mut v);
             v.into_boxed_slice()
-        });
-        chunk[f % CHUNK_FRAMES]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        })
+    }
+
+    /// Allocate and fault in every chunk not allocated yet; returns how many frames that
+    /// was. Safe to run beside puts: a put that needs a chunk being faulted waits for it.
+    pub(crate) fn prefault_all(&self) -> usize {
+        let mut n = 0;
+        for c in 0..self.chunks.len() {
+            if self.chunks[c].get().is_none() {
+                n += self.chunk(c).len();
+            }
+        }
+        n
     }
 
     pub(crate) fn chunks_allocated(&self) -> usize {

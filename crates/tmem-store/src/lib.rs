@@ -1453,6 +1453,13 @@ impl Store {
         lock(&self.meta).auth_required = required;
     }
 
+    /// Fault in all page-data memory now, so that no put ever waits for the kernel to back a
+    /// frame (a first-touch fault costs as much as twenty page copies). Meant for a background
+    /// thread at start-up; puts may run meanwhile. Returns the bytes it faulted in.
+    pub fn prefault(&self) -> u64 {
+        self.frames.prefault_all() as u64 * PAGE_SIZE as u64
+    }
+
     /// Ephemeral pages whose eviction would release page memory now.
     pub fn freeable_pages(&self) -> u64 {
         lock(&self.meta).g.eph_data

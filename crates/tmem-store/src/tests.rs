@@ -535,3 +535,34 @@ fn store_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Store>();
 }
+
+#[test]
+fn prefault_allocates_every_frame_once_and_puts_still_work() {
+    let store = Store::new(StoreConfig {
+        mem_limit_bytes: 1030 * PAGE_SIZE as u64,
+        ..StoreConfig::default()
+    });
+    let (c, _) = store.attach_client(1, 1, "p").unwrap();
+    let (pool, _) = store
+        .new_pool(c, [1, 2], PoolKind::PrivatePersistent)
+        .unwrap();
+    let page: Page = [7; PAGE_SIZE];
+    let key = |i: u32| PageKey {
+        oid: Oid([1, 0, 0]),
+        index: i,
+    };
+    store.put(c, pool, key(0), &page).unwrap();
+    // The first chunk was faulted by that put; the rest (1030 - 512 frames) by prefault.
+    assert_eq!(store.prefault(), (1030 - 512) * PAGE_SIZE as u64);
+    assert_eq!(
+        store.prefault(),
+        0,
+        "a second prefault has nothing left to do"
+    );
+    for i in 1..1030 {
+        store.put(c, pool, key(i), &page).unwrap();
+    }
+    let mut out: Page = [0; PAGE_SIZE];
+    assert!(store.get(c, pool, key(1029), &mut out).unwrap());
+    assert!(out == page);
+}

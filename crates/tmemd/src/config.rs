@@ -56,6 +56,10 @@ pub struct Args {
     /// Do not serve Xen guests even when running in a Xen dom0 (local transport only).
     #[arg(long)]
     pub no_xen: bool,
+    /// Do not fault in the whole page-data memory at start-up (it is then faulted in chunk by
+    /// chunk as puts first need it, which stalls those puts).
+    #[arg(long)]
+    pub no_prefault: bool,
     /// Xen domains that get a tmem device: ids or names, comma separated (default: every
     /// domain but dom0).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -86,6 +90,8 @@ pub struct FileConfig {
     pub xen: Option<bool>,
     /// Xen domains that get a tmem device: ids or names (default: all but dom0).
     pub xen_domains: Option<Vec<String>>,
+    /// Fault in all page-data memory at start-up (default true).
+    pub prefault: Option<bool>,
 }
 
 /// The validated configuration.
@@ -104,6 +110,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Try the Xen transport (it still needs a Xen dom0 to start).
     pub xen: bool,
+    /// Fault in all page-data memory in the background at start-up.
+    pub prefault: bool,
     /// `None`: every domain but dom0.
     pub xen_domains: Option<Vec<String>>,
 }
@@ -211,6 +219,7 @@ impl Config {
         }
         Ok(Config {
             xen,
+            prefault: !args.no_prefault && file.prefault.unwrap_or(true),
             xen_domains,
             socket: args
                 .socket

@@ -28,6 +28,8 @@ use crate::ratelimit::RateLimiter;
 
 /// Requests taken from one guest's ring before the worker turns to the next guest.
 pub const BATCH: usize = 64;
+/// Responses are published (and the guest notified, if it sleeps) at least this often.
+const PUBLISH_EVERY: usize = 16;
 const WAKE: Token = Token(0);
 /// The worker's event-channel file (all its Xen guests' ports).
 const EVTCHN: Token = Token(1);
@@ -540,7 +542,17 @@ fn serve(store: &Store, g: &mut GuestConn) -> Result<usize, String> {
         g.ring
             .push_response(id, status, flags)
             .map_err(|e| format!("cannot answer request: {e}"))?;
+        // Publish in small groups, not once per batch: a guest polling for its first answers
+        // can consume them and refill the ring while we work on the rest.
+        if (i + 1) % PUBLISH_EVERY == 0 || i + 1 == n {
+            publish(g)?;
+        }
     }
+    Ok(n)
+}
+
+/// Make pushed responses visible, and notify the guest if it asked to be woken.
+fn publish(g: &mut GuestConn) -> Result<(), String> {
     if g.ring.publish() {
         match &g.link {
             Link::Local { notify: fd, .. } => notify(fd)?,
@@ -549,7 +561,7 @@ fn serve(store: &Store, g: &mut GuestConn) -> Result<usize, String> {
                 .map_err(|e| format!("cannot notify guest's event channel: {e}"))?,
         }
     }
-    Ok(n)
+    Ok(())
 }
 
 /// Carry out one validated request against the store; returns (status, response flags).

@@ -72,6 +72,7 @@ fn store_limit(pages: u64) -> (f64, f64) {
         mem_limit_bytes: (pages + 1024) * PAGE_SIZE as u64,
         ..StoreConfig::default()
     });
+    store.prefault();
     let (c, _) = store.attach_client(1, 1, "bench").unwrap();
     let (pool, _) = store
         .new_pool(c, [1, 1], PoolKind::PrivatePersistent)
@@ -116,11 +117,15 @@ fn bare_ring_limit(pages: u64) -> f64 {
         tail: 0.into(),
     });
     let r2 = ring.clone();
-    let t = Instant::now();
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let start2 = start.clone();
     let consumer = std::thread::spawn(move || {
         // The consumer's destination: distinct pages, like a store's frames.
-        let mut dst: Vec<Page> = vec![[0u8; PAGE_SIZE]; (pages as usize).min(1 << 18)];
+        // Filled with a non-zero byte so it is faulted in before the clock matters, as the
+        // store's frames are.
+        let mut dst: Vec<Page> = vec![[1u8; PAGE_SIZE]; (pages as usize).min(1 << 18)];
         let n = dst.len();
+        start2.wait();
         for i in 0..pages {
             while r2.head.load(Ordering::Acquire) == i {
                 std::hint::spin_loop();
@@ -134,6 +139,8 @@ fn bare_ring_limit(pages: u64) -> f64 {
         std::hint::black_box(&dst);
     });
     let src: Page = [0x5a; PAGE_SIZE];
+    start.wait();
+    let t = Instant::now();
     for i in 0..pages {
         while i - ring.tail.load(Ordering::Acquire) >= SLOTS as u64 {
             std::hint::spin_loop();
@@ -170,6 +177,13 @@ fn main() {
     let dir = TempDir::new("e2e");
     let mem = format!("{}M", ((pages * 8 * PAGE_SIZE as u64) >> 20) + 256);
     let daemon = Daemon::start(&dir, &["--mem-limit", &mem]);
+    // Measure the steady state: wait until tmemd has faulted in its page memory.
+    tmem_tests::wait_for(Duration::from_secs(120), "tmemd prefault", || {
+        daemon
+            .log_text()
+            .contains("page-data memory faulted in")
+            .then_some(())
+    });
     let mut rows = Vec::new();
 
     let bare = bare_ring_limit(pages);
