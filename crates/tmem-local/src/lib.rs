@@ -38,11 +38,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Errors of the local transport outside the hello itself.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("another tmemd is listening on {0}")]
+    #[error(
+        "another tmemd is listening on {0}; stop it first or choose another path with --socket"
+    )]
     AlreadyListening(PathBuf),
-    #[error("{0} exists and is not a socket; refusing to remove it")]
+    #[error("{0} exists and is not a socket; refusing to remove it: move it away or choose another path with --socket")]
     NotASocket(PathBuf),
-    #[error("permission denied on {path}")]
+    #[error(
+        "permission denied on {path}; run tmemd as root or choose a writable path with --socket"
+    )]
     PermissionDenied {
         path: PathBuf,
         #[source]
