@@ -636,8 +636,21 @@ fn disconnect_state(st: &mut State, why: &FrontError) {
     }
 }
 
+/// A get answered without the backend: a persistent page the backend should hold is
+/// unavailable (or lost), anything else a miss.
+fn local_get(pool: &Pool, k: &PageKey) -> Outcome {
+    if !pool.kind.is_persistent() {
+        return Outcome::Miss;
+    }
+    match pool.held(k) {
+        Held::No => Outcome::Miss,
+        Held::Current => Outcome::Unavailable,
+        Held::Lost => Outcome::Lost,
+    }
+}
+
 /// Record an invalidation of a shared pool made while its outcome on the backend is unknown.
-fn record_shared(pool: &mut Pool, rec: impl FnOnce(&mut Pool), limit: usize) {
+fn record_shared<R>(pool: &mut Pool, rec: impl FnOnce(&mut Pool) -> R, limit: usize) {
     if !pool.ever_mapped || pool.poisoned {
         return;
     }
@@ -661,31 +674,14 @@ fn unmapped_op(pool: &mut Pool, op: &PageOp<'_>, limit: usize) -> Outcome {
             }
             Outcome::Dropped
         }
-        PageOp::Get(k, _) => {
-            if persistent {
-                match pool.held(k) {
-                    Held::No => Outcome::Miss,
-                    Held::Current => Outcome::Unavailable,
-                    Held::Lost => Outcome::Lost,
-                }
-            } else {
-                Outcome::Miss
-            }
-        }
+        PageOp::Get(k, _) => local_get(pool, k),
         PageOp::FlushPage(k) => {
             if persistent {
                 if pool.unhold(k) == Held::Current {
                     pool.replay.pages.insert(*k);
                 }
             } else if shared {
-                let k = *k;
-                record_shared(
-                    pool,
-                    |p| {
-                        p.replay.pages.insert(k);
-                    },
-                    limit,
-                );
+                record_shared(pool, |p| p.replay.pages.insert(*k), limit);
             }
             Outcome::Flushed
         }
@@ -695,14 +691,7 @@ fn unmapped_op(pool: &mut Pool, op: &PageOp<'_>, limit: usize) -> Outcome {
                     pool.replay.objects.insert(*oid);
                 }
             } else if shared {
-                let oid = *oid;
-                record_shared(
-                    pool,
-                    |p| {
-                        p.replay.objects.insert(oid);
-                    },
-                    limit,
-                );
+                record_shared(pool, |p| p.replay.objects.insert(*oid), limit);
             }
             Outcome::Flushed
         }
@@ -719,14 +708,7 @@ fn unknown_outcome(pool: &mut Pool, op: &PageOp<'_>, limit: usize) -> Outcome {
                 pool.unhold(k);
                 pool.replay.pages.insert(*k);
             } else if shared {
-                let k = *k;
-                record_shared(
-                    pool,
-                    |p| {
-                        p.replay.pages.insert(k);
-                    },
-                    limit,
-                );
+                record_shared(pool, |p| p.replay.pages.insert(*k), limit);
             }
             if matches!(op, PageOp::Put(..)) {
                 Outcome::Dropped
@@ -739,28 +721,11 @@ fn unknown_outcome(pool: &mut Pool, op: &PageOp<'_>, limit: usize) -> Outcome {
                 pool.unhold_object(oid);
                 pool.replay.objects.insert(*oid);
             } else if shared {
-                let oid = *oid;
-                record_shared(
-                    pool,
-                    |p| {
-                        p.replay.objects.insert(oid);
-                    },
-                    limit,
-                );
+                record_shared(pool, |p| p.replay.objects.insert(*oid), limit);
             }
             Outcome::Flushed
         }
-        PageOp::Get(k, _) => {
-            if persistent {
-                match pool.held(k) {
-                    Held::No => Outcome::Miss,
-                    Held::Current => Outcome::Unavailable,
-                    Held::Lost => Outcome::Lost,
-                }
-            } else {
-                Outcome::Miss
-            }
-        }
+        PageOp::Get(k, _) => local_get(pool, k),
     }
 }
 
