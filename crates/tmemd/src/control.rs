@@ -36,6 +36,8 @@ pub struct Context {
     pub workers: Arc<Vec<WorkerHandle>>,
     pub started: Instant,
     pub allowed_uids: Vec<u32>,
+    /// The transports serving guests, as reported by `tmem status`.
+    pub transports: Vec<&'static str>,
 }
 
 #[derive(Debug)]
@@ -161,7 +163,7 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
             control_version: CONTROL_VERSION,
             uptime_secs: ctx.started.elapsed().as_secs(),
             guests_connected: ctx.shared.connected.load(Ordering::Relaxed),
-            transports: vec!["local".into()],
+            transports: ctx.transports.iter().map(|t| t.to_string()).collect(),
         }),
         Op::List { target } => {
             let mut stats = store.stats();

@@ -143,12 +143,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         max_data_slots: config.max_data_slots,
         timeout: Duration::from_secs(2),
     };
-    let ctx = control::Context {
-        shared: shared.clone(),
-        workers: workers.clone(),
-        started,
-        allowed_uids: allowed_control_uids(&config),
-    };
     let mut xen = if config.xen {
         match crate::xen::XenBackend::start(&config, shared.clone(), workers.clone()) {
             Ok(x) => {
@@ -170,6 +164,17 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     } else {
         info!("Xen transport disabled by configuration; serving the local transport only");
         None
+    };
+    let ctx = control::Context {
+        shared: shared.clone(),
+        workers: workers.clone(),
+        started,
+        allowed_uids: allowed_control_uids(&config),
+        transports: if xen.is_some() {
+            vec!["local", "xen"]
+        } else {
+            vec!["local"]
+        },
     };
     info!(
         socket = %config.socket.display(),
