@@ -111,13 +111,42 @@ pub trait Signal: Send + std::fmt::Debug {
     fn goodbye(&mut self) {}
 }
 
-/// The local transport's signals: kick and notify eventfds, and the socket whose EOF means
-/// tmemd is gone.
+/// The local transport's signals: the kick eventfd, and the socket on which tmemd sends its
+/// notify bytes and whose EOF means tmemd is gone. The notify eventfd of the hello is also
+/// watched, for backends that signal through it (tmemd itself does not; see
+/// `tmem_local::notify_peer`).
 #[derive(Debug)]
 pub struct LocalSignal {
     kick: OwnedFd,
     notify: OwnedFd,
     stream: UnixStream,
+}
+
+impl LocalSignal {
+    /// Consume what the backend sent on the socket: notify bytes are fine, end of file or any
+    /// other byte means the backend is gone or broken. True if a notify byte was read.
+    fn consume_socket(&mut self) -> Result<bool, FrontError> {
+        let mut notified = false;
+        let mut buf = [0u8; 64];
+        // Bounded: a backend that floods the socket cannot keep us here.
+        for _ in 0..64 {
+            match (&self.stream).read(&mut buf) {
+                Ok(0) => return Err(FrontError::Disconnected("tmemd closed the socket".into())),
+                Ok(n) => {
+                    if buf[..n].iter().any(|&b| b != tmem_local::wire::NOTIFY) {
+                        return Err(FrontError::Disconnected(
+                            "tmemd sent unexpected bytes on the socket".into(),
+                        ));
+                    }
+                    notified = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(FrontError::Disconnected(format!("socket: {e}"))),
+            }
+        }
+        Ok(notified)
+    }
 }
 
 impl Signal for LocalSignal {
@@ -126,22 +155,20 @@ impl Signal for LocalSignal {
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<bool, FrontError> {
-        tmem_local::wait_eventfd(self.notify.as_fd(), Some(timeout))
-            .map_err(|e| FrontError::Disconnected(format!("notify eventfd: {e}")))
+        let ready =
+            tmem_local::wait_readable(&[self.stream.as_fd(), self.notify.as_fd()], Some(timeout))
+                .map_err(|e| FrontError::Disconnected(format!("waiting for tmemd: {e}")))?;
+        if !ready {
+            return Ok(false);
+        }
+        let by_eventfd = tmem_local::drain_eventfd(self.notify.as_fd());
+        let by_socket = self.consume_socket()?;
+        Ok(by_eventfd || by_socket)
     }
 
     /// Non-blocking look at the socket: `Err` if the daemon closed it (or wrote garbage).
     fn check(&mut self) -> Result<(), FrontError> {
-        let mut b = [0u8; 1];
-        match (&self.stream).read(&mut b) {
-            Ok(0) => Err(FrontError::Disconnected("tmemd closed the socket".into())),
-            Ok(_) => Err(FrontError::Disconnected(
-                "tmemd sent unexpected bytes on the socket".into(),
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
-            Err(e) => Err(FrontError::Disconnected(format!("socket: {e}"))),
-        }
+        self.consume_socket().map(|_| ())
     }
 
     fn goodbye(&mut self) {

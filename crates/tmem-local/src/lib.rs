@@ -24,7 +24,7 @@ pub mod wire;
 
 pub use fd::{
     drain_eventfd, is_eventfd, kick, memfd_seals, new_eventfd, set_nonblocking, wait_eventfd,
-    MemfdRegion, REQUIRED_SEALS,
+    wait_readable, MemfdRegion, REQUIRED_SEALS,
 };
 use wire::{
     HelloWire, ReplyWire, HELLO_FDS, HELLO_MAGIC, HELLO_SIZE, MAX_NAME, REPLY_MAGIC, REPLY_SIZE,
@@ -602,6 +602,33 @@ impl LocalConnection {
     /// Tell the daemon to destroy this guest's pools, then close the socket.
     pub fn goodbye(self) {
         goodbye(&self.stream);
+    }
+}
+
+/// Wake a guest: send the notify byte on its socket, never blocking.
+///
+/// The daemon does not write the notify eventfd: the guest shares that file and could make
+/// it blocking and fill its counter between any check and the write, hanging the worker.
+/// A socket send takes `MSG_DONTWAIT` per call, whatever the guest does. A full socket buffer
+/// means wake-ups are already pending, so it is not an error; a closed peer is.
+pub fn notify_peer(stream: &UnixStream) -> io::Result<()> {
+    let b = [wire::NOTIFY];
+    // SAFETY: sends one byte from a live local buffer.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            b.as_ptr().cast(),
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n == 1 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(()),
+        _ => Err(e),
     }
 }
 

@@ -16,6 +16,8 @@ pub const MAX_MESSAGE: usize = REPLY_SIZE - 20;
 pub const HELLO_FDS: usize = 3;
 /// The one byte a client may send after the hello: "destroy my pools, I am leaving".
 pub const GOODBYE: u8 = b'G';
+/// The one byte the daemon sends after the reply: "responses were published, wake up".
+pub const NOTIFY: u8 = b'N';
 
 /// The fixed fields of a hello as they travel (fds travel beside them).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -94,12 +94,10 @@ unsafe impl tmem_ring::SharedMem for GuestMem {
 /// How a guest is notified and how its liveness is known.
 #[derive(Debug)]
 pub enum Link {
-    /// Local transport: kick/notify eventfds, and the socket whose EOF means the guest left.
-    Local {
-        kick: OwnedFd,
-        notify: OwnedFd,
-        stream: UnixStream,
-    },
+    /// Local transport: the kick eventfd, and the socket that carries notifications to the
+    /// guest and whose EOF means the guest left. (The hello's notify eventfd is not kept: see
+    /// `tmem_local::notify_peer`.)
+    Local { kick: OwnedFd, stream: UnixStream },
     /// Xen: an event channel port bound on the worker's evtchn file (unbound on drop).
     /// Liveness is xenstore's business: the daemon's Xen module sets `kill`.
     Xen { port: BoundPort },
@@ -121,7 +119,6 @@ impl GuestConn {
             ring,
             link: Link::Local {
                 kick: guest.kick,
-                notify: guest.notify,
                 stream: guest.stream,
             },
             kill,
@@ -555,7 +552,9 @@ fn serve(store: &Store, g: &mut GuestConn) -> Result<usize, String> {
 fn publish(g: &mut GuestConn) -> Result<(), String> {
     if g.ring.publish() {
         match &g.link {
-            Link::Local { notify: fd, .. } => notify(fd)?,
+            Link::Local { stream, .. } => {
+                tmem_local::notify_peer(stream).map_err(|e| format!("cannot notify guest: {e}"))?
+            }
             Link::Xen { port } => port
                 .notify()
                 .map_err(|e| format!("cannot notify guest's event channel: {e}"))?,
@@ -596,22 +595,4 @@ fn execute(
             .map(|()| status::SUCCESS),
     };
     (result.unwrap_or_else(|e| e.status()), 0)
-}
-
-/// Wake the guest. The eventfd is shared with the guest, which could make it blocking and
-/// saturate it; so re-assert non-blocking mode and treat a full counter as a protocol error
-/// (a well-behaved frontend drains it).
-fn notify(fd: &OwnedFd) -> Result<(), String> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
-    let flags = OFlag::from_bits_truncate(flags);
-    if !flags.contains(OFlag::O_NONBLOCK) {
-        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))
-            .map_err(|e| e.to_string())?;
-    }
-    match nix::unistd::write(fd.as_fd(), &1u64.to_ne_bytes()) {
-        Ok(_) => Ok(()),
-        Err(nix::errno::Errno::EAGAIN) => Err("guest never drains its notify eventfd".into()),
-        Err(e) => Err(format!("cannot notify guest: {e}")),
-    }
 }

@@ -187,9 +187,48 @@ fn hostile_peers_get_errors_or_disconnects_and_a_good_guest_sees_nothing() {
     );
     drop(conn);
 
-    // 4. A peer that fills its ring and never reads a response or drains its eventfd,
-    //    then saturates its notify counter: the daemon must not block on it.
+    // 4. A peer that asks to be notified after every request but never reads its socket
+    //    (so the daemon's notify bytes fill the socket buffer), then fills its ring, never
+    //    reads a response and saturates its notify eventfd: the daemon must not block on it.
     let (mut g, conn) = hostile(&dir, 102);
+    // ~300 one-byte sends fill a Unix socket's default buffer; go well past that.
+    for i in 0..1000u32 {
+        let rsp = g.rsp_prod();
+        g.set_rsp_event(rsp.wrapping_add(1));
+        g.push(&RequestEntry::page_op(
+            u64::from(i),
+            cmd::FLUSH_PAGE,
+            0,
+            [9, 9, 9],
+            i,
+            0,
+        ));
+        g.publish();
+        kick(&conn);
+        let want = g.req_prod();
+        wait_for(
+            Duration::from_secs(5),
+            "answer while the socket fills",
+            || (g.rsp_prod() == want).then_some(()),
+        );
+    }
+    // The daemon's wake-ups piled up unread on the socket: only notify bytes, and fewer than
+    // the 1000 it wanted to send once the buffer was full (it skipped the rest, not blocked).
+    let mut queued = Vec::new();
+    conn.stream.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = (&conn.stream).read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        queued.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        (100..1000).contains(&queued.len()),
+        "{} notify bytes queued",
+        queued.len()
+    );
+    assert!(queued.iter().all(|&b| b == tmem_local::wire::NOTIFY));
     for i in 0..g.entries() {
         g.push(&RequestEntry::page_op(
             u64::from(i),
