@@ -269,35 +269,26 @@ impl Client {
 
     /// Wait until a backend is connected and every pool that can be mapped is mapped.
     pub fn wait_mapped(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut g = lock(&self.shared.state);
-        loop {
-            if g.conn.is_some()
-                && g.pools
+        self.wait_until(timeout, |st| {
+            st.conn.is_some()
+                && st
+                    .pools
                     .values()
                     .all(|p| p.real.is_some() || p.refused.is_some() || p.poisoned)
-            {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            g = self
-                .shared
-                .changed
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        })
     }
 
     /// Wait until no backend is connected.
     pub fn wait_disconnected(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, |st| st.conn.is_none())
+    }
+
+    /// Wait until `done` holds for the state (re-checked whenever the map changes).
+    fn wait_until(&self, timeout: Duration, done: impl Fn(&State) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut g = lock(&self.shared.state);
         loop {
-            if g.conn.is_none() {
+            if done(&g) {
                 return true;
             }
             let now = Instant::now();
