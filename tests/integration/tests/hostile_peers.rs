@@ -55,16 +55,35 @@ fn responses(g: &MockGuest<MemfdRegion>, from: u32, n: usize) -> Vec<ResponseEnt
     })
 }
 
-/// Whether the daemon closed the peer's socket within `timeout`.
+/// Whether the daemon closed the peer's socket within `timeout`. Notify bytes the daemon
+/// sent meanwhile are read and skipped (any other byte fails the test); a read timeout is not a
+/// disconnect.
 fn disconnected(conn: &LocalConnection, timeout: Duration) -> bool {
     let mut s: &UnixStream = &conn.stream;
-    s.set_read_timeout(Some(timeout)).unwrap();
-    let mut b = [0u8; 1];
-    matches!(s.read(&mut b), Ok(0) | Err(_)) && {
-        // A read timeout is not a disconnect: check it was EOF or a reset.
-        let mut probe = [0u8; 1];
-        s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
-        !matches!(s.read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 256];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => assert!(
+                buf[..n].iter().all(|&b| b == tmem_local::wire::NOTIFY),
+                "daemon sent a byte that is not a notification"
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
     }
 }
 
