@@ -8,7 +8,9 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod health;
 pub mod ratelimit;
 pub mod sdnotify;
+pub mod sync;
 pub mod worker;
 pub mod xen;

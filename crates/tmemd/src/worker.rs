@@ -509,11 +509,7 @@ impl Worker {
     }
 }
 
-/// Lock a mutex, recovering from poisoning (a panicked holder left consistent data: every
-/// critical section here is a single map operation).
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub use crate::sync::lock;
 
 /// Serve up to [`BATCH`] requests of one guest. An error means: disconnect this guest.
 fn serve(store: &Store, g: &mut GuestConn) -> Result<usize, String> {
