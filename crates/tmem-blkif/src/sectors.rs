@@ -1,0 +1,158 @@
+//! The disk model of the data path: 512-byte sectors stored as 4 KiB pages.
+//!
+//! A validated transfer becomes a list of [`PageOp`]s, each one contiguous byte range that
+//! lies inside one segment's granted page and inside one disk page. A write op that covers
+//! less than a whole page is a read-modify-write of that one disk page. Pure functions, no
+//! grants and no storage: the backend applies the ops with whatever moves its data.
+
+use crate::abi::{MAX_SEGMENTS, PAGE_SIZE, SECTORS_PER_PAGE, SECTOR_SIZE};
+use crate::parse::Transfer;
+use core::ops::Range;
+
+/// A segment (at most 8 sectors) touches at most two disk pages.
+pub const MAX_PAGE_OPS: usize = 2 * MAX_SEGMENTS;
+
+const SPP: u64 = SECTORS_PER_PAGE as u64;
+
+/// One piece of a transfer: `len` bytes at `segment_offset` in the granted page of segment
+/// `segment`, and at `page_offset` in disk page `disk_page`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PageOp {
+    pub segment: usize,
+    pub segment_offset: usize,
+    pub disk_page: u64,
+    pub page_offset: usize,
+    pub len: usize,
+}
+
+impl PageOp {
+    /// The op covers its whole disk page: a write needs no read of the old content.
+    pub fn is_whole_page(&self) -> bool {
+        self.len == PAGE_SIZE
+    }
+
+    /// The bytes of the disk page.
+    pub fn page_range(&self) -> Range<usize> {
+        self.page_offset..self.page_offset + self.len
+    }
+
+    /// The bytes of the segment's granted page.
+    pub fn segment_range(&self) -> Range<usize> {
+        self.segment_offset..self.segment_offset + self.len
+    }
+}
+
+/// The page ops of one transfer, in order (fixed size: no allocation per request).
+#[derive(Debug, Clone, Copy)]
+pub struct PageOps {
+    ops: [PageOp; MAX_PAGE_OPS],
+    len: usize,
+}
+
+impl core::ops::Deref for PageOps {
+    type Target = [PageOp];
+    fn deref(&self) -> &[PageOp] {
+        &self.ops[..self.len]
+    }
+}
+
+/// Split a validated transfer into page ops. Segment `i` covers the disk sectors right
+/// after those of segment `i - 1`; each is split where it crosses a disk page boundary.
+pub fn page_ops(io: &Transfer) -> PageOps {
+    let mut out = PageOps {
+        ops: [PageOp::default(); MAX_PAGE_OPS],
+        len: 0,
+    };
+    // The parser checked sector + total sectors <= disk size, so nothing here overflows.
+    let mut sector = io.sector();
+    for (segment, seg) in io.segments().iter().enumerate() {
+        let mut seg_sector = u64::from(seg.first_sect);
+        let mut left = seg.sectors();
+        while left > 0 {
+            let in_page = sector % SPP;
+            let n = left.min(SPP - in_page);
+            out.ops[out.len] = PageOp {
+                segment,
+                segment_offset: seg_sector as usize * SECTOR_SIZE,
+                disk_page: sector / SPP,
+                page_offset: in_page as usize * SECTOR_SIZE,
+                len: n as usize * SECTOR_SIZE,
+            };
+            out.len += 1;
+            sector += n;
+            seg_sector += n;
+            left -= n;
+        }
+    }
+    out
+}
+
+/// Part of one disk page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagePiece {
+    pub disk_page: u64,
+    pub range: Range<usize>,
+}
+
+/// A discarded sector range as pages: the whole pages it covers (which can be freed) and
+/// the partly covered pages at either end (which stay as they are: a discard is a hint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscardSpan {
+    pub head: Option<PagePiece>,
+    pub whole_pages: Range<u64>,
+    pub tail: Option<PagePiece>,
+}
+
+/// The pages of the validated discard `sector .. sector + nr_sectors` (O(1) whatever its
+/// length: a swap disk is discarded whole at `swapon`).
+pub fn discard_span(sector: u64, nr_sectors: u64) -> DiscardSpan {
+    // The parser checked that the end does not overflow.
+    let end = sector + nr_sectors;
+    let first_whole = sector.div_ceil(SPP);
+    let end_whole = end / SPP;
+    if first_whole >= end_whole {
+        // No whole page: the range lies within one page, or straddles one boundary.
+        let mut span = DiscardSpan {
+            head: None,
+            whole_pages: first_whole..first_whole,
+            tail: None,
+        };
+        if nr_sectors == 0 {
+            return span;
+        }
+        let (p0, p1) = (sector / SPP, (end - 1) / SPP);
+        let piece = |page: u64, from: u64, to: u64| PagePiece {
+            disk_page: page,
+            range: (from - page * SPP) as usize * SECTOR_SIZE
+                ..(to - page * SPP) as usize * SECTOR_SIZE,
+        };
+        if p0 == p1 {
+            span.head = Some(piece(p0, sector, end));
+        } else {
+            span.head = Some(piece(p0, sector, p1 * SPP));
+            span.tail = Some(piece(p1, p1 * SPP, end));
+        }
+        return span;
+    }
+    let head = (sector % SPP != 0).then(|| PagePiece {
+        disk_page: sector / SPP,
+        range: (sector % SPP) as usize * SECTOR_SIZE..PAGE_SIZE,
+    });
+    let tail = (end % SPP != 0).then(|| PagePiece {
+        disk_page: end_whole,
+        range: 0..(end % SPP) as usize * SECTOR_SIZE,
+    });
+    DiscardSpan {
+        head,
+        whole_pages: first_whole..end_whole,
+        tail,
+    }
+}
+
+/// Disk pages of a disk of `sectors` sectors (the last one may be partly beyond the end).
+pub fn disk_pages(sectors: u64) -> u64 {
+    sectors.div_ceil(SPP)
+}
+
+#[cfg(test)]
+mod tests;
