@@ -40,7 +40,21 @@ impl PageOp {
     pub fn segment_range(&self) -> Range<usize> {
         self.segment_offset..self.segment_offset + self.len
     }
+
+    /// The write half of a read-modify-write: put this op's bytes of the granted page into
+    /// the disk page (which holds the page's old content unless [`PageOp::is_whole_page`]).
+    pub fn write_into(&self, disk_page: &mut Page, granted: &Page) {
+        disk_page[self.page_range()].copy_from_slice(&granted[self.segment_range()]);
+    }
+
+    /// Copy this op's bytes of the disk page into the granted page.
+    pub fn read_from(&self, disk_page: &Page, granted: &mut Page) {
+        granted[self.segment_range()].copy_from_slice(&disk_page[self.page_range()]);
+    }
 }
+
+/// One 4 KiB page of data.
+pub type Page = [u8; PAGE_SIZE];
 
 /// The page ops of one transfer, in order (fixed size: no allocation per request).
 #[derive(Debug, Clone, Copy)]
