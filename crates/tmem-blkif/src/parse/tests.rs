@@ -110,7 +110,10 @@ fn secure_discard_is_accepted_when_offered() {
 #[test]
 fn empty_discard_is_a_no_op_not_an_error() {
     let r = parse_request(&discard(DISK, 0, 0), &disk());
-    assert!(matches!(r, Ok(BlkRequest::Discard { nr_sectors: 0, .. })), "{r:?}");
+    assert!(
+        matches!(r, Ok(BlkRequest::Discard { nr_sectors: 0, .. })),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -180,7 +183,10 @@ fn first_sect_after_last_sect_is_refused() {
 #[test]
 fn last_sect_past_the_page_is_refused() {
     let r = parse_rw(op::WRITE, 0, &[seg(2, 0, 8)]);
-    assert!(matches!(r, Err(Refusal::SegmentSectors { index: 0, .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(Refusal::SegmentSectors { index: 0, .. })),
+        "{r:?}"
+    );
     let r = parse_rw(op::WRITE, 0, &[seg(2, 200, 255)]);
     assert!(matches!(r, Err(Refusal::SegmentSectors { .. })), "{r:?}");
 }
@@ -271,7 +277,10 @@ fn read_only_disk_refuses_every_modification_but_serves_reads_and_flushes() {
     };
     let p = |raw: RawRequest| parse_request(&raw, &ro);
     assert!(p(rw_request(op::READ, 1, 0, &[full_page(1)])).is_ok());
-    assert_eq!(p(rw_request(op::FLUSH_DISKCACHE, 1, 0, &[])), Ok(BlkRequest::Flush));
+    assert_eq!(
+        p(rw_request(op::FLUSH_DISKCACHE, 1, 0, &[])),
+        Ok(BlkRequest::Flush)
+    );
     assert_eq!(
         p(rw_request(op::WRITE, 1, 0, &[full_page(1)])),
         Err(Refusal::ReadOnly(op::WRITE))
@@ -368,10 +377,7 @@ fn grant_refs_and_handle_are_passed_through_untouched() {
 #[test]
 fn transfer_new_applies_the_parser_rules() {
     assert!(Transfer::new(0, &[full_page(1)], 8).is_ok());
-    assert_eq!(
-        Transfer::new(0, &[], 8),
-        Err(Refusal::SegmentCount(0))
-    );
+    assert_eq!(Transfer::new(0, &[], 8), Err(Refusal::SegmentCount(0)));
     assert!(Transfer::new(1, &[full_page(1)], 8).is_err());
     assert!(Transfer::new(0, &[seg(1, 3, 2)], 8).is_err());
 }

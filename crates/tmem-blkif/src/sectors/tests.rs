@@ -65,8 +65,14 @@ fn consecutive_segments_continue_where_the_previous_ended() {
     // 4 + 4 sectors from two granted pages fill disk page 5 in two ops.
     let o = ops(40, &[seg(4, 7), seg(0, 3)]);
     assert_eq!(o.len(), 2);
-    assert_eq!((o[0].segment, o[0].disk_page, o[0].page_range()), (0, 5, 0..2048));
-    assert_eq!((o[1].segment, o[1].disk_page, o[1].page_range()), (1, 5, 2048..4096));
+    assert_eq!(
+        (o[0].segment, o[0].disk_page, o[0].page_range()),
+        (0, 5, 0..2048)
+    );
+    assert_eq!(
+        (o[1].segment, o[1].disk_page, o[1].page_range()),
+        (1, 5, 2048..4096)
+    );
 }
 
 #[test]
@@ -80,7 +86,13 @@ fn eleven_unaligned_segments_fit_the_op_limit() {
 #[test]
 fn discard_within_one_page_is_a_head_piece_only() {
     let s = discard_span(9, 3);
-    assert_eq!(s.head, Some(PagePiece { disk_page: 1, range: 512..2048 }));
+    assert_eq!(
+        s.head,
+        Some(PagePiece {
+            disk_page: 1,
+            range: 512..2048
+        })
+    );
     assert!(s.whole_pages.is_empty());
     assert_eq!(s.tail, None);
 }
@@ -95,9 +107,21 @@ fn discard_of_aligned_pages_is_whole_pages_only() {
 #[test]
 fn discard_straddling_one_boundary_has_head_and_tail() {
     let s = discard_span(6, 4);
-    assert_eq!(s.head, Some(PagePiece { disk_page: 0, range: 3072..4096 }));
+    assert_eq!(
+        s.head,
+        Some(PagePiece {
+            disk_page: 0,
+            range: 3072..4096
+        })
+    );
     assert!(s.whole_pages.is_empty());
-    assert_eq!(s.tail, Some(PagePiece { disk_page: 1, range: 0..1024 }));
+    assert_eq!(
+        s.tail,
+        Some(PagePiece {
+            disk_page: 1,
+            range: 0..1024
+        })
+    );
 }
 
 #[test]
@@ -176,9 +200,19 @@ fn arb_segment() -> impl Strategy<Value = Segment> {
 
 #[derive(Debug, Clone)]
 enum Action {
-    Write { sector: u64, segs: Vec<Segment>, fill: u8 },
-    Read { sector: u64, segs: Vec<Segment> },
-    Discard { sector: u64, nr: u64 },
+    Write {
+        sector: u64,
+        segs: Vec<Segment>,
+        fill: u8,
+    },
+    Read {
+        sector: u64,
+        segs: Vec<Segment>,
+    },
+    Discard {
+        sector: u64,
+        nr: u64,
+    },
 }
 
 fn arb_action() -> impl Strategy<Value = Action> {
