@@ -120,47 +120,31 @@ pub struct DiscardSpan {
 /// The pages of the validated discard `sector .. sector + nr_sectors` (O(1) whatever its
 /// length: a swap disk is discarded whole at `swapon`).
 pub fn discard_span(sector: u64, nr_sectors: u64) -> DiscardSpan {
-    // The parser checked that the end does not overflow.
-    let end = sector + nr_sectors;
+    // The parser checked that the end does not overflow; saturate rather than trust it.
+    let end = sector.saturating_add(nr_sectors);
     let first_whole = sector.div_ceil(SPP);
-    let end_whole = end / SPP;
-    if first_whole >= end_whole {
-        // No whole page: the range lies within one page, or straddles one boundary.
-        let mut span = DiscardSpan {
-            head: None,
-            whole_pages: first_whole..first_whole,
-            tail: None,
-        };
-        if nr_sectors == 0 {
-            return span;
-        }
-        let (p0, p1) = (sector / SPP, (end - 1) / SPP);
-        let piece = |page: u64, from: u64, to: u64| PagePiece {
-            disk_page: page,
-            range: (from - page * SPP) as usize * SECTOR_SIZE
-                ..(to - page * SPP) as usize * SECTOR_SIZE,
-        };
-        if p0 == p1 {
-            span.head = Some(piece(p0, sector, end));
-        } else {
-            span.head = Some(piece(p0, sector, p1 * SPP));
-            span.tail = Some(piece(p1, p1 * SPP, end));
-        }
-        return span;
-    }
-    let head = (sector % SPP != 0).then(|| PagePiece {
-        disk_page: sector / SPP,
-        range: (sector % SPP) as usize * SECTOR_SIZE..PAGE_SIZE,
-    });
-    let tail = (end % SPP != 0).then(|| PagePiece {
-        disk_page: end_whole,
-        range: 0..(end % SPP) as usize * SECTOR_SIZE,
-    });
+    let end_whole = (end / SPP).max(first_whole);
+    let boundary = first_whole.saturating_mul(SPP);
     DiscardSpan {
-        head,
+        // From the start to the first page boundary, or to the end if that comes first.
+        head: piece(sector, end.min(boundary)),
         whole_pages: first_whole..end_whole,
-        tail,
+        // From the last page boundary to the end, unless the head already got there.
+        tail: piece(end_whole.saturating_mul(SPP).max(boundary), end),
     }
+}
+
+/// The sectors `from..to`, which lie inside one page, as a piece of it (None if empty).
+fn piece(from: u64, to: u64) -> Option<PagePiece> {
+    if from >= to {
+        return None;
+    }
+    let page = from / SPP;
+    let offset = |s: u64| (s - page * SPP) as usize * SECTOR_SIZE;
+    Some(PagePiece {
+        disk_page: page,
+        range: offset(from)..offset(to),
+    })
 }
 
 /// Disk pages of a disk of `sectors` sectors (the last one may be partly beyond the end).

@@ -42,7 +42,7 @@ impl<M: SharedMem> RingMem<M> {
             });
         }
         let base = mem.base() as usize;
-        if base == 0 || base % PAGE_SIZE != 0 {
+        if base == 0 || !base.is_multiple_of(PAGE_SIZE) {
             return Err(RingSetupError::Misaligned(base));
         }
         Ok(RingMem {
@@ -92,7 +92,7 @@ impl<M: SharedMem> RingMem<M> {
             // SAFETY: the slot's 112 bytes are inside the checked ring area (`slot`), and
             // 8-byte aligned (page-aligned base, 64-byte header, 112-byte slots); k < 14.
             // Any bit pattern is a valid u64; the peer may be writing it concurrently.
-            *w = u64::from_le(unsafe { p.add(k).read_volatile() });
+            *w = u64::from_le(unsafe { p.wrapping_add(k).read_volatile() });
         }
         RawRequest::from_words(&words)
     }
@@ -113,7 +113,7 @@ impl<M: SharedMem> RingMem<M> {
         let mut out = [0u8; RESPONSE_SIZE];
         for (k, chunk) in out.chunks_exact_mut(8).enumerate() {
             // SAFETY: as in read_request; k < 2.
-            let w = unsafe { p.add(k).read_volatile() };
+            let w = unsafe { p.wrapping_add(k).read_volatile() };
             chunk.copy_from_slice(&w.to_ne_bytes());
         }
         out
@@ -126,7 +126,7 @@ impl<M: SharedMem> RingMem<M> {
             let mut w = [0u8; 8];
             w.copy_from_slice(chunk);
             // SAFETY: as in read_request; k < bytes.len() / 8 <= 14.
-            unsafe { p.add(k).write_volatile(u64::from_ne_bytes(w)) }
+            unsafe { p.wrapping_add(k).write_volatile(u64::from_ne_bytes(w)) }
         }
     }
 }

@@ -131,6 +131,13 @@ fn discard_of_a_huge_range_is_constant_work() {
     assert!(s.tail.is_some());
 }
 
+#[test]
+fn discard_at_the_top_of_the_sector_space_does_not_overflow() {
+    let s = discard_span(u64::MAX - 2, 2);
+    assert_eq!(s.head.map(|p| p.range.len()), Some(1024));
+    assert!(s.whole_pages.is_empty() && s.tail.is_none());
+}
+
 /// Disk pages as a backend would keep them: absent pages read as zeroes.
 #[derive(Default)]
 struct PageDisk {
