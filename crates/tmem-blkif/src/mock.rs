@@ -123,6 +123,35 @@ impl<M: SharedMem> MockFrontend<M> {
         new.wrapping_sub(event) < new.wrapping_sub(old)
     }
 
+    /// Start both producer indices at `index` instead of 0 (with a backend that does the
+    /// same), to exercise wrap-around of the free-running indices.
+    pub fn start_at(&mut self, index: u32) {
+        self.req_prod_pvt = index;
+        self.rsp_cons = index;
+        self.ring
+            .index(Index::ReqProd)
+            .store(index, Ordering::SeqCst);
+        self.ring
+            .index(Index::RspProd)
+            .store(index, Ordering::SeqCst);
+        self.ring
+            .index(Index::ReqEvent)
+            .store(index.wrapping_add(1), Ordering::SeqCst);
+        self.ring
+            .index(Index::RspEvent)
+            .store(index.wrapping_add(1), Ordering::SeqCst);
+    }
+
+    /// Scribble on the indices only the backend should write (`rsp_prod`, `req_event`).
+    pub fn scribble_backend_indices(&self, rsp_prod: u32, req_event: u32) {
+        self.ring
+            .index(Index::RspProd)
+            .store(rsp_prod, Ordering::SeqCst);
+        self.ring
+            .index(Index::ReqEvent)
+            .store(req_event, Ordering::SeqCst);
+    }
+
     /// Set `req_prod` to anything (far ahead, backwards...).
     pub fn set_req_prod(&mut self, v: u32) {
         self.req_prod_pvt = v;

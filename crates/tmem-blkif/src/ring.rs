@@ -123,6 +123,14 @@ impl<M: SharedMem> BlkBackend<M> {
         Ok(())
     }
 
+    /// Test hook: pretend 2^32-ish requests went by, to exercise index wrap-around.
+    #[cfg(test)]
+    pub(crate) fn start_at(&mut self, index: u32) {
+        self.req_cons = index;
+        self.rsp_prod_pvt = index;
+        self.rsp_published = index;
+    }
+
     fn fail(&mut self, e: RingError) -> RingError {
         self.broken = Some(e);
         e

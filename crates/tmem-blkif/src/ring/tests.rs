@@ -331,6 +331,47 @@ fn prepare_to_sleep_arms_req_event_and_sees_late_requests() {
     assert_eq!(front.req_event(), 2);
 }
 
+#[test]
+fn indices_wrap_around_u32_without_a_false_overflow() {
+    let (mut back, mut front) = setup();
+    let start = u32::MAX - 40;
+    back.start_at(start);
+    front.start_at(start);
+    let mut next_id = 0u64;
+    // Three full rings across the wrap point, answered in reverse order each time.
+    for _ in 0..3 {
+        for _ in 0..32 {
+            front.push_rw(op::READ, next_id, 0, &[full_page(1)]);
+            next_id += 1;
+        }
+        front.publish();
+        let got = batch(&mut back).expect("no overflow across the wrap");
+        assert_eq!(got.len(), 32);
+        for i in got.iter().rev() {
+            back.push_response(i.id, status::OKAY).unwrap();
+        }
+        back.publish();
+        assert_eq!(front.take_responses().len(), 32);
+    }
+    // And the overflow check still bites after the wrap.
+    front.set_req_prod(start.wrapping_add(96 + 33));
+    assert!(matches!(batch(&mut back), Err(RingError::Overflow { .. })));
+}
+
+#[test]
+fn indices_only_the_backend_writes_are_never_trusted() {
+    let (mut back, mut front) = setup();
+    front.scribble_backend_indices(1000, 7);
+    front.push_rw(op::READ, 1, 0, &[full_page(1)]);
+    front.publish();
+    assert_eq!(batch(&mut back).unwrap().len(), 1);
+    back.push_response(1, status::OKAY).unwrap();
+    back.publish();
+    // The backend wrote its own private index, not 1000 + 1.
+    assert_eq!(front.rsp_prod(), 1);
+    assert_eq!(front.response(0).id, 1);
+}
+
 /// A frontend thread and a backend thread over two mappings of one memfd, with real
 /// concurrency: every request is answered exactly once, with its own id, across many ring
 /// wraps.
