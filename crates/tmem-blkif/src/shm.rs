@@ -98,6 +98,7 @@ impl<M: SharedMem> RingMem<M> {
     }
 
     /// Write a whole request slot (the mock frontend's side).
+    #[cfg(any(test, feature = "test-utils"))]
     pub(crate) fn write_request(&self, i: u32, raw: &RawRequest) {
         self.write_words(i, &raw.0);
     }
@@ -108,6 +109,7 @@ impl<M: SharedMem> RingMem<M> {
     }
 
     /// Read the response in the slot of ring index `i` (the mock frontend's side).
+    #[cfg(any(test, feature = "test-utils"))]
     pub(crate) fn read_response(&self, i: u32) -> [u8; RESPONSE_SIZE] {
         let p = self.slot(i);
         let mut out = [0u8; RESPONSE_SIZE];
