@@ -232,6 +232,11 @@ impl RawRequest {
         self.u64_at(offset_of!(RequestRw, id))
     }
 
+    /// `nr_segments` of a read/write/flush request.
+    pub fn nr_segments(&self) -> u8 {
+        self.u8_at(offset_of!(RequestRw, nr_segments))
+    }
+
     /// The bytes decoded as a read/write/flush request (every field, whatever the op).
     pub fn rw(&self) -> RequestRw {
         let mut seg = [RequestSegment::default(); MAX_SEGMENTS];
@@ -245,7 +250,7 @@ impl RawRequest {
         }
         RequestRw {
             operation: self.operation(),
-            nr_segments: self.u8_at(offset_of!(RequestRw, nr_segments)),
+            nr_segments: self.nr_segments(),
             handle: self.u16_at(offset_of!(RequestRw, handle)),
             id: self.id(),
             sector_number: self.u64_at(offset_of!(RequestRw, sector_number)),

@@ -205,7 +205,7 @@ pub fn parse_request(raw: &RawRequest, disk: &DiskParams) -> Result<BlkRequest, 
             if !disk.flush {
                 return Err(Refusal::NotOffered(operation));
             }
-            if raw.rw().nr_segments == 0 {
+            if raw.nr_segments() == 0 {
                 return Ok(BlkRequest::Flush);
             }
             let io = parse_transfer(raw, disk)?;
