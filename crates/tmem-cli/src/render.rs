@@ -497,6 +497,24 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
+/// `domid 7` for a Xen client, `local:1000:7` for a local one.
+fn client_label(c: &tmem_store::ClientStats) -> String {
+    match c.local_uid {
+        None => format!("domid {}", c.domid),
+        Some(_) => c.identity().to_string(),
+    }
+}
+
+/// Every sharer of a shared pool: Xen domain ids, then local clients.
+fn sharers_cell(s: &tmem_store::SharedPoolStats) -> String {
+    s.sharers
+        .iter()
+        .map(u32::to_string)
+        .chain(s.local_sharers.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -548,6 +566,7 @@ pub(crate) mod tests {
                 ClientStats {
                     client_id: 1,
                     domid: 1,
+                    local_uid: None,
                     instance: 1,
                     name: "web".into(),
                     attached: true,
@@ -614,10 +633,27 @@ pub(crate) mod tests {
                 uuid: [0x2, 0xabcdef],
                 kind: "ES".into(),
                 sharers: vec![1, 7],
+                local_sharers: Vec::new(),
                 weight: 100,
                 counters: counters(100),
             }],
         }
+    }
+
+    #[test]
+    fn local_clients_are_shown_by_uid_and_label() {
+        let mut s = sample();
+        s.clients.push(ClientStats {
+            client_id: 9,
+            domid: 1,
+            local_uid: Some(1000),
+            name: "app".into(),
+            ..ClientStats::default()
+        });
+        s.shared_pools[0].local_sharers = vec!["local:1000:1".into()];
+        let t = render_table(&s, true);
+        assert!(t.contains("local:1000:1"), "{t}");
+        assert!(t.contains("1,7,local:1000:1"), "{t}");
     }
 
     #[test]
@@ -728,22 +764,4 @@ SHARED UUID                           KIND  SHARERS  PAGES  PUTS  GETS  HITS  HI
             "A    BB\nCCC  D\n"
         );
     }
-}
-
-/// `domid 7` for a Xen client, `local:1000:7` for a local one.
-fn client_label(c: &tmem_store::ClientStats) -> String {
-    match c.local_uid {
-        None => format!("domid {}", c.domid),
-        Some(_) => c.identity().to_string(),
-    }
-}
-
-/// Every sharer of a shared pool: Xen domain ids, then local clients.
-fn sharers_cell(s: &tmem_store::SharedPoolStats) -> String {
-    s.sharers
-        .iter()
-        .map(u32::to_string)
-        .chain(s.local_sharers.iter().cloned())
-        .collect::<Vec<_>>()
-        .join(",")
 }
