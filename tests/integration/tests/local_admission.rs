@@ -122,6 +122,8 @@ fn silent_connection_flood_does_not_lock_out_new_guests() {
     let daemon = Daemon::start(&dir, &["--mem-limit", "64M"]);
     let good = good_guest(&dir, "8");
 
+    // The first silent connection: it must be told why it is dropped, not just closed.
+    let first_silent = UnixStream::connect(dir.socket()).expect("connect");
     let stop = Arc::new(AtomicBool::new(false));
     let opened = Arc::new(AtomicU64::new(0));
     let flood = {
@@ -169,6 +171,18 @@ fn silent_connection_flood_does_not_lock_out_new_guests() {
         worst < Duration::from_secs(3),
         "worst connect took {worst:?}"
     );
+    match tmem_local::read_reply(&first_silent, Duration::from_secs(5)) {
+        Err(LocalError::Rejected {
+            status,
+            class: RefusalClass::Temporary,
+            message,
+        }) => assert!(
+            (status == -libc::EAGAIN && message.contains("oldest"))
+                || (status == -libc::ETIMEDOUT && message.contains("nothing received")),
+            "{status}: {message}"
+        ),
+        other => panic!("a silent connection was dropped without a reason: {other:?}"),
+    }
     assert_good_guest_clean(good);
     let log = daemon.log_text();
     assert!(
