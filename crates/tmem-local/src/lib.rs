@@ -509,7 +509,48 @@ fn read_hello_inner(
     if !claim() {
         return Err(HelloError::Shed);
     }
-    let w = HelloWire::from_bytes(&buf);
+    let (hello, need) = parse_hello(&buf, fds.len(), limits)?;
+    // Order fixed by the protocol: memfd, kick, notify.
+    let notify = fds.pop().ok_or(HelloError::FdCount(0))?;
+    let kick = fds.pop().ok_or(HelloError::FdCount(1))?;
+    let memfd = fds.pop().ok_or(HelloError::FdCount(2))?;
+    let seals = memfd_seals(memfd.as_fd()).map_err(HelloError::NotMemfd)?;
+    if seals & REQUIRED_SEALS != REQUIRED_SEALS {
+        return Err(HelloError::NotSealed(seals));
+    }
+    let st =
+        nix::sys::stat::fstat(memfd.as_raw_fd()).map_err(|e| HelloError::NotMemfd(e.into()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(HelloError::NotMemfd(io::Error::other("not a regular file")));
+    }
+    let have = u64::try_from(st.st_size).unwrap_or(0);
+    if have < need as u64 {
+        return Err(HelloError::MemfdTooSmall {
+            have,
+            need: need as u64,
+        });
+    }
+    if !is_eventfd(kick.as_fd()) {
+        return Err(HelloError::NotEventfd("kick"));
+    }
+    if !is_eventfd(notify.as_fd()) {
+        return Err(HelloError::NotEventfd("notify"));
+    }
+    set_nonblocking(kick.as_fd()).map_err(HelloError::Io)?;
+    set_nonblocking(notify.as_fd()).map_err(HelloError::Io)?;
+    let mem = MemfdRegion::map(memfd, need).map_err(HelloError::Map)?;
+    Ok((hello, peer, mem, kick, notify))
+}
+
+/// Validate the bytes of a hello and the number of descriptors that came with it, without
+/// touching the descriptors: every rule of protocol.md §2.1 and the daemon's limits. Returns
+/// the hello and the bytes its memfd must hold. Pure, so fuzzers can drive it directly.
+pub fn parse_hello(
+    buf: &[u8; HELLO_SIZE],
+    fd_count: usize,
+    limits: &HelloLimits,
+) -> Result<(Hello, usize), HelloError> {
+    let w = HelloWire::from_bytes(buf);
     if w.magic != HELLO_MAGIC {
         return Err(HelloError::BadMagic(w.magic));
     }
@@ -539,8 +580,8 @@ fn read_hello_inner(
     if name.chars().any(char::is_control) {
         return Err(HelloError::Malformed("name contains control characters"));
     }
-    if fds.len() != HELLO_FDS {
-        return Err(HelloError::FdCount(fds.len()));
+    if fd_count != HELLO_FDS {
+        return Err(HelloError::FdCount(fd_count));
     }
     if w.ring_pages == 0 || w.ring_pages > limits.max_ring_pages {
         return Err(HelloError::RingPages {
@@ -571,35 +612,6 @@ fn read_hello_inner(
                 layout,
                 "size overflows",
             )))?;
-    // Order fixed by the protocol: memfd, kick, notify.
-    let notify = fds.pop().ok_or(HelloError::FdCount(0))?;
-    let kick = fds.pop().ok_or(HelloError::FdCount(1))?;
-    let memfd = fds.pop().ok_or(HelloError::FdCount(2))?;
-    let seals = memfd_seals(memfd.as_fd()).map_err(HelloError::NotMemfd)?;
-    if seals & REQUIRED_SEALS != REQUIRED_SEALS {
-        return Err(HelloError::NotSealed(seals));
-    }
-    let st =
-        nix::sys::stat::fstat(memfd.as_raw_fd()).map_err(|e| HelloError::NotMemfd(e.into()))?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(HelloError::NotMemfd(io::Error::other("not a regular file")));
-    }
-    let have = u64::try_from(st.st_size).unwrap_or(0);
-    if have < need as u64 {
-        return Err(HelloError::MemfdTooSmall {
-            have,
-            need: need as u64,
-        });
-    }
-    if !is_eventfd(kick.as_fd()) {
-        return Err(HelloError::NotEventfd("kick"));
-    }
-    if !is_eventfd(notify.as_fd()) {
-        return Err(HelloError::NotEventfd("notify"));
-    }
-    set_nonblocking(kick.as_fd()).map_err(HelloError::Io)?;
-    set_nonblocking(notify.as_fd()).map_err(HelloError::Io)?;
-    let mem = MemfdRegion::map(memfd, need).map_err(HelloError::Map)?;
     let hello = Hello {
         domid: w.domid,
         instance: w.instance,
@@ -607,7 +619,7 @@ fn read_hello_inner(
         name,
         flags: w.flags,
     };
-    Ok((hello, peer, mem, kick, notify))
+    Ok((hello, need))
 }
 
 /// Receive the hello bytes and descriptors: the first byte within `limits.first_byte`, all

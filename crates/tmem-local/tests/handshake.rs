@@ -574,3 +574,28 @@ fn unclaimed_hello_is_abandoned_silently() {
     assert!(matches!(v, Err(HelloError::Shed)), "{v:?}");
     assert!(read_reply(&client, Duration::from_millis(200)).is_err());
 }
+
+/// The pure parser: a good hello parses to the layout's size; wrong descriptor counts and
+/// arbitrary bytes are errors, never panics.
+#[test]
+fn parse_hello_is_total() {
+    let bytes = good_wire(LAYOUT).to_bytes();
+    let (h, need) = parse_hello(&bytes, 3, &limits()).unwrap();
+    assert_eq!(h.layout, LAYOUT);
+    assert_eq!(need, LAYOUT.total_bytes());
+    assert!(matches!(
+        parse_hello(&bytes, 4, &limits()),
+        Err(HelloError::FdCount(4))
+    ));
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..20_000 {
+        let mut b = bytes;
+        for _ in 0..4 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            b[(seed % b.len() as u64) as usize] = (seed >> 32) as u8;
+        }
+        let _ = parse_hello(&b, i % 5, &limits());
+    }
+}
