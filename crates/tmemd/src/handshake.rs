@@ -163,15 +163,7 @@ impl Admission {
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let shed = {
             let mut w = lock(&inner.waiting);
-            let mine = w.iter().filter(|x| x.uid == uid).count();
-            let victim = if mine >= MAX_WAITING_PER_UID {
-                pick_victim(&w, |x| x.uid == uid)
-            } else if w.len() >= MAX_WAITING {
-                pick_victim(&w, |_| true)
-            } else {
-                None
-            };
-            let shed = victim.and_then(|i| w.remove(i));
+            let shed = victim_for(&w, uid).and_then(|i| w.remove(i));
             w.push_back(Waiting {
                 id,
                 uid,
@@ -204,6 +196,19 @@ impl Admission {
                 &format!("cannot start a handshake thread: {e}"),
             );
         }
+    }
+}
+
+/// Which waiting connection to shed so one from `uid` can wait: none while there is room; that
+/// uid's own oldest when it is at its limit; anyone's oldest when all slots are taken.
+fn victim_for(w: &VecDeque<Waiting>, uid: u32) -> Option<usize> {
+    let mine = w.iter().filter(|x| x.uid == uid).count();
+    if mine >= MAX_WAITING_PER_UID {
+        pick_victim(w, |x| x.uid == uid)
+    } else if w.len() >= MAX_WAITING {
+        pick_victim(w, |_| true)
+    } else {
+        None
     }
 }
 
@@ -442,4 +447,64 @@ pub fn raise_fd_limit() {
         to = lim.rlim_cur,
         "RLIMIT_NOFILE soft limit raised"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A waiting entry for `uid`, and the peer end (to queue bytes, and to keep it open).
+    fn entry(id: u64, uid: u32) -> (Waiting, UnixStream) {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        (
+            Waiting {
+                id,
+                uid,
+                stream: ours,
+            },
+            peer,
+        )
+    }
+
+    #[test]
+    fn a_uid_at_its_limit_sheds_its_own_oldest_silent_connection() {
+        let mut w = VecDeque::new();
+        let mut peers = Vec::new();
+        // uid 7 fills its share; uid 8 has one older connection than all of them.
+        let (e, p) = entry(0, 8);
+        w.push_back(e);
+        peers.push(p);
+        for id in 1..=MAX_WAITING_PER_UID as u64 {
+            let (e, p) = entry(id, 7);
+            w.push_back(e);
+            peers.push(p);
+        }
+        assert_eq!(victim_for(&w, 9), None, "room for another uid");
+        // uid 7's oldest (id 1) goes, not uid 8's older one.
+        assert_eq!(victim_for(&w, 7).map(|i| w[i].id), Some(1));
+        // A connection whose hello is queued but unread is passed over for a silent one.
+        peers[1].write_all(b"hello").unwrap();
+        assert_eq!(victim_for(&w, 7).map(|i| w[i].id), Some(2));
+        // If every one of them has bytes queued, the oldest goes all the same (hard bound).
+        for p in &mut peers[2..] {
+            p.write_all(b"x").unwrap();
+        }
+        assert_eq!(victim_for(&w, 7).map(|i| w[i].id), Some(1));
+    }
+
+    #[test]
+    fn a_full_table_sheds_the_oldest_of_anyone() {
+        let mut w = VecDeque::new();
+        let mut peers = Vec::new();
+        for id in 0..MAX_WAITING as u64 {
+            // Many uids, each below its own limit.
+            let (e, p) = entry(id, id as u32 % 5);
+            w.push_back(e);
+            peers.push(p);
+        }
+        assert_eq!(victim_for(&w, 100).map(|i| w[i].id), Some(0));
+        peers[0].write_all(b"h").unwrap();
+        assert_eq!(victim_for(&w, 100).map(|i| w[i].id), Some(1));
+    }
 }
