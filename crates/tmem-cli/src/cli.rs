@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Administer tmemd, the transcendent-memory daemon for Xen guests.
 ///
-/// Every command talks to tmemd over its control socket (root only). A DOMAIN is a domain id
-/// or the name a guest attached with; `-a` means every domain.
+/// Every command talks to tmemd over its control socket (root only). A DOMAIN is a Xen domain
+/// id, `local:UID:LABEL` for a local guest, or the name a guest attached with; `-a` means every
+/// domain.
 #[derive(Debug, Parser)]
 #[command(
     name = "tmem",

@@ -122,7 +122,7 @@ pub fn render_table(stats: &StoreStats, all: bool) -> String {
         for c in &stats.clients {
             let gets = c.succ_gets + c.failed_gets;
             rows.push(vec![
-                c.domid.to_string(),
+                c.identity().to_string(),
                 if c.name.is_empty() {
                     "-".into()
                 } else {
@@ -153,7 +153,7 @@ pub fn render_table(stats: &StoreStats, all: bool) -> String {
                     kind.push_str(" (kept)");
                 }
                 prow.push(vec![
-                    c.domid.to_string(),
+                    c.identity().to_string(),
                     p.pool_id.to_string(),
                     kind,
                     uuid_cell(p.uuid),
@@ -189,11 +189,7 @@ pub fn render_table(stats: &StoreStats, all: bool) -> String {
             srow.push(vec![
                 format_uuid(s.uuid),
                 s.kind.clone(),
-                s.sharers
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                sharers_cell(s),
                 k.pages.to_string(),
                 k.total_puts.to_string(),
                 k.total_gets.to_string(),
@@ -304,8 +300,11 @@ pub fn render_long(stats: &StoreStats, all: bool) -> String {
         kv_block(
             &mut out,
             &format!(
-                "client domid {} '{}' (instance {}, store id {})",
-                c.domid, c.name, c.instance, c.client_id
+                "client {} '{}' (instance {}, store id {})",
+                client_label(c),
+                c.name,
+                c.instance,
+                c.client_id
             ),
             &[
                 ("state", client_state(c)),
@@ -352,14 +351,7 @@ pub fn render_long(stats: &StoreStats, all: bool) -> String {
         for s in &stats.shared_pools {
             out.push('\n');
             let mut items = vec![
-                (
-                    "sharers",
-                    s.sharers
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
+                ("sharers", sharers_cell(s)),
                 ("weight", s.weight.to_string()),
             ];
             items.extend(counter_items(&s.counters));
@@ -377,6 +369,7 @@ fn target_text(t: &Target) -> String {
     match t {
         Target::All => "all domains".into(),
         Target::DomId(d) => format!("domain {d}"),
+        Target::Local { uid, label } => format!("local client local:{uid}:{label}"),
         Target::Name(n) => format!("domain '{n}'"),
     }
 }
@@ -504,6 +497,24 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
+/// `domid 7` for a Xen client, `local:1000:7` for a local one.
+fn client_label(c: &tmem_store::ClientStats) -> String {
+    match c.local_uid {
+        None => format!("domid {}", c.domid),
+        Some(_) => c.identity().to_string(),
+    }
+}
+
+/// Every sharer of a shared pool: Xen domain ids, then local clients.
+fn sharers_cell(s: &tmem_store::SharedPoolStats) -> String {
+    s.sharers
+        .iter()
+        .map(u32::to_string)
+        .chain(s.local_sharers.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -555,6 +566,7 @@ pub(crate) mod tests {
                 ClientStats {
                     client_id: 1,
                     domid: 1,
+                    local_uid: None,
                     instance: 1,
                     name: "web".into(),
                     attached: true,
@@ -621,10 +633,27 @@ pub(crate) mod tests {
                 uuid: [0x2, 0xabcdef],
                 kind: "ES".into(),
                 sharers: vec![1, 7],
+                local_sharers: Vec::new(),
                 weight: 100,
                 counters: counters(100),
             }],
         }
+    }
+
+    #[test]
+    fn local_clients_are_shown_by_uid_and_label() {
+        let mut s = sample();
+        s.clients.push(ClientStats {
+            client_id: 9,
+            domid: 1,
+            local_uid: Some(1000),
+            name: "app".into(),
+            ..ClientStats::default()
+        });
+        s.shared_pools[0].local_sharers = vec!["local:1000:1".into()];
+        let t = render_table(&s, true);
+        assert!(t.contains("local:1000:1"), "{t}");
+        assert!(t.contains("1,7,local:1000:1"), "{t}");
     }
 
     #[test]

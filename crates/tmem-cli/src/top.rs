@@ -17,7 +17,7 @@ use crate::render::{columns, human_bytes, percent, PAGE_BYTES};
 /// Clear the screen and home the cursor.
 const CLEAR: &str = "\x1b[H\x1b[2J";
 
-type ClientKey = (u32, u64);
+type ClientKey = (tmem_store::Identity, u64);
 
 fn rate(now: u64, before: u64, secs: f64) -> f64 {
     now.saturating_sub(before) as f64 / secs
@@ -33,7 +33,7 @@ fn fmt_rate(r: f64) -> String {
 
 #[derive(Debug)]
 struct ClientRow {
-    domid: u32,
+    domid: tmem_store::Identity,
     name: String,
     state: &'static str,
     pages: u64,
@@ -45,7 +45,7 @@ struct ClientRow {
 
 #[derive(Debug)]
 struct PoolRow {
-    domid: u32,
+    domid: tmem_store::Identity,
     pool: u32,
     kind: String,
     pages: u64,
@@ -70,7 +70,7 @@ pub fn render_top(prev: &StoreStats, cur: &StoreStats, elapsed: Duration, rows: 
     let before: HashMap<ClientKey, &ClientStats> = prev
         .clients
         .iter()
-        .map(|c| ((c.domid, c.instance), c))
+        .map(|c| ((c.identity(), c.instance), c))
         .collect();
     let zero_client = ClientStats::default();
     let zero_pool = PoolCounters::default();
@@ -79,11 +79,11 @@ pub fn render_top(prev: &StoreStats, cur: &StoreStats, elapsed: Duration, rows: 
     let mut pools = Vec::new();
     for c in &cur.clients {
         let p = before
-            .get(&(c.domid, c.instance))
+            .get(&(c.identity(), c.instance))
             .copied()
             .unwrap_or(&zero_client);
         clients.push(ClientRow {
-            domid: c.domid,
+            domid: c.identity(),
             name: c.name.clone(),
             state: client_state(c),
             pages: c.pages,
@@ -105,7 +105,7 @@ pub fn render_top(prev: &StoreStats, cur: &StoreStats, elapsed: Duration, rows: 
                 .map(|q| &q.counters)
                 .unwrap_or(&zero_pool);
             pools.push(PoolRow {
-                domid: c.domid,
+                domid: c.identity(),
                 pool: pool.pool_id,
                 kind: pool.kind.clone(),
                 pages: k.pages,

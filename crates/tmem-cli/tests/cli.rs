@@ -63,6 +63,11 @@ fn fails(control: &Path, args: &[&str], code: i32) -> String {
     err
 }
 
+/// How the CLI names local guest `label` of this test's uid: `local:UID:LABEL`.
+fn local(label: u32) -> String {
+    format!("local:{}:{label}", nix::unistd::getuid().as_raw())
+}
+
 fn list_json(control: &Path) -> Value {
     serde_json::from_str(&ok(control, &["list", "--json"])).expect("list --json is JSON")
 }
@@ -143,13 +148,13 @@ fn freeze_refuses_new_puts_while_gets_still_hit_and_thaw_undoes_it() {
     assert_eq!(g.get(h, 1), Outcome::Hit, "gets still hit while frozen");
     assert_eq!(g.get(h, 2), Outcome::Miss);
     // Xen's C= record shows it too.
-    let xen = ok(&d.control, &["list", "5", "--format", "xen"]);
+    let xen = ok(&d.control, &["list", &local(5), "--format", "xen"]);
     assert!(
         xen.starts_with("C=CI:5,") && xen.contains(",fr:1,"),
         "{xen}"
     );
 
-    ok(&d.control, &["thaw", "5"]);
+    ok(&d.control, &["thaw", &local(5)]);
     assert_eq!(client_json(&d.control, 5).unwrap()["frozen"], false);
     assert_eq!(g.put(h, 2), Outcome::Stored);
     assert_eq!(g.get(h, 2), Outcome::Hit);
@@ -172,7 +177,7 @@ fn set_cap_limits_a_guests_pages() {
     let g = TestGuest::connect(&d, 8, "capped");
     let h = g.pool(PoolKind::PrivatePersistent, None);
 
-    let out = ok(&d.control, &["set", "8", "-c", "10", "-w", "3"]);
+    let out = ok(&d.control, &["set", &local(8), "-c", "10", "-w", "3"]);
     assert!(out.contains("cap 10 pages"), "{out}");
     let c = client_json(&d.control, 8).unwrap();
     assert_eq!(u(&c["cap_pages"]), 10);
@@ -205,7 +210,10 @@ fn shared_auth_admits_and_refuses_guests_on_a_shared_pool() {
 
     let out = ok(&d.control, &["shared-auth", "-a", "-u", text, "-A", "0"]);
     assert!(out.contains("now need authorisation"), "{out}");
-    ok(&d.control, &["shared-auth", "21", "-u", text, "-A", "1"]);
+    ok(
+        &d.control,
+        &["shared-auth", &local(21), "-u", text, "-A", "1"],
+    );
 
     let admitted = TestGuest::connect(&d, 21, "admitted");
     let refused = TestGuest::connect(&d, 22, "refused");
@@ -224,10 +232,16 @@ fn shared_auth_admits_and_refuses_guests_on_a_shared_pool() {
 
     // The list shows the pool under the uuid the administrator typed.
     let table = ok(&d.control, &["list"]);
-    assert!(table.contains(&format!("{text}  ES    21")), "{table}");
+    assert!(
+        table.contains(&format!("{text}  ES    {}", local(21))),
+        "{table}"
+    );
 
     // Authorise the second domain by id: now it joins; de-authorise: new joins refused.
-    ok(&d.control, &["shared-auth", "22", "-u", text, "-A", "1"]);
+    ok(
+        &d.control,
+        &["shared-auth", &local(22), "-u", text, "-A", "1"],
+    );
     let h2 = refused
         .client
         .create_pool(PoolKind::SharedEphemeral, Some(uuid))
@@ -238,7 +252,10 @@ fn shared_auth_admits_and_refuses_guests_on_a_shared_pool() {
         Outcome::Hit,
         "shared page visible to the new sharer"
     );
-    ok(&d.control, &["shared-auth", "22", "-u", text, "-A", "0"]);
+    ok(
+        &d.control,
+        &["shared-auth", &local(22), "-u", text, "-A", "0"],
+    );
     let third = TestGuest::connect(&d, 23, "third");
     assert!(third
         .client
@@ -439,7 +456,7 @@ fn real_guests_show_up_in_every_list_format_and_in_top() {
     assert!(table.contains("PP"), "swap pool listed: {table}");
     let one = ok(&d.control, &["list", "alpha", "-l"]);
     assert!(
-        one.contains("client domid 41 'alpha'") && !one.contains("beta"),
+        one.contains(&format!("client {} 'alpha'", local(41))) && !one.contains("beta"),
         "{one}"
     );
 

@@ -26,16 +26,26 @@ pub enum Target {
     All,
     /// One domain, by domain id.
     DomId(u32),
+    /// One local client, by the uid the kernel reported and the label its hello named
+    /// (written `local:UID:LABEL`).
+    Local { uid: u32, label: u32 },
     /// One domain, by the name it registered with.
     Name(String),
 }
 
 impl Target {
-    /// Parse a DOMAIN argument: a number is a domain id, anything else a name.
+    /// Parse a DOMAIN argument: a number is a domain id, `local:UID:LABEL` a local client,
+    /// anything else a name.
     pub fn parse_domain(s: &str) -> Result<Target, String> {
         let s = s.trim();
         if s.is_empty() {
-            return Err("empty domain: give a domain id or a name".into());
+            return Err("empty domain: give a domain id, local:UID:LABEL or a name".into());
+        }
+        if s.starts_with("local:") {
+            return match s.parse::<tmem_store::Identity>()? {
+                tmem_store::Identity::Local { uid, label } => Ok(Target::Local { uid, label }),
+                tmem_store::Identity::Xen { domid } => Ok(Target::DomId(domid)),
+            };
         }
         if s.bytes().all(|b| b.is_ascii_digit()) {
             return s
@@ -334,6 +344,14 @@ mod tests {
             Ok(Target::Name("web1".into()))
         );
         assert!(Target::parse_domain("").is_err());
+        assert_eq!(
+            Target::parse_domain("local:1000:7"),
+            Ok(Target::Local {
+                uid: 1000,
+                label: 7
+            })
+        );
+        assert!(Target::parse_domain("local:1000").is_err());
         assert!(Target::parse_domain("99999999999").is_err());
     }
 }

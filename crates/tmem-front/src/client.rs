@@ -174,6 +174,9 @@ pub struct Status {
     pub transport: String,
     pub client_id: Option<u64>,
     pub last_error: Option<String>,
+    /// The backend refused this client for good: it no longer tries to connect
+    /// (`last_error` says why).
+    pub refused: bool,
     pub counters: Counters,
     pub pools: Vec<PoolInfo>,
 }
@@ -196,6 +199,8 @@ struct State {
     counters: Counters,
     events: Vec<PoolEvent>,
     last_error: Option<String>,
+    /// A permanent refusal ended the reconnect loop.
+    refused: bool,
     stop: bool,
     cfg: ClientConfig,
 }
@@ -245,6 +250,7 @@ impl Client {
                 counters: Counters::default(),
                 events: Vec::new(),
                 last_error: None,
+                refused: false,
                 stop: false,
                 cfg,
             }),
@@ -267,7 +273,13 @@ impl Client {
         lock(&self.shared.state).conn.is_some()
     }
 
-    /// Wait until a backend is connected and every pool that can be mapped is mapped.
+    /// Whether the backend refused this client for good, so it stopped trying to connect.
+    pub fn is_refused(&self) -> bool {
+        lock(&self.shared.state).refused
+    }
+
+    /// Wait until a backend is connected and every pool that can be mapped is mapped
+    /// (false at once if the backend refused this client for good).
     pub fn wait_mapped(&self, timeout: Duration) -> bool {
         self.wait_until(timeout, |st| {
             st.conn.is_some()
@@ -290,6 +302,9 @@ impl Client {
         loop {
             if done(&g) {
                 return true;
+            }
+            if g.refused {
+                return false; // refused for good: it will never hold
             }
             let now = Instant::now();
             if now >= deadline {
@@ -548,6 +563,7 @@ impl Client {
             transport: self.shared.transport_name.clone(),
             client_id: g.client_id,
             last_error: g.last_error.clone(),
+            refused: g.refused,
             counters: g.counters,
             pools: pool_infos(&g),
         }
@@ -903,6 +919,16 @@ fn reconnect_loop(shared: &Shared, mut transport: Box<dyn Transport>) {
             Err(e) => {
                 g.counters.map.failed_connects += 1;
                 g.last_error = Some(e.to_string());
+                if e.is_permanent_refusal() {
+                    // Retrying the same hello cannot succeed: stop, keep serving fake handles
+                    // (every op misses), and let the status say why.
+                    g.refused = true;
+                    shared.changed.notify_all();
+                    while !g.stop {
+                        g = shared.wake.wait(g).unwrap_or_else(|p| p.into_inner());
+                    }
+                    return;
+                }
             }
         }
         let wait = backoff;

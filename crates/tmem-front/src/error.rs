@@ -12,6 +12,11 @@ pub enum FrontError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// The backend refused this client's connection. `permanent`: retrying the same
+    /// connection cannot succeed (bad parameters, limits, policy), so the client stops trying;
+    /// otherwise it backs off and retries.
+    #[error("the tmem backend refused the connection ({}): {reason}", if *.permanent { "permanent, not retrying" } else { "temporary, retrying" })]
+    Refused { permanent: bool, reason: String },
     /// The backend went away (socket closed, no answer in time, protocol violation).
     #[error("tmem backend disconnected: {0}")]
     Disconnected(String),
@@ -30,6 +35,17 @@ impl FrontError {
     /// Whether this error means the connection is dead.
     pub fn is_disconnect(&self) -> bool {
         matches!(self, FrontError::Disconnected(_))
+    }
+
+    /// Whether this error is a refusal that retrying cannot overcome.
+    pub fn is_permanent_refusal(&self) -> bool {
+        matches!(
+            self,
+            FrontError::Refused {
+                permanent: true,
+                ..
+            }
+        )
     }
 
     /// The error for a negative wire status.

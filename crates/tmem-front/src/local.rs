@@ -69,9 +69,19 @@ impl Transport for LocalTransport {
             layout: self.layout,
         };
         let c = tmem_local::connect_with_timeout(&self.path, &p, self.connect_timeout).map_err(
-            |e| FrontError::Connect {
-                what: format!("{}", self.path.display()),
-                source: Some(Box::new(e)),
+            |e| match e {
+                tmem_local::LocalError::Rejected {
+                    status,
+                    class,
+                    message,
+                } => FrontError::Refused {
+                    permanent: class == tmem_local::RefusalClass::Permanent,
+                    reason: format!("{message} ({status})"),
+                },
+                e => FrontError::Connect {
+                    what: format!("{}", self.path.display()),
+                    source: Some(Box::new(e)),
+                },
             },
         )?;
         c.stream

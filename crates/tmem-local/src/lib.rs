@@ -27,7 +27,8 @@ pub use fd::{
     wait_readable, MemfdRegion, REQUIRED_SEALS,
 };
 use wire::{
-    HelloWire, ReplyWire, HELLO_FDS, HELLO_MAGIC, HELLO_SIZE, MAX_NAME, REPLY_MAGIC, REPLY_SIZE,
+    HelloWire, ReplyWire, CLASS_NONE, CLASS_PERMANENT, CLASS_TEMPORARY, HELLO_FDS, HELLO_MAGIC,
+    HELLO_SIZE, MAX_NAME, REPLY_MAGIC, REPLY_SIZE,
 };
 
 /// Default socket path of tmemd's local transport.
@@ -78,10 +79,70 @@ pub enum LocalError {
         #[source]
         source: io::Error,
     },
-    #[error("tmemd refused the connection ({status}): {message}")]
-    Rejected { status: i32, message: String },
+    #[error("tmemd refused the connection ({status}, {class}): {message}")]
+    Rejected {
+        status: i32,
+        class: RefusalClass,
+        message: String,
+    },
     #[error("malformed reply from tmemd: {0}")]
     BadReply(String),
+}
+
+impl LocalError {
+    /// True if tmemd refused this hello for good: retrying the same hello cannot succeed.
+    pub fn is_permanent_refusal(&self) -> bool {
+        matches!(
+            self,
+            LocalError::Rejected {
+                class: RefusalClass::Permanent,
+                ..
+            }
+        )
+    }
+}
+
+/// Whether a refused client may succeed by trying again later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalClass {
+    /// The daemon is busy or an old connection is still closing: retry with backoff.
+    Temporary,
+    /// The hello itself or the daemon's policy is the problem: stop and report.
+    Permanent,
+}
+
+impl RefusalClass {
+    fn wire(self) -> u8 {
+        match self {
+            RefusalClass::Temporary => CLASS_TEMPORARY,
+            RefusalClass::Permanent => CLASS_PERMANENT,
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RefusalClass::Temporary => "temporary",
+            RefusalClass::Permanent => "permanent",
+        })
+    }
+}
+
+/// A refusal as the daemon sends it: negative errno, class and a one-line reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: i32,
+    pub class: RefusalClass,
+    pub message: String,
+}
+
+/// Send `r` on a guest socket that has not been answered yet, without blocking for long
+/// (the reply fits the empty socket buffer), then shut the socket down.
+pub fn refuse(stream: &UnixStream, r: &Refusal) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = send_reply(stream, r.status, r.class.wire(), 0, &r.message);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> LocalError {
@@ -94,6 +155,12 @@ fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> LocalError {
 pub enum HelloError {
     #[error("no hello within {0:?}")]
     Timeout(Duration),
+    #[error("nothing received within {0:?} of connecting; a client sends its hello at once")]
+    FirstByteTimeout(Duration),
+    #[error("hello carried more than {HELLO_FDS} descriptors (or more than fit); extras closed")]
+    TooManyFds,
+    #[error("handshake abandoned: the connection was shed")]
+    Shed,
     #[error("peer closed the connection during the hello")]
     PeerClosed,
     #[error("socket error during the hello")]
@@ -131,7 +198,9 @@ impl HelloError {
     pub fn status(&self) -> i32 {
         use tmem_abi::status::errno::*;
         -match self {
-            HelloError::Timeout(_) => libc::ETIMEDOUT,
+            HelloError::Timeout(_) | HelloError::FirstByteTimeout(_) => libc::ETIMEDOUT,
+            HelloError::Shed => libc::EAGAIN,
+            HelloError::TooManyFds => libc::EBADF,
             HelloError::PeerClosed | HelloError::Io(_) | HelloError::Credentials(_) => libc::EIO,
             HelloError::BadMagic(_) | HelloError::BadVersion { .. } | HelloError::Malformed(_) => {
                 EPROTO
@@ -143,6 +212,21 @@ impl HelloError {
             HelloError::Layout(_) | HelloError::MemfdTooSmall { .. } => EINVAL,
             HelloError::NotSealed(_) => EPERM,
             HelloError::Map(_) => ENOMEM,
+        }
+    }
+
+    /// Whether a client may succeed by sending the same hello again later: only running out
+    /// of time or memory is; every other error is in the hello itself.
+    pub fn class(&self) -> RefusalClass {
+        match self {
+            HelloError::Timeout(_)
+            | HelloError::FirstByteTimeout(_)
+            | HelloError::Shed
+            | HelloError::PeerClosed
+            | HelloError::Io(_)
+            | HelloError::Credentials(_)
+            | HelloError::Map(_) => RefusalClass::Temporary,
+            _ => RefusalClass::Permanent,
         }
     }
 
@@ -167,6 +251,8 @@ impl HelloError {
 /// A validated hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
+    /// The number the client claims (the wire's `domid` field). The daemon uses it only as a
+    /// label inside the peer uid's own namespace, never as a Xen domain id.
     pub domid: u32,
     pub instance: u64,
     pub layout: Layout,
@@ -182,6 +268,9 @@ pub struct HelloLimits {
     pub max_data_slots: u32,
     /// The whole hello (all bytes and descriptors) must arrive within this time.
     pub timeout: Duration,
+    /// The first byte must arrive within this time: a real client sends its hello right
+    /// after connecting, so a silent connection is dropped early.
+    pub first_byte: Duration,
 }
 
 impl Default for HelloLimits {
@@ -190,6 +279,7 @@ impl Default for HelloLimits {
             max_ring_pages: 16,
             max_data_slots: 1024,
             timeout: Duration::from_secs(5),
+            first_byte: Duration::from_millis(500),
         }
     }
 }
@@ -345,12 +435,29 @@ pub fn bind_listener(path: &Path) -> Result<UnixListener, LocalError> {
     })
 }
 
-fn send_reply(stream: &UnixStream, status: i32, client_id: u32, message: &str) -> io::Result<()> {
+/// The peer's credentials as the kernel recorded them at `connect`.
+pub fn peer_credentials(stream: &UnixStream) -> io::Result<Credentials> {
+    let c = getsockopt(stream, sockopt::PeerCredentials)?;
+    Ok(Credentials {
+        pid: c.pid(),
+        uid: c.uid(),
+        gid: c.gid(),
+    })
+}
+
+fn send_reply(
+    stream: &UnixStream,
+    status: i32,
+    class: u8,
+    client_id: u32,
+    message: &str,
+) -> io::Result<()> {
     let r = ReplyWire {
         magic: REPLY_MAGIC,
         version: tmem_abi::ring::PROTOCOL_VERSION,
         status,
         client_id,
+        class,
         message: message.to_owned(),
     };
     (&*stream).write_all(&r.to_bytes())
@@ -359,7 +466,18 @@ fn send_reply(stream: &UnixStream, status: i32, client_id: u32, message: &str) -
 /// Read and validate a hello on a freshly accepted `stream` (blocking, at most
 /// `limits.timeout` in all). On error an error reply has been sent if the peer can take it.
 pub fn read_hello(stream: UnixStream, limits: &HelloLimits) -> Result<PendingGuest, HelloError> {
-    match read_hello_inner(&stream, limits) {
+    read_hello_claimed(stream, limits, || true)
+}
+
+/// [`read_hello`] that calls `claim` once all hello bytes are in, before validating them. If
+/// `claim` returns false (someone else already answered and shed this connection), the hello
+/// is abandoned with [`HelloError::Shed`] and nothing more is sent.
+pub fn read_hello_claimed(
+    stream: UnixStream,
+    limits: &HelloLimits,
+    claim: impl FnOnce() -> bool,
+) -> Result<PendingGuest, HelloError> {
+    match read_hello_inner(&stream, limits, claim) {
         Ok((hello, peer, mem, kick, notify)) => Ok(PendingGuest {
             hello,
             peer,
@@ -369,10 +487,10 @@ pub fn read_hello(stream: UnixStream, limits: &HelloLimits) -> Result<PendingGue
             stream,
         }),
         Err(e) => {
-            if !matches!(e, HelloError::PeerClosed) {
+            if !matches!(e, HelloError::PeerClosed | HelloError::Shed) {
                 let _ =
                     stream.set_write_timeout(Some(limits.timeout.max(Duration::from_millis(1))));
-                let _ = send_reply(&stream, e.status(), 0, &e.message());
+                let _ = send_reply(&stream, e.status(), e.class().wire(), 0, &e.message());
             }
             Err(e)
         }
@@ -381,16 +499,58 @@ pub fn read_hello(stream: UnixStream, limits: &HelloLimits) -> Result<PendingGue
 
 type HelloParts = (Hello, Credentials, MemfdRegion, OwnedFd, OwnedFd);
 
-fn read_hello_inner(stream: &UnixStream, limits: &HelloLimits) -> Result<HelloParts, HelloError> {
-    let creds = getsockopt(stream, sockopt::PeerCredentials)
-        .map_err(|e| HelloError::Credentials(e.into()))?;
-    let peer = Credentials {
-        pid: creds.pid(),
-        uid: creds.uid(),
-        gid: creds.gid(),
-    };
-    let (buf, mut fds) = recv_hello(stream, limits.timeout)?;
-    let w = HelloWire::from_bytes(&buf);
+fn read_hello_inner(
+    stream: &UnixStream,
+    limits: &HelloLimits,
+    claim: impl FnOnce() -> bool,
+) -> Result<HelloParts, HelloError> {
+    let peer = peer_credentials(stream).map_err(HelloError::Credentials)?;
+    let (buf, mut fds) = recv_hello(stream, limits)?;
+    if !claim() {
+        return Err(HelloError::Shed);
+    }
+    let (hello, need) = parse_hello(&buf, fds.len(), limits)?;
+    // Order fixed by the protocol: memfd, kick, notify.
+    let notify = fds.pop().ok_or(HelloError::FdCount(0))?;
+    let kick = fds.pop().ok_or(HelloError::FdCount(1))?;
+    let memfd = fds.pop().ok_or(HelloError::FdCount(2))?;
+    let seals = memfd_seals(memfd.as_fd()).map_err(HelloError::NotMemfd)?;
+    if seals & REQUIRED_SEALS != REQUIRED_SEALS {
+        return Err(HelloError::NotSealed(seals));
+    }
+    let st =
+        nix::sys::stat::fstat(memfd.as_raw_fd()).map_err(|e| HelloError::NotMemfd(e.into()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(HelloError::NotMemfd(io::Error::other("not a regular file")));
+    }
+    let have = u64::try_from(st.st_size).unwrap_or(0);
+    if have < need as u64 {
+        return Err(HelloError::MemfdTooSmall {
+            have,
+            need: need as u64,
+        });
+    }
+    if !is_eventfd(kick.as_fd()) {
+        return Err(HelloError::NotEventfd("kick"));
+    }
+    if !is_eventfd(notify.as_fd()) {
+        return Err(HelloError::NotEventfd("notify"));
+    }
+    set_nonblocking(kick.as_fd()).map_err(HelloError::Io)?;
+    set_nonblocking(notify.as_fd()).map_err(HelloError::Io)?;
+    let mem = MemfdRegion::map(memfd, need).map_err(HelloError::Map)?;
+    Ok((hello, peer, mem, kick, notify))
+}
+
+/// Validate the bytes of a hello and the number of descriptors that came with it, without
+/// touching the descriptors: every rule of protocol.md §2.1 and the daemon's limits. Returns
+/// the hello and the bytes its memfd must hold. Pure, so fuzzers can drive it directly.
+pub fn parse_hello(
+    buf: &[u8; HELLO_SIZE],
+    fd_count: usize,
+    limits: &HelloLimits,
+) -> Result<(Hello, usize), HelloError> {
+    let w = HelloWire::from_bytes(buf);
     if w.magic != HELLO_MAGIC {
         return Err(HelloError::BadMagic(w.magic));
     }
@@ -420,8 +580,8 @@ fn read_hello_inner(stream: &UnixStream, limits: &HelloLimits) -> Result<HelloPa
     if name.chars().any(char::is_control) {
         return Err(HelloError::Malformed("name contains control characters"));
     }
-    if fds.len() != HELLO_FDS {
-        return Err(HelloError::FdCount(fds.len()));
+    if fd_count != HELLO_FDS {
+        return Err(HelloError::FdCount(fd_count));
     }
     if w.ring_pages == 0 || w.ring_pages > limits.max_ring_pages {
         return Err(HelloError::RingPages {
@@ -452,35 +612,6 @@ fn read_hello_inner(stream: &UnixStream, limits: &HelloLimits) -> Result<HelloPa
                 layout,
                 "size overflows",
             )))?;
-    // Order fixed by the protocol: memfd, kick, notify.
-    let notify = fds.pop().ok_or(HelloError::FdCount(0))?;
-    let kick = fds.pop().ok_or(HelloError::FdCount(1))?;
-    let memfd = fds.pop().ok_or(HelloError::FdCount(2))?;
-    let seals = memfd_seals(memfd.as_fd()).map_err(HelloError::NotMemfd)?;
-    if seals & REQUIRED_SEALS != REQUIRED_SEALS {
-        return Err(HelloError::NotSealed(seals));
-    }
-    let st =
-        nix::sys::stat::fstat(memfd.as_raw_fd()).map_err(|e| HelloError::NotMemfd(e.into()))?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(HelloError::NotMemfd(io::Error::other("not a regular file")));
-    }
-    let have = u64::try_from(st.st_size).unwrap_or(0);
-    if have < need as u64 {
-        return Err(HelloError::MemfdTooSmall {
-            have,
-            need: need as u64,
-        });
-    }
-    if !is_eventfd(kick.as_fd()) {
-        return Err(HelloError::NotEventfd("kick"));
-    }
-    if !is_eventfd(notify.as_fd()) {
-        return Err(HelloError::NotEventfd("notify"));
-    }
-    set_nonblocking(kick.as_fd()).map_err(HelloError::Io)?;
-    set_nonblocking(notify.as_fd()).map_err(HelloError::Io)?;
-    let mem = MemfdRegion::map(memfd, need).map_err(HelloError::Map)?;
     let hello = Hello {
         domid: w.domid,
         instance: w.instance,
@@ -488,30 +619,42 @@ fn read_hello_inner(stream: &UnixStream, limits: &HelloLimits) -> Result<HelloPa
         name,
         flags: w.flags,
     };
-    Ok((hello, peer, mem, kick, notify))
+    Ok((hello, need))
 }
 
-/// Receive the hello bytes and descriptors within `timeout`. Descriptors arriving with any
-/// segment are collected (and closed if the hello is then refused).
+/// Receive the hello bytes and descriptors: the first byte within `limits.first_byte`, all
+/// of them within `limits.timeout`. More than [`HELLO_FDS`] descriptors in all, or a truncated
+/// control message, ends the hello at once (every descriptor received is closed on return).
 fn recv_hello(
     stream: &UnixStream,
-    timeout: Duration,
+    limits: &HelloLimits,
 ) -> Result<([u8; HELLO_SIZE], Vec<OwnedFd>), HelloError> {
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let deadline = start + limits.timeout;
+    let first_deadline = start + limits.first_byte.min(limits.timeout);
     let mut buf = [0u8; HELLO_SIZE];
     let mut fds: Vec<OwnedFd> = Vec::new();
     let mut got = 0usize;
-    let mut truncated = false;
     // Bounded: each pass either reads at least one byte or ends; the deadline bounds waits.
     while got < HELLO_SIZE {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let (until, timed_out) = if got == 0 {
+            (
+                first_deadline,
+                HelloError::FirstByteTimeout(limits.first_byte),
+            )
+        } else {
+            (deadline, HelloError::Timeout(limits.timeout))
+        };
+        let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(HelloError::Timeout(timeout));
+            return Err(timed_out);
         }
         stream
             .set_read_timeout(Some(left))
             .map_err(HelloError::Io)?;
-        let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+        // Room for one descriptor more than allowed, so an excess shows as a count, not only
+        // as MSG_CTRUNC (the kernel closes what does not fit).
+        let mut cmsg = nix::cmsg_space!([RawFd; HELLO_FDS + 1]);
         let mut iov = [IoSliceMut::new(&mut buf[got..])];
         let res = recvmsg::<()>(
             stream.as_raw_fd(),
@@ -521,14 +664,12 @@ fn recv_hello(
         );
         let msg = match res {
             Ok(m) => m,
-            Err(nix::errno::Errno::EAGAIN) => return Err(HelloError::Timeout(timeout)),
+            Err(nix::errno::Errno::EAGAIN) => return Err(timed_out),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(HelloError::Io(e.into())),
         };
         let n = msg.bytes;
-        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-            truncated = true;
-        }
+        let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
         if let Ok(cmsgs) = msg.cmsgs() {
             for c in cmsgs {
                 if let ControlMessageOwned::ScmRights(raw) = c {
@@ -540,13 +681,13 @@ fn recv_hello(
                 }
             }
         }
+        if truncated || fds.len() > HELLO_FDS {
+            return Err(HelloError::TooManyFds);
+        }
         if n == 0 {
             return Err(HelloError::PeerClosed);
         }
         got += n;
-    }
-    if truncated {
-        return Err(HelloError::FdCount(fds.len().max(HELLO_FDS + 1)));
     }
     Ok((buf, fds))
 }
@@ -554,7 +695,8 @@ fn recv_hello(
 impl PendingGuest {
     /// Accept the guest as client `client_id`: send the success reply.
     pub fn accept(self, client_id: u32) -> Result<LocalGuest, LocalError> {
-        send_reply(&self.stream, 0, client_id, "").map_err(io_err("sending hello reply"))?;
+        send_reply(&self.stream, 0, CLASS_NONE, client_id, "")
+            .map_err(io_err("sending hello reply"))?;
         Ok(LocalGuest {
             client_id,
             hello: self.hello,
@@ -566,14 +708,9 @@ impl PendingGuest {
         })
     }
 
-    /// Refuse the guest (policy): send an `-EPERM` reply with `reason`, then close.
-    pub fn reject(self, reason: &str) {
-        self.reject_with(-tmem_abi::status::errno::EPERM, reason);
-    }
-
-    /// Refuse the guest with a chosen negative errno.
-    pub fn reject_with(self, status: i32, reason: &str) {
-        let _ = send_reply(&self.stream, status, 0, reason);
+    /// Refuse the guest (policy): send `r`, then close.
+    pub fn refuse(self, r: &Refusal) {
+        refuse(&self.stream, r);
     }
 }
 
@@ -746,8 +883,16 @@ pub fn read_reply(stream: &UnixStream, timeout: Duration) -> Result<u32, LocalEr
         return Err(LocalError::BadReply(format!("bad magic {:#010x}", r.magic)));
     }
     if r.status != 0 {
+        // An older daemon sends no class: only a timeout or busy daemon was worth a retry.
+        let class = match r.class {
+            CLASS_PERMANENT => RefusalClass::Permanent,
+            CLASS_TEMPORARY => RefusalClass::Temporary,
+            _ if [-libc::ETIMEDOUT, -libc::EAGAIN].contains(&r.status) => RefusalClass::Temporary,
+            _ => RefusalClass::Permanent,
+        };
         return Err(LocalError::Rejected {
             status: r.status,
+            class,
             message: r.message,
         });
     }

@@ -80,13 +80,24 @@ impl HelloWire {
     }
 }
 
-/// A reply: `status` 0 with the client id, or a negative errno with a message.
+/// Reply class: the hello was accepted (`status == 0`).
+pub const CLASS_NONE: u8 = 0;
+/// Reply class: refused for now (daemon busy, handshake shed, old connection still closing);
+/// the same hello may succeed later, so retry with backoff.
+pub const CLASS_TEMPORARY: u8 = 1;
+/// Reply class: refused for good (bad hello, limits, policy); retrying the same hello cannot
+/// succeed, so a client must stop and report.
+pub const CLASS_PERMANENT: u8 = 2;
+
+/// A reply: `status` 0 with the client id, or a negative errno with a class and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyWire {
     pub magic: u32,
     pub version: u32,
     pub status: i32,
     pub client_id: u32,
+    /// [`CLASS_NONE`], [`CLASS_TEMPORARY`] or [`CLASS_PERMANENT`] (0 from older daemons).
+    pub class: u8,
     pub message: String,
 }
 
@@ -98,15 +109,17 @@ impl ReplyWire {
         b[8..12].copy_from_slice(&self.status.to_le_bytes());
         b[12..16].copy_from_slice(&self.client_id.to_le_bytes());
         let msg = truncate_utf8(&self.message, MAX_MESSAGE);
-        b[16..20].copy_from_slice(&(msg.len() as u32).to_le_bytes());
+        b[16..18].copy_from_slice(&(msg.len() as u16).to_le_bytes());
+        b[18] = self.class;
         b[20..20 + msg.len()].copy_from_slice(msg.as_bytes());
         b
     }
 
-    /// Parse a reply; `None` if its message length or text is malformed.
+    /// Parse a reply; `None` if its message length, class or text is malformed.
     pub fn from_bytes(b: &[u8; REPLY_SIZE]) -> Option<Self> {
-        let len = u32_at(b, 16) as usize;
-        if len > MAX_MESSAGE {
+        let len = usize::from(u16::from_le_bytes([b[16], b[17]]));
+        let class = b[18];
+        if len > MAX_MESSAGE || class > CLASS_PERMANENT || b[19] != 0 {
             return None;
         }
         let message = std::str::from_utf8(&b[20..20 + len]).ok()?.to_owned();
@@ -115,6 +128,7 @@ impl ReplyWire {
             version: u32_at(b, 4),
             status: u32_at(b, 8) as i32,
             client_id: u32_at(b, 12),
+            class,
             message,
         })
     }

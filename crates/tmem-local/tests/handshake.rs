@@ -22,6 +22,7 @@ fn limits() -> HelloLimits {
         max_ring_pages: 4,
         max_data_slots: 64,
         timeout: Duration::from_millis(500),
+        first_byte: Duration::from_millis(500),
     }
 }
 
@@ -179,7 +180,9 @@ fn fds_for(layout: Layout) -> (MemfdRegion, std::os::fd::OwnedFd, std::os::fd::O
 
 fn rejected_status(reply: Result<u32, LocalError>) -> (i32, String) {
     match reply {
-        Err(LocalError::Rejected { status, message }) => (status, message),
+        Err(LocalError::Rejected {
+            status, message, ..
+        }) => (status, message),
         other => panic!("expected a rejection, got {other:?}"),
     }
 }
@@ -303,8 +306,15 @@ fn wrong_descriptors_are_rejected() {
     ));
     // Too many.
     let extra = new_eventfd().unwrap();
-    let (v, _) = raw_hello(&bytes, &[m.fd(), k.as_fd(), n.as_fd(), extra.as_fd()]);
-    assert!(matches!(v, Err(HelloError::FdCount(4))), "{v:?}");
+    let (v, r) = raw_hello(&bytes, &[m.fd(), k.as_fd(), n.as_fd(), extra.as_fd()]);
+    assert!(matches!(v, Err(HelloError::TooManyFds)), "{v:?}");
+    assert!(matches!(
+        r,
+        Err(LocalError::Rejected {
+            class: RefusalClass::Permanent,
+            ..
+        })
+    ));
     // An eventfd where the memfd goes.
     let (v, _) = raw_hello(&bytes, &[k.as_fd(), k.as_fd(), n.as_fd()]);
     assert!(matches!(v, Err(HelloError::NotMemfd(_))), "{v:?}");
@@ -359,14 +369,14 @@ fn silent_peer_times_out() {
     let start = Instant::now();
     let v = read_hello(server, &limits());
     let took = start.elapsed();
-    assert!(matches!(v, Err(HelloError::Timeout(_))), "{v:?}");
+    assert!(matches!(v, Err(HelloError::FirstByteTimeout(_))), "{v:?}");
     assert!(
         took >= Duration::from_millis(450) && took < Duration::from_secs(3),
         "{took:?}"
     );
     assert!(rejected_status(read_reply(&client, Duration::from_secs(1)))
         .1
-        .contains("no hello"));
+        .contains("nothing received"));
 
     // A peer that trickles part of a hello is held to the same overall deadline.
     let (client, server) = UnixStream::pair().unwrap();
@@ -390,11 +400,18 @@ fn policy_reject_reaches_the_client() {
     let path = sock_path("reject");
     let listener = bind_listener(&path).unwrap();
     let daemon = serve(listener, 1, |_, r| {
-        r.unwrap().reject("domain 7 is not admitted")
+        r.unwrap().refuse(&Refusal {
+            status: -libc::EPERM,
+            class: RefusalClass::Permanent,
+            message: "domain 7 is not admitted".into(),
+        })
     });
     let e = connect(&path, &params("g", LAYOUT)).unwrap_err();
+    assert!(e.is_permanent_refusal(), "{e:?}");
     match e {
-        LocalError::Rejected { status, message } => {
+        LocalError::Rejected {
+            status, message, ..
+        } => {
             assert_eq!(status, -libc::EPERM);
             assert_eq!(message, "domain 7 is not admitted");
         }
@@ -483,4 +500,102 @@ fn connect_to_nothing_is_a_clear_error() {
     let e = connect(&path, &params("g", LAYOUT)).unwrap_err();
     assert!(matches!(e, LocalError::Connect { .. }), "{e:?}");
     assert!(e.to_string().contains("cannot connect to tmemd at"));
+}
+
+/// Descriptors spread over many one-byte segments: the hello ends at the first segment that
+/// takes the total past three, with every received descriptor closed (old code read the whole
+/// hello and held up to 8 descriptors per segment, 832 per handshake).
+#[test]
+fn excess_descriptors_end_the_hello_at_once() {
+    let (m, k, n) = fds_for(LAYOUT);
+    let bytes = good_wire(LAYOUT).to_bytes();
+    let (client, server) = UnixStream::pair().unwrap();
+    let t = thread::spawn(move || {
+        let start = Instant::now();
+        (read_hello(server, &limits()), start.elapsed())
+    });
+    let fds = [m.fd(), k.as_fd(), n.as_fd()];
+    send_hello(&client, &bytes[..1], &fds).unwrap();
+    send_hello(&client, &bytes[1..2], &fds[..1]).unwrap();
+    let (v, took) = t.join().unwrap();
+    assert!(matches!(v, Err(HelloError::TooManyFds)), "{v:?}");
+    assert!(took < Duration::from_millis(400), "took {took:?}");
+    let (status, msg) = rejected_status(read_reply(&client, Duration::from_secs(2)));
+    assert_eq!(status, -libc::EBADF, "{msg}");
+
+    // A control message larger than the room for four descriptors is truncated: refused too.
+    let many: Vec<_> = (0..20).map(|_| new_eventfd().unwrap()).collect();
+    let borrowed: Vec<_> = many.iter().map(|f| f.as_fd()).collect();
+    let (v, _) = raw_hello(&bytes, &borrowed);
+    assert!(matches!(v, Err(HelloError::TooManyFds)), "{v:?}");
+}
+
+/// A connection that sends nothing is dropped after the first-byte deadline, not the whole
+/// hello timeout, and is told why (a temporary refusal).
+#[test]
+fn silent_peer_hits_the_first_byte_deadline() {
+    let l = HelloLimits {
+        first_byte: Duration::from_millis(100),
+        timeout: Duration::from_secs(5),
+        ..limits()
+    };
+    let (client, server) = UnixStream::pair().unwrap();
+    let start = Instant::now();
+    let v = read_hello(server, &l);
+    let took = start.elapsed();
+    assert!(matches!(v, Err(HelloError::FirstByteTimeout(_))), "{v:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let e = read_reply(&client, Duration::from_secs(1)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LocalError::Rejected {
+                class: RefusalClass::Temporary,
+                status,
+                ..
+            } if status == -libc::ETIMEDOUT
+        ),
+        "{e:?}"
+    );
+}
+
+/// `claim` returning false abandons the hello without a reply (the shedder answered).
+#[test]
+fn unclaimed_hello_is_abandoned_silently() {
+    let (m, k, n) = fds_for(LAYOUT);
+    let (client, server) = UnixStream::pair().unwrap();
+    send_hello(
+        &client,
+        &good_wire(LAYOUT).to_bytes(),
+        &[m.fd(), k.as_fd(), n.as_fd()],
+    )
+    .unwrap();
+    let v = read_hello_claimed(server, &limits(), || false);
+    assert!(matches!(v, Err(HelloError::Shed)), "{v:?}");
+    assert!(read_reply(&client, Duration::from_millis(200)).is_err());
+}
+
+/// The pure parser: a good hello parses to the layout's size; wrong descriptor counts and
+/// arbitrary bytes are errors, never panics.
+#[test]
+fn parse_hello_is_total() {
+    let bytes = good_wire(LAYOUT).to_bytes();
+    let (h, need) = parse_hello(&bytes, 3, &limits()).unwrap();
+    assert_eq!(h.layout, LAYOUT);
+    assert_eq!(need, LAYOUT.total_bytes());
+    assert!(matches!(
+        parse_hello(&bytes, 4, &limits()),
+        Err(HelloError::FdCount(4))
+    ));
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..20_000 {
+        let mut b = bytes;
+        for _ in 0..4 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            b[(seed % b.len() as u64) as usize] = (seed >> 32) as u8;
+        }
+        let _ = parse_hello(&b, i % 5, &limits());
+    }
 }

@@ -40,9 +40,11 @@
 
 mod frames;
 mod hash;
+mod identity;
 mod pagemap;
 mod stats;
 
+pub use identity::Identity;
 pub use stats::{ClientStats, GlobalStats, PoolCounters, PoolStats, SharedPoolStats, StoreStats};
 pub use tmem_abi::{Oid, Page, PageKey, PageSink, PageSource, PoolKind, TmemError, PAGE_SIZE};
 
@@ -88,6 +90,20 @@ impl Default for StoreConfig {
             default_weight: 1,
         }
     }
+}
+
+/// Why [`Store::attach`] refused a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AttachRefused {
+    /// The same identity and instance is attached now (its old connection may be closing).
+    #[error("{0} (this instance) is already connected")]
+    Attached(Identity),
+    /// A local identity is attached now under another instance; replacing it would destroy a
+    /// live guest's pools.
+    #[error(
+        "{identity} is connected now as instance {live:#x}; taking over a live client is refused"
+    )]
+    LiveTakeover { identity: Identity, live: u64 },
 }
 
 /// What [`Store::attach_client`] did.
@@ -195,7 +211,7 @@ struct ClientCounters {
 
 #[derive(Debug)]
 struct Client {
-    domid: u32,
+    identity: Identity,
     instance: u64,
     name: String,
     attached: bool,
@@ -235,8 +251,8 @@ struct Meta {
     cfg: StoreConfig,
     next_client: u32,
     clients: HashMap<ClientId, Client, IdState>,
-    by_domid: HashMap<u32, ClientId>,
-    auth: HashMap<u32, Vec<[u64; 2]>>,
+    by_identity: HashMap<Identity, ClientId>,
+    auth: HashMap<Identity, Vec<[u64; 2]>>,
     auth_required: bool,
     pools: Vec<Option<Pool>>,
     pool_free: Vec<u32>,
@@ -648,7 +664,7 @@ impl Store {
         let meta = Meta {
             next_client: 1,
             clients: HashMap::default(),
-            by_domid: HashMap::new(),
+            by_identity: HashMap::new(),
             auth: HashMap::new(),
             auth_required: true,
             pools: Vec::new(),
@@ -728,26 +744,48 @@ impl Store {
 
     // ---- clients -------------------------------------------------------------------------
 
-    /// A guest (domid, instance) connects. The same domid and instance that is detached is
-    /// reattached (its persistent pools were kept, ephemeral ones dropped at detach); the same
-    /// domid with another instance destroys the old client (domain ids are reused) and makes a
-    /// new one; the same domid and instance already attached is refused with `NotPermitted`.
+    /// A Xen domain (domid, instance) connects: [`Store::attach`] for `Identity::Xen`, any
+    /// refusal reported as `NotPermitted`.
     pub fn attach_client(
         &self,
         domid: u32,
         instance: u64,
         name: &str,
     ) -> Result<(ClientId, Attach), TmemError> {
+        self.attach(Identity::Xen { domid }, instance, name)
+            .map_err(|_| TmemError::NotPermitted)
+    }
+
+    /// A guest (identity, instance) connects. The same identity and instance that is detached
+    /// is reattached (its persistent pools were kept, ephemeral ones dropped at detach); the
+    /// same identity and instance already attached is refused. Another instance of a detached
+    /// identity replaces it (a restarted guest has a new instance), as does another instance
+    /// of an attached Xen domain (Xen reuses domain ids; tmemd sees the old one die late).
+    /// Another instance of an attached local identity is refused: that is a live guest.
+    /// Decided under the metadata lock, so two hellos cannot both win.
+    pub fn attach(
+        &self,
+        identity: Identity,
+        instance: u64,
+        name: &str,
+    ) -> Result<(ClientId, Attach), AttachRefused> {
         let mut m = lock(&self.meta);
-        if let Some(&c) = m.by_domid.get(&domid) {
-            let cl = m.client_mut(c)?;
-            if cl.instance == instance {
-                if cl.attached {
-                    return Err(TmemError::NotPermitted);
+        if let Some(&c) = m.by_identity.get(&identity) {
+            if let Some(cl) = m.clients.get_mut(&c) {
+                if cl.instance == instance {
+                    if cl.attached {
+                        return Err(AttachRefused::Attached(identity));
+                    }
+                    cl.attached = true;
+                    cl.name = name.to_owned();
+                    return Ok((c, Attach::Reattached));
                 }
-                cl.attached = true;
-                cl.name = name.to_owned();
-                return Ok((c, Attach::Reattached));
+                if cl.attached && matches!(identity, Identity::Local { .. }) {
+                    return Err(AttachRefused::LiveTakeover {
+                        identity,
+                        live: cl.instance,
+                    });
+                }
             }
             let mut out = Vec::new();
             destroy_client_locked(&mut m, c, &mut out);
@@ -760,7 +798,7 @@ impl Store {
         let weight = m.cfg.default_weight;
         let account = m.new_account(weight);
         let cl = Client {
-            domid,
+            identity,
             instance,
             name: name.to_owned(),
             attached: true,
@@ -774,7 +812,7 @@ impl Store {
             c: ClientCounters::default(),
         };
         m.clients.insert(id, cl);
-        m.by_domid.insert(domid, id);
+        m.by_identity.insert(identity, id);
         Ok((id, Attach::New))
     }
 
@@ -821,9 +859,14 @@ impl Store {
         existed
     }
 
-    /// The client of a domain id, attached or detached.
+    /// The client of a Xen domain id, attached or detached.
     pub fn client_by_domid(&self, domid: u32) -> Option<ClientId> {
-        lock(&self.meta).by_domid.get(&domid).copied()
+        self.client_by_identity(Identity::Xen { domid })
+    }
+
+    /// The client of an identity, attached or detached.
+    pub fn client_by_identity(&self, identity: Identity) -> Option<ClientId> {
+        lock(&self.meta).by_identity.get(&identity).copied()
     }
 
     // ---- pools ---------------------------------------------------------------------------
@@ -878,12 +921,12 @@ impl Store {
         if slot >= max {
             return Err(TmemError::NotPermitted);
         }
-        let domid = cl.domid;
+        let identity = cl.identity;
         let gid = if kind.is_shared() {
             if uuid == [0, 0] || uuid == [!0, !0] {
                 return Err(TmemError::NotPermitted);
             }
-            if m.auth_required && !m.auth.get(&domid).is_some_and(|l| l.contains(&uuid)) {
+            if m.auth_required && !m.auth.get(&identity).is_some_and(|l| l.contains(&uuid)) {
                 return Err(TmemError::NotAuthorised);
             }
             if let Some(&gid) = m.shared.get(&uuid) {
@@ -1415,34 +1458,34 @@ impl Store {
     /// Revoking does not expel a domain that has already joined.
     pub fn set_shared_auth(
         &self,
-        domid: u32,
+        who: Identity,
         uuid: [u64; 2],
         allow: bool,
     ) -> Result<bool, TmemError> {
         let mut m = lock(&self.meta);
         let max = m.cfg.max_auth_per_domain as usize;
         if allow {
-            let l = m.auth.entry(domid).or_default();
+            let l = m.auth.entry(who).or_default();
             if l.contains(&uuid) {
                 return Ok(false);
             }
             if l.len() >= max {
                 if l.is_empty() {
-                    m.auth.remove(&domid);
+                    m.auth.remove(&who);
                 }
                 return Err(TmemError::NoMemory);
             }
             l.push(uuid);
             Ok(true)
         } else {
-            let Some(l) = m.auth.get_mut(&domid) else {
+            let Some(l) = m.auth.get_mut(&who) else {
                 return Ok(false);
             };
             let before = l.len();
             l.retain(|u| *u != uuid);
             let changed = l.len() != before;
             if l.is_empty() {
-                m.auth.remove(&domid);
+                m.auth.remove(&who);
             }
             Ok(changed)
         }
@@ -1497,7 +1540,14 @@ impl Store {
             .iter()
             .map(|(id, cl)| ClientStats {
                 client_id: id.0,
-                domid: cl.domid,
+                domid: match cl.identity {
+                    Identity::Xen { domid } => domid,
+                    Identity::Local { label, .. } => label,
+                },
+                local_uid: match cl.identity {
+                    Identity::Xen { .. } => None,
+                    Identity::Local { uid, .. } => Some(uid),
+                },
                 instance: cl.instance,
                 name: cl.name.clone(),
                 attached: cl.attached,
@@ -1537,7 +1587,7 @@ impl Store {
                     .collect(),
             })
             .collect();
-        clients.sort_by_key(|c| (c.domid, c.client_id));
+        clients.sort_by_key(|c| (c.identity(), c.client_id));
         let mut shared_pools: Vec<SharedPoolStats> = m
             .shared
             .values()
@@ -1549,7 +1599,18 @@ impl Store {
                     sharers: p
                         .sharers
                         .iter()
-                        .filter_map(|c| m.clients.get(c).map(|cl| cl.domid))
+                        .filter_map(|c| match m.clients.get(c)?.identity {
+                            Identity::Xen { domid } => Some(domid),
+                            Identity::Local { .. } => None,
+                        })
+                        .collect(),
+                    local_sharers: p
+                        .sharers
+                        .iter()
+                        .filter_map(|c| match m.clients.get(c)?.identity {
+                            Identity::Xen { .. } => None,
+                            local => Some(local.to_string()),
+                        })
                         .collect(),
                     weight: m
                         .accounts
@@ -1693,8 +1754,8 @@ fn destroy_client_locked(m: &mut Meta, c: ClientId, out: &mut Vec<u32>) -> bool 
         close_pool_locked(m, c, i as u32, out);
     }
     if let Some(cl) = m.clients.remove(&c) {
-        if m.by_domid.get(&cl.domid) == Some(&c) {
-            m.by_domid.remove(&cl.domid);
+        if m.by_identity.get(&cl.identity) == Some(&c) {
+            m.by_identity.remove(&cl.identity);
         }
         m.free_account(cl.account);
     }

@@ -63,8 +63,11 @@ pub struct GlobalStats {
 pub struct ClientStats {
     /// The store's id for this client.
     pub client_id: u32,
-    /// Xen domain id (`CI`).
+    /// Xen domain id (`CI`); for a local client the label its hello named.
     pub domid: u32,
+    /// For a local client, the uid the kernel reported for its socket; `None` for Xen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_uid: Option<u32>,
     /// Domain instance (distinguishes reuses of a domain id).
     pub instance: u64,
     /// Name given at attach.
@@ -160,10 +163,26 @@ pub struct SharedPoolStats {
     pub uuid: [u64; 2],
     /// Xen's two-letter type, always `ES` (`PT`).
     pub kind: String,
-    /// Domain ids of the sharers (`SC`).
+    /// Domain ids of the Xen sharers (`SC`).
     pub sharers: Vec<u32>,
+    /// Local sharers, as `local:UID:LABEL`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_sharers: Vec<String>,
     /// Eviction weight of the pool's own account.
     pub weight: u32,
     /// The pool's counters.
     pub counters: PoolCounters,
+}
+
+impl ClientStats {
+    /// The client's identity: a Xen domain, or a local uid and label.
+    pub fn identity(&self) -> crate::Identity {
+        match self.local_uid {
+            None => crate::Identity::Xen { domid: self.domid },
+            Some(uid) => crate::Identity::Local {
+                uid,
+                label: self.domid,
+            },
+        }
+    }
 }

@@ -353,12 +353,27 @@ fn shared_pool_auth_and_bad_uuids() {
     assert_eq!(s.new_pool(a, U1, ES), Err(TmemError::NotAuthorised));
     assert_eq!(s.new_pool(a, [0, 0], ES), Err(TmemError::NotPermitted));
     assert_eq!(s.new_pool(a, [!0, !0], ES), Err(TmemError::NotPermitted));
-    assert_eq!(s.set_shared_auth(1, U1, true), Ok(true));
-    assert_eq!(s.set_shared_auth(1, U1, true), Ok(false));
-    assert_eq!(s.set_shared_auth(1, U2, true), Ok(true));
-    assert_eq!(s.set_shared_auth(1, [5, 5], true), Err(TmemError::NoMemory));
+    assert_eq!(
+        s.set_shared_auth(Identity::Xen { domid: 1 }, U1, true),
+        Ok(true)
+    );
+    assert_eq!(
+        s.set_shared_auth(Identity::Xen { domid: 1 }, U1, true),
+        Ok(false)
+    );
+    assert_eq!(
+        s.set_shared_auth(Identity::Xen { domid: 1 }, U2, true),
+        Ok(true)
+    );
+    assert_eq!(
+        s.set_shared_auth(Identity::Xen { domid: 1 }, [5, 5], true),
+        Err(TmemError::NoMemory)
+    );
     // Before the domain ever connected.
-    assert_eq!(s.set_shared_auth(7, U1, true), Ok(true));
+    assert_eq!(
+        s.set_shared_auth(Identity::Xen { domid: 7 }, U1, true),
+        Ok(true)
+    );
     let (pa, _) = s.new_pool(a, U1, ES).unwrap();
     assert_eq!(s.new_pool(b, U1, ES), Err(TmemError::NotAuthorised));
     s.set_shared_auth_required(false);
@@ -368,8 +383,14 @@ fn shared_pool_auth_and_bad_uuids() {
     let st = s.stats();
     assert_eq!(st.shared_pools.len(), 1);
     assert_eq!(st.shared_pools[0].sharers, vec![1, 2]);
-    assert_eq!(s.set_shared_auth(1, U1, false), Ok(true));
-    assert_eq!(s.set_shared_auth(1, U1, false), Ok(false));
+    assert_eq!(
+        s.set_shared_auth(Identity::Xen { domid: 1 }, U1, false),
+        Ok(true)
+    );
+    assert_eq!(
+        s.set_shared_auth(Identity::Xen { domid: 1 }, U1, false),
+        Ok(false)
+    );
 }
 
 #[test]
@@ -565,4 +586,63 @@ fn prefault_allocates_every_frame_once_and_puts_still_work() {
     let mut out: Page = [0; PAGE_SIZE];
     assert!(store.get(c, pool, key(1029), &mut out).unwrap());
     assert!(out == page);
+}
+
+/// Local identities live beside Xen ones and never collide; a live local client cannot be
+/// taken over by another instance (old code destroyed its pools), a detached one can.
+#[test]
+fn local_identity_is_separate_and_cannot_be_taken_over() {
+    let s = store_pages(16);
+    let xen = s.attach_client(5, 100, "xen").unwrap().0;
+    let me = Identity::Local {
+        uid: 1000,
+        label: 5,
+    };
+    let (c, how) = s.attach(me, 100, "local").unwrap();
+    assert_eq!(how, Attach::New);
+    assert_ne!(c, xen);
+    assert_eq!(s.client_by_identity(me), Some(c));
+    assert_eq!(s.client_by_domid(5), Some(xen));
+    let (p, _) = s.new_pool(c, U1, PP).unwrap();
+    s.put(c, p, key(1, 0), &page(7)).unwrap();
+    // Same instance while attached: refused, the client stays.
+    assert_eq!(s.attach(me, 100, "x"), Err(AttachRefused::Attached(me)));
+    // Another instance while attached: refused, pools intact.
+    assert_eq!(
+        s.attach(me, 101, "thief"),
+        Err(AttachRefused::LiveTakeover {
+            identity: me,
+            live: 100
+        })
+    );
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(page(7))));
+    // Another uid with the same label is another client.
+    let other = Identity::Local {
+        uid: 1001,
+        label: 5,
+    };
+    let (c3, _) = s.attach(other, 101, "other").unwrap();
+    assert_ne!(c3, c);
+    let st = s.stats();
+    let ids: Vec<String> = st
+        .clients
+        .iter()
+        .map(|c| c.identity().to_string())
+        .collect();
+    assert_eq!(ids, ["5", "local:1000:5", "local:1001:5"]);
+    // Shared-pool authorisation is per identity.
+    assert_eq!(s.set_shared_auth(me, U2, true), Ok(true));
+    assert!(s.new_pool(c, U2, ES).is_ok());
+    assert_eq!(s.new_pool(c3, U2, ES), Err(TmemError::NotAuthorised));
+    assert_eq!(s.new_pool(xen, U2, ES), Err(TmemError::NotAuthorised));
+    assert_eq!(s.stats().shared_pools[0].local_sharers, ["local:1000:5"]);
+    // Once detached, a restarted guest (new instance) replaces it.
+    s.detach_client(c);
+    let (c2, how) = s.attach(me, 101, "restarted").unwrap();
+    assert_eq!(how, Attach::New);
+    assert_ne!(c2, c);
+    // Xen keeps its old rule: a new instance of an attached domain replaces it.
+    let (x2, how) = s.attach_client(5, 101, "xen2").unwrap();
+    assert_eq!(how, Attach::New);
+    assert_ne!(x2, xen);
 }

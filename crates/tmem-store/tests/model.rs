@@ -160,7 +160,14 @@ impl Harness {
         let mut ids = Vec::new();
         let mut pools = Vec::new();
         for d in 0..CLIENTS {
-            s.set_shared_auth(d as u32 + 1, SHARED_UUID, true).unwrap();
+            s.set_shared_auth(
+                Identity::Xen {
+                    domid: d as u32 + 1,
+                },
+                SHARED_UUID,
+                true,
+            )
+            .unwrap();
             let (c, how) = s.attach_client(d as u32 + 1, 5, "g").unwrap();
             assert_eq!(how, Attach::New);
             pools.push(open_pools(&s, c, d, false));

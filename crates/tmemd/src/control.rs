@@ -18,7 +18,7 @@ use tmem_control::{
     decode_request, encode_reply, ErrorKind as Kind, OkReply, Op, Reply, Target, CONTROL_VERSION,
     MAX_REQUEST_BYTES,
 };
-use tmem_store::ClientId;
+use tmem_store::{ClientId, Identity};
 use tracing::{debug, info};
 
 use crate::daemon::{read_some, write_some};
@@ -213,9 +213,16 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
                 Ok(OkReply::Done { clients: 0 })
             }
             Target::DomId(domid) => store
-                .set_shared_auth(domid, uuid, allow)
+                .set_shared_auth(Identity::Xen { domid }, uuid, allow)
                 .map(|_| OkReply::Done { clients: 1 })
                 .map_err(|e| (Kind::Refused, format!("domain {domid}: {e}"))),
+            Target::Local { uid, label } => {
+                let who = Identity::Local { uid, label };
+                store
+                    .set_shared_auth(who, uuid, allow)
+                    .map(|_| OkReply::Done { clients: 1 })
+                    .map_err(|e| (Kind::Refused, format!("client {who}: {e}")))
+            }
             Target::Name(_) => {
                 let ids = resolve(ctx, &target)?;
                 let stats = store.stats();
@@ -225,8 +232,8 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
                     .filter(|c| ids.contains(&ClientId(c.client_id)))
                 {
                     store
-                        .set_shared_auth(c.domid, uuid, allow)
-                        .map_err(|e| (Kind::Refused, format!("domain {}: {e}", c.domid)))?;
+                        .set_shared_auth(c.identity(), uuid, allow)
+                        .map_err(|e| (Kind::Refused, format!("client {}: {e}", c.identity())))?;
                 }
                 Ok(OkReply::Done {
                     clients: ids.len() as u32,
@@ -300,6 +307,23 @@ fn resolve(ctx: &Context, target: &Target) -> Result<Vec<ClientId>, (Kind, Strin
                 format!("domain {d} has no tmem client; `tmem list` shows the domains tmemd knows"),
             )
         }),
+        Target::Local { uid, label } => {
+            let who = Identity::Local {
+                uid: *uid,
+                label: *label,
+            };
+            store
+                .client_by_identity(who)
+                .map(|c| vec![c])
+                .ok_or_else(|| {
+                    (
+                        Kind::UnknownDomain,
+                        format!(
+                            "{who} has no tmem client; `tmem list` shows the clients tmemd knows"
+                        ),
+                    )
+                })
+        }
         Target::Name(n) => {
             let ids: Vec<_> = store
                 .stats()

@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,22 +18,20 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use tmem_local::{HelloLimits, PendingGuest};
 use tmem_store::Store;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::control::{self, ControlConn};
+use crate::handshake::{raise_fd_limit, Admission};
 use crate::sdnotify::Notifier;
-use crate::worker::{self, lock, GuestConn, GuestHandle, Shared, WorkerHandle, WorkerMsg};
+use crate::worker::{self, lock, Shared, WorkerMsg};
 
 const GUEST_LISTENER: Token = Token(0);
 const CONTROL_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const XEN: Token = Token(3);
 const FIRST_CONTROL: usize = 16;
-/// Handshakes in progress at once; more connections wait in the listen backlog.
-const MAX_HANDSHAKES: u32 = 16;
 const MAX_CONTROL_CONNS: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
@@ -54,6 +52,7 @@ pub enum DaemonError {
 
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn run(config: Config) -> Result<(), DaemonError> {
+    raise_fd_limit();
     // Signals are taken through a signalfd; block them in every thread (workers inherit).
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
@@ -137,12 +136,13 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let notifier = Notifier::from_env();
     let watchdog = Notifier::watchdog_interval().map(|d| d / 2);
     let started = Instant::now();
-    let handshakes = Arc::new(AtomicU32::new(0));
-    let limits = HelloLimits {
-        max_ring_pages: config.max_ring_pages,
-        max_data_slots: config.max_data_slots,
-        timeout: Duration::from_secs(2),
-    };
+    let admission = Admission::new(
+        shared.clone(),
+        workers.clone(),
+        config.max_ring_pages,
+        config.max_data_slots,
+        config.max_guests,
+    );
     let mut xen = if config.xen {
         match crate::xen::XenBackend::start(&config, shared.clone(), workers.clone()) {
             Ok(x) => {
@@ -214,24 +214,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                         break 'serve;
                     }
                 }
-                GUEST_LISTENER => loop {
-                    match guest_listener.accept() {
-                        Ok((stream, _)) => start_handshake(
-                            stream,
-                            &shared,
-                            &workers,
-                            &handshakes,
-                            &limits,
-                            config.max_guests,
-                        ),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            warn!("accept on guest socket failed: {e}");
-                            break;
-                        }
-                    }
-                },
+                GUEST_LISTENER => {
+                    admission.accept_batch(&guest_listener, poll.registry(), GUEST_LISTENER)
+                }
                 CONTROL_LISTENER => loop {
                     match control_listener.accept() {
                         Ok((stream, _)) => {
@@ -310,107 +295,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&config.control_socket);
     info!("tmemd stopped");
     Ok(())
-}
-
-/// Hand a new guest connection to a short-lived thread for its handshake, so a peer that
-/// sends nothing (or sends slowly) never holds up the daemon.
-fn start_handshake(
-    stream: UnixStream,
-    shared: &Arc<Shared>,
-    workers: &Arc<Vec<WorkerHandle>>,
-    handshakes: &Arc<AtomicU32>,
-    limits: &HelloLimits,
-    max_guests: u32,
-) {
-    if handshakes.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
-        handshakes.fetch_sub(1, Ordering::AcqRel);
-        debug!("too many handshakes in progress; dropping a connection");
-        return;
-    }
-    let shared = shared.clone();
-    let workers = workers.clone();
-    let handshakes2 = handshakes.clone();
-    let limits = *limits;
-    let spawned = std::thread::Builder::new()
-        .name("tmemd-handshake".into())
-        .spawn(move || {
-            handshake(stream, &shared, &workers, &limits, max_guests);
-            handshakes2.fetch_sub(1, Ordering::AcqRel);
-        });
-    if let Err(e) = spawned {
-        handshakes.fetch_sub(1, Ordering::AcqRel);
-        warn!("cannot start a handshake thread: {e}");
-    }
-}
-
-fn handshake(
-    stream: UnixStream,
-    shared: &Arc<Shared>,
-    workers: &[WorkerHandle],
-    limits: &HelloLimits,
-    max_guests: u32,
-) {
-    let pending: PendingGuest = match tmem_local::read_hello(stream, limits) {
-        Ok(p) => p,
-        Err(e) => {
-            debug!("guest handshake refused: {e}");
-            return;
-        }
-    };
-    let hello = &pending.hello;
-    let (domid, instance) = (hello.domid, hello.instance);
-    if shared.connected.load(Ordering::Acquire) >= max_guests {
-        pending.reject(&format!(
-            "tmemd already serves its maximum of {max_guests} guests"
-        ));
-        return;
-    }
-    let name = hello.name.clone();
-    let (client, attach) = match shared.store.attach_client(domid, instance, &name) {
-        Ok(r) => r,
-        Err(e) => {
-            pending.reject(&format!(
-                "domain {domid} (instance {instance:#x}) is already connected: {e}"
-            ));
-            return;
-        }
-    };
-    lock(&shared.detached).remove(&client);
-    let guest = match pending.accept(client.0) {
-        Ok(g) => g,
-        Err(e) => {
-            debug!(domid, "guest went away during handshake: {e}");
-            shared.store.detach_client(client);
-            lock(&shared.detached).insert(client, Instant::now());
-            return;
-        }
-    };
-    let kill = Arc::new(AtomicBool::new(false));
-    let conn = match GuestConn::from_local(client, guest, kill.clone()) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(domid, "guest ring unusable: {e}");
-            shared.store.detach_client(client);
-            lock(&shared.detached).insert(client, Instant::now());
-            return;
-        }
-    };
-    let (index, worker) = workers
-        .iter()
-        .enumerate()
-        .min_by_key(|(_, w)| w.load.load(Ordering::Relaxed))
-        .expect("at least one worker");
-    debug!(domid, ?attach, worker = index, "handing guest to worker");
-    shared.connected.fetch_add(1, Ordering::AcqRel);
-    lock(&shared.guests).insert(
-        client,
-        GuestHandle {
-            kill,
-            worker: index,
-            domid,
-        },
-    );
-    worker.send(WorkerMsg::Add(Box::new(conn)));
 }
 
 /// Destroy clients whose connection has been gone longer than the grace period.

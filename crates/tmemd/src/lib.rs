@@ -8,6 +8,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod handshake;
 pub mod health;
 pub mod ratelimit;
 pub mod sdnotify;

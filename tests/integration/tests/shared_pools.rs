@@ -35,10 +35,15 @@ fn page_for(inode: u64, index: u64) -> Page {
     p
 }
 
-fn authorise(daemon: &Daemon, domid: u32, allow: bool) {
+/// Authorise local guest `label` of this test's uid (local guests are named by the uid the
+/// kernel reports plus their label, never by a bare domain id).
+fn authorise(daemon: &Daemon, label: u32, allow: bool) {
     let uuid = tmem_control::parse_uuid(UUID_TEXT).unwrap();
     let r = daemon.control(&Op::SharedAuth {
-        target: Target::DomId(domid),
+        target: Target::Local {
+            uid: nix::unistd::getuid().as_raw(),
+            label,
+        },
         uuid,
         allow,
     });
@@ -96,10 +101,17 @@ fn authorised_guests_share_pages_and_an_unauthorised_guest_is_refused() {
     let stats = daemon.stats();
     let shared = stats["shared_pools"].as_array().expect("shared_pools");
     assert_eq!(shared.len(), 1, "{stats}");
-    let sharers = shared[0]["sharers"].as_array().expect("sharers");
-    let mut doms: Vec<u64> = sharers.iter().map(|s| s.as_u64().unwrap()).collect();
-    doms.sort();
-    assert_eq!(doms, vec![1, 2], "{stats}");
+    let sharers = shared[0]["local_sharers"]
+        .as_array()
+        .expect("local_sharers");
+    let mut names: Vec<&str> = sharers.iter().map(|s| s.as_str().unwrap()).collect();
+    names.sort();
+    let uid = nix::unistd::getuid().as_raw();
+    assert_eq!(
+        names,
+        [format!("local:{uid}:1"), format!("local:{uid}:2")],
+        "{stats}"
+    );
 
     // De-authorising stops new joins (existing members keep their pool).
     authorise(&daemon, 2, false);
