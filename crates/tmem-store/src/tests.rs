@@ -606,5 +606,8 @@ fn a_poisoned_store_fails_stop_instead_of_recovering() {
     let later = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         s.put(c, p, key(1, 0), &page(1))
     }));
-    assert!(later.is_err(), "a call on a poisoned store went on: {later:?}");
+    assert!(
+        later.is_err(),
+        "a call on a poisoned store went on: {later:?}"
+    );
 }

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -24,8 +24,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::control::{self, ControlConn};
+use crate::health::Health;
+use crate::ratelimit::RateLimiter;
 use crate::sdnotify::Notifier;
-use crate::worker::{self, lock, GuestConn, GuestHandle, Shared, WorkerHandle, WorkerMsg};
+use crate::worker::{self, End, GuestConn, GuestHandle, Shared, WorkerHandle, WorkerMsg};
 
 const GUEST_LISTENER: Token = Token(0);
 const CONTROL_LISTENER: Token = Token(1);
@@ -50,6 +52,18 @@ pub enum DaemonError {
     Poll(std::io::Error),
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
+    #[error("the main event loop failed: {0}; tmemd stops so that it can be restarted")]
+    EventLoop(std::io::Error),
+    #[error(
+        "a panic inside the page store left it untrustworthy; tmemd stops so that it can be \
+         restarted (the panic is in the log above)"
+    )]
+    StorePoisoned,
+    #[error(
+        "every worker thread has ended; tmemd stops so that it can be restarted (the reason \
+         is in the log above)"
+    )]
+    NoWorkers,
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
@@ -76,12 +90,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .set_nonblocking(true)
         .map_err(DaemonError::Poll)?;
 
-    let shared = Arc::new(Shared {
-        store: Store::new(config.store.clone()),
-        guests: Mutex::new(HashMap::new()),
-        detached: Mutex::new(HashMap::new()),
-        connected: AtomicU32::new(0),
-    });
+    let shared = Arc::new(Shared::new(Store::new(config.store.clone())));
     if config.prefault {
         // Pages faulted in on the put path would cost each put ~10 µs; do it now, beside
         // serving (a put that needs a chunk still being faulted waits for that chunk only).
@@ -135,7 +144,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(DaemonError::Poll)?;
 
     let notifier = Notifier::from_env();
-    let watchdog = Notifier::watchdog_interval().map(|d| d / 2);
+    let mut watchdog = Notifier::watchdog_interval().map(Watchdog::new);
     let started = Instant::now();
     let handshakes = Arc::new(AtomicU32::new(0));
     let limits = HelloLimits {
@@ -190,13 +199,14 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let mut controls: HashMap<usize, ControlConn> = HashMap::new();
     let mut next_control = FIRST_CONTROL;
     let mut last_housekeeping = Instant::now();
-    let mut last_watchdog = Instant::now();
+    let mut outcome = Ok(());
     'serve: loop {
         if let Err(e) = poll.poll(&mut events, Some(HOUSEKEEPING)) {
             if e.kind() == ErrorKind::Interrupted {
                 continue;
             }
             error!("event loop failed: {e}");
+            outcome = Err(DaemonError::EventLoop(e));
             break;
         }
         for ev in events.iter() {
@@ -279,7 +289,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             if let Some(x) = xen.as_mut() {
                 x.housekeeping();
             }
-            expire_detached(&shared, config.reattach_grace);
+            shared.expire_detached(config.reattach_grace);
             controls.retain(|_, c| {
                 let keep = !c.idle_too_long(now);
                 if !keep {
@@ -288,28 +298,106 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 keep
             });
         }
-        if let Some(interval) = watchdog {
-            if now.duration_since(last_watchdog) >= interval {
-                last_watchdog = now;
-                notifier.notify("WATCHDOG=1");
-            }
+        if let Err(e) = fail_stop(&shared, &workers) {
+            error!("{e}");
+            outcome = Err(e);
+            break;
+        }
+        if let Some(w) = watchdog.as_mut() {
+            w.tick(now, &shared.health, &notifier);
         }
     }
 
     notifier.notify("STOPPING=1");
+    let poisoned = shared.store.is_poisoned();
     if let Some(x) = xen.as_mut() {
-        x.shutdown();
+        // Tearing Xen guests down detaches them in the store: not once it is poisoned.
+        if !poisoned {
+            x.shutdown();
+        }
     }
     for w in workers.iter() {
-        w.send(WorkerMsg::Shutdown);
+        // A worker that has ended needs no message.
+        let _ = w.send(WorkerMsg::Shutdown);
     }
-    for j in joins {
-        let _ = j.join();
+    for (i, j) in joins.into_iter().enumerate() {
+        if j.join().is_err() {
+            error!("worker {i} ended with a panic");
+        }
     }
     let _ = std::fs::remove_file(&config.socket);
     let _ = std::fs::remove_file(&config.control_socket);
-    info!("tmemd stopped");
+    match &outcome {
+        Ok(()) => info!("tmemd stopped"),
+        Err(_) => error!("tmemd stopped on an error"),
+    }
+    outcome
+}
+
+/// Conditions under which tmemd must stop (non-zero) rather than go on: systemd restarts it.
+fn fail_stop(shared: &Shared, workers: &[WorkerHandle]) -> Result<(), DaemonError> {
+    if shared.store.is_poisoned() {
+        return Err(DaemonError::StorePoisoned);
+    }
+    if !workers.iter().any(WorkerHandle::is_alive) {
+        return Err(DaemonError::NoWorkers);
+    }
     Ok(())
+}
+
+/// The longest any thread may go without a heartbeat before the watchdog stops being fed.
+/// Idle workers beat every [`worker::IDLE_BEAT`]; this leaves room for a loaded machine.
+const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Feeds systemd's watchdog (`WATCHDOG=1` at half its interval), but only while every
+/// worker and the Xen control plane have shown progress recently: a hung thread then gets
+/// tmemd restarted instead of hiding behind a main thread that still runs.
+#[derive(Debug)]
+struct Watchdog {
+    every: Duration,
+    max_age: Duration,
+    last: Option<Instant>,
+    log: RateLimiter,
+}
+
+impl Watchdog {
+    fn new(interval: Duration) -> Watchdog {
+        Watchdog {
+            every: interval / 2,
+            // A silent thread must stop the feeding well within systemd's interval, but a
+            // healthy idle one beats only once a second.
+            max_age: HEARTBEAT_MAX_AGE.min(interval.max(worker::IDLE_BEAT * 3)),
+            last: None,
+            log: RateLimiter::new(1, Duration::from_secs(10)),
+        }
+    }
+
+    /// Called every main-loop round; returns whether it fed the watchdog now.
+    fn tick(&mut self, now: Instant, health: &Health, notifier: &Notifier) -> bool {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.every)
+        {
+            return false;
+        }
+        match health.check(self.max_age) {
+            Ok(()) => {
+                self.last = Some(now);
+                notifier.notify("WATCHDOG=1");
+                true
+            }
+            Err(silent) => {
+                if let Some(suppressed) = self.log.allow() {
+                    error!(
+                        suppressed,
+                        "not feeding the systemd watchdog: no progress from {silent}; \
+                         systemd will restart tmemd if this lasts"
+                    );
+                }
+                false
+            }
+        }
+    }
 }
 
 /// Hand a new guest connection to a short-lived thread for its handshake, so a peer that
@@ -359,12 +447,10 @@ fn handshake(
     };
     let hello = &pending.hello;
     let (domid, instance) = (hello.domid, hello.instance);
-    if shared.connected.load(Ordering::Acquire) >= max_guests {
-        pending.reject(&format!(
-            "tmemd already serves its maximum of {max_guests} guests"
-        ));
-        return;
-    }
+    let slot = match shared.reserve(max_guests) {
+        Ok(s) => s,
+        Err(full) => return pending.reject(&full.to_string()),
+    };
     let name = hello.name.clone();
     let (client, attach) = match shared.store.attach_client(domid, instance, &name) {
         Ok(r) => r,
@@ -375,14 +461,12 @@ fn handshake(
             return;
         }
     };
-    lock(&shared.detached).remove(&client);
+    shared.attached(client);
     let guest = match pending.accept(client.0) {
         Ok(g) => g,
         Err(e) => {
             debug!(domid, "guest went away during handshake: {e}");
-            shared.store.detach_client(client);
-            lock(&shared.detached).insert(client, Instant::now());
-            return;
+            return shared.release(client, End::Detach);
         }
     };
     let kill = Arc::new(AtomicBool::new(false));
@@ -390,52 +474,26 @@ fn handshake(
         Ok(c) => c,
         Err(e) => {
             warn!(domid, "guest ring unusable: {e}");
-            shared.store.detach_client(client);
-            lock(&shared.detached).insert(client, Instant::now());
-            return;
+            return shared.release(client, End::Detach);
         }
     };
-    let (index, worker) = workers
-        .iter()
-        .enumerate()
-        .min_by_key(|(_, w)| w.load.load(Ordering::Relaxed))
-        .expect("at least one worker");
+    let Some(index) = worker::pick_worker(workers) else {
+        warn!(domid, "no worker thread is left to serve the guest");
+        return shared.release(client, End::Detach);
+    };
     debug!(domid, ?attach, worker = index, "handing guest to worker");
-    shared.connected.fetch_add(1, Ordering::AcqRel);
-    lock(&shared.guests).insert(
-        client,
-        GuestHandle {
-            kill,
-            worker: index,
-            domid,
-        },
-    );
-    worker.send(WorkerMsg::Add(Box::new(conn)));
-}
-
-/// Destroy clients whose connection has been gone longer than the grace period.
-fn expire_detached(shared: &Shared, grace: Duration) {
-    let now = Instant::now();
-    let expired: Vec<_> = {
-        let mut d = lock(&shared.detached);
-        let expired: Vec<_> = d
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= grace)
-            .map(|(c, _)| *c)
-            .collect();
-        for c in &expired {
-            d.remove(c);
-        }
-        expired
+    let handle = GuestHandle {
+        kill,
+        worker: index,
+        domid,
     };
-    for c in expired {
-        // A client that reattached in the meantime is connected again: leave it.
-        if lock(&shared.guests).contains_key(&c) {
-            continue;
-        }
-        if shared.store.destroy_client(c) {
-            info!(client = c.0, "reattach grace period over; client destroyed");
-        }
+    shared.register(slot, client, handle);
+    if workers[index].send(WorkerMsg::Add(Box::new(conn))).is_err() {
+        warn!(
+            domid,
+            "the guest's worker thread has ended; disconnecting it"
+        );
+        shared.release(client, End::Detach);
     }
 }
 
