@@ -572,3 +572,124 @@ pub fn read_some(
     }
     Ok(Some(total))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::tests::{connect, shared, Fault};
+    use std::os::unix::net::UnixDatagram;
+
+    /// systemd's side of the notify socket.
+    struct FakeSystemd {
+        socket: UnixDatagram,
+        dir: PathBuf,
+    }
+
+    impl FakeSystemd {
+        fn new() -> FakeSystemd {
+            let dir = std::env::temp_dir().join(format!(
+                "tmemd-watchdog-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let socket = UnixDatagram::bind(dir.join("notify")).unwrap();
+            socket.set_nonblocking(true).unwrap();
+            FakeSystemd { socket, dir }
+        }
+        fn notifier(&self) -> Notifier {
+            Notifier::to_path(&self.dir.join("notify"))
+        }
+        /// Every notification received so far.
+        fn received(&self) -> Vec<String> {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 256];
+            while let Ok(n) = self.socket.recv(&mut buf) {
+                out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            out
+        }
+    }
+
+    impl Drop for FakeSystemd {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Run the main loop's watchdog tick for `how_long`; returns what systemd received.
+    fn run_watchdog(
+        wd: &mut Watchdog,
+        health: &Health,
+        sd: &FakeSystemd,
+        how_long: Duration,
+    ) -> Vec<String> {
+        let n = sd.notifier();
+        let end = Instant::now() + how_long;
+        let mut got = Vec::new();
+        while Instant::now() < end {
+            wd.tick(Instant::now(), health, &n);
+            got.extend(sd.received());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        got
+    }
+
+    #[test]
+    fn the_watchdog_is_fed_while_workers_beat_and_starves_when_one_hangs() {
+        let shared = shared();
+        let (w, join) = worker::spawn(0, shared.clone(), Duration::from_micros(50)).unwrap();
+        let sd = FakeSystemd::new();
+        let mut wd = Watchdog::new(Duration::from_millis(200));
+        wd.max_age = worker::IDLE_BEAT * 2;
+        // Healthy and idle: WATCHDOG=1 keeps arriving (every 100 ms).
+        let fed = run_watchdog(&mut wd, &shared.health, &sd, worker::IDLE_BEAT * 3);
+        assert!(
+            fed.len() >= 10 && fed.iter().all(|m| m == "WATCHDOG=1"),
+            "healthy daemon sent {fed:?}"
+        );
+        // The worker hangs while serving a guest: once its heartbeat is stale, no more.
+        let hang = Arc::new(AtomicBool::new(true));
+        let _g = connect(&shared, &w, 3, Some(Fault::Hang(hang.clone())));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while shared.health.check(wd.max_age).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the hung worker still looks alive"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sd.received();
+        let fed = run_watchdog(&mut wd, &shared.health, &sd, Duration::from_secs(1));
+        assert!(
+            fed.is_empty(),
+            "a hung worker still fed the watchdog: {fed:?}"
+        );
+        // It recovers: feeding resumes.
+        hang.store(false, Ordering::Relaxed);
+        let fed = run_watchdog(&mut wd, &shared.health, &sd, Duration::from_secs(1));
+        assert!(!fed.is_empty(), "feeding did not resume");
+        w.send(WorkerMsg::Shutdown).unwrap();
+        join.join().unwrap();
+    }
+
+    #[test]
+    fn a_poisoned_store_or_no_live_worker_stops_the_daemon() {
+        let shared = shared();
+        let (w, join) = worker::spawn(0, shared.clone(), Duration::from_micros(50)).unwrap();
+        let workers = vec![w];
+        assert!(fail_stop(&shared, &workers).is_ok());
+        workers[0].send(WorkerMsg::Shutdown).unwrap();
+        join.join().unwrap();
+        assert!(matches!(
+            fail_stop(&shared, &workers),
+            Err(DaemonError::NoWorkers)
+        ));
+        shared.store.poison_for_tests();
+        assert!(matches!(
+            fail_stop(&shared, &workers),
+            Err(DaemonError::StorePoisoned)
+        ));
+    }
+}

@@ -245,6 +245,8 @@ impl Worker {
                 }
             };
             last_check = now;
+            // Beat again before a sleep: a long round must not leave a stale beat behind it.
+            self.heartbeat.beat();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != ErrorKind::Interrupted {
                     warn!("worker {}: poll failed: {e}", self.index);

@@ -10,7 +10,7 @@ mod dispatch;
 mod event_loop;
 mod state;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use crate::sync::lock;
 pub use connection::{GuestConn, GuestMem, Link};

@@ -17,7 +17,7 @@ use super::*;
 
 /// Misbehaviour of the serving code, to show what the worker does about its own bugs.
 #[derive(Debug, Clone)]
-pub(super) enum Fault {
+pub(crate) enum Fault {
     /// A bug that panics while serving this guest.
     Panic,
     /// A bug that panics inside the page store, poisoning it.
@@ -48,7 +48,7 @@ const LAYOUT: Layout = Layout {
 };
 const DEADLINE: Duration = Duration::from_secs(20);
 
-fn shared() -> Arc<Shared> {
+pub(crate) fn shared() -> Arc<Shared> {
     Arc::new(Shared::new(Store::new(StoreConfig {
         mem_limit_bytes: 64 * PAGE_SIZE as u64,
         ..StoreConfig::default()
@@ -68,7 +68,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool, seen: impl Fn() -> Strin
 }
 
 /// The guest's side of a local connection served by a real worker.
-struct TestGuest {
+pub(crate) struct TestGuest {
     mock: MockGuest<MemfdRegion>,
     client: ClientId,
     kick: OwnedFd,
@@ -79,7 +79,7 @@ struct TestGuest {
 
 /// A connection whose ring lives in a real memfd mapped twice (guest and worker), built and
 /// registered the way the daemon's handshake does, then handed to `worker`.
-fn connect(
+pub(crate) fn connect(
     shared: &Arc<Shared>,
     worker: &WorkerHandle,
     domid: u32,
