@@ -1,12 +1,15 @@
 //! Failure containment against the real daemon: connection slots under a burst of concurrent
 //! handshakes, and the systemd watchdog fed by a healthy daemon (idle workers included).
 
-use std::os::unix::net::UnixDatagram;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use tmem_local::ConnectParams;
+use tmem_local::wire::{HelloWire, HELLO_MAGIC, MAX_NAME};
+use tmem_local::{LocalError, MemfdRegion};
 use tmem_ring::Layout;
 use tmem_tests::{bin, wait_for, Daemon, Guest, TempDir, Value};
 
@@ -15,12 +18,49 @@ const LAYOUT: Layout = Layout {
     data_slots: 8,
 };
 
-fn params(domid: u32) -> ConnectParams {
-    ConnectParams {
-        domid,
-        instance: 5,
-        name: format!("burst-{domid}"),
-        layout: LAYOUT,
+/// A guest connected to the socket with everything ready, whose hello is not sent yet.
+struct ReadyHello {
+    stream: UnixStream,
+    hello: Vec<u8>,
+    mem: MemfdRegion,
+    kick: OwnedFd,
+    notify: OwnedFd,
+}
+
+impl ReadyHello {
+    fn new(socket: &Path, domid: u32) -> ReadyHello {
+        let mem = MemfdRegion::create("burst", LAYOUT.total_bytes()).expect("memfd");
+        tmem_ring::init_shared_ring(&mem, LAYOUT).expect("ring header");
+        let name = format!("burst-{domid}");
+        let mut name_bytes = [0u8; MAX_NAME];
+        name_bytes[..name.len()].copy_from_slice(name.as_bytes());
+        let hello = HelloWire {
+            magic: HELLO_MAGIC,
+            version: tmem_abi::ring::PROTOCOL_VERSION,
+            domid,
+            flags: 0,
+            instance: 5,
+            ring_pages: LAYOUT.ring_pages,
+            data_slots: LAYOUT.data_slots,
+            name_len: name.len() as u32,
+            reserved: 0,
+            name: name_bytes,
+        };
+        ReadyHello {
+            stream: UnixStream::connect(socket).expect("connect"),
+            hello: hello.to_bytes().to_vec(),
+            mem,
+            kick: tmem_local::new_eventfd().expect("eventfd"),
+            notify: tmem_local::new_eventfd().expect("eventfd"),
+        }
+    }
+
+    /// Send the hello and read the reply; the stream stays open while the result lives.
+    fn send(self) -> (Result<u32, LocalError>, UnixStream) {
+        let fds = [self.mem.fd(), self.kick.as_fd(), self.notify.as_fd()];
+        let r = tmem_local::send_hello(&self.stream, &self.hello, &fds)
+            .and_then(|()| tmem_local::read_reply(&self.stream, Duration::from_secs(20)));
+        (r, self.stream)
     }
 }
 
@@ -69,22 +109,26 @@ fn a_burst_of_concurrent_hellos_never_exceeds_max_guests() {
         let n = 12;
         let gate = Arc::new(Barrier::new(n));
         let socket = dir.socket();
+        // Every peer is connected (its handshake thread waiting) before any hello is sent, so
+        // the hellos race each other inside the daemon.
         let tries: Vec<_> = (0..n as u32)
             .map(|i| {
                 let gate = gate.clone();
-                let socket = socket.clone();
+                let ready = ReadyHello::new(&socket, 100 + round * 100 + i);
                 std::thread::spawn(move || {
                     gate.wait();
-                    tmem_local::connect(&socket, &params(100 + round * 100 + i))
+                    ready.send()
                 })
             })
             .collect();
+        // The streams stay open (the admitted guest stays connected) until the check below.
         let results: Vec<_> = tries.into_iter().map(|t| t.join().unwrap()).collect();
-        let admitted = results.iter().filter(|r| r.is_ok()).count();
+        let admitted = results.iter().filter(|(r, _)| r.is_ok()).count();
         let refusals: Vec<String> = results
             .iter()
-            .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+            .filter_map(|(r, _)| r.as_ref().err().map(|e| e.to_string()))
             .collect();
+        eprintln!("round {round}: admitted {admitted}, refused {refusals:?}");
         assert!(
             admitted <= 1,
             "round {round}: {admitted} guests admitted beside the good one with max_guests 2; \
