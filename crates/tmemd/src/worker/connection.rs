@@ -150,3 +150,18 @@ impl GuestConn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_at_one_call_site_leaves_the_others_and_other_guests_their_lines() {
+        let mut noisy = GuestLog::new();
+        let mut quiet = GuestLog::new();
+        while noisy.refused.allow().is_some() {}
+        assert!(noisy.refused.allow().is_none(), "the flood is limited");
+        assert_eq!(noisy.garbage.allow(), Some(0), "the guest's other line");
+        assert_eq!(quiet.refused.allow(), Some(0), "another guest's same line");
+    }
+}
