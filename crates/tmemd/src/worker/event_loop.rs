@@ -292,6 +292,8 @@ impl Worker {
             self.remove(slot, End::Close);
             return Ok(0);
         }
+        #[cfg(test)]
+        super::tests::inject_outside(g);
         let store = &self.shared.store;
         let outcome = catch_unwind(AssertUnwindSafe(|| serve(store, g)));
         match outcome {

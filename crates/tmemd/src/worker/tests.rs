@@ -24,6 +24,14 @@ pub(crate) enum Fault {
     PoisonStore,
     /// A bug that hangs the worker while the flag is set.
     Hang(Arc<AtomicBool>),
+    /// A bug in the worker's own loop, outside any guest's serve step: the thread dies.
+    KillWorker,
+}
+
+pub(super) fn inject_outside(g: &GuestConn) {
+    if let Some(Fault::KillWorker) = g.fault {
+        panic!("test fault: a bug in the worker loop");
+    }
 }
 
 pub(super) fn inject(store: &Store, g: &mut GuestConn) {
@@ -34,6 +42,7 @@ pub(super) fn inject(store: &Store, g: &mut GuestConn) {
             store.poison_for_tests();
             panic!("test fault: a bug inside the store");
         }
+        Some(Fault::KillWorker) => {}
         Some(Fault::Hang(on)) => {
             while on.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(1));
@@ -345,4 +354,37 @@ fn an_idle_worker_keeps_beating_and_a_hung_one_goes_silent() {
     hang.store(false, Ordering::Relaxed);
     w.send(WorkerMsg::Shutdown).unwrap();
     join.join().unwrap();
+}
+
+#[test]
+fn a_worker_that_dies_releases_its_guests_and_is_noticed() {
+    let shared = shared();
+    let (w, join) = spawn(0, shared.clone(), Duration::from_micros(50)).unwrap();
+    let mut other = connect(&shared, &w, 1, None);
+    other.round_trip();
+    let _bad = connect(&shared, &w, 2, Some(Fault::KillWorker));
+    wait_for(
+        "the worker to be marked dead",
+        || !w.is_alive(),
+        || format!("connected {}", connected(&shared)),
+    );
+    assert!(join.join().is_err(), "the worker thread panicked");
+    // Both of its guests were released (detached, not left attached), slots given back.
+    wait_for(
+        "the dead worker's guests to be released",
+        || connected(&shared) == 0,
+        || format!("connected {}", connected(&shared)),
+    );
+    assert!(lock(&shared.guests).is_empty());
+    assert_eq!(
+        shared.store.attach_client(1, 1, "test"),
+        Ok((other.client, Attach::Reattached))
+    );
+    assert!(matches!(
+        w.send(WorkerMsg::Shutdown),
+        Err(WorkerGone(WorkerMsg::Shutdown))
+    ));
+    assert_eq!(pick_worker(std::slice::from_ref(&w)), None);
+    // Withdrawn from the watchdog: the daemon's own check (no live worker) stops it instead.
+    assert!(shared.health.check(Duration::from_millis(1)).is_ok());
 }
