@@ -209,6 +209,12 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             outcome = Err(DaemonError::EventLoop(e));
             break;
         }
+        // Before anything on this thread touches the store (control requests, expiry).
+        if let Err(e) = fail_stop(&shared, &workers) {
+            error!("{e}");
+            outcome = Err(e);
+            break;
+        }
         for ev in events.iter() {
             match ev.token() {
                 SIGNALS => {
@@ -297,11 +303,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 }
                 keep
             });
-        }
-        if let Err(e) = fail_stop(&shared, &workers) {
-            error!("{e}");
-            outcome = Err(e);
-            break;
         }
         if let Some(w) = watchdog.as_mut() {
             w.tick(now, &shared.health, &notifier);
