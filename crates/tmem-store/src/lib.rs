@@ -53,7 +53,7 @@ use hash::{IdState, KeyedState};
 use pagemap::PageMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 /// The store's handle for one guest domain instance.
 #[derive(
@@ -118,8 +118,15 @@ pub enum Attach {
 const NIL: u32 = u32::MAX;
 const EXTRA: u32 = 1 << 31;
 
+/// Take one of the store's locks. A lock poisoned by a panic in another thread is never
+/// recovered: that thread may have left the metadata half-updated (a frame both free and in a
+/// pool would hand one guest's page to another), so every later call panics too and the
+/// daemon stops (see [`Store::is_poisoned`]).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    match m.lock() {
+        Ok(g) => g,
+        Err(_) => panic!("the page store was poisoned by an earlier panic; it cannot be trusted"),
+    }
 }
 
 /// One node's list links and position: 16 bytes, so a node never straddles a cache line and
@@ -215,6 +222,8 @@ struct Client {
     instance: u64,
     name: String,
     attached: bool,
+    /// Bumped at every detach, so an expiry decided for one detach never hits a later one.
+    detach_epoch: u64,
     frozen: bool,
     weight: u32,
     cap: u64,
@@ -802,6 +811,7 @@ impl Store {
             instance,
             name: name.to_owned(),
             attached: true,
+            detach_epoch: 0,
             frozen: false,
             weight,
             cap: m.cfg.default_cap_pages,
@@ -817,11 +827,12 @@ impl Store {
     }
 
     /// Connection lost: drop the client's ephemeral pools and its uuid-less persistent pools,
-    /// leave its shared pools, keep persistent pools with a uuid for reattachment.
-    pub fn detach_client(&self, c: ClientId) {
+    /// leave its shared pools, keep persistent pools with a uuid for reattachment. Returns the
+    /// detach epoch to pass to [`Store::expire_detached`] when the grace period ends.
+    pub fn detach_client(&self, c: ClientId) -> u64 {
         let mut m = lock(&self.meta);
         let mut out = Vec::new();
-        let Ok(cl) = m.client(c) else { return };
+        let Ok(cl) = m.client(c) else { return 0 };
         let slots: Vec<(usize, Slot)> = cl
             .pools
             .iter()
@@ -841,11 +852,50 @@ impl Store {
                 close_pool_locked(&mut m, c, i as u32, &mut out);
             }
         }
+        let mut epoch = 0;
         if let Ok(cl) = m.client_mut(c) {
             cl.attached = false;
+            cl.detach_epoch += 1;
+            epoch = cl.detach_epoch;
         }
         drop(m);
         self.free_frames(&out);
+        epoch
+    }
+
+    /// The reattach grace period of detach `epoch` is over: destroy the client, but only if it
+    /// is still detached from that same detach. Decided under the store's lock, so a guest
+    /// reattaching as its grace expires keeps its persistent pools. Returns whether destroyed.
+    pub fn expire_detached(&self, c: ClientId, epoch: u64) -> bool {
+        let mut m = lock(&self.meta);
+        match m.client(c) {
+            Ok(cl) if !cl.attached && cl.detach_epoch == epoch => {}
+            _ => return false,
+        }
+        let mut out = Vec::new();
+        destroy_client_locked(&mut m, c, &mut out);
+        drop(m);
+        self.free_frames(&out);
+        true
+    }
+
+    /// Whether a panic inside the store has poisoned it: every later call would panic, so the
+    /// daemon must stop (and be restarted) instead of serving from possibly broken metadata.
+    pub fn is_poisoned(&self) -> bool {
+        self.meta.is_poisoned() || self.free.is_poisoned()
+    }
+
+    /// Poison the store as a panic inside it would (tests of the daemon's fail-stop only).
+    #[cfg(feature = "test-utils")]
+    pub fn poison_for_tests(&self) {
+        std::thread::scope(|s| {
+            let _ = s
+                .spawn(|| {
+                    let _held = lock(&self.meta);
+                    panic!("poisoning the store on purpose (test)");
+                })
+                .join();
+        });
     }
 
     /// Domain gone: drop everything of this client and leave its shared pools. Returns whether

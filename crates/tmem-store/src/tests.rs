@@ -646,3 +646,48 @@ fn local_identity_is_separate_and_cannot_be_taken_over() {
     assert_eq!(how, Attach::New);
     assert_ne!(x2, xen);
 }
+
+#[test]
+fn expiry_of_an_old_detach_never_destroys_a_reattached_client() {
+    let s = store_pages(16);
+    let (c, _) = s.attach_client(5, 100, "vm").unwrap();
+    let (p, _) = s.new_pool(c, U1, PP).unwrap();
+    s.put(c, p, key(1, 0), &page(1)).unwrap();
+    let first = s.detach_client(c);
+    // The guest reattaches just as the grace period of its first detach ends.
+    assert_eq!(s.attach_client(5, 100, "vm"), Ok((c, Attach::Reattached)));
+    assert!(!s.expire_detached(c, first), "an attached client expired");
+    assert_eq!(s.new_pool(c, U1, PP), Ok((p, true)));
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(page(1))));
+    // It leaves again: the expiry of the first detach is stale, only the new one counts.
+    let second = s.detach_client(c);
+    assert_ne!(first, second);
+    assert!(!s.expire_detached(c, first), "a stale detach epoch expired");
+    assert!(s.expire_detached(c, second));
+    assert_eq!(s.client_by_domid(5), None);
+    assert_eq!(s.stats().global.pages, 0);
+}
+
+#[test]
+fn a_poisoned_store_fails_stop_instead_of_recovering() {
+    let s = store_pages(16);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    assert!(!s.is_poisoned());
+    std::thread::scope(|t| {
+        let _ = t
+            .spawn(|| {
+                let _held = s.meta.lock();
+                panic!("a bug in the middle of a metadata update");
+            })
+            .join();
+    });
+    assert!(s.is_poisoned());
+    let later = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        s.put(c, p, key(1, 0), &page(1))
+    }));
+    assert!(
+        later.is_err(),
+        "a call on a poisoned store went on: {later:?}"
+    );
+}

@@ -481,27 +481,20 @@ impl Evtchn {
     }
 
     /// Take every pending port (without blocking) and unmask each again. Returns how many.
-    pub fn drain(&self, mut on_port: impl FnMut(u32)) -> std::io::Result<usize> {
-        use std::io::{Read, Write};
-        let mut n = 0;
-        let mut buf = [0u8; 4 * 64];
-        loop {
-            match (&self.file).read(&mut buf) {
-                Ok(0) => return Ok(n),
-                Ok(len) => {
-                    let len = len - len % 4;
-                    for c in buf[..len].chunks_exact(4) {
-                        on_port(u32::from_ne_bytes(c.try_into().expect("4 bytes")));
-                    }
-                    // Unmask what we took; errors (an unbound port) are harmless.
-                    let _ = (&self.file).write(&buf[..len]);
-                    n += len / 4;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(n),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+    /// Unbounded: for a frontend waiting on its own port. A backend serving guests uses
+    /// [`Evtchn::drain_bounded`], so a guest kicking in a loop cannot keep it here.
+    pub fn drain(&self, on_port: impl FnMut(u32)) -> std::io::Result<usize> {
+        Ok(drain_ports(&self.file, usize::MAX, on_port)?.ports)
+    }
+
+    /// Take at most about `max_ports` pending ports (without blocking) and unmask them; more
+    /// may be pending when `more` is set: call again on the next round.
+    pub fn drain_bounded(
+        &self,
+        max_ports: usize,
+        on_port: impl FnMut(u32),
+    ) -> std::io::Result<Drained> {
+        drain_ports(&self.file, max_ports, on_port)
     }
 
     /// Wait up to `timeout` for any port to fire; drains and unmasks. True if one fired.
@@ -513,6 +506,63 @@ impl Evtchn {
         Ok(self.drain(|_| {})? > 0)
     }
 }
+
+/// What one bounded drain of an event-channel file took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    pub ports: usize,
+    /// The bound was reached before the file ran dry.
+    pub more: bool,
+}
+
+/// Read fired ports from an evtchn file (4 bytes each) and write them back to unmask them,
+/// until it has none (`WouldBlock`) or `max_ports` were taken. Each read takes up to
+/// [`PORTS_PER_READ`] ports, so the bound is exceeded by less than one read.
+fn drain_ports<F>(
+    mut file: F,
+    max_ports: usize,
+    mut on_port: impl FnMut(u32),
+) -> std::io::Result<Drained>
+where
+    F: std::io::Read + std::io::Write,
+{
+    let mut n = 0;
+    let mut buf = [0u8; 4 * PORTS_PER_READ];
+    while n < max_ports {
+        match file.read(&mut buf) {
+            Ok(0) => {
+                return Ok(Drained {
+                    ports: n,
+                    more: false,
+                })
+            }
+            Ok(len) => {
+                let len = len - len % 4;
+                for c in buf[..len].chunks_exact(4) {
+                    on_port(u32::from_ne_bytes(c.try_into().expect("4 bytes")));
+                }
+                // Unmask what we took; errors (an unbound port) are harmless.
+                let _ = file.write(&buf[..len]);
+                n += len / 4;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                return Ok(Drained {
+                    ports: n,
+                    more: false,
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Drained {
+        ports: n,
+        more: true,
+    })
+}
+
+/// Ports taken by one read of an evtchn file.
+const PORTS_PER_READ: usize = 64;
 
 /// A port bound on a shared [`Evtchn`]; unbound on drop.
 #[derive(Debug)]
@@ -536,4 +586,84 @@ impl Drop for BoundPort {
 /// Whether a path exists (used by the probe).
 pub fn exists(p: &str) -> bool {
     Path::new(p).exists()
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+
+    /// An evtchn file whose guest re-fires its port as soon as it is unmasked, forever.
+    struct KickingGuest {
+        reads: usize,
+        unmasked: usize,
+    }
+
+    impl std::io::Read for KickingGuest {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.reads += 1;
+            let len = buf.len() - buf.len() % 4;
+            for c in buf[..len].chunks_exact_mut(4) {
+                c.copy_from_slice(&7u32.to_ne_bytes());
+            }
+            Ok(len)
+        }
+    }
+
+    impl std::io::Write for KickingGuest {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.unmasked += buf.len() / 4;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_port_firing_forever_is_drained_only_up_to_the_bound() {
+        let mut guest = KickingGuest {
+            reads: 0,
+            unmasked: 0,
+        };
+        let mut seen = 0;
+        let d = drain_ports(&mut guest, 256, |p| {
+            assert_eq!(p, 7);
+            seen += 1;
+        })
+        .unwrap();
+        assert!(d.more, "{d:?}");
+        assert!(
+            (256..256 + PORTS_PER_READ).contains(&d.ports),
+            "took {} ports",
+            d.ports
+        );
+        assert_eq!(seen, d.ports);
+        assert_eq!(guest.unmasked, d.ports, "every port taken is unmasked");
+    }
+
+    #[test]
+    fn an_empty_file_ends_the_drain_with_nothing_more() {
+        struct Quiet;
+        impl std::io::Read for Quiet {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(ErrorKind::WouldBlock.into())
+            }
+        }
+        impl std::io::Write for Quiet {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let d = drain_ports(Quiet, 256, |_| panic!("no port fired")).unwrap();
+        assert_eq!(
+            d,
+            Drained {
+                ports: 0,
+                more: false
+            }
+        );
+    }
 }

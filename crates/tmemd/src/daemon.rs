@@ -10,8 +10,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -24,8 +23,10 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::control::{self, ControlConn};
 use crate::handshake::{raise_fd_limit, Admission};
+use crate::health::Health;
+use crate::ratelimit::RateLimiter;
 use crate::sdnotify::Notifier;
-use crate::worker::{self, lock, Shared, WorkerMsg};
+use crate::worker::{self, Shared, WorkerHandle, WorkerMsg};
 
 const GUEST_LISTENER: Token = Token(0);
 const CONTROL_LISTENER: Token = Token(1);
@@ -48,6 +49,18 @@ pub enum DaemonError {
     Poll(std::io::Error),
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
+    #[error("the main event loop failed: {0}; tmemd stops so that it can be restarted")]
+    EventLoop(std::io::Error),
+    #[error(
+        "a panic inside the page store left it untrustworthy; tmemd stops so that it can be \
+         restarted (the panic is in the log above)"
+    )]
+    StorePoisoned,
+    #[error(
+        "every worker thread has ended; tmemd stops so that it can be restarted (the reason \
+         is in the log above)"
+    )]
+    NoWorkers,
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
@@ -75,12 +88,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .set_nonblocking(true)
         .map_err(DaemonError::Poll)?;
 
-    let shared = Arc::new(Shared {
-        store: Store::new(config.store.clone()),
-        guests: Mutex::new(HashMap::new()),
-        detached: Mutex::new(HashMap::new()),
-        connected: AtomicU32::new(0),
-    });
+    let shared = Arc::new(Shared::new(Store::new(config.store.clone())));
     if config.prefault {
         // Pages faulted in on the put path would cost each put ~10 µs; do it now, beside
         // serving (a put that needs a chunk still being faulted waits for that chunk only).
@@ -134,7 +142,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(DaemonError::Poll)?;
 
     let notifier = Notifier::from_env();
-    let watchdog = Notifier::watchdog_interval().map(|d| d / 2);
+    let mut watchdog = Notifier::watchdog_interval().map(Watchdog::new);
     let started = Instant::now();
     let admission = Admission::new(
         shared.clone(),
@@ -190,13 +198,20 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let mut controls: HashMap<usize, ControlConn> = HashMap::new();
     let mut next_control = FIRST_CONTROL;
     let mut last_housekeeping = Instant::now();
-    let mut last_watchdog = Instant::now();
+    let mut outcome = Ok(());
     'serve: loop {
         if let Err(e) = poll.poll(&mut events, Some(HOUSEKEEPING)) {
             if e.kind() == ErrorKind::Interrupted {
                 continue;
             }
             error!("event loop failed: {e}");
+            outcome = Err(DaemonError::EventLoop(e));
+            break;
+        }
+        // Before anything on this thread touches the store (control requests, expiry).
+        if let Err(e) = fail_stop(&shared, &workers) {
+            error!("{e}");
+            outcome = Err(e);
             break;
         }
         for ev in events.iter() {
@@ -264,7 +279,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             if let Some(x) = xen.as_mut() {
                 x.housekeeping();
             }
-            expire_detached(&shared, config.reattach_grace);
+            shared.expire_detached(config.reattach_grace);
             controls.retain(|_, c| {
                 let keep = !c.idle_too_long(now);
                 if !keep {
@@ -273,52 +288,99 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 keep
             });
         }
-        if let Some(interval) = watchdog {
-            if now.duration_since(last_watchdog) >= interval {
-                last_watchdog = now;
-                notifier.notify("WATCHDOG=1");
-            }
+        if let Some(w) = watchdog.as_mut() {
+            w.tick(now, &shared.health, &notifier);
         }
     }
 
     notifier.notify("STOPPING=1");
+    let poisoned = shared.store.is_poisoned();
     if let Some(x) = xen.as_mut() {
-        x.shutdown();
+        // Tearing Xen guests down detaches them in the store: not once it is poisoned.
+        if !poisoned {
+            x.shutdown();
+        }
     }
     for w in workers.iter() {
-        w.send(WorkerMsg::Shutdown);
+        // A worker that has ended needs no message.
+        let _ = w.send(WorkerMsg::Shutdown);
     }
-    for j in joins {
-        let _ = j.join();
+    for (i, j) in joins.into_iter().enumerate() {
+        if j.join().is_err() {
+            error!("worker {i} ended with a panic");
+        }
     }
     let _ = std::fs::remove_file(&config.socket);
     let _ = std::fs::remove_file(&config.control_socket);
-    info!("tmemd stopped");
+    match &outcome {
+        Ok(()) => info!("tmemd stopped"),
+        Err(_) => error!("tmemd stopped on an error"),
+    }
+    outcome
+}
+
+/// Conditions under which tmemd must stop (non-zero) rather than go on: systemd restarts it.
+fn fail_stop(shared: &Shared, workers: &[WorkerHandle]) -> Result<(), DaemonError> {
+    if shared.store.is_poisoned() {
+        return Err(DaemonError::StorePoisoned);
+    }
+    if !workers.iter().any(WorkerHandle::is_alive) {
+        return Err(DaemonError::NoWorkers);
+    }
     Ok(())
 }
 
-/// Destroy clients whose connection has been gone longer than the grace period.
-fn expire_detached(shared: &Shared, grace: Duration) {
-    let now = Instant::now();
-    let expired: Vec<_> = {
-        let mut d = lock(&shared.detached);
-        let expired: Vec<_> = d
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= grace)
-            .map(|(c, _)| *c)
-            .collect();
-        for c in &expired {
-            d.remove(c);
+/// The longest any thread may go without a heartbeat before the watchdog stops being fed.
+/// Idle workers beat every [`worker::IDLE_BEAT`]; this leaves room for a loaded machine.
+const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Feeds systemd's watchdog (`WATCHDOG=1` at half its interval), but only while every
+/// worker and the Xen control plane have shown progress recently: a hung thread then gets
+/// tmemd restarted instead of hiding behind a main thread that still runs.
+#[derive(Debug)]
+struct Watchdog {
+    every: Duration,
+    max_age: Duration,
+    last: Option<Instant>,
+    log: RateLimiter,
+}
+
+impl Watchdog {
+    fn new(interval: Duration) -> Watchdog {
+        Watchdog {
+            every: interval / 2,
+            // A silent thread must stop the feeding well within systemd's interval, but a
+            // healthy idle one beats only once a second.
+            max_age: HEARTBEAT_MAX_AGE.min(interval.max(worker::IDLE_BEAT * 3)),
+            last: None,
+            log: RateLimiter::new(1, Duration::from_secs(10)),
         }
-        expired
-    };
-    for c in expired {
-        // A client that reattached in the meantime is connected again: leave it.
-        if lock(&shared.guests).contains_key(&c) {
-            continue;
+    }
+
+    /// Called every main-loop round; returns whether it fed the watchdog now.
+    fn tick(&mut self, now: Instant, health: &Health, notifier: &Notifier) -> bool {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.every)
+        {
+            return false;
         }
-        if shared.store.destroy_client(c) {
-            info!(client = c.0, "reattach grace period over; client destroyed");
+        match health.check(self.max_age) {
+            Ok(()) => {
+                self.last = Some(now);
+                notifier.notify("WATCHDOG=1");
+                true
+            }
+            Err(silent) => {
+                if let Some(suppressed) = self.log.allow() {
+                    error!(
+                        suppressed,
+                        "not feeding the systemd watchdog: no progress from {silent}; \
+                         systemd will restart tmemd if this lasts"
+                    );
+                }
+                false
+            }
         }
     }
 }
@@ -397,4 +459,126 @@ pub fn read_some(
         }
     }
     Ok(Some(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::tests::{connect, shared, Fault};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::os::unix::net::UnixDatagram;
+
+    /// systemd's side of the notify socket.
+    struct FakeSystemd {
+        socket: UnixDatagram,
+        dir: PathBuf,
+    }
+
+    impl FakeSystemd {
+        fn new() -> FakeSystemd {
+            let dir = std::env::temp_dir().join(format!(
+                "tmemd-watchdog-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let socket = UnixDatagram::bind(dir.join("notify")).unwrap();
+            socket.set_nonblocking(true).unwrap();
+            FakeSystemd { socket, dir }
+        }
+        fn notifier(&self) -> Notifier {
+            Notifier::to_path(&self.dir.join("notify"))
+        }
+        /// Every notification received so far.
+        fn received(&self) -> Vec<String> {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 256];
+            while let Ok(n) = self.socket.recv(&mut buf) {
+                out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            out
+        }
+    }
+
+    impl Drop for FakeSystemd {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Run the main loop's watchdog tick for `how_long`; returns what systemd received.
+    fn run_watchdog(
+        wd: &mut Watchdog,
+        health: &Health,
+        sd: &FakeSystemd,
+        how_long: Duration,
+    ) -> Vec<String> {
+        let n = sd.notifier();
+        let end = Instant::now() + how_long;
+        let mut got = Vec::new();
+        while Instant::now() < end {
+            wd.tick(Instant::now(), health, &n);
+            got.extend(sd.received());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        got
+    }
+
+    #[test]
+    fn the_watchdog_is_fed_while_workers_beat_and_starves_when_one_hangs() {
+        let shared = shared();
+        let (w, join) = worker::spawn(0, shared.clone(), Duration::from_micros(50)).unwrap();
+        let sd = FakeSystemd::new();
+        let mut wd = Watchdog::new(Duration::from_millis(200));
+        wd.max_age = worker::IDLE_BEAT * 2;
+        // Healthy and idle: WATCHDOG=1 keeps arriving (every 100 ms).
+        let fed = run_watchdog(&mut wd, &shared.health, &sd, worker::IDLE_BEAT * 3);
+        assert!(
+            fed.len() >= 10 && fed.iter().all(|m| m == "WATCHDOG=1"),
+            "healthy daemon sent {fed:?}"
+        );
+        // The worker hangs while serving a guest: once its heartbeat is stale, no more.
+        let hang = Arc::new(AtomicBool::new(true));
+        let _g = connect(&shared, &w, 3, Some(Fault::Hang(hang.clone())));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while shared.health.check(wd.max_age).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the hung worker still looks alive"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sd.received();
+        let fed = run_watchdog(&mut wd, &shared.health, &sd, Duration::from_secs(1));
+        assert!(
+            fed.is_empty(),
+            "a hung worker still fed the watchdog: {fed:?}"
+        );
+        // It recovers: feeding resumes.
+        hang.store(false, Ordering::Relaxed);
+        let fed = run_watchdog(&mut wd, &shared.health, &sd, Duration::from_secs(1));
+        assert!(!fed.is_empty(), "feeding did not resume");
+        w.send(WorkerMsg::Shutdown).unwrap();
+        join.join().unwrap();
+    }
+
+    #[test]
+    fn a_poisoned_store_or_no_live_worker_stops_the_daemon() {
+        let shared = shared();
+        let (w, join) = worker::spawn(0, shared.clone(), Duration::from_micros(50)).unwrap();
+        let workers = vec![w];
+        assert!(fail_stop(&shared, &workers).is_ok());
+        workers[0].send(WorkerMsg::Shutdown).unwrap();
+        join.join().unwrap();
+        assert!(matches!(
+            fail_stop(&shared, &workers),
+            Err(DaemonError::NoWorkers)
+        ));
+        shared.store.poison_for_tests();
+        assert!(matches!(
+            fail_stop(&shared, &workers),
+            Err(DaemonError::StorePoisoned)
+        ));
+    }
 }

@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::ratelimit::RateLimiter;
 use crate::sync::lock;
-use crate::worker::{GuestConn, GuestHandle, Shared, WorkerHandle, WorkerMsg};
+use crate::worker::{self, End, GuestConn, GuestHandle, Shared, WorkerHandle, WorkerMsg};
 
 /// Connections waiting for their hello, in all.
 pub const MAX_WAITING: usize = 32;
@@ -293,15 +293,16 @@ impl Inner {
         };
         let instance = hello.instance;
         let max_guests = self.max_guests;
-        if shared.connected.load(Ordering::Acquire) >= max_guests {
-            let r = temporary(
-                libc::EAGAIN,
-                format!("tmemd already serves its maximum of {max_guests} guests; retry later"),
-            );
-            self.log.refusal("max-guests", uid, &r);
-            pending.refuse(&r);
-            return;
-        }
+        // Checked and taken in one step; given back on every path that does not register.
+        let slot = match shared.reserve(max_guests) {
+            Ok(slot) => slot,
+            Err(full) => {
+                let r = temporary(libc::EAGAIN, format!("{full}; retry later"));
+                self.log.refusal("max-guests", uid, &r);
+                pending.refuse(&r);
+                return;
+            }
+        };
         let name = hello.name.clone();
         let (client, attach) = match shared.store.attach(identity, instance, &name) {
             Ok(r) => r,
@@ -318,14 +319,12 @@ impl Inner {
                 return;
             }
         };
-        lock(&shared.detached).remove(&client);
+        shared.attached(client);
         let guest = match pending.accept(client.0) {
             Ok(g) => g,
             Err(e) => {
                 debug!(%identity, "guest went away during handshake: {e}");
-                shared.store.detach_client(client);
-                lock(&shared.detached).insert(client, Instant::now());
-                return;
+                return shared.release(client, End::Detach);
             }
         };
         let kill = Arc::new(AtomicBool::new(false));
@@ -334,30 +333,29 @@ impl Inner {
             Err(e) => {
                 self.log
                     .warn("ring", uid, &format!("{identity}: ring unusable: {e}"));
-                shared.store.detach_client(client);
-                lock(&shared.detached).insert(client, Instant::now());
-                return;
+                return shared.release(client, End::Detach);
             }
         };
-        let Some((index, worker)) = self
-            .workers
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, w)| w.load.load(Ordering::Relaxed))
-        else {
-            return;
+        let Some(index) = worker::pick_worker(&self.workers) else {
+            self.log
+                .warn("no-worker", uid, "no worker thread is left to serve a guest");
+            return shared.release(client, End::Detach);
         };
         debug!(%identity, ?attach, worker = index, "handing guest to worker");
-        shared.connected.fetch_add(1, Ordering::AcqRel);
-        lock(&shared.guests).insert(
-            client,
-            GuestHandle {
-                kill,
-                worker: index,
-                domid: identity_label(identity),
-            },
-        );
-        worker.send(WorkerMsg::Add(Box::new(conn)));
+        let handle = GuestHandle {
+            kill,
+            worker: index,
+            domid: identity_label(identity),
+        };
+        shared.register(slot, client, handle);
+        if self.workers[index]
+            .send(WorkerMsg::Add(Box::new(conn)))
+            .is_err()
+        {
+            self.log
+                .warn("no-worker", uid, "the guest's worker thread has ended; disconnecting it");
+            shared.release(client, End::Detach);
+        }
     }
 }
 

@@ -22,9 +22,16 @@ impl Notifier {
             } else {
                 std::os::unix::net::SocketAddr::from_pathname(&path).ok()?
             };
-            let sock = UnixDatagram::unbound().ok()?;
-            Some((sock, addr))
+            Some((unbound_nonblocking()?, addr))
         });
+        Notifier { socket }
+    }
+
+    /// A notifier for the datagram socket at `path` (tests play systemd with one).
+    pub fn to_path(path: &std::path::Path) -> Notifier {
+        let socket = std::os::unix::net::SocketAddr::from_pathname(path)
+            .ok()
+            .and_then(|addr| Some((unbound_nonblocking()?, addr)));
         Notifier { socket }
     }
 
@@ -45,6 +52,14 @@ impl Notifier {
         }
         (usec > 0).then(|| Duration::from_micros(usec))
     }
+}
+
+/// The sending socket. Non-blocking: a notify socket whose queue is full (systemd busy, or
+/// a test not reading) must never stall the main loop; the notification is then dropped.
+fn unbound_nonblocking() -> Option<UnixDatagram> {
+    let sock = UnixDatagram::unbound().ok()?;
+    sock.set_nonblocking(true).ok()?;
+    Some(sock)
 }
 
 #[cfg(test)]

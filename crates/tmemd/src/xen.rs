@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::ratelimit::RateLimiter;
-use crate::worker::{lock, GuestConn, GuestHandle, Shared, WorkerHandle, WorkerMsg};
+use crate::worker::{self, lock, End, GuestConn, GuestHandle, Shared, WorkerHandle, WorkerMsg};
 
 /// This daemon's domain (the backend always lives in dom0).
 const BACKEND_DOMID: u32 = 0;
@@ -518,12 +518,10 @@ impl XenBackend {
 
     /// Map, bind, attach and hand to a worker. On error everything taken is released.
     fn attach(&mut self, d: u32, keys: FrontendKeys) -> Result<Live, String> {
-        if self.shared.connected.load(Ordering::Acquire) >= self.max_guests {
-            return Err(format!(
-                "tmemd already serves its maximum of {} guests",
-                self.max_guests
-            ));
-        }
+        let slot = self
+            .shared
+            .reserve(self.max_guests)
+            .map_err(|full| full.to_string())?;
         let gntdev = self
             .gntdev
             .clone()
@@ -546,12 +544,8 @@ impl XenBackend {
             ring_pages: keys.ring_pages(),
             data_slots: keys.data_pages,
         };
-        let (worker, _) = self
-            .workers
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, w)| w.load.load(Ordering::Relaxed))
-            .expect("at least one worker");
+        let worker = worker::pick_worker(&self.workers)
+            .ok_or_else(|| "no worker thread is left to serve the guest".to_string())?;
         let evtchn = self.evtchns[worker].clone();
         let local = evtchn
             .bind_interdomain(d, keys.event_channel)
@@ -570,27 +564,29 @@ impl XenBackend {
             .store
             .attach_client(d, keys.instance, &name)
             .map_err(|e| format!("cannot attach a store client: {e}"))?;
-        lock(&self.shared.detached).remove(&client);
+        self.shared.attached(client);
         let kill = Arc::new(AtomicBool::new(false));
         let conn = match GuestConn::from_xen(client, d, name, mem, layout, port, kill.clone()) {
             Ok(c) => c,
             Err(e) => {
-                self.shared.store.detach_client(client);
-                lock(&self.shared.detached).insert(client, Instant::now());
+                self.shared.release(client, End::Detach);
                 return Err(format!("ring unusable: {e}"));
             }
         };
         debug!(domid = d, ?attach, worker, "handing Xen guest to worker");
-        self.shared.connected.fetch_add(1, Ordering::AcqRel);
-        lock(&self.shared.guests).insert(
-            client,
-            GuestHandle {
-                kill: kill.clone(),
-                worker,
-                domid: d,
-            },
-        );
-        self.workers[worker].send(WorkerMsg::Add(Box::new(conn)));
+        let handle = GuestHandle {
+            kill: kill.clone(),
+            worker,
+            domid: d,
+        };
+        self.shared.register(slot, client, handle);
+        if self.workers[worker]
+            .send(WorkerMsg::Add(Box::new(conn)))
+            .is_err()
+        {
+            self.shared.release(client, End::Detach);
+            return Err("the guest's worker thread has ended".into());
+        }
         Ok(Live {
             client,
             kill,
@@ -618,8 +614,7 @@ impl XenBackend {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.shared.store.detach_client(live.client);
-        lock(&self.shared.detached).insert(live.client, Instant::now());
+        self.shared.release(live.client, End::Detach);
         info!(
             domid = d,
             client = live.client.0,
@@ -646,9 +641,6 @@ impl XenBackend {
 mod tests {
     use super::*;
     use crate::config::{Args, FileConfig};
-    use std::collections::HashMap;
-    use std::sync::atomic::AtomicU32;
-    use std::sync::Mutex;
     use tmem_xen::fake::FakeXenstore;
 
     fn until(x: &mut XenBackend, what: &str, mut cond: impl FnMut() -> bool) {
@@ -675,12 +667,7 @@ mod tests {
         fx.write(&format!("{be3}/state"), "4");
 
         let config = Config::merge(Args::default(), FileConfig::default()).unwrap();
-        let shared = Arc::new(Shared {
-            store: tmem_store::Store::new(config.store.clone()),
-            guests: Mutex::new(HashMap::new()),
-            detached: Mutex::new(HashMap::new()),
-            connected: AtomicU32::new(0),
-        });
+        let shared = Arc::new(Shared::new(tmem_store::Store::new(config.store.clone())));
         let (w, join) = crate::worker::spawn(0, shared.clone(), Duration::from_micros(50)).unwrap();
         let workers = Arc::new(vec![w]);
         let (xs, _srv) = fx.connect();
@@ -791,7 +778,7 @@ mod tests {
             fx.read(&format!("{be4}/error")).as_deref(),
             Some("tmemd stopped")
         );
-        workers[0].send(WorkerMsg::Shutdown);
+        workers[0].send(WorkerMsg::Shutdown).unwrap();
         join.join().unwrap();
     }
 

@@ -1,0 +1,98 @@
+//! Serving one guest's ring: take a bounded batch of validated requests, carry each out
+//! against the store, answer, and notify the guest.
+
+use tmem_abi::{rsp_flags, status, Request};
+use tmem_ring::{BackendRing, Incoming};
+use tmem_store::{ClientId, Store};
+use tracing::warn;
+
+use super::connection::{GuestConn, GuestMem, Link};
+
+/// Requests taken from one guest's ring before the worker turns to the next guest.
+pub const BATCH: usize = 64;
+/// Responses are published (and the guest notified, if it sleeps) at least this often.
+const PUBLISH_EVERY: usize = 16;
+
+/// Serve up to [`BATCH`] requests of one guest. An error means: disconnect this guest.
+pub(super) fn serve(store: &Store, g: &mut GuestConn) -> Result<usize, String> {
+    #[cfg(test)]
+    super::tests::inject(store, g);
+    g.batch.clear();
+    g.ring
+        .next_batch(BATCH, &mut g.batch)
+        .map_err(|e| format!("ring protocol violation: {e}"))?;
+    let n = g.batch.len();
+    if n == 0 {
+        return Ok(0);
+    }
+    for i in 0..n {
+        let Incoming { id, req } = g.batch[i];
+        let (status, flags) = match req {
+            Ok(req) => execute(store, g.client, &mut g.ring, req),
+            Err(refusal) => {
+                if let Some(suppressed) = g.log.refused.allow() {
+                    warn!(domid = g.domid, suppressed, "refused request: {refusal}");
+                }
+                (refusal.status(), 0)
+            }
+        };
+        g.ring
+            .push_response(id, status, flags)
+            .map_err(|e| format!("cannot answer request: {e}"))?;
+        // Publish in small groups, not once per batch: a guest polling for its first answers
+        // can consume them and refill the ring while we work on the rest.
+        if (i + 1) % PUBLISH_EVERY == 0 || i + 1 == n {
+            publish(g)?;
+        }
+    }
+    Ok(n)
+}
+
+/// Make pushed responses visible, and notify the guest if it asked to be woken.
+fn publish(g: &mut GuestConn) -> Result<(), String> {
+    if g.ring.publish() {
+        match &g.link {
+            Link::Local { stream, .. } => {
+                tmem_local::notify_peer(stream).map_err(|e| format!("cannot notify guest: {e}"))?
+            }
+            Link::Xen { port } => port
+                .notify()
+                .map_err(|e| format!("cannot notify guest's event channel: {e}"))?,
+        }
+    }
+    Ok(())
+}
+
+/// Carry out one validated request against the store; returns (status, response flags).
+fn execute(
+    store: &Store,
+    client: ClientId,
+    ring: &mut BackendRing<GuestMem>,
+    req: Request,
+) -> (i32, u32) {
+    let result = match req {
+        Request::NewPool { uuid, kind } => {
+            return match store.new_pool(client, uuid, kind) {
+                Ok((pool, reattached)) => (
+                    pool as i32,
+                    if reattached { rsp_flags::REATTACHED } else { 0 },
+                ),
+                Err(e) => (e.status(), 0),
+            }
+        }
+        Request::DestroyPool { pool } => store.destroy_pool(client, pool).map(i32::from),
+        Request::Put { pool, key, slot } => store
+            .put(client, pool, key, &ring.slot_source(slot))
+            .map(|()| status::SUCCESS),
+        Request::Get { pool, key, slot } => store
+            .get(client, pool, key, &mut ring.slot_sink(slot))
+            .map(|hit| if hit { status::SUCCESS } else { status::MISS }),
+        Request::FlushPage { pool, key } => store
+            .flush_page(client, pool, key)
+            .map(|()| status::SUCCESS),
+        Request::FlushObject { pool, oid } => store
+            .flush_object(client, pool, oid)
+            .map(|()| status::SUCCESS),
+    };
+    (result.unwrap_or_else(|e| e.status()), 0)
+}
