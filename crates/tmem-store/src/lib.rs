@@ -41,6 +41,7 @@
 mod frames;
 mod hash;
 mod pagemap;
+mod reap;
 mod stats;
 
 pub use stats::{ClientStats, GlobalStats, PoolCounters, PoolStats, SharedPoolStats, StoreStats};
@@ -49,7 +50,8 @@ pub use tmem_abi::{Oid, Page, PageKey, PageSink, PageSource, PoolKind, TmemError
 use frames::{is_zero, Frames};
 use hash::{IdState, KeyedState};
 use pagemap::PageMap;
-use std::collections::HashMap;
+use reap::{Reap, HELP_REAP, REAP_CHUNK};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -75,6 +77,20 @@ pub struct StoreConfig {
     pub default_cap_pages: u64,
     /// Eviction weight given to new clients and to shared pools (default 1).
     pub default_weight: u32,
+    /// Share of the memory limit, in percent, that one client may pin in persistent pages
+    /// (never evicted) unless an administrator sets its cap; 0 = no such limit (default 25).
+    pub default_persistent_share_percent: u32,
+}
+
+impl StoreConfig {
+    /// Persistent pages one client may hold by default (0 = no limit).
+    pub fn persistent_share_pages(&self) -> u64 {
+        let frames = self.mem_limit_bytes / PAGE_SIZE as u64;
+        match self.default_persistent_share_percent.min(100) {
+            0 => 0,
+            pct => (frames * pct as u64 / 100).max(1),
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -86,6 +102,7 @@ impl Default for StoreConfig {
             max_auth_per_domain: 64,
             default_cap_pages: 0,
             default_weight: 1,
+            default_persistent_share_percent: 25,
         }
     }
 }
@@ -152,6 +169,8 @@ struct Obj {
     pool: u32,
     oid: Oid,
     pages: PageMap,
+    /// Unlinked and being emptied by a reap job, which frees the slot at the end.
+    reaping: bool,
 }
 
 #[derive(Debug)]
@@ -173,6 +192,9 @@ struct Account {
     head: u32,
     eph: u64,
     weight: u32,
+    /// Its owner is gone; freed once its last ephemeral page is (pages being reaped still
+    /// sit on its list).
+    closed: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -206,7 +228,19 @@ struct Client {
     pools: Vec<Option<Slot>>,
     account: u32,
     pages: u64,
+    /// Pages in its private persistent pools (zero pages included).
+    pers_pages: u64,
+    /// Limit on `pers_pages` (0 = none): the default share until an administrator sets a cap.
+    pers_cap: u64,
     c: ClientCounters,
+}
+
+impl Client {
+    /// Whether one more page in a private pool would take this client over a limit.
+    fn at_limit(&self, persistent: bool) -> bool {
+        (self.cap != 0 && self.pages >= self.cap)
+            || (persistent && self.pers_cap != 0 && self.pers_pages >= self.pers_cap)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -246,6 +280,10 @@ struct Meta {
     obj_hash: KeyedState,
     objs: Vec<Option<Obj>>,
     obj_free: Vec<u32>,
+    /// Heap bytes of all objects' page maps, kept as they change so stats need no walk.
+    obj_heap_bytes: u64,
+    /// Destroyed pools and flushed objects whose pages are still to be freed.
+    reap: VecDeque<Reap>,
     accounts: Vec<Option<Account>>,
     acct_free: Vec<u32>,
     dl: Links,
@@ -354,6 +392,7 @@ impl Meta {
             head,
             eph: 0,
             weight,
+            closed: false,
         };
         if let Some(i) = self.acct_free.pop() {
             self.accounts[i as usize] = Some(a);
@@ -363,8 +402,16 @@ impl Meta {
             (self.accounts.len() - 1) as u32
         }
     }
+    /// Free account `a` now if its list is empty, else when its last ephemeral page goes.
     fn free_account(&mut self, a: u32) {
-        if let Some(acc) = self.accounts.get_mut(a as usize).and_then(Option::take) {
+        let Some(Some(acc)) = self.accounts.get_mut(a as usize) else {
+            return;
+        };
+        if acc.eph > 0 {
+            acc.closed = true;
+            return;
+        }
+        if let Some(acc) = self.accounts[a as usize].take() {
             self.free_extra(acc.head);
             self.acct_free.push(a);
         }
@@ -415,6 +462,7 @@ impl Meta {
                     pool: gid,
                     oid: key.oid,
                     pages: PageMap::default(),
+                    reaping: false,
                 };
                 let slot = if let Some(s) = self.obj_free.pop() {
                     self.objs[s as usize] = Some(o);
@@ -433,7 +481,9 @@ impl Meta {
             }
         };
         if let Some(o) = self.objs[obj as usize].as_mut() {
+            let before = o.pages.heap_bytes();
             o.pages.insert(key.index, node);
+            self.obj_heap_bytes = self.obj_heap_bytes + o.pages.heap_bytes() - before;
         }
         {
             let (l, i) = self.lm(node);
@@ -447,6 +497,9 @@ impl Meta {
         if let Some(o) = owner {
             if let Some(cl) = self.clients.get_mut(&o) {
                 cl.pages += 1;
+                if kind.is_persistent() {
+                    cl.pers_pages += 1;
+                }
             }
         }
         if node & EXTRA != 0 {
@@ -485,24 +538,18 @@ impl Meta {
             let (l, i) = self.l(node);
             l.n[i].index
         };
-        let gid = match self.objs[obj as usize].as_mut() {
+        let (gid, obj_empty) = match self.objs[obj as usize].as_mut() {
             Some(o) => {
+                // A reaped object's map was taken by its job: nothing to remove there.
+                let before = o.pages.heap_bytes();
                 o.pages.remove(index);
-                o.pool
+                self.obj_heap_bytes = self.obj_heap_bytes + o.pages.heap_bytes() - before;
+                (o.pool, o.pages.is_empty() && !o.reaping)
             }
             None => return None,
         };
-        let obj_empty = self.objs[obj as usize]
-            .as_ref()
-            .is_some_and(|o| o.pages.is_empty());
         if obj_empty {
-            if let Some(o) = self.objs[obj as usize].take() {
-                let p = self.pool_mut(gid);
-                p.objs.remove(&o.oid);
-                p.c.objects -= 1;
-                self.g.objects -= 1;
-                self.obj_free.push(obj);
-            }
+            self.free_object(obj);
         }
         let p = self.pool_mut(gid);
         p.c.pages -= 1;
@@ -510,13 +557,23 @@ impl Meta {
         if let Some(o) = owner {
             if let Some(cl) = self.clients.get_mut(&o) {
                 cl.pages -= 1;
+                if kind.is_persistent() {
+                    cl.pers_pages -= 1;
+                }
             }
         }
         self.g.pages -= 1;
         if !kind.is_persistent() {
             self.lru_unlink(node);
-            if let Some(a) = self.accounts[account as usize].as_mut() {
-                a.eph -= 1;
+            let orphan = match self.accounts[account as usize].as_mut() {
+                Some(a) => {
+                    a.eph -= 1;
+                    a.closed && a.eph == 0
+                }
+                None => false,
+            };
+            if orphan {
+                self.free_account(account);
             }
             self.g.eph -= 1;
             if node & EXTRA == 0 {
@@ -536,13 +593,23 @@ impl Meta {
         }
     }
 
-    /// Remove every page of a pool, leaving the pool empty. Returns the frames to free.
-    fn empty_pool(&mut self, gid: u32, out: &mut Vec<u32>) {
-        let objs: Vec<u32> = self.pool(gid).objs.values().copied().collect();
-        for o in objs {
-            self.empty_object(o, out);
+    /// Free object slot `obj` (its pages are gone), unlinking it from its pool's map if it is
+    /// still there (a reaped object was unlinked at once, and its oid may name another
+    /// object by now).
+    fn free_object(&mut self, obj: u32) {
+        let Some(o) = self.objs.get_mut(obj as usize).and_then(Option::take) else {
+            return;
+        };
+        self.obj_heap_bytes -= o.pages.heap_bytes();
+        let p = self.pool_mut(o.pool);
+        if p.objs.get(&o.oid) == Some(&obj) {
+            p.objs.remove(&o.oid);
         }
+        p.c.objects -= 1;
+        self.g.objects -= 1;
+        self.obj_free.push(obj);
     }
+
     fn empty_object(&mut self, obj: u32, out: &mut Vec<u32>) {
         let nodes: Vec<u32> = match self.objs[obj as usize].as_ref() {
             Some(o) => o.pages.nodes(),
@@ -658,6 +725,8 @@ impl Store {
             obj_hash: KeyedState::random(),
             objs: Vec::new(),
             obj_free: Vec::new(),
+            obj_heap_bytes: 0,
+            reap: VecDeque::new(),
             accounts: Vec::new(),
             acct_free: Vec::new(),
             dl: Links::default(),
@@ -698,6 +767,28 @@ impl Store {
         }
     }
 
+    /// Free the pages of destroyed pools and flushed objects, [`REAP_CHUNK`] pages per
+    /// metadata-lock acquisition, yielding between chunks so that other guests' operations
+    /// get the lock. Returns when nothing is pending. The destroy and flush operations call
+    /// it themselves; any thread may call it, several at once share the work.
+    pub fn reap(&self) {
+        loop {
+            let mut out = Vec::new();
+            let more = {
+                let mut m = lock(&self.meta);
+                if !m.reap_pending() {
+                    return;
+                }
+                m.reap_chunk(REAP_CHUNK, &mut out)
+            };
+            self.free_frames(&out);
+            if !more {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Get a frame for a put: free list, a never-used frame, or eviction (`m` is the locked
     /// metadata).
     fn reserve(&self, m: &mut Meta) -> Reserve {
@@ -713,6 +804,15 @@ impl Store {
                 f.fresh += 1;
                 drop(f);
                 m.ensure_data_links(x);
+                return Reserve::Frame(x);
+            }
+        }
+        if m.reap_pending() {
+            // Pages nobody can name any more go before pages somebody may still want.
+            let mut freed = Vec::new();
+            m.reap_chunk(HELP_REAP, &mut freed);
+            if let Some(x) = freed.pop() {
+                self.free_frames(&freed);
                 return Reserve::Frame(x);
             }
         }
@@ -753,6 +853,7 @@ impl Store {
             destroy_client_locked(&mut m, c, &mut out);
             drop(m);
             self.free_frames(&out);
+            self.reap();
             m = lock(&self.meta);
         }
         let id = ClientId(m.next_client);
@@ -771,6 +872,8 @@ impl Store {
             pools: Vec::new(),
             account,
             pages: 0,
+            pers_pages: 0,
+            pers_cap: m.cfg.persistent_share_pages(),
             c: ClientCounters::default(),
         };
         m.clients.insert(id, cl);
@@ -808,6 +911,7 @@ impl Store {
         }
         drop(m);
         self.free_frames(&out);
+        self.reap();
     }
 
     /// Domain gone: drop everything of this client and leave its shared pools. Returns whether
@@ -818,6 +922,7 @@ impl Store {
         let existed = destroy_client_locked(&mut m, c, &mut out);
         drop(m);
         self.free_frames(&out);
+        self.reap();
         existed
     }
 
@@ -840,6 +945,8 @@ impl Store {
         uuid: [u64; 2],
         kind: PoolKind,
     ) -> Result<(u32, bool), TmemError> {
+        // A client re-created after a domain id reuse finds its predecessor's pages gone.
+        self.reap();
         let r = self.new_pool_inner(c, uuid, kind);
         self.count(r)
     }
@@ -943,6 +1050,7 @@ impl Store {
             close_pool_locked(&mut m, c, pool, &mut out);
             drop(m);
             self.free_frames(&out);
+            self.reap();
             Ok(true)
         })();
         self.count(r)
@@ -1045,6 +1153,9 @@ impl Store {
             return Err(TmemError::Frozen);
         }
         let kind = m.pool(gid).kind;
+        if kind.is_persistent() && m.client(c)?.at_limit(true) {
+            return Err(TmemError::OverCap);
+        }
         let mut own_frame = None;
         if !kind.is_shared() && cap != 0 && pages >= cap {
             // Over cap: an ephemeral put may push out this client's own oldest ephemeral page.
@@ -1120,7 +1231,8 @@ impl Store {
         let found = m.lookup(gid, key);
         if found.is_none() {
             let cl = m.client(c).ok()?;
-            if cl.frozen || (!m.pool(gid).kind.is_shared() && cl.cap != 0 && cl.pages >= cl.cap) {
+            let kind = m.pool(gid).kind;
+            if cl.frozen || (!kind.is_shared() && cl.at_limit(kind.is_persistent())) {
                 return None;
             }
         }
@@ -1182,7 +1294,7 @@ impl Store {
         } else if !m.pool(gid).kind.is_shared() {
             // Re-check the cap: another put may have used the room meanwhile.
             let cl = m.client(c)?;
-            if !dup && cl.cap != 0 && cl.pages >= cl.cap {
+            if !dup && cl.at_limit(m.pool(gid).kind.is_persistent()) {
                 drop(m);
                 self.free_frames(&[f]);
                 return Err(TmemError::OverCap);
@@ -1368,10 +1480,18 @@ impl Store {
             }
             if let Some(&obj) = m.pool(gid).objs.get(&oid) {
                 m.pool_mut(gid).c.found_obj_flushes += 1;
+                let small = m.objs[obj as usize]
+                    .as_ref()
+                    .is_some_and(|o| o.pages.len() <= REAP_CHUNK);
                 let mut out = Vec::new();
-                m.empty_object(obj, &mut out);
+                if small {
+                    m.empty_object(obj, &mut out);
+                } else {
+                    m.queue_object_reap(gid, &oid);
+                }
                 drop(m);
                 self.free_frames(&out);
+                self.reap();
             }
             Ok(())
         })();
@@ -1398,9 +1518,13 @@ impl Store {
         Ok(())
     }
 
-    /// Set a client's page cap (0 = none). Pages already stored above a lowered cap stay.
+    /// Set a client's page cap (0 = none). It replaces the default persistent share for this
+    /// client. Pages already stored above a lowered cap stay.
     pub fn set_cap_pages(&self, c: ClientId, cap: u64) -> Result<(), TmemError> {
-        lock(&self.meta).client_mut(c)?.cap = cap;
+        let mut m = lock(&self.meta);
+        let cl = m.client_mut(c)?;
+        cl.cap = cap;
+        cl.pers_cap = 0;
         Ok(())
     }
 
@@ -1470,19 +1594,36 @@ impl Store {
     /// free list (they stay allocated to the daemon, pre-faulted, for later puts).
     pub fn flush_kib(&self, kib: u64) -> u64 {
         let want = kib.div_ceil((PAGE_SIZE / 1024) as u64);
-        let mut m = lock(&self.meta);
-        let mut out = Vec::new();
-        while (out.len() as u64) < want && m.g.eph_data > 0 {
-            match m.evict_one() {
-                Some(Some(f)) => out.push(f),
-                Some(None) => {}
-                None => break,
+        let mut freed = 0u64;
+        // A chunk of evictions per lock acquisition, so a large flush never stalls the guests.
+        loop {
+            let mut m = lock(&self.meta);
+            let mut out = Vec::new();
+            let mut steps = 0;
+            let mut more = true;
+            while freed + (out.len() as u64) < want && steps < REAP_CHUNK {
+                steps += 1;
+                if m.g.eph_data == 0 {
+                    more = false;
+                    break;
+                }
+                match m.evict_one() {
+                    Some(Some(f)) => out.push(f),
+                    Some(None) => {}
+                    None => {
+                        more = false;
+                        break;
+                    }
+                }
             }
+            drop(m);
+            freed += out.len() as u64;
+            self.free_frames(&out);
+            if !more || freed >= want {
+                return freed * (PAGE_SIZE / 1024) as u64;
+            }
+            std::thread::yield_now();
         }
-        drop(m);
-        let n = out.len() as u64;
-        self.free_frames(&out);
-        n * (PAGE_SIZE / 1024) as u64
     }
 
     /// A snapshot of every counter, taken under the metadata lock.
@@ -1604,9 +1745,7 @@ impl Store {
         b += 4 * free_cap + 4 * m.x_free.capacity() as u64;
         b += (m.objs.capacity() * std::mem::size_of::<Option<Obj>>()) as u64;
         b += 4 * m.obj_free.capacity() as u64;
-        for o in m.objs.iter().flatten() {
-            b += o.pages.heap_bytes();
-        }
+        b += m.obj_heap_bytes;
         for p in m.pools.iter().flatten() {
             b += std::mem::size_of::<Pool>() as u64;
             b += map_bytes(p.objs.capacity(), std::mem::size_of::<(Oid, u32)>());
@@ -1676,15 +1815,21 @@ fn close_pool_locked(m: &mut Meta, c: ClientId, pool: u32, out: &mut Vec<u32>) {
             return;
         }
     }
-    m.empty_pool(gid, out);
-    if let Some(p) = m.pools[gid as usize].take() {
-        if p.kind.is_shared() {
-            m.shared.remove(&p.uuid);
-            m.free_account(p.account);
-        }
-        m.pool_free.push(gid);
+    let p = m.pool(gid);
+    let (shared, uuid) = (p.kind.is_shared(), p.uuid);
+    // Unlinked now; its pages go in bounded chunks (a small pool at once, here).
+    let small = p.c.pages + p.c.objects <= SMALL_POOL;
+    if shared && m.shared.get(&uuid) == Some(&gid) {
+        m.shared.remove(&uuid);
+    }
+    m.queue_pool_reap(gid);
+    if small && m.reap.len() == 1 {
+        m.reap_chunk(SMALL_POOL as usize + 1, out);
     }
 }
+
+/// A pool with at most this many pages plus objects is freed within its destroy.
+const SMALL_POOL: u64 = 64;
 
 fn destroy_client_locked(m: &mut Meta, c: ClientId, out: &mut Vec<u32>) -> bool {
     let Ok(cl) = m.client(c) else { return false };
