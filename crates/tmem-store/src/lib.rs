@@ -284,6 +284,10 @@ struct Meta {
     obj_heap_bytes: u64,
     /// Destroyed pools and flushed objects whose pages are still to be freed.
     reap: VecDeque<Reap>,
+    /// Pages per reap chunk ([`REAP_CHUNK`]; tests make it small).
+    reap_chunk: usize,
+    /// Tests only: destroys and flushes leave all their pages to [`Store::reap_step`].
+    reap_manual: bool,
     accounts: Vec<Option<Account>>,
     acct_free: Vec<u32>,
     dl: Links,
@@ -538,23 +542,26 @@ impl Meta {
             let (l, i) = self.l(node);
             l.n[i].index
         };
-        let (gid, obj_empty) = match self.objs[obj as usize].as_mut() {
+        let (gid, reaping) = match self.objs[obj as usize].as_mut() {
             Some(o) => {
                 // A reaped object's map was taken by its job: nothing to remove there.
                 let before = o.pages.heap_bytes();
                 o.pages.remove(index);
                 self.obj_heap_bytes = self.obj_heap_bytes + o.pages.heap_bytes() - before;
-                (o.pool, o.pages.is_empty() && !o.reaping)
+                (o.pool, o.reaping)
             }
             None => return None,
         };
-        if obj_empty {
+        if !reaping && self.objs[obj as usize].as_ref().is_some_and(|o| o.pages.is_empty()) {
             self.free_object(obj);
         }
         let p = self.pool_mut(gid);
-        p.c.pages -= 1;
         let (kind, account, owner) = (p.kind, p.account, p.owner);
-        if let Some(o) = owner {
+        // A reaped object's pages were taken off its pool and client when it was unlinked.
+        if !reaping {
+            p.c.pages -= 1;
+        }
+        if let Some(o) = owner.filter(|_| !reaping) {
             if let Some(cl) = self.clients.get_mut(&o) {
                 cl.pages -= 1;
                 if kind.is_persistent() {
@@ -727,6 +734,8 @@ impl Store {
             obj_free: Vec::new(),
             obj_heap_bytes: 0,
             reap: VecDeque::new(),
+            reap_chunk: REAP_CHUNK,
+            reap_manual: false,
             accounts: Vec::new(),
             acct_free: Vec::new(),
             dl: Links::default(),
@@ -779,7 +788,11 @@ impl Store {
                 if !m.reap_pending() {
                     return;
                 }
-                m.reap_chunk(REAP_CHUNK, &mut out)
+                if m.reap_manual {
+                    return;
+                }
+                let chunk = m.reap_chunk;
+                m.reap_chunk(chunk, &mut out)
             };
             self.free_frames(&out);
             if !more {
@@ -787,6 +800,29 @@ impl Store {
             }
             std::thread::yield_now();
         }
+    }
+
+    /// Tests only: reclaim in chunks of `chunk` pages, and only when [`Store::reap_step`] is
+    /// called (a put that needs memory still helps), so that tests can interleave reclaim with
+    /// other operations.
+    #[doc(hidden)]
+    pub fn set_manual_reap(&self, chunk: usize) {
+        let mut m = lock(&self.meta);
+        m.reap_manual = true;
+        m.reap_chunk = chunk.max(1);
+    }
+
+    /// Tests only: run one reclaim chunk; whether work remains.
+    #[doc(hidden)]
+    pub fn reap_step(&self) -> bool {
+        let mut out = Vec::new();
+        let more = {
+            let mut m = lock(&self.meta);
+            let chunk = m.reap_chunk;
+            m.reap_chunk(chunk, &mut out)
+        };
+        self.free_frames(&out);
+        more
     }
 
     /// Get a frame for a put: free list, a never-used frame, or eviction (`m` is the locked
@@ -1480,9 +1516,10 @@ impl Store {
             }
             if let Some(&obj) = m.pool(gid).objs.get(&oid) {
                 m.pool_mut(gid).c.found_obj_flushes += 1;
-                let small = m.objs[obj as usize]
-                    .as_ref()
-                    .is_some_and(|o| o.pages.len() <= REAP_CHUNK);
+                let small = !m.reap_manual
+                    && m.objs[obj as usize]
+                        .as_ref()
+                        .is_some_and(|o| o.pages.len() <= m.reap_chunk);
                 let mut out = Vec::new();
                 if small {
                     m.empty_object(obj, &mut out);
@@ -1815,6 +1852,17 @@ fn close_pool_locked(m: &mut Meta, c: ClientId, pool: u32, out: &mut Vec<u32>) {
             return;
         }
     }
+    // The client stops being charged for the pool's pages now: they can no longer be used.
+    let p = m.pool_mut(gid);
+    let (pages, persistent) = (p.c.pages, p.kind.is_persistent());
+    if p.owner.take().is_some() {
+        if let Ok(cl) = m.client_mut(c) {
+            cl.pages -= pages;
+            if persistent {
+                cl.pers_pages -= pages;
+            }
+        }
+    }
     let p = m.pool(gid);
     let (shared, uuid) = (p.kind.is_shared(), p.uuid);
     // Unlinked now; its pages go in bounded chunks (a small pool at once, here).
@@ -1823,7 +1871,7 @@ fn close_pool_locked(m: &mut Meta, c: ClientId, pool: u32, out: &mut Vec<u32>) {
         m.shared.remove(&uuid);
     }
     m.queue_pool_reap(gid);
-    if small && m.reap.len() == 1 {
+    if small && m.reap.len() == 1 && !m.reap_manual {
         m.reap_chunk(SMALL_POOL as usize + 1, out);
     }
 }

@@ -45,11 +45,24 @@ impl Meta {
         });
     }
 
-    /// Queue the object `oid` of pool `gid`: unlinked from the pool now, emptied later.
+    /// Queue the object `oid` of pool `gid`: unlinked from the pool now, and no longer
+    /// charged to the pool or its owner; emptied later.
     pub(crate) fn queue_object_reap(&mut self, gid: u32, oid: &Oid) {
         let Some(obj) = self.pool_mut(gid).objs.remove(oid) else {
             return;
         };
+        let pages = self.objs[obj as usize]
+            .as_ref()
+            .map_or(0, |o| o.pages.len() as u64);
+        let p = self.pool_mut(gid);
+        p.c.pages -= pages;
+        let (owner, persistent) = (p.owner, p.kind.is_persistent());
+        if let Some(cl) = owner.and_then(|o| self.clients.get_mut(&o)) {
+            cl.pages -= pages;
+            if persistent {
+                cl.pers_pages -= pages;
+            }
+        }
         if let Some(drain) = self.start_object(obj, gid) {
             self.reap.push_back(Reap {
                 gid,

@@ -23,9 +23,12 @@ fn key(o: u64, i: u32) -> PageKey {
     }
 }
 
+/// A store of `pages` frames without the default persistent share, so that one client can
+/// fill it (the share has its own tests).
 fn store_pages(pages: u64) -> Store {
     Store::new(StoreConfig {
         mem_limit_bytes: pages * PAGE_SIZE as u64,
+        default_persistent_share_percent: 0,
         ..StoreConfig::default()
     })
 }
@@ -540,6 +543,7 @@ fn store_is_send_and_sync() {
 fn prefault_allocates_every_frame_once_and_puts_still_work() {
     let store = Store::new(StoreConfig {
         mem_limit_bytes: 1030 * PAGE_SIZE as u64,
+        default_persistent_share_percent: 0,
         ..StoreConfig::default()
     });
     let (c, _) = store.attach_client(1, 1, "p").unwrap();
