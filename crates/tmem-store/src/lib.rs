@@ -52,8 +52,9 @@ use hash::{IdState, KeyedState};
 use pagemap::PageMap;
 use reap::{Reap, HELP_REAP, REAP_CHUNK};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
 
 /// The store's handle for one guest domain instance.
 #[derive(
@@ -307,6 +308,8 @@ pub struct Store {
     nframes: u32,
     total_ops: AtomicU64,
     errored_ops: AtomicU64,
+    /// Threads queued for the metadata lock (see [`Store::meta`]).
+    waiting: AtomicU32,
 }
 
 /// Where a lookup landed.
@@ -754,12 +757,40 @@ impl Store {
             nframes,
             total_ops: AtomicU64::new(0),
             errored_ops: AtomicU64::new(0),
+            waiting: AtomicU32::new(0),
         }
     }
 
     /// The configuration the store was made with.
     pub fn config(&self) -> StoreConfig {
-        lock(&self.meta).cfg.clone()
+        self.meta().cfg.clone()
+    }
+
+    /// The metadata lock. A thread that finds it taken says so while it waits, so that
+    /// reclaim lets it in between two chunks (a mutex gives no fairness: the reclaiming
+    /// thread would usually take the lock again before the woken waiter runs). Costs nothing
+    /// extra when the lock is free.
+    fn meta(&self) -> MutexGuard<'_, Meta> {
+        match self.meta.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::WouldBlock) => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let g = lock(&self.meta);
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                g
+            }
+            Err(TryLockError::Poisoned(_)) => lock(&self.meta),
+        }
+    }
+
+    /// Between two chunks of reclaim: let the threads that queued for the metadata lock
+    /// during the chunk take it first (for at most [`HANDOFF_MAX`], so a steady stream of
+    /// operations slows reclaim down but cannot stop it).
+    fn hand_off(&self) {
+        let start = Instant::now();
+        while self.waiting.load(Ordering::Relaxed) > 0 && start.elapsed() < HANDOFF_MAX {
+            std::thread::yield_now();
+        }
     }
 
     fn count<T>(&self, r: Result<T, TmemError>) -> Result<T, TmemError> {
@@ -784,7 +815,7 @@ impl Store {
         loop {
             let mut out = Vec::new();
             let more = {
-                let mut m = lock(&self.meta);
+                let mut m = self.meta();
                 if !m.reap_pending() {
                     return;
                 }
@@ -798,7 +829,7 @@ impl Store {
             if !more {
                 return;
             }
-            std::thread::yield_now();
+            self.hand_off();
         }
     }
 
@@ -807,7 +838,7 @@ impl Store {
     /// other operations.
     #[doc(hidden)]
     pub fn set_manual_reap(&self, chunk: usize) {
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         m.reap_manual = true;
         m.reap_chunk = chunk.max(1);
     }
@@ -817,7 +848,7 @@ impl Store {
     pub fn reap_step(&self) -> bool {
         let mut out = Vec::new();
         let more = {
-            let mut m = lock(&self.meta);
+            let mut m = self.meta();
             let chunk = m.reap_chunk;
             m.reap_chunk(chunk, &mut out)
         };
@@ -852,7 +883,12 @@ impl Store {
                 return Reserve::Frame(x);
             }
         }
-        while m.g.eph_data > 0 {
+        // Evicted zero pages free no frame: bound the walk so that a guest's pile of them
+        // cannot hold the lock (this put then fails; the next one goes on from there).
+        for _ in 0..REAP_CHUNK {
+            if m.g.eph_data == 0 {
+                break;
+            }
             match m.evict_one() {
                 Some(Some(f)) => return Reserve::Frame(f),
                 Some(None) => continue,
@@ -993,7 +1029,7 @@ impl Store {
         uuid: [u64; 2],
         kind: PoolKind,
     ) -> Result<(u32, bool), TmemError> {
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         let m = &mut *m;
         let cl = m.client(c)?;
         if !cl.attached {
@@ -1073,7 +1109,7 @@ impl Store {
     /// Destroy (or, for a shared pool, leave) a pool. `Ok(true)` if there was one.
     pub fn destroy_pool(&self, c: ClientId, pool: u32) -> Result<bool, TmemError> {
         let r = (|| {
-            let mut m = lock(&self.meta);
+            let mut m = self.meta();
             let cl = m.client(c)?;
             if !cl.attached {
                 return Err(TmemError::NoDevice);
@@ -1123,7 +1159,7 @@ impl Store {
             src.read_page(&mut g);
             (f, is_zero(&g))
         });
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         if let Some((f, _)) = pre {
             // A never-used frame gets its node now, before it can reach the free list.
             m.ensure_data_links(f);
@@ -1155,7 +1191,7 @@ impl Store {
                 src.read_page(&mut g);
                 let zero = is_zero(&g);
                 drop(g);
-                let mut m = lock(&self.meta);
+                let mut m = self.meta();
                 self.finish_dup(&mut m, c, pool, gid, gen, &key, found.node, zero);
                 return Ok(());
             }
@@ -1311,7 +1347,7 @@ impl Store {
             src.read_page(&mut g);
             is_zero(&g)
         };
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         // The pool may have gone while the metadata lock was dropped.
         let alive = m.resolve(c, pool) == Ok(gid) && m.pool(gid).gen == gen;
         if !alive {
@@ -1421,7 +1457,7 @@ impl Store {
         key: PageKey,
         dst: &mut D,
     ) -> Result<bool, TmemError> {
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         let gid = m.resolve(c, pool)?;
         let p = m.pool_mut(gid);
         p.c.total_gets += 1;
@@ -1486,7 +1522,7 @@ impl Store {
     /// (tmemd departs from Xen, which returned `-EFROZEN` after flushing for a frozen client).
     pub fn flush_page(&self, c: ClientId, pool: u32, key: PageKey) -> Result<(), TmemError> {
         let r = (|| {
-            let mut m = lock(&self.meta);
+            let mut m = self.meta();
             let gid = m.resolve(c, pool)?;
             m.pool_mut(gid).c.total_flushes += 1;
             if let Ok(cl) = m.client_mut(c) {
@@ -1508,7 +1544,7 @@ impl Store {
     /// Remove every page of one object. `Ok` whether or not it existed, frozen or not.
     pub fn flush_object(&self, c: ClientId, pool: u32, oid: Oid) -> Result<(), TmemError> {
         let r = (|| {
-            let mut m = lock(&self.meta);
+            let mut m = self.meta();
             let gid = m.resolve(c, pool)?;
             m.pool_mut(gid).c.total_obj_flushes += 1;
             if let Ok(cl) = m.client_mut(c) {
@@ -1539,13 +1575,13 @@ impl Store {
 
     /// Freeze or thaw a client: while frozen, puts of new handles fail with `Frozen`.
     pub fn set_frozen(&self, c: ClientId, frozen: bool) -> Result<(), TmemError> {
-        lock(&self.meta).client_mut(c)?.frozen = frozen;
+        self.meta().client_mut(c)?.frozen = frozen;
         Ok(())
     }
 
     /// Set a client's eviction weight.
     pub fn set_weight(&self, c: ClientId, weight: u32) -> Result<(), TmemError> {
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         let cl = m.client_mut(c)?;
         cl.weight = weight;
         let a = cl.account;
@@ -1558,7 +1594,7 @@ impl Store {
     /// Set a client's page cap (0 = none). It replaces the default persistent share for this
     /// client. Pages already stored above a lowered cap stay.
     pub fn set_cap_pages(&self, c: ClientId, cap: u64) -> Result<(), TmemError> {
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         let cl = m.client_mut(c)?;
         cl.cap = cap;
         cl.pers_cap = 0;
@@ -1567,7 +1603,7 @@ impl Store {
 
     /// Record whether a client asked for compression (reported only, for now).
     pub fn set_compress(&self, c: ClientId, on: bool) -> Result<(), TmemError> {
-        lock(&self.meta).client_mut(c)?.compress = on;
+        self.meta().client_mut(c)?.compress = on;
         Ok(())
     }
 
@@ -1580,7 +1616,7 @@ impl Store {
         uuid: [u64; 2],
         allow: bool,
     ) -> Result<bool, TmemError> {
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         let max = m.cfg.max_auth_per_domain as usize;
         if allow {
             let l = m.auth.entry(domid).or_default();
@@ -1611,7 +1647,7 @@ impl Store {
 
     /// Global switch (Xen's `cli_id=ALL`): when false any domain may join any shared pool.
     pub fn set_shared_auth_required(&self, required: bool) {
-        lock(&self.meta).auth_required = required;
+        self.meta().auth_required = required;
     }
 
     /// Fault in all page-data memory now, so that no put ever waits for the kernel to back a
@@ -1623,7 +1659,7 @@ impl Store {
 
     /// Ephemeral pages whose eviction would release page memory now.
     pub fn freeable_pages(&self) -> u64 {
-        lock(&self.meta).g.eph_data
+        self.meta().g.eph_data
     }
 
     /// Evict ephemeral pages until at least `kib` KiB of page memory has been released (or
@@ -1634,7 +1670,7 @@ impl Store {
         let mut freed = 0u64;
         // A chunk of evictions per lock acquisition, so a large flush never stalls the guests.
         loop {
-            let mut m = lock(&self.meta);
+            let mut m = self.meta();
             let mut out = Vec::new();
             let mut steps = 0;
             let mut more = true;
@@ -1659,13 +1695,13 @@ impl Store {
             if !more || freed >= want {
                 return freed * (PAGE_SIZE / 1024) as u64;
             }
-            std::thread::yield_now();
+            self.hand_off();
         }
     }
 
     /// A snapshot of every counter, taken under the metadata lock.
     pub fn stats(&self) -> StoreStats {
-        let m = lock(&self.meta);
+        let m = self.meta();
         let (free_len, fresh) = {
             let f = lock(&self.free);
             (f.list.len() as u64, f.fresh as u64)
@@ -1875,6 +1911,9 @@ fn close_pool_locked(m: &mut Meta, c: ClientId, pool: u32, out: &mut Vec<u32>) {
         m.reap_chunk(SMALL_POOL as usize + 1, out);
     }
 }
+
+/// Longest a reclaiming thread waits, between two chunks, for queued threads to take the lock.
+const HANDOFF_MAX: Duration = Duration::from_millis(1);
 
 /// A pool with at most this many pages plus objects is freed within its destroy.
 const SMALL_POOL: u64 = 64;
