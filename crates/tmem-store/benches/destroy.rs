@@ -125,11 +125,12 @@ fn main() {
                 let ns = t.elapsed().as_nanos() as u64;
                 assert_eq!(hit, Ok(true));
                 assert_eq!(dst[..8], (i + 1).to_le_bytes(), "wrong data");
-                // Count a get in the phase it ended in.
-                match phase.load(Ordering::Acquire) {
-                    BASE => base.push(ns),
-                    DESTROY => during.push(ns),
-                    _ => {}
+                // A get that overlapped the destroy counts as during it.
+                let end = phase.load(Ordering::Acquire);
+                if ph == DESTROY || end == DESTROY {
+                    during.push(ns);
+                } else if end == BASE {
+                    base.push(ns);
                 }
             }
             out

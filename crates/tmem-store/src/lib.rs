@@ -555,7 +555,11 @@ impl Meta {
             }
             None => return None,
         };
-        if !reaping && self.objs[obj as usize].as_ref().is_some_and(|o| o.pages.is_empty()) {
+        if !reaping
+            && self.objs[obj as usize]
+                .as_ref()
+                .is_some_and(|o| o.pages.is_empty())
+        {
             self.free_object(obj);
         }
         let p = self.pool_mut(gid);

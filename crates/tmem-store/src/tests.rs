@@ -620,7 +620,10 @@ fn persistent_share_caps_a_greedy_client_but_not_the_others() {
     s.set_cap_pages(greedy, 0).unwrap();
     s.put(greedy, gp, key(4, 0), &page(6)).unwrap();
     s.set_cap_pages(greedy, 27).unwrap();
-    assert_eq!(s.put(greedy, gp, key(4, 1), &page(6)), Err(TmemError::OverCap));
+    assert_eq!(
+        s.put(greedy, gp, key(4, 1), &page(6)),
+        Err(TmemError::OverCap)
+    );
     // Destroying the pool gives the whole share back at once.
     assert_eq!(s.destroy_pool(greedy, gp), Ok(true));
     let (gp, _) = s.new_pool(greedy, [0, 0], PP).unwrap();
@@ -706,7 +709,8 @@ fn reclaim_steps_are_bounded() {
     let a = client(&s, 1);
     let (ap, _) = s.new_pool(a, [0, 0], EP).unwrap();
     for i in 0..40 {
-        s.put(a, ap, key(i as u64 / 20, i % 20), &page(i as u64)).unwrap();
+        s.put(a, ap, key(i as u64 / 20, i % 20), &page(i as u64))
+            .unwrap();
     }
     assert_eq!(s.destroy_pool(a, ap), Ok(true));
     let mut before = s.stats().global.pages;

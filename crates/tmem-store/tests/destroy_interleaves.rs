@@ -47,7 +47,9 @@ fn destroying_a_big_pool_lets_other_clients_get() {
             .new_pool(big, [0, 0], PoolKind::PrivatePersistent)
             .unwrap();
         for i in 0..BIG_PAGES {
-            store.put(big, bp, key(i), &page(i, 100 + attempt as u64)).unwrap();
+            store
+                .put(big, bp, key(i), &page(i, 100 + attempt as u64))
+                .unwrap();
         }
         let stop = AtomicBool::new(false);
         let started = AtomicBool::new(false);
@@ -86,7 +88,10 @@ fn destroying_a_big_pool_lets_other_clients_get() {
             "attempt {attempt}: destroy {span:?}, {inside} gets ended during it, {middle} in its middle half"
         ));
         let g = store.stats().global;
-        assert_eq!(g.pages, SMALL_PAGES, "destroy_pool returned with pages left");
+        assert_eq!(
+            g.pages, SMALL_PAGES,
+            "destroy_pool returned with pages left"
+        );
         // The id now names a new, empty pool.
         let (np, _) = store
             .new_pool(big, [0, 0], PoolKind::PrivatePersistent)
