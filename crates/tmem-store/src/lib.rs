@@ -35,6 +35,14 @@
 //! * duplicate put (general path): the old frame is locked under metadata and refilled in
 //!   place after the metadata lock is dropped; readers queue on the frame lock and see old or
 //!   new data whole.
+//!
+//! No acquisition lasts time proportional to a guest's pages: destroyed pools and big flushed
+//! objects are unlinked at once and freed in chunks (`reap.rs`), `flush_kib` evicts in
+//! chunks, and statistics walk clients and pools only.
+//!
+//! # Fair share
+//! Persistent pages are never evicted, so each client may pin at most
+//! `default_persistent_share_percent` of memory in them unless an administrator sets its cap.
 
 #![forbid(unsafe_code)]
 
