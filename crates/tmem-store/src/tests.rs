@@ -569,6 +569,13 @@ fn prefault_allocates_every_frame_once_and_puts_still_work() {
     let mut out: Page = [0; PAGE_SIZE];
     assert!(store.get(c, pool, key(1029), &mut out).unwrap());
     assert!(out == page);
+    // The frame overhead kept as chunks are allocated: 1030 frames in 3 chunks.
+    let per = std::mem::size_of::<Mutex<Page>>() - PAGE_SIZE;
+    let chunk = std::mem::size_of::<Box<[Mutex<Page>]>>();
+    assert_eq!(
+        store.frames.overhead_bytes(),
+        (1030 * per + 3 * chunk) as u64
+    );
 }
 
 /// The object map bytes kept incrementally match a walk over every live object.
