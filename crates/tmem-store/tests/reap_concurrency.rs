@@ -62,7 +62,7 @@ fn client_thread(s: &Store, tid: u64) {
             held: HashMap::new(),
         })
         .collect();
-    let mut rng = Rng(0x1234_5678 ^ (tid + 1) * 0x9E37_79B9);
+    let mut rng = Rng(0x1234_5678 ^ ((tid + 1) * 0x9E37_79B9));
     let mut ver = 0;
     let mut buf = [0u8; PAGE_SIZE];
     for _ in 0..OPS {
