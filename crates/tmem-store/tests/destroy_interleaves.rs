@@ -1,12 +1,14 @@
 //! A big pool's destroy must not hold the store for its whole walk: another client's gets
-//! complete while it runs (before chunked reclaim, one 64 MiB destroy held the metadata lock
+//! complete while it runs (before chunked reclaim, one 256 MiB destroy held the metadata lock
 //! throughout, and no get could finish in the middle of it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tmem_store::*;
 
-const BIG_PAGES: u64 = 16384; // 64 MiB
+// 256 MiB: a destroy long enough that the getter is scheduled during it even on a host
+// with many more runnable threads than CPUs.
+const BIG_PAGES: u64 = 65536;
 const SMALL_PAGES: u64 = 64;
 const ATTEMPTS: usize = 5;
 
@@ -101,6 +103,7 @@ fn destroying_a_big_pool_lets_other_clients_get() {
         assert_eq!(store.get(big, np, key(5), &mut dst), Err(TmemError::Empty));
         assert_eq!(store.destroy_pool(big, np), Ok(true));
         if middle > 0 {
+            eprintln!("{}", seen.join("\n"));
             return;
         }
     }
