@@ -297,6 +297,8 @@ struct Meta {
     reap_chunk: usize,
     /// Tests only: destroys and flushes leave all their pages to [`Store::reap_step`].
     reap_manual: bool,
+    /// Reclaim chunks run so far (each one lock acquisition; tests check the bound).
+    reap_chunks_run: u64,
     accounts: Vec<Option<Account>>,
     acct_free: Vec<u32>,
     dl: Links,
@@ -751,6 +753,7 @@ impl Store {
             reap: VecDeque::new(),
             reap_chunk: REAP_CHUNK,
             reap_manual: false,
+            reap_chunks_run: 0,
             accounts: Vec::new(),
             acct_free: Vec::new(),
             dl: Links::default(),

@@ -80,6 +80,7 @@ impl Meta {
     /// Free up to `budget` pages of pending jobs (an object started counts as one too); their
     /// frames go to `out`. Returns whether work remains.
     pub(crate) fn reap_chunk(&mut self, budget: usize, out: &mut Vec<u32>) -> bool {
+        self.reap_chunks_run += 1;
         let mut left = budget;
         while let Some(mut job) = self.reap.pop_front() {
             loop {

@@ -790,3 +790,25 @@ fn big_object_flush_and_big_pool_destroy_leave_nothing() {
     assert_eq!((g.pages, g.objects, g.data_bytes), (0, 0, 0));
     assert_eq!(lock(&s.meta).obj_heap_bytes, 0);
 }
+
+#[test]
+fn a_big_destroy_releases_the_lock_every_chunk() {
+    // The automatic path, as tmemd uses it: destroy_pool frees everything before it returns,
+    // in chunks of at most REAP_CHUNK pages (plus objects), one lock acquisition each.
+    let n = 3 * REAP_CHUNK as u64 + 5;
+    let s = store_pages(n + 8);
+    let a = client(&s, 1);
+    let (p, _) = s.new_pool(a, [0, 0], PP).unwrap();
+    for i in 0..n {
+        s.put(a, p, key(i / 512, (i % 512) as u32), &page(i))
+            .unwrap();
+    }
+    let objects = n.div_ceil(512);
+    let before = lock(&s.meta).reap_chunks_run;
+    assert_eq!(s.destroy_pool(a, p), Ok(true));
+    let chunks = lock(&s.meta).reap_chunks_run - before;
+    let least = (n + objects).div_ceil(REAP_CHUNK as u64);
+    assert!(chunks >= least, "{chunks} lock acquisitions for {n} pages");
+    let g = s.stats().global;
+    assert_eq!((g.pages, g.objects, g.data_bytes), (0, 0, 0));
+}
