@@ -65,6 +65,8 @@ fn main() {
     for threads in [1usize, 2] {
         let store = Store::new(StoreConfig {
             mem_limit_bytes: n * PAGE_SIZE as u64,
+            // One client fills the store: no default persistent share.
+            default_persistent_share_percent: 0,
             ..StoreConfig::default()
         });
         let clients: Vec<(ClientId, u32)> = (0..threads)

@@ -4,6 +4,7 @@
 //! Each frame sits behind its own mutex so that data is copied in and out without holding the
 //! store's metadata lock; see the locking rules in `lib.rs`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use tmem_abi::{Page, PAGE_SIZE};
 
@@ -16,6 +17,9 @@ type Chunk = Box<[Mutex<Page>]>;
 pub(crate) struct Frames {
     chunks: Box<[OnceLock<Chunk>]>,
     nframes: u32,
+    /// Chunks and frames allocated so far, so statistics need not walk the chunks.
+    allocated_chunks: AtomicUsize,
+    allocated_frames: AtomicUsize,
 }
 
 impl std::fmt::Debug for Frames {
@@ -33,6 +37,8 @@ impl Frames {
         Frames {
             chunks: (0..n).map(|_| OnceLock::new()).collect(),
             nframes,
+            allocated_chunks: AtomicUsize::new(0),
+            allocated_frames: AtomicUsize::new(0),
         }
     }
 
@@ -54,6 +60,8 @@ impl Frames {
                 v.push(Mutex::new([0u8; PAGE_SIZE]));
             }
             std::hint::black_box(&mut v);
+            self.allocated_chunks.fetch_add(1, Ordering::Relaxed);
+            self.allocated_frames.fetch_add(len, Ordering::Relaxed);
             v.into_boxed_slice()
         })
     }
@@ -77,11 +85,9 @@ impl Frames {
     /// Bytes spent beyond the page data itself by the allocated frames (mutex words, padding).
     pub(crate) fn overhead_bytes(&self) -> u64 {
         let per = std::mem::size_of::<Mutex<Page>>() - PAGE_SIZE;
-        self.chunks
-            .iter()
-            .filter_map(|c| c.get())
-            .map(|c| (c.len() * per) as u64 + std::mem::size_of::<Chunk>() as u64)
-            .sum()
+        let frames = self.allocated_frames.load(Ordering::Relaxed);
+        let chunks = self.allocated_chunks.load(Ordering::Relaxed);
+        (frames * per + chunks * std::mem::size_of::<Chunk>()) as u64
     }
 }
 

@@ -35,6 +35,14 @@
 //! * duplicate put (general path): the old frame is locked under metadata and refilled in
 //!   place after the metadata lock is dropped; readers queue on the frame lock and see old or
 //!   new data whole.
+//!
+//! No acquisition lasts time proportional to a guest's pages: destroyed pools and big flushed
+//! objects are unlinked at once and freed in chunks (`reap.rs`), `flush_kib` evicts in
+//! chunks, and statistics walk clients and pools only.
+//!
+//! # Fair share
+//! Persistent pages are never evicted, so each client may pin at most
+//! `default_persistent_share_percent` of memory in them unless an administrator sets its cap.
 
 #![forbid(unsafe_code)]
 
@@ -42,6 +50,7 @@ mod frames;
 mod hash;
 mod identity;
 mod pagemap;
+mod reap;
 mod stats;
 
 pub use identity::Identity;
@@ -51,9 +60,11 @@ pub use tmem_abi::{Oid, Page, PageKey, PageSink, PageSource, PoolKind, TmemError
 use frames::{is_zero, Frames};
 use hash::{IdState, KeyedState};
 use pagemap::PageMap;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use reap::{Reap, HELP_REAP, REAP_CHUNK};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 /// The store's handle for one guest domain instance.
 #[derive(
@@ -77,6 +88,20 @@ pub struct StoreConfig {
     pub default_cap_pages: u64,
     /// Eviction weight given to new clients and to shared pools (default 1).
     pub default_weight: u32,
+    /// Share of the memory limit, in percent, that one client may pin in persistent pages
+    /// (never evicted) unless an administrator sets its cap; 0 = no such limit (default 25).
+    pub default_persistent_share_percent: u32,
+}
+
+impl StoreConfig {
+    /// Persistent pages one client may hold by default (0 = no limit).
+    pub fn persistent_share_pages(&self) -> u64 {
+        let frames = self.mem_limit_bytes / PAGE_SIZE as u64;
+        match self.default_persistent_share_percent.min(100) {
+            0 => 0,
+            pct => (frames * pct as u64 / 100).max(1),
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -88,6 +113,7 @@ impl Default for StoreConfig {
             max_auth_per_domain: 64,
             default_cap_pages: 0,
             default_weight: 1,
+            default_persistent_share_percent: 25,
         }
     }
 }
@@ -125,8 +151,12 @@ const EXTRA: u32 = 1 << 31;
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
-        Err(_) => panic!("the page store was poisoned by an earlier panic; it cannot be trusted"),
+        Err(_) => poisoned(),
     }
+}
+
+fn poisoned() -> ! {
+    panic!("the page store was poisoned by an earlier panic; it cannot be trusted")
 }
 
 /// One node's list links and position: 16 bytes, so a node never straddles a cache line and
@@ -175,6 +205,8 @@ struct Obj {
     pool: u32,
     oid: Oid,
     pages: PageMap,
+    /// Unlinked and being emptied by a reap job, which frees the slot at the end.
+    reaping: bool,
 }
 
 #[derive(Debug)]
@@ -196,6 +228,9 @@ struct Account {
     head: u32,
     eph: u64,
     weight: u32,
+    /// Its owner is gone; freed once its last ephemeral page is (pages being reaped still
+    /// sit on its list).
+    closed: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -231,7 +266,19 @@ struct Client {
     pools: Vec<Option<Slot>>,
     account: u32,
     pages: u64,
+    /// Pages in its private persistent pools (zero pages included).
+    pers_pages: u64,
+    /// Limit on `pers_pages` (0 = none): the default share until an administrator sets a cap.
+    pers_cap: u64,
     c: ClientCounters,
+}
+
+impl Client {
+    /// Whether one more page in a private pool would take this client over a limit.
+    fn at_limit(&self, persistent: bool) -> bool {
+        (self.cap != 0 && self.pages >= self.cap)
+            || (persistent && self.pers_cap != 0 && self.pers_pages >= self.pers_cap)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -271,6 +318,16 @@ struct Meta {
     obj_hash: KeyedState,
     objs: Vec<Option<Obj>>,
     obj_free: Vec<u32>,
+    /// Heap bytes of all objects' page maps, kept as they change so stats need no walk.
+    obj_heap_bytes: u64,
+    /// Destroyed pools and flushed objects whose pages are still to be freed.
+    reap: VecDeque<Reap>,
+    /// Pages per reap chunk ([`REAP_CHUNK`]; tests make it small).
+    reap_chunk: usize,
+    /// Tests only: destroys and flushes leave all their pages to [`Store::reap_step`].
+    reap_manual: bool,
+    /// Reclaim chunks run so far (each one lock acquisition; tests check the bound).
+    reap_chunks_run: u64,
     accounts: Vec<Option<Account>>,
     acct_free: Vec<u32>,
     dl: Links,
@@ -290,6 +347,8 @@ pub struct Store {
     nframes: u32,
     total_ops: AtomicU64,
     errored_ops: AtomicU64,
+    /// Threads queued for the metadata lock (see [`Store::meta`]).
+    waiting: AtomicU32,
 }
 
 /// Where a lookup landed.
@@ -379,6 +438,7 @@ impl Meta {
             head,
             eph: 0,
             weight,
+            closed: false,
         };
         if let Some(i) = self.acct_free.pop() {
             self.accounts[i as usize] = Some(a);
@@ -388,8 +448,16 @@ impl Meta {
             (self.accounts.len() - 1) as u32
         }
     }
+    /// Free account `a` now if its list is empty, else when its last ephemeral page goes.
     fn free_account(&mut self, a: u32) {
-        if let Some(acc) = self.accounts.get_mut(a as usize).and_then(Option::take) {
+        let Some(Some(acc)) = self.accounts.get_mut(a as usize) else {
+            return;
+        };
+        if acc.eph > 0 {
+            acc.closed = true;
+            return;
+        }
+        if let Some(acc) = self.accounts[a as usize].take() {
             self.free_extra(acc.head);
             self.acct_free.push(a);
         }
@@ -440,6 +508,7 @@ impl Meta {
                     pool: gid,
                     oid: key.oid,
                     pages: PageMap::default(),
+                    reaping: false,
                 };
                 let slot = if let Some(s) = self.obj_free.pop() {
                     self.objs[s as usize] = Some(o);
@@ -458,7 +527,9 @@ impl Meta {
             }
         };
         if let Some(o) = self.objs[obj as usize].as_mut() {
+            let before = o.pages.heap_bytes();
             o.pages.insert(key.index, node);
+            self.obj_heap_bytes = self.obj_heap_bytes + o.pages.heap_bytes() - before;
         }
         {
             let (l, i) = self.lm(node);
@@ -472,6 +543,9 @@ impl Meta {
         if let Some(o) = owner {
             if let Some(cl) = self.clients.get_mut(&o) {
                 cl.pages += 1;
+                if kind.is_persistent() {
+                    cl.pers_pages += 1;
+                }
             }
         }
         if node & EXTRA != 0 {
@@ -510,38 +584,49 @@ impl Meta {
             let (l, i) = self.l(node);
             l.n[i].index
         };
-        let gid = match self.objs[obj as usize].as_mut() {
+        let (gid, reaping) = match self.objs[obj as usize].as_mut() {
             Some(o) => {
+                // A reaped object's map was taken by its job: nothing to remove there.
+                let before = o.pages.heap_bytes();
                 o.pages.remove(index);
-                o.pool
+                self.obj_heap_bytes = self.obj_heap_bytes + o.pages.heap_bytes() - before;
+                (o.pool, o.reaping)
             }
             None => return None,
         };
-        let obj_empty = self.objs[obj as usize]
-            .as_ref()
-            .is_some_and(|o| o.pages.is_empty());
-        if obj_empty {
-            if let Some(o) = self.objs[obj as usize].take() {
-                let p = self.pool_mut(gid);
-                p.objs.remove(&o.oid);
-                p.c.objects -= 1;
-                self.g.objects -= 1;
-                self.obj_free.push(obj);
-            }
+        if !reaping
+            && self.objs[obj as usize]
+                .as_ref()
+                .is_some_and(|o| o.pages.is_empty())
+        {
+            self.free_object(obj);
         }
         let p = self.pool_mut(gid);
-        p.c.pages -= 1;
         let (kind, account, owner) = (p.kind, p.account, p.owner);
-        if let Some(o) = owner {
+        // A reaped object's pages were taken off its pool and client when it was unlinked.
+        if !reaping {
+            p.c.pages -= 1;
+        }
+        if let Some(o) = owner.filter(|_| !reaping) {
             if let Some(cl) = self.clients.get_mut(&o) {
                 cl.pages -= 1;
+                if kind.is_persistent() {
+                    cl.pers_pages -= 1;
+                }
             }
         }
         self.g.pages -= 1;
         if !kind.is_persistent() {
             self.lru_unlink(node);
-            if let Some(a) = self.accounts[account as usize].as_mut() {
-                a.eph -= 1;
+            let orphan = match self.accounts[account as usize].as_mut() {
+                Some(a) => {
+                    a.eph -= 1;
+                    a.closed && a.eph == 0
+                }
+                None => false,
+            };
+            if orphan {
+                self.free_account(account);
             }
             self.g.eph -= 1;
             if node & EXTRA == 0 {
@@ -561,13 +646,23 @@ impl Meta {
         }
     }
 
-    /// Remove every page of a pool, leaving the pool empty. Returns the frames to free.
-    fn empty_pool(&mut self, gid: u32, out: &mut Vec<u32>) {
-        let objs: Vec<u32> = self.pool(gid).objs.values().copied().collect();
-        for o in objs {
-            self.empty_object(o, out);
+    /// Free object slot `obj` (its pages are gone), unlinking it from its pool's map if it is
+    /// still there (a reaped object was unlinked at once, and its oid may name another
+    /// object by now).
+    fn free_object(&mut self, obj: u32) {
+        let Some(o) = self.objs.get_mut(obj as usize).and_then(Option::take) else {
+            return;
+        };
+        self.obj_heap_bytes -= o.pages.heap_bytes();
+        let p = self.pool_mut(o.pool);
+        if p.objs.get(&o.oid) == Some(&obj) {
+            p.objs.remove(&o.oid);
         }
+        p.c.objects -= 1;
+        self.g.objects -= 1;
+        self.obj_free.push(obj);
     }
+
     fn empty_object(&mut self, obj: u32, out: &mut Vec<u32>) {
         let nodes: Vec<u32> = match self.objs[obj as usize].as_ref() {
             Some(o) => o.pages.nodes(),
@@ -683,6 +778,11 @@ impl Store {
             obj_hash: KeyedState::random(),
             objs: Vec::new(),
             obj_free: Vec::new(),
+            obj_heap_bytes: 0,
+            reap: VecDeque::new(),
+            reap_chunk: REAP_CHUNK,
+            reap_manual: false,
+            reap_chunks_run: 0,
             accounts: Vec::new(),
             acct_free: Vec::new(),
             dl: Links::default(),
@@ -701,12 +801,43 @@ impl Store {
             nframes,
             total_ops: AtomicU64::new(0),
             errored_ops: AtomicU64::new(0),
+            waiting: AtomicU32::new(0),
         }
     }
 
     /// The configuration the store was made with.
     pub fn config(&self) -> StoreConfig {
-        lock(&self.meta).cfg.clone()
+        self.meta().cfg.clone()
+    }
+
+    /// The metadata lock. A thread that finds it taken says so while it waits, so that
+    /// reclaim lets it in between two chunks (a mutex gives no fairness: the reclaiming
+    /// thread would usually take the lock again before the woken waiter runs). Costs nothing
+    /// extra when the lock is free.
+    fn meta(&self) -> MutexGuard<'_, Meta> {
+        match self.meta.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::WouldBlock) => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let g = lock(&self.meta);
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                g
+            }
+            // Not `lock()`: the error still holds the guard, and locking again would deadlock.
+            Err(TryLockError::Poisoned(_)) => poisoned(),
+        }
+    }
+
+    /// Between two chunks of reclaim: let the threads that queued for the metadata lock
+    /// during the chunk take it first (for at most [`HANDOFF_MAX`], so a steady stream of
+    /// operations slows reclaim down but cannot stop it). No yield when nobody waits: on a
+    /// busy host that would cost a time slice per chunk, and the destroying guest's worker
+    /// serves other guests too.
+    fn hand_off(&self) {
+        let start = Instant::now();
+        while self.waiting.load(Ordering::Relaxed) > 0 && start.elapsed() < HANDOFF_MAX {
+            std::thread::yield_now();
+        }
     }
 
     fn count<T>(&self, r: Result<T, TmemError>) -> Result<T, TmemError> {
@@ -721,6 +852,55 @@ impl Store {
         if !frames.is_empty() {
             lock(&self.free).list.extend_from_slice(frames);
         }
+    }
+
+    /// Free the pages of destroyed pools and flushed objects, [`REAP_CHUNK`] pages per
+    /// metadata-lock acquisition, yielding between chunks so that other guests' operations
+    /// get the lock. Returns when nothing is pending. The destroy and flush operations call
+    /// it themselves; any thread may call it, several at once share the work.
+    pub fn reap(&self) {
+        loop {
+            let mut out = Vec::new();
+            let more = {
+                let mut m = self.meta();
+                if !m.reap_pending() {
+                    return;
+                }
+                if m.reap_manual {
+                    return;
+                }
+                let chunk = m.reap_chunk;
+                m.reap_chunk(chunk, &mut out)
+            };
+            self.free_frames(&out);
+            if !more {
+                return;
+            }
+            self.hand_off();
+        }
+    }
+
+    /// Tests only: reclaim in chunks of `chunk` pages, and only when [`Store::reap_step`] is
+    /// called (a put that needs memory still helps), so that tests can interleave reclaim with
+    /// other operations.
+    #[doc(hidden)]
+    pub fn set_manual_reap(&self, chunk: usize) {
+        let mut m = self.meta();
+        m.reap_manual = true;
+        m.reap_chunk = chunk.max(1);
+    }
+
+    /// Tests only: run one reclaim chunk; whether work remains.
+    #[doc(hidden)]
+    pub fn reap_step(&self) -> bool {
+        let mut out = Vec::new();
+        let more = {
+            let mut m = self.meta();
+            let chunk = m.reap_chunk;
+            m.reap_chunk(chunk, &mut out)
+        };
+        self.free_frames(&out);
+        more
     }
 
     /// Get a frame for a put: free list, a never-used frame, or eviction (`m` is the locked
@@ -741,7 +921,21 @@ impl Store {
                 return Reserve::Frame(x);
             }
         }
-        while m.g.eph_data > 0 {
+        if m.reap_pending() {
+            // Pages nobody can name any more go before pages somebody may still want.
+            let mut freed = Vec::new();
+            m.reap_chunk(HELP_REAP, &mut freed);
+            if let Some(x) = freed.pop() {
+                self.free_frames(&freed);
+                return Reserve::Frame(x);
+            }
+        }
+        // Evicted zero pages free no frame: bound the walk so that a guest's pile of them
+        // cannot hold the lock (this put then fails; the next one goes on from there).
+        for _ in 0..REAP_CHUNK {
+            if m.g.eph_data == 0 {
+                break;
+            }
             match m.evict_one() {
                 Some(Some(f)) => return Reserve::Frame(f),
                 Some(None) => continue,
@@ -778,8 +972,13 @@ impl Store {
         instance: u64,
         name: &str,
     ) -> Result<(ClientId, Attach), AttachRefused> {
-        let mut m = lock(&self.meta);
-        if let Some(&c) = m.by_identity.get(&identity) {
+        // A replaced client is destroyed outside the lock (its pages are reaped in chunks);
+        // then decide again, since another hello may have come in meanwhile.
+        let mut m = loop {
+            let mut m = self.meta();
+            let Some(&c) = m.by_identity.get(&identity) else {
+                break m;
+            };
             if let Some(cl) = m.clients.get_mut(&c) {
                 if cl.instance == instance {
                     if cl.attached {
@@ -800,8 +999,8 @@ impl Store {
             destroy_client_locked(&mut m, c, &mut out);
             drop(m);
             self.free_frames(&out);
-            m = lock(&self.meta);
-        }
+            self.reap();
+        };
         let id = ClientId(m.next_client);
         m.next_client = m.next_client.wrapping_add(1).max(1);
         let weight = m.cfg.default_weight;
@@ -819,6 +1018,8 @@ impl Store {
             pools: Vec::new(),
             account,
             pages: 0,
+            pers_pages: 0,
+            pers_cap: m.cfg.persistent_share_pages(),
             c: ClientCounters::default(),
         };
         m.clients.insert(id, cl);
@@ -830,7 +1031,7 @@ impl Store {
     /// leave its shared pools, keep persistent pools with a uuid for reattachment. Returns the
     /// detach epoch to pass to [`Store::expire_detached`] when the grace period ends.
     pub fn detach_client(&self, c: ClientId) -> u64 {
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         let mut out = Vec::new();
         let Ok(cl) = m.client(c) else { return 0 };
         let slots: Vec<(usize, Slot)> = cl
@@ -860,6 +1061,7 @@ impl Store {
         }
         drop(m);
         self.free_frames(&out);
+        self.reap();
         epoch
     }
 
@@ -867,7 +1069,7 @@ impl Store {
     /// is still detached from that same detach. Decided under the store's lock, so a guest
     /// reattaching as its grace expires keeps its persistent pools. Returns whether destroyed.
     pub fn expire_detached(&self, c: ClientId, epoch: u64) -> bool {
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         match m.client(c) {
             Ok(cl) if !cl.attached && cl.detach_epoch == epoch => {}
             _ => return false,
@@ -876,6 +1078,7 @@ impl Store {
         destroy_client_locked(&mut m, c, &mut out);
         drop(m);
         self.free_frames(&out);
+        self.reap();
         true
     }
 
@@ -901,11 +1104,12 @@ impl Store {
     /// Domain gone: drop everything of this client and leave its shared pools. Returns whether
     /// the client existed.
     pub fn destroy_client(&self, c: ClientId) -> bool {
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         let mut out = Vec::new();
         let existed = destroy_client_locked(&mut m, c, &mut out);
         drop(m);
         self.free_frames(&out);
+        self.reap();
         existed
     }
 
@@ -916,7 +1120,7 @@ impl Store {
 
     /// The client of an identity, attached or detached.
     pub fn client_by_identity(&self, identity: Identity) -> Option<ClientId> {
-        lock(&self.meta).by_identity.get(&identity).copied()
+        self.meta().by_identity.get(&identity).copied()
     }
 
     // ---- pools ---------------------------------------------------------------------------
@@ -933,6 +1137,8 @@ impl Store {
         uuid: [u64; 2],
         kind: PoolKind,
     ) -> Result<(u32, bool), TmemError> {
+        // A client re-created after a domain id reuse finds its predecessor's pages gone.
+        self.reap();
         let r = self.new_pool_inner(c, uuid, kind);
         self.count(r)
     }
@@ -943,7 +1149,7 @@ impl Store {
         uuid: [u64; 2],
         kind: PoolKind,
     ) -> Result<(u32, bool), TmemError> {
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         let m = &mut *m;
         let cl = m.client(c)?;
         if !cl.attached {
@@ -1023,7 +1229,7 @@ impl Store {
     /// Destroy (or, for a shared pool, leave) a pool. `Ok(true)` if there was one.
     pub fn destroy_pool(&self, c: ClientId, pool: u32) -> Result<bool, TmemError> {
         let r = (|| {
-            let mut m = lock(&self.meta);
+            let mut m = self.meta();
             let cl = m.client(c)?;
             if !cl.attached {
                 return Err(TmemError::NoDevice);
@@ -1036,6 +1242,7 @@ impl Store {
             close_pool_locked(&mut m, c, pool, &mut out);
             drop(m);
             self.free_frames(&out);
+            self.reap();
             Ok(true)
         })();
         self.count(r)
@@ -1072,7 +1279,7 @@ impl Store {
             src.read_page(&mut g);
             (f, is_zero(&g))
         });
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         if let Some((f, _)) = pre {
             // A never-used frame gets its node now, before it can reach the free list.
             m.ensure_data_links(f);
@@ -1104,7 +1311,7 @@ impl Store {
                 src.read_page(&mut g);
                 let zero = is_zero(&g);
                 drop(g);
-                let mut m = lock(&self.meta);
+                let mut m = self.meta();
                 self.finish_dup(&mut m, c, pool, gid, gen, &key, found.node, zero);
                 return Ok(());
             }
@@ -1138,6 +1345,9 @@ impl Store {
             return Err(TmemError::Frozen);
         }
         let kind = m.pool(gid).kind;
+        if kind.is_persistent() && m.client(c)?.at_limit(true) {
+            return Err(TmemError::OverCap);
+        }
         let mut own_frame = None;
         if !kind.is_shared() && cap != 0 && pages >= cap {
             // Over cap: an ephemeral put may push out this client's own oldest ephemeral page.
@@ -1213,7 +1423,8 @@ impl Store {
         let found = m.lookup(gid, key);
         if found.is_none() {
             let cl = m.client(c).ok()?;
-            if cl.frozen || (!m.pool(gid).kind.is_shared() && cl.cap != 0 && cl.pages >= cl.cap) {
+            let kind = m.pool(gid).kind;
+            if cl.frozen || (!kind.is_shared() && cl.at_limit(kind.is_persistent())) {
                 return None;
             }
         }
@@ -1256,7 +1467,7 @@ impl Store {
             src.read_page(&mut g);
             is_zero(&g)
         };
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         // The pool may have gone while the metadata lock was dropped.
         let alive = m.resolve(c, pool) == Ok(gid) && m.pool(gid).gen == gen;
         if !alive {
@@ -1275,7 +1486,7 @@ impl Store {
         } else if !m.pool(gid).kind.is_shared() {
             // Re-check the cap: another put may have used the room meanwhile.
             let cl = m.client(c)?;
-            if !dup && cl.cap != 0 && cl.pages >= cl.cap {
+            if !dup && cl.at_limit(m.pool(gid).kind.is_persistent()) {
                 drop(m);
                 self.free_frames(&[f]);
                 return Err(TmemError::OverCap);
@@ -1366,7 +1577,7 @@ impl Store {
         key: PageKey,
         dst: &mut D,
     ) -> Result<bool, TmemError> {
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         let gid = m.resolve(c, pool)?;
         let p = m.pool_mut(gid);
         p.c.total_gets += 1;
@@ -1431,7 +1642,7 @@ impl Store {
     /// (tmemd departs from Xen, which returned `-EFROZEN` after flushing for a frozen client).
     pub fn flush_page(&self, c: ClientId, pool: u32, key: PageKey) -> Result<(), TmemError> {
         let r = (|| {
-            let mut m = lock(&self.meta);
+            let mut m = self.meta();
             let gid = m.resolve(c, pool)?;
             m.pool_mut(gid).c.total_flushes += 1;
             if let Ok(cl) = m.client_mut(c) {
@@ -1453,7 +1664,7 @@ impl Store {
     /// Remove every page of one object. `Ok` whether or not it existed, frozen or not.
     pub fn flush_object(&self, c: ClientId, pool: u32, oid: Oid) -> Result<(), TmemError> {
         let r = (|| {
-            let mut m = lock(&self.meta);
+            let mut m = self.meta();
             let gid = m.resolve(c, pool)?;
             m.pool_mut(gid).c.total_obj_flushes += 1;
             if let Ok(cl) = m.client_mut(c) {
@@ -1461,10 +1672,19 @@ impl Store {
             }
             if let Some(&obj) = m.pool(gid).objs.get(&oid) {
                 m.pool_mut(gid).c.found_obj_flushes += 1;
+                let small = !m.reap_manual
+                    && m.objs[obj as usize]
+                        .as_ref()
+                        .is_some_and(|o| o.pages.len() <= m.reap_chunk);
                 let mut out = Vec::new();
-                m.empty_object(obj, &mut out);
+                if small {
+                    m.empty_object(obj, &mut out);
+                } else {
+                    m.queue_object_reap(gid, &oid);
+                }
                 drop(m);
                 self.free_frames(&out);
+                self.reap();
             }
             Ok(())
         })();
@@ -1475,13 +1695,13 @@ impl Store {
 
     /// Freeze or thaw a client: while frozen, puts of new handles fail with `Frozen`.
     pub fn set_frozen(&self, c: ClientId, frozen: bool) -> Result<(), TmemError> {
-        lock(&self.meta).client_mut(c)?.frozen = frozen;
+        self.meta().client_mut(c)?.frozen = frozen;
         Ok(())
     }
 
     /// Set a client's eviction weight.
     pub fn set_weight(&self, c: ClientId, weight: u32) -> Result<(), TmemError> {
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         let cl = m.client_mut(c)?;
         cl.weight = weight;
         let a = cl.account;
@@ -1491,15 +1711,19 @@ impl Store {
         Ok(())
     }
 
-    /// Set a client's page cap (0 = none). Pages already stored above a lowered cap stay.
+    /// Set a client's page cap (0 = none). It replaces the default persistent share for this
+    /// client. Pages already stored above a lowered cap stay.
     pub fn set_cap_pages(&self, c: ClientId, cap: u64) -> Result<(), TmemError> {
-        lock(&self.meta).client_mut(c)?.cap = cap;
+        let mut m = self.meta();
+        let cl = m.client_mut(c)?;
+        cl.cap = cap;
+        cl.pers_cap = 0;
         Ok(())
     }
 
     /// Record whether a client asked for compression (reported only, for now).
     pub fn set_compress(&self, c: ClientId, on: bool) -> Result<(), TmemError> {
-        lock(&self.meta).client_mut(c)?.compress = on;
+        self.meta().client_mut(c)?.compress = on;
         Ok(())
     }
 
@@ -1512,7 +1736,7 @@ impl Store {
         uuid: [u64; 2],
         allow: bool,
     ) -> Result<bool, TmemError> {
-        let mut m = lock(&self.meta);
+        let mut m = self.meta();
         let max = m.cfg.max_auth_per_domain as usize;
         if allow {
             let l = m.auth.entry(who).or_default();
@@ -1543,7 +1767,7 @@ impl Store {
 
     /// Global switch (Xen's `cli_id=ALL`): when false any domain may join any shared pool.
     pub fn set_shared_auth_required(&self, required: bool) {
-        lock(&self.meta).auth_required = required;
+        self.meta().auth_required = required;
     }
 
     /// Fault in all page-data memory now, so that no put ever waits for the kernel to back a
@@ -1555,7 +1779,7 @@ impl Store {
 
     /// Ephemeral pages whose eviction would release page memory now.
     pub fn freeable_pages(&self) -> u64 {
-        lock(&self.meta).g.eph_data
+        self.meta().g.eph_data
     }
 
     /// Evict ephemeral pages until at least `kib` KiB of page memory has been released (or
@@ -1563,24 +1787,41 @@ impl Store {
     /// free list (they stay allocated to the daemon, pre-faulted, for later puts).
     pub fn flush_kib(&self, kib: u64) -> u64 {
         let want = kib.div_ceil((PAGE_SIZE / 1024) as u64);
-        let mut m = lock(&self.meta);
-        let mut out = Vec::new();
-        while (out.len() as u64) < want && m.g.eph_data > 0 {
-            match m.evict_one() {
-                Some(Some(f)) => out.push(f),
-                Some(None) => {}
-                None => break,
+        let mut freed = 0u64;
+        // A chunk of evictions per lock acquisition, so a large flush never stalls the guests.
+        loop {
+            let mut m = self.meta();
+            let mut out = Vec::new();
+            let mut steps = 0;
+            let mut more = true;
+            while freed + (out.len() as u64) < want && steps < REAP_CHUNK {
+                steps += 1;
+                if m.g.eph_data == 0 {
+                    more = false;
+                    break;
+                }
+                match m.evict_one() {
+                    Some(Some(f)) => out.push(f),
+                    Some(None) => {}
+                    None => {
+                        more = false;
+                        break;
+                    }
+                }
             }
+            drop(m);
+            freed += out.len() as u64;
+            self.free_frames(&out);
+            if !more || freed >= want {
+                return freed * (PAGE_SIZE / 1024) as u64;
+            }
+            self.hand_off();
         }
-        drop(m);
-        let n = out.len() as u64;
-        self.free_frames(&out);
-        n * (PAGE_SIZE / 1024) as u64
     }
 
     /// A snapshot of every counter, taken under the metadata lock.
     pub fn stats(&self) -> StoreStats {
-        let m = lock(&self.meta);
+        let m = self.meta();
         let (free_len, fresh) = {
             let f = lock(&self.free);
             (f.list.len() as u64, f.fresh as u64)
@@ -1715,9 +1956,7 @@ impl Store {
         b += 4 * free_cap + 4 * m.x_free.capacity() as u64;
         b += (m.objs.capacity() * std::mem::size_of::<Option<Obj>>()) as u64;
         b += 4 * m.obj_free.capacity() as u64;
-        for o in m.objs.iter().flatten() {
-            b += o.pages.heap_bytes();
-        }
+        b += m.obj_heap_bytes;
         for p in m.pools.iter().flatten() {
             b += std::mem::size_of::<Pool>() as u64;
             b += map_bytes(p.objs.capacity(), std::mem::size_of::<(Oid, u32)>());
@@ -1787,15 +2026,35 @@ fn close_pool_locked(m: &mut Meta, c: ClientId, pool: u32, out: &mut Vec<u32>) {
             return;
         }
     }
-    m.empty_pool(gid, out);
-    if let Some(p) = m.pools[gid as usize].take() {
-        if p.kind.is_shared() {
-            m.shared.remove(&p.uuid);
-            m.free_account(p.account);
+    // The client stops being charged for the pool's pages now: they can no longer be used.
+    let p = m.pool_mut(gid);
+    let (pages, persistent) = (p.c.pages, p.kind.is_persistent());
+    if p.owner.take().is_some() {
+        if let Ok(cl) = m.client_mut(c) {
+            cl.pages -= pages;
+            if persistent {
+                cl.pers_pages -= pages;
+            }
         }
-        m.pool_free.push(gid);
+    }
+    let p = m.pool(gid);
+    let (shared, uuid) = (p.kind.is_shared(), p.uuid);
+    // Unlinked now; its pages go in bounded chunks (a small pool at once, here).
+    let small = p.c.pages + p.c.objects <= SMALL_POOL;
+    if shared && m.shared.get(&uuid) == Some(&gid) {
+        m.shared.remove(&uuid);
+    }
+    m.queue_pool_reap(gid);
+    if small && m.reap.len() == 1 && !m.reap_manual {
+        m.reap_chunk(SMALL_POOL as usize + 1, out);
     }
 }
+
+/// Longest a reclaiming thread waits, between two chunks, for queued threads to take the lock.
+const HANDOFF_MAX: Duration = Duration::from_millis(1);
+
+/// A pool with at most this many pages plus objects is freed within its destroy.
+const SMALL_POOL: u64 = 64;
 
 fn destroy_client_locked(m: &mut Meta, c: ClientId, out: &mut Vec<u32>) -> bool {
     let Ok(cl) = m.client(c) else { return false };

@@ -127,6 +127,15 @@ impl PageMap {
         }
     }
 
+    /// Consume the map into an iterator over its nodes, so that a big object can be emptied a
+    /// chunk at a time without rescanning what was already taken.
+    pub(crate) fn into_nodes(self) -> NodeDrain {
+        match self {
+            PageMap::Dense { slots, .. } => NodeDrain::Dense(slots.into_iter()),
+            PageMap::Sparse { map, .. } => NodeDrain::Sparse(map.into_values()),
+        }
+    }
+
     /// Heap bytes used (hash maps estimated as hashbrown lays them out).
     pub(crate) fn heap_bytes(&self) -> u64 {
         match self {
@@ -165,6 +174,23 @@ impl PageMap {
             }
             let len = map.len() as u32;
             *self = PageMap::Dense { slots, len };
+        }
+    }
+}
+
+/// The nodes of a consumed [`PageMap`], in no particular order.
+#[derive(Debug)]
+pub(crate) enum NodeDrain {
+    Dense(std::vec::IntoIter<u32>),
+    Sparse(std::collections::hash_map::IntoValues<u32, u32>),
+}
+
+impl Iterator for NodeDrain {
+    type Item = u32;
+    fn next(&mut self) -> Option<u32> {
+        match self {
+            NodeDrain::Dense(it) => it.find(|&n| n != NIL),
+            NodeDrain::Sparse(it) => it.next(),
         }
     }
 }

@@ -23,9 +23,12 @@ fn key(o: u64, i: u32) -> PageKey {
     }
 }
 
+/// A store of `pages` frames without the default persistent share, so that one client can
+/// fill it (the share has its own tests).
 fn store_pages(pages: u64) -> Store {
     Store::new(StoreConfig {
         mem_limit_bytes: pages * PAGE_SIZE as u64,
+        default_persistent_share_percent: 0,
         ..StoreConfig::default()
     })
 }
@@ -561,6 +564,7 @@ fn store_is_send_and_sync() {
 fn prefault_allocates_every_frame_once_and_puts_still_work() {
     let store = Store::new(StoreConfig {
         mem_limit_bytes: 1030 * PAGE_SIZE as u64,
+        default_persistent_share_percent: 0,
         ..StoreConfig::default()
     });
     let (c, _) = store.attach_client(1, 1, "p").unwrap();
@@ -586,6 +590,248 @@ fn prefault_allocates_every_frame_once_and_puts_still_work() {
     let mut out: Page = [0; PAGE_SIZE];
     assert!(store.get(c, pool, key(1029), &mut out).unwrap());
     assert!(out == page);
+    // The frame overhead kept as chunks are allocated: 1030 frames in 3 chunks.
+    let per = std::mem::size_of::<Mutex<Page>>() - PAGE_SIZE;
+    let chunk = std::mem::size_of::<Box<[Mutex<Page>]>>();
+    assert_eq!(
+        store.frames.overhead_bytes(),
+        (1030 * per + 3 * chunk) as u64
+    );
+}
+
+/// The object map bytes kept incrementally match a walk over every live object.
+fn check_obj_heap_bytes(s: &Store) {
+    let m = lock(&s.meta);
+    let walked: u64 = m.objs.iter().flatten().map(|o| o.pages.heap_bytes()).sum();
+    assert_eq!(m.obj_heap_bytes, walked);
+}
+
+#[test]
+fn persistent_share_caps_a_greedy_client_but_not_the_others() {
+    // 100 frames, default share 25%: 25 persistent pages per client.
+    let s = Store::new(StoreConfig {
+        mem_limit_bytes: 100 * PAGE_SIZE as u64,
+        ..StoreConfig::default()
+    });
+    let greedy = client(&s, 1);
+    let good = client(&s, 2);
+    let (gp, _) = s.new_pool(greedy, [0, 0], PP).unwrap();
+    let (ge, _) = s.new_pool(greedy, [0, 0], EP).unwrap();
+    let (op, _) = s.new_pool(good, [0, 0], PP).unwrap();
+    let mut stored = 0;
+    for i in 0..100 {
+        match s.put(greedy, gp, key(1, i), &page(i as u64)) {
+            Ok(()) => stored += 1,
+            Err(e) => {
+                assert_eq!(e, TmemError::OverCap);
+                break;
+            }
+        }
+    }
+    assert_eq!(stored, 25);
+    // Zero pages count too; ephemeral puts stay governed by the LRU only.
+    assert_eq!(
+        s.put(greedy, gp, key(2, 0), &[0u8; PAGE_SIZE]),
+        Err(TmemError::OverCap)
+    );
+    s.put(greedy, ge, key(1, 0), &page(7)).unwrap();
+    // A duplicate put at the limit still replaces the data.
+    s.put(greedy, gp, key(1, 0), &page(99)).unwrap();
+    assert_eq!(get(&s, greedy, gp, key(1, 0)), Ok(Some(page(99))));
+    for i in 0..25 {
+        s.put(good, op, key(1, i), &page(1000 + i as u64)).unwrap();
+    }
+    // A flush makes room again.
+    s.flush_page(greedy, gp, key(1, 3)).unwrap();
+    s.put(greedy, gp, key(3, 0), &page(5)).unwrap();
+    // An administrator's cap replaces the share: 0 lifts it, a number sets it.
+    s.set_cap_pages(greedy, 0).unwrap();
+    s.put(greedy, gp, key(4, 0), &page(6)).unwrap();
+    s.set_cap_pages(greedy, 27).unwrap();
+    assert_eq!(
+        s.put(greedy, gp, key(4, 1), &page(6)),
+        Err(TmemError::OverCap)
+    );
+    // Destroying the pool gives the whole share back at once.
+    assert_eq!(s.destroy_pool(greedy, gp), Ok(true));
+    let (gp, _) = s.new_pool(greedy, [0, 0], PP).unwrap();
+    s.put(greedy, gp, key(1, 0), &page(8)).unwrap();
+}
+
+#[test]
+fn share_rule_rounds_and_zero_means_none() {
+    let cfg = |mib: u64, pct: u32| StoreConfig {
+        mem_limit_bytes: mib << 20,
+        default_persistent_share_percent: pct,
+        ..StoreConfig::default()
+    };
+    assert_eq!(cfg(256, 25).persistent_share_pages(), 16384);
+    assert_eq!(cfg(256, 0).persistent_share_pages(), 0);
+    assert_eq!(cfg(256, 250).persistent_share_pages(), 65536);
+    let tiny = StoreConfig {
+        mem_limit_bytes: 2 * PAGE_SIZE as u64,
+        ..StoreConfig::default()
+    };
+    assert_eq!(tiny.persistent_share_pages(), 1);
+}
+
+#[test]
+fn destroyed_pool_is_gone_at_once_and_reclaimed_in_chunks() {
+    let s = store_pages(64);
+    s.set_manual_reap(8);
+    let a = client(&s, 1);
+    let b = client(&s, 2);
+    let (ap, _) = s.new_pool(a, [0, 0], PP).unwrap();
+    let (bp, _) = s.new_pool(b, [0, 0], PP).unwrap();
+    for o in 0..4 {
+        for i in 0..10 {
+            s.put(a, ap, key(o, i), &page(o * 100 + i as u64)).unwrap();
+        }
+    }
+    s.put(a, ap, key(9, 0), &[0u8; PAGE_SIZE]).unwrap();
+    for i in 0..10 {
+        s.put(b, bp, key(1, i), &page(5000 + i as u64)).unwrap();
+    }
+    check_obj_heap_bytes(&s);
+    assert_eq!(s.destroy_pool(a, ap), Ok(true));
+    // Unlinked: the id now names a new, empty pool; nothing of the old one is served.
+    assert_eq!(get(&s, a, ap, key(0, 0)), Err(TmemError::NoSuchPool));
+    let (np, _) = s.new_pool(a, [0, 0], PP).unwrap();
+    assert_eq!(np, ap);
+    assert_eq!(get(&s, a, np, key(0, 0)), Err(TmemError::Empty));
+    let st = s.stats();
+    // Still stored and counted until freed; no longer charged to the client.
+    assert_eq!(st.global.pages, 51);
+    assert_eq!(st.global.data_bytes, 50 * PAGE_SIZE as u64);
+    assert_eq!(st.clients[0].pages, 0);
+    s.put(a, np, key(0, 0), &page(77)).unwrap();
+    let mut steps = 0;
+    let mut last = s.stats().global.pages;
+    loop {
+        let more = s.reap_step();
+        steps += 1;
+        let g = s.stats().global;
+        // At most one chunk (8 pages) per step.
+        assert!(last - g.pages <= 8, "{} -> {}", last, g.pages);
+        last = g.pages;
+        // The other client's pages and the new pool's page are untouched, every byte.
+        assert_eq!(get(&s, b, bp, key(1, 3)), Ok(Some(page(5003))));
+        assert_eq!(get(&s, a, np, key(0, 0)), Ok(Some(page(77))));
+        assert_eq!(get(&s, a, np, key(0, 1)), Ok(None));
+        check_obj_heap_bytes(&s);
+        if !more {
+            break;
+        }
+    }
+    assert!(steps >= 51 / 8, "{steps} steps");
+    let g = s.stats().global;
+    assert_eq!((g.pages, g.objects), (11, 2));
+    assert_eq!(g.data_bytes, 11 * PAGE_SIZE as u64);
+    assert_eq!(g.zero_pages, 0);
+}
+
+#[test]
+fn reclaim_steps_are_bounded() {
+    let s = store_pages(64);
+    s.set_manual_reap(8);
+    let a = client(&s, 1);
+    let (ap, _) = s.new_pool(a, [0, 0], EP).unwrap();
+    for i in 0..40 {
+        s.put(a, ap, key(i as u64 / 20, i % 20), &page(i as u64))
+            .unwrap();
+    }
+    assert_eq!(s.destroy_pool(a, ap), Ok(true));
+    let mut before = s.stats().global.pages;
+    assert_eq!(before, 40);
+    while s.reap_step() {
+        let now = s.stats().global.pages;
+        assert!(before - now <= 8, "{before} -> {now}: more than one chunk");
+        before = now;
+    }
+    assert_eq!(s.stats().global.pages, 0);
+}
+
+#[test]
+fn puts_needing_memory_help_reclaim_and_eviction_skips_nothing() {
+    // Memory full of a destroyed pool's pages: a put takes a frame from the reclaim, not an
+    // error, and eviction of pages waiting for reclaim is harmless.
+    let s = store_pages(16);
+    s.set_manual_reap(4);
+    let a = client(&s, 1);
+    let b = client(&s, 2);
+    let (ap, _) = s.new_pool(a, [0, 0], PP).unwrap();
+    let (ae, _) = s.new_pool(a, [0, 0], EP).unwrap();
+    for i in 0..8 {
+        s.put(a, ap, key(1, i), &page(i as u64)).unwrap();
+        s.put(a, ae, key(1, i), &page(50 + i as u64)).unwrap();
+    }
+    assert!(s.destroy_client(a));
+    let (bp, _) = s.new_pool(b, [0, 0], PP).unwrap();
+    for i in 0..16 {
+        s.put(b, bp, key(2, i), &page(900 + i as u64)).unwrap();
+    }
+    for i in 0..16 {
+        assert_eq!(get(&s, b, bp, key(2, i)), Ok(Some(page(900 + i as u64))));
+    }
+    while s.reap_step() {}
+    let g = s.stats().global;
+    assert_eq!((g.pages, g.eph_pages, g.objects), (16, 0, 1));
+    // The destroyed client's account (its LRU head) was freed once its list was empty, and
+    // new clients work.
+    let c = client(&s, 3);
+    let (ce, _) = s.new_pool(c, [0, 0], EP).unwrap();
+    assert_eq!(s.flush_kib(16), 0);
+    assert_eq!(s.put(c, ce, key(1, 1), &page(3)), Err(TmemError::NoMemory));
+}
+
+#[test]
+fn big_object_flush_and_big_pool_destroy_leave_nothing() {
+    // More than one chunk in one object, and a pool of many objects, on the automatic path.
+    let n = (REAP_CHUNK * 2 + 100) as u32;
+    let s = store_pages(2 * n as u64 + 16);
+    let a = client(&s, 1);
+    let (p, _) = s.new_pool(a, [0, 0], PP).unwrap();
+    for i in 0..n {
+        s.put(a, p, key(1, i), &page(i as u64)).unwrap();
+        s.put(a, p, key(2 + i as u64, 0), &page(i as u64)).unwrap();
+    }
+    s.put(a, p, key(1, n + 5000), &page(1)).unwrap(); // sparse from here on
+    check_obj_heap_bytes(&s);
+    s.flush_object(a, p, Oid([1, 0, 0])).unwrap();
+    assert_eq!(get(&s, a, p, key(1, 5)), Ok(None));
+    let g = s.stats().global;
+    assert_eq!((g.pages, g.objects), (n as u64, n as u64));
+    check_obj_heap_bytes(&s);
+    // A new object with the same id starts empty.
+    s.put(a, p, key(1, 7), &page(42)).unwrap();
+    assert_eq!(get(&s, a, p, key(1, 7)), Ok(Some(page(42))));
+    assert_eq!(get(&s, a, p, key(1, 8)), Ok(None));
+    assert_eq!(s.destroy_pool(a, p), Ok(true));
+    let g = s.stats().global;
+    assert_eq!((g.pages, g.objects, g.data_bytes), (0, 0, 0));
+    assert_eq!(lock(&s.meta).obj_heap_bytes, 0);
+}
+
+#[test]
+fn a_big_destroy_releases_the_lock_every_chunk() {
+    // The automatic path, as tmemd uses it: destroy_pool frees everything before it returns,
+    // in chunks of at most REAP_CHUNK pages (plus objects), one lock acquisition each.
+    let n = 3 * REAP_CHUNK as u64 + 5;
+    let s = store_pages(n + 8);
+    let a = client(&s, 1);
+    let (p, _) = s.new_pool(a, [0, 0], PP).unwrap();
+    for i in 0..n {
+        s.put(a, p, key(i / 512, (i % 512) as u32), &page(i))
+            .unwrap();
+    }
+    let objects = n.div_ceil(512);
+    let before = lock(&s.meta).reap_chunks_run;
+    assert_eq!(s.destroy_pool(a, p), Ok(true));
+    let chunks = lock(&s.meta).reap_chunks_run - before;
+    let least = (n + objects).div_ceil(REAP_CHUNK as u64);
+    assert!(chunks >= least, "{chunks} lock acquisitions for {n} pages");
+    let g = s.stats().global;
+    assert_eq!((g.pages, g.objects, g.data_bytes), (0, 0, 0));
 }
 
 /// Local identities live beside Xen ones and never collide; a live local client cannot be

@@ -4,6 +4,10 @@
 //! With eviction on, the model cannot know which ephemeral pages are still there, so it keeps
 //! for each ephemeral key the data of the last successful put ("may be present") and checks
 //! that a get returns a miss or exactly those bytes. Persistent pages are known exactly.
+//!
+//! Destroyed pools are reclaimed in chunks of a few pages that the test runs as separate
+//! operations, so puts, gets and evictions interleave with half-reclaimed pools (and with
+//! new pools that took the destroyed pools' ids).
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -30,6 +34,10 @@ enum Op {
     Cap(usize, u64),
     Reattach(usize),
     FlushKib(u64),
+    /// Destroy (or leave) a pool and open it again at once.
+    DestroyPool(usize, Sel),
+    /// Run one reclaim chunk of destroyed pools.
+    ReapStep,
 }
 
 fn sel() -> impl Strategy<Value = Sel> {
@@ -47,8 +55,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (c.clone(), sel(), o).prop_map(|(c, s, o)| Op::FlushObject(c, s, o)),
         1 => (c.clone(), any::<bool>()).prop_map(|(c, f)| Op::Freeze(c, f)),
         1 => (c.clone(), prop_oneof![Just(0u64), Just(3), Just(6), Just(12)]).prop_map(|(c, n)| Op::Cap(c, n)),
-        1 => c.prop_map(Op::Reattach),
+        1 => c.clone().prop_map(Op::Reattach),
         1 => (0u64..40).prop_map(Op::FlushKib),
+        1 => (c, sel()).prop_map(|(c, s)| Op::DestroyPool(c, s)),
+        2 => Just(Op::ReapStep),
     ]
 }
 
@@ -75,6 +85,10 @@ fn key(o: u64, i: u32) -> PageKey {
 struct Model {
     frozen: [bool; CLIENTS],
     cap: [u64; CLIENTS],
+    /// Persistent-page limit: the default share until a cap is set.
+    pers_cap: [u64; CLIENTS],
+    /// Upper bound of the pages of destroyed pools not reclaimed yet.
+    dying: u64,
     /// Persistent pages, exact: (client, oid, index) -> data.
     pers: BTreeMap<(usize, u64, u32), u8>,
     /// Private ephemeral pages that may be present.
@@ -152,11 +166,19 @@ fn open_pools(s: &Store, c: ClientId, domid: usize, reattach: bool) -> BTreeMap<
 }
 
 impl Harness {
-    fn new() -> Harness {
-        let s = Store::new(StoreConfig {
+    /// `share`: the default persistent share in percent; `reap_chunk`: pages per reclaim
+    /// step, reclaim left to `Op::ReapStep` (else destroys reclaim at once, as in tmemd).
+    fn new(share: u32, reap_chunk: Option<usize>) -> Harness {
+        let cfg = StoreConfig {
             mem_limit_bytes: LIMIT * PAGE_SIZE as u64,
+            default_persistent_share_percent: share,
             ..StoreConfig::default()
-        });
+        };
+        let pers_cap = cfg.persistent_share_pages();
+        let s = Store::new(cfg);
+        if let Some(n) = reap_chunk {
+            s.set_manual_reap(n);
+        }
         let mut ids = Vec::new();
         let mut pools = Vec::new();
         for d in 0..CLIENTS {
@@ -177,7 +199,10 @@ impl Harness {
             s,
             ids,
             pools,
-            m: Model::default(),
+            m: Model {
+                pers_cap: [pers_cap; CLIENTS],
+                ..Model::default()
+            },
         }
     }
 
@@ -202,8 +227,11 @@ impl Harness {
                 }
                 // Absent (certainly if not in the model, possibly for ephemeral pages).
                 if old.is_none() || sel != Sel::Pers {
+                    let pcap = m.pers_cap[c];
                     if m.frozen[c] {
                         allowed.push(Err(TmemError::Frozen));
+                    } else if sel == Sel::Pers && pcap != 0 && m.pers_of(c) >= pcap {
+                        allowed.push(Err(TmemError::OverCap));
                     } else {
                         let cap = m.cap[c];
                         let mut go_on = true;
@@ -286,11 +314,14 @@ impl Harness {
             Op::FlushObject(c, sel, o) => {
                 let r = s.flush_object(self.ids[c], self.pools[c][&sel], key(o, 0).oid);
                 prop_assert_eq!(r, Ok(()));
+                let before = self.m.pers.len() + self.m.eph.len() + self.m.shared.len();
                 match sel {
                     Sel::Eph => self.m.eph.retain(|k, _| !(k.0 == c && k.1 == o)),
                     Sel::Pers => self.m.pers.retain(|k, _| !(k.0 == c && k.1 == o)),
                     Sel::Shared => self.m.shared.retain(|k, _| k.0 != o),
                 }
+                let after = self.m.pers.len() + self.m.eph.len() + self.m.shared.len();
+                self.m.dying += (before - after) as u64;
             }
             Op::Freeze(c, f) => {
                 s.set_frozen(self.ids[c], f).unwrap();
@@ -299,6 +330,7 @@ impl Harness {
             Op::Cap(c, n) => {
                 s.set_cap_pages(self.ids[c], n).unwrap();
                 self.m.cap[c] = n;
+                self.m.pers_cap[c] = 0;
             }
             Op::Reattach(c) => {
                 let id = self.ids[c];
@@ -307,12 +339,39 @@ impl Harness {
                 prop_assert_eq!(id2, id);
                 prop_assert_eq!(how, Attach::Reattached);
                 self.pools[c] = open_pools(s, id, c, true);
+                self.m.dying += self.m.eph_of(c);
                 self.m.eph.retain(|k, _| k.0 != c);
             }
             Op::FlushKib(k) => {
                 let got = s.flush_kib(k);
                 prop_assert_eq!(got % 4, 0);
                 prop_assert!(got <= k.div_ceil(4) * 4);
+            }
+            Op::DestroyPool(c, sel) => {
+                let id = self.ids[c];
+                prop_assert_eq!(s.destroy_pool(id, self.pools[c][&sel]), Ok(true));
+                let (uuid, kind) = match sel {
+                    Sel::Eph => ([0, 0], PoolKind::PrivateEphemeral),
+                    Sel::Pers => ([c as u64 + 1, 99], PoolKind::PrivatePersistent),
+                    Sel::Shared => (SHARED_UUID, PoolKind::SharedEphemeral),
+                };
+                let (p, re) = s.new_pool(id, uuid, kind).unwrap();
+                prop_assert!(!re, "{:?}: a destroyed pool came back", op);
+                // The lowest free id: the one just given up.
+                prop_assert_eq!(p, self.pools[c][&sel]);
+                // The other sharers stay, so a shared pool keeps its pages.
+                if sel != Sel::Shared {
+                    self.m.dying += match sel {
+                        Sel::Eph => self.m.eph_of(c),
+                        _ => self.m.pers_of(c),
+                    };
+                    self.m.clear_pool(c, sel);
+                }
+            }
+            Op::ReapStep => {
+                if !s.reap_step() {
+                    self.m.dying = 0;
+                }
             }
         }
         let g = self.s.stats().global;
@@ -323,8 +382,16 @@ impl Harness {
         prop_assert!(g.data_bytes >= self.m.pers_data() * PAGE_SIZE as u64);
         prop_assert!(g.pages >= self.m.pers.len() as u64);
         prop_assert!(
-            g.pages <= (self.m.pers.len() + self.m.eph.len() + self.m.shared.len()) as u64
+            g.pages
+                <= (self.m.pers.len() + self.m.eph.len() + self.m.shared.len()) as u64
+                    + self.m.dying,
+            "{} pages stored, model allows {} + {} being reclaimed",
+            g.pages,
+            self.m.pers.len() + self.m.eph.len() + self.m.shared.len(),
+            self.m.dying
         );
+        let charged: u64 = self.s.stats().clients.iter().map(|c| c.pages).sum();
+        prop_assert!(charged <= g.pages);
         Ok(())
     }
 
@@ -354,11 +421,19 @@ impl Harness {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     #[test]
-    fn store_matches_model(ops in proptest::collection::vec(op(), 1..600)) {
-        let mut h = Harness::new();
+    fn store_matches_model(
+        ops in proptest::collection::vec(op(), 1..600),
+        share in prop_oneof![Just(0u32), Just(25), Just(50)],
+        reap_chunk in proptest::option::of(1usize..4),
+    ) {
+        let mut h = Harness::new(share, reap_chunk);
         for op in &ops {
             h.step(op)?;
         }
         h.check_persistent()?;
+        // Reclaim everything: then the store holds exactly what the model may hold.
+        while h.s.reap_step() {}
+        h.m.dying = 0;
+        h.step(&Op::FlushKib(0))?;
     }
 }

@@ -80,6 +80,8 @@ pub struct FileConfig {
     pub max_guests: Option<u32>,
     pub reattach_grace_secs: Option<u64>,
     pub default_cap_pages: Option<u64>,
+    /// Percent of mem_limit one guest may pin in persistent pages (0 = no limit).
+    pub default_persistent_share_percent: Option<u32>,
     pub max_pools_per_client: Option<u32>,
     pub max_shared_pools: Option<u32>,
     pub max_auth_per_domain: Option<u32>,
@@ -184,7 +186,16 @@ impl Config {
                 .or(file.default_cap_pages)
                 .unwrap_or(defaults.default_cap_pages),
             default_weight: defaults.default_weight,
+            default_persistent_share_percent: file
+                .default_persistent_share_percent
+                .unwrap_or(defaults.default_persistent_share_percent),
         };
+        check_range(
+            "default_persistent_share_percent",
+            store.default_persistent_share_percent.into(),
+            0,
+            100,
+        )?;
         check_range(
             "max_pools_per_client",
             store.max_pools_per_client.into(),

@@ -70,6 +70,7 @@ fn guests(dir: &TempDir, n: usize, pages: u64, extra: &[&str]) -> (f64, f64, Vec
 fn store_limit(pages: u64) -> (f64, f64) {
     let store = Store::new(StoreConfig {
         mem_limit_bytes: (pages + 1024) * PAGE_SIZE as u64,
+        default_persistent_share_percent: 0,
         ..StoreConfig::default()
     });
     store.prefault();
