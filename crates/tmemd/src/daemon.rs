@@ -7,9 +7,7 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,8 +40,8 @@ const HOUSEKEEPING: Duration = Duration::from_millis(500);
 pub enum DaemonError {
     #[error("{0}")]
     GuestSocket(#[from] tmem_local::LocalError),
-    #[error("cannot use control socket {path}: {message}")]
-    ControlSocket { path: PathBuf, message: String },
+    #[error(transparent)]
+    ControlSocket(tmem_local::listen::BindError),
     #[error("cannot set up signal handling: {0}")]
     Signals(nix::errno::Errno),
     #[error("cannot start the event loop: {0}")]
@@ -68,7 +66,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(DaemonError::Signals)?;
 
     let guest_listener = tmem_local::bind_listener(&config.socket)?;
-    let control_listener = bind_control(&config.control_socket)?;
+    let control_listener =
+        tmem_local::listen::bind_socket(&config.control_socket, &tmem_local::listen::CONTROL_SOCKET)
+            .map_err(DaemonError::ControlSocket)?;
     guest_listener
         .set_nonblocking(true)
         .map_err(DaemonError::Poll)?;
@@ -306,8 +306,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     for j in joins {
         let _ = j.join();
     }
-    let _ = std::fs::remove_file(&config.socket);
-    let _ = std::fs::remove_file(&config.control_socket);
+    tmem_local::listen::remove_socket(&config.socket);
+    tmem_local::listen::remove_socket(&config.control_socket);
     info!("tmemd stopped");
     Ok(())
 }
@@ -445,35 +445,6 @@ fn allowed_control_uids(config: &Config) -> Vec<u32> {
     v.sort_unstable();
     v.dedup();
     v
-}
-
-/// Bind the control socket, owner-only (0600), refusing to steal it from a live tmemd.
-fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
-    let err = |message: String| DaemonError::ControlSocket {
-        path: path.to_owned(),
-        message,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err(format!("cannot create its directory: {e}")))?;
-    }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(err(
-                "another tmemd is already running there; stop it first or choose another path with --control-socket".into(),
-            ));
-        }
-        std::fs::remove_file(path).map_err(|e| err(format!("cannot remove stale socket: {e}")))?;
-    }
-    let listener = UnixListener::bind(path).map_err(|e| match e.kind() {
-        ErrorKind::PermissionDenied => {
-            err("permission denied; run tmemd as root or choose a writable path".into())
-        }
-        _ => err(e.to_string()),
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| err(format!("cannot restrict its permissions: {e}")))?;
-    Ok(listener)
 }
 
 /// Write all of `buf` to a non-blocking stream as far as it goes; returns bytes written.
