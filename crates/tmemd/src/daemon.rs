@@ -83,23 +83,16 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         connected: AtomicU32::new(0),
     });
     if config.prefault {
-        // Pages faulted in on the put path would cost each put ~10 µs; do it now, beside
-        // serving (a put that needs a chunk still being faulted waits for that chunk only).
-        let shared = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("tmemd-prefault".into())
-            .spawn(move || {
-                let t = Instant::now();
-                let bytes = shared.store.prefault();
-                info!(
-                    mib = bytes >> 20,
-                    ms = t.elapsed().as_millis() as u64,
-                    "page-data memory faulted in"
-                );
-            });
-        if let Err(e) = spawned {
-            warn!("cannot start the prefault thread ({e}); memory will be faulted in on use");
-        }
+        // READY must mean the page memory is in place: fault it in now, before READY (a put
+        // that had to fault its frame would cost ~10 µs, and a limit the host cannot back
+        // fails here, at start, rather than under load).
+        let t = Instant::now();
+        let bytes = shared.store.prefault();
+        info!(
+            mib = bytes >> 20,
+            ms = t.elapsed().as_millis() as u64,
+            "page-data memory faulted in"
+        );
     }
     let mut workers = Vec::new();
     let mut joins = Vec::new();

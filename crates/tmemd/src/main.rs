@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     let config = match Config::load(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tmemd: {e}");
+            eprintln!("tmemd: {}", one_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -34,8 +34,23 @@ fn main() -> ExitCode {
     match tmemd::daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tmemd: {e}");
+            eprintln!("tmemd: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line ("what is wrong: why"), each cause once.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        let t = cause.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = cause.source();
+    }
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
