@@ -21,7 +21,7 @@ use tmem_store::Store;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::control::{self, ControlConn};
+use crate::control::{self, ControlServer};
 use crate::sdnotify::Notifier;
 use crate::worker::{self, lock, GuestConn, GuestHandle, Shared, WorkerHandle, WorkerMsg};
 
@@ -32,7 +32,6 @@ const XEN: Token = Token(3);
 const FIRST_CONTROL: usize = 16;
 /// Handshakes in progress at once; more connections wait in the listen backlog.
 const MAX_HANDSHAKES: u32 = 16;
-const MAX_CONTROL_CONNS: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
 /// Everything that can stop the daemon, each with a message that says what to do.
@@ -72,9 +71,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     guest_listener
         .set_nonblocking(true)
         .map_err(DaemonError::Poll)?;
-    control_listener
-        .set_nonblocking(true)
-        .map_err(DaemonError::Poll)?;
+    let mut control = ControlServer::new(control_listener, FIRST_CONTROL).map_err(DaemonError::Poll)?;
 
     let shared = Arc::new(Shared {
         store: Store::new(config.store.clone()),
@@ -112,12 +109,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             Interest::READABLE,
         )
         .map_err(DaemonError::Poll)?;
-    registry
-        .register(
-            &mut SourceFd(&control_listener.as_raw_fd()),
-            CONTROL_LISTENER,
-            Interest::READABLE,
-        )
+    control
+        .register_listener(registry, CONTROL_LISTENER)
         .map_err(DaemonError::Poll)?;
     registry
         .register(
@@ -180,8 +173,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     notifier.notify("READY=1\nSTATUS=serving guests");
 
     let mut events = Events::with_capacity(128);
-    let mut controls: HashMap<usize, ControlConn> = HashMap::new();
-    let mut next_control = FIRST_CONTROL;
     let mut last_housekeeping = Instant::now();
     let mut last_watchdog = Instant::now();
     'serve: loop {
@@ -225,45 +216,14 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                         }
                     }
                 },
-                CONTROL_LISTENER => loop {
-                    match control_listener.accept() {
-                        Ok((stream, _)) => {
-                            if controls.len() >= MAX_CONTROL_CONNS {
-                                debug!("too many control connections; closing a new one");
-                                continue;
-                            }
-                            match ControlConn::new(stream, &ctx) {
-                                Ok(mut conn) => {
-                                    let token = next_control;
-                                    next_control += 1;
-                                    if conn.register(poll.registry(), Token(token)).is_ok() {
-                                        controls.insert(token, conn);
-                                    }
-                                }
-                                Err(e) => debug!("control connection dropped: {e}"),
-                            }
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            warn!("accept on control socket failed: {e}");
-                            break;
-                        }
-                    }
-                },
+                CONTROL_LISTENER => control.accept_all(poll.registry(), &ctx),
                 XEN => {
                     if let Some(x) = xen.as_mut() {
                         x.process();
                     }
                 }
-                Token(t) => {
-                    if let Some(conn) = controls.get_mut(&t) {
-                        if !conn.on_ready(&ctx) {
-                            conn.deregister(poll.registry());
-                            controls.remove(&t);
-                        }
-                    }
-                }
+                t if control.owns(t) => control.on_ready(t, poll.registry(), &ctx),
+                _ => {}
             }
         }
         let now = Instant::now();
@@ -273,13 +233,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 x.housekeeping();
             }
             expire_detached(&shared, config.reattach_grace);
-            controls.retain(|_, c| {
-                let keep = !c.idle_too_long(now);
-                if !keep {
-                    c.deregister(poll.registry());
-                }
-                keep
-            });
+            control.housekeeping(poll.registry(), now);
         }
         if let Some(interval) = watchdog {
             if now.duration_since(last_watchdog) >= interval {
