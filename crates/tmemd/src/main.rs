@@ -6,7 +6,22 @@ use clap::Parser;
 use tmemd::config::{Args, Config};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's message spans several lines (usage, hints); keep the one that says why.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("tmemd: {first} (see `tmemd --help`)");
+            return ExitCode::from(2);
+        }
+    };
     let config = match Config::load(args) {
         Ok(c) => c,
         Err(e) => {
