@@ -63,9 +63,13 @@ pub enum BindError {
     },
     #[error("{path} exists and is not a socket; refusing to remove it: move it away or choose another path with {flag}")]
     NotASocket { path: PathBuf, flag: &'static str },
-    #[error("another tmemd is listening on {path}; stop it first or choose another path with {flag}")]
+    #[error(
+        "another tmemd is listening on {path}; stop it first or choose another path with {flag}"
+    )]
     AlreadyListening { path: PathBuf, flag: &'static str },
-    #[error("permission denied on {path}; run tmemd as root or choose a writable path with {flag}")]
+    #[error(
+        "permission denied on {path}; run tmemd as root or choose a writable path with {flag}"
+    )]
     PermissionDenied {
         path: PathBuf,
         flag: &'static str,
@@ -125,7 +129,8 @@ pub fn bind_socket(path: &Path, spec: &SocketSpec) -> Result<UnixListener, BindE
     .map_err(io_err("create a socket for"))?;
     // The file bind creates takes the socket inode's mode minus the umask: narrowing the
     // inode first means the file is never more open than `spec.mode`, even for an instant.
-    fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(spec.mode)).map_err(io_err("set the mode of"))?;
+    fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(spec.mode))
+        .map_err(io_err("set the mode of"))?;
     let addr = UnixAddr::new(path).map_err(io_err("use the path"))?;
     bind(fd.as_raw_fd(), &addr).map_err(io_err("bind"))?;
     // A stricter umask may have removed bits we want (e.g. group access): set them exactly.
@@ -206,23 +211,24 @@ fn remove_stale(path: &Path, spec: &SocketSpec) -> Result<(), BindError> {
             path: path.to_owned(),
             flag: spec.flag,
         }),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => match std::fs::remove_file(path)
-        {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
-                Err(BindError::PermissionDenied {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            match std::fs::remove_file(path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
+                    Err(BindError::PermissionDenied {
+                        path: path.to_owned(),
+                        flag: spec.flag,
+                        source,
+                    })
+                }
+                Err(source) => Err(BindError::Io {
+                    op: "remove the stale socket",
                     path: path.to_owned(),
-                    flag: spec.flag,
                     source,
-                })
+                }),
             }
-            Err(source) => Err(BindError::Io {
-                op: "remove the stale socket",
-                path: path.to_owned(),
-                source,
-            }),
-        },
+        }
         Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
             Err(BindError::PermissionDenied {
                 path: path.to_owned(),

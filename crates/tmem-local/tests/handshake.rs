@@ -8,9 +8,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tmem_abi::{cmd, Request, RequestEntry};
+use tmem_local::listen::BindError;
 use tmem_local::wire::{HelloWire, HELLO_MAGIC, MAX_NAME};
 use tmem_local::*;
-use tmem_local::listen::BindError;
 use tmem_ring::{BackendRing, FrontendRing, Layout};
 
 const LAYOUT: Layout = Layout {

@@ -464,7 +464,14 @@ mod tests {
 
     #[test]
     fn misspelt_log_levels_are_refused() {
-        for good in ["info", "DEBUG", "warn", "tmemd=debug", "info,tmemd=trace", "off"] {
+        for good in [
+            "info",
+            "DEBUG",
+            "warn",
+            "tmemd=debug",
+            "info,tmemd=trace",
+            "off",
+        ] {
             let args = Args {
                 log_level: Some(good.into()),
                 ..Args::default()
@@ -500,7 +507,8 @@ mod tests {
         let e = c.check_host_memory(1 << 30).unwrap_err();
         assert!(e.to_string().contains("--allow-overcommit"), "{e}");
         assert!(c.check_host_memory(8 << 30).is_ok());
-        let args = Args::try_parse_from(["tmemd", "--mem-limit", "4G", "--allow-overcommit"]).unwrap();
+        let args =
+            Args::try_parse_from(["tmemd", "--mem-limit", "4G", "--allow-overcommit"]).unwrap();
         let c = Config::merge(args, FileConfig::default()).unwrap();
         assert!(c.check_host_memory(1 << 30).is_ok());
         assert_eq!(

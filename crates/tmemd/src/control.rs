@@ -583,7 +583,9 @@ mod tests {
     fn delegated_users_cannot_take_the_administrators_place() {
         let full = conns(&[0; MAX_CONTROL_CONNS]);
         assert!(matches!(admission(7, admin, &full), Admission::Busy(_)));
-        let delegated: Vec<u32> = (0..MAX_DELEGATED_CONNS as u32).map(|i| 100 + i % 8).collect();
+        let delegated: Vec<u32> = (0..MAX_DELEGATED_CONNS as u32)
+            .map(|i| 100 + i % 8)
+            .collect();
         let open = conns(&delegated);
         assert!(matches!(admission(200, admin, &open), Admission::Busy(_)));
         // Root still gets in, and so would it with the rest of the table full.

@@ -65,13 +65,16 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(DaemonError::Signals)?;
 
     let guest_listener = tmem_local::bind_listener(&config.socket)?;
-    let control_listener =
-        tmem_local::listen::bind_socket(&config.control_socket, &tmem_local::listen::CONTROL_SOCKET)
-            .map_err(DaemonError::ControlSocket)?;
+    let control_listener = tmem_local::listen::bind_socket(
+        &config.control_socket,
+        &tmem_local::listen::CONTROL_SOCKET,
+    )
+    .map_err(DaemonError::ControlSocket)?;
     guest_listener
         .set_nonblocking(true)
         .map_err(DaemonError::Poll)?;
-    let mut control = ControlServer::new(control_listener, FIRST_CONTROL).map_err(DaemonError::Poll)?;
+    let mut control =
+        ControlServer::new(control_listener, FIRST_CONTROL).map_err(DaemonError::Poll)?;
 
     let shared = Arc::new(Shared {
         store: Store::new(config.store.clone()),

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use tmem_tests::{bin, wait_for, Daemon, Guest, TempDir, Value};
 
 fn counter(v: &Value, path: &[&str]) -> u64 {
-    path.iter().fold(v, |x, p| &x[*p]).as_u64().unwrap_or(u64::MAX)
+    path.iter()
+        .fold(v, |x, p| &x[*p])
+        .as_u64()
+        .unwrap_or(u64::MAX)
 }
 
 fn open_fds(pid: i32) -> usize {
@@ -64,11 +67,9 @@ fn idle_and_trickling_control_connections_never_lock_out_the_administrator() {
         trickling.push(s);
     }
     // The daemon has taken them all in once its descriptor table holds a full control table.
-    wait_for(
-        Duration::from_secs(20),
-        "tmemd to accept the flood",
-        || (open_fds(daemon.pid()) >= base_fds + 64).then_some(()),
-    );
+    wait_for(Duration::from_secs(20), "tmemd to accept the flood", || {
+        (open_fds(daemon.pid()) >= base_fds + 64).then_some(())
+    });
     idle.push(UnixStream::connect(&daemon.control).expect("connect one more idle"));
 
     for round in 0..5 {
@@ -92,8 +93,16 @@ fn idle_and_trickling_control_connections_never_lock_out_the_administrator() {
     assert!(st.success(), "good guest failed ({st}): {err}");
     let last = seen.lock().unwrap().last().cloned().expect("guest output");
     assert_eq!(last["type"], "final", "{last}");
-    assert_eq!(counter(&last, &["guest", "verification_errors"]), 0, "{last}");
-    assert_eq!(counter(&last, &["counters", "map", "disconnects"]), 0, "{last}");
+    assert_eq!(
+        counter(&last, &["guest", "verification_errors"]),
+        0,
+        "{last}"
+    );
+    assert_eq!(
+        counter(&last, &["counters", "map", "disconnects"]),
+        0,
+        "{last}"
+    );
     drop(idle);
 }
 
@@ -102,7 +111,8 @@ fn a_trickling_connection_is_closed_after_the_idle_timeout() {
     let dir = TempDir::new("trickle");
     let daemon = Daemon::start(&dir, &["--mem-limit", "64M", "--no-xen"]);
     let mut s = UnixStream::connect(&daemon.control).expect("connect");
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     s.write_all(b"{").unwrap();
     // A byte every 2 s: under the old rule (idle = no byte for 30 s) it stayed forever.
     let start = Instant::now();

@@ -59,12 +59,7 @@ fn control_socket_on_a_regular_file_leaves_the_file_alone() {
     let dir = TempDir::new("regfile");
     let file = dir.path().join("precious.txt");
     std::fs::write(&file, b"do not delete").unwrap();
-    let out = tmemd_refuses(&[
-        "--socket",
-        s(&dir.socket()),
-        "--control-socket",
-        s(&file),
-    ]);
+    let out = tmemd_refuses(&["--socket", s(&dir.socket()), "--control-socket", s(&file)]);
     let err = one_line_error(&out);
     assert!(
         err.contains("is not a socket") && err.contains("--control-socket"),
@@ -84,7 +79,10 @@ fn missing_socket_directories_are_not_created() {
         s(&dir.control()),
     ]);
     let err = one_line_error(&out);
-    assert!(err.contains("does not exist") && err.contains("--socket"), "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("--socket"),
+        "{err}"
+    );
     assert!(!dir.path().join("no").exists(), "a directory was created");
 }
 
@@ -126,7 +124,12 @@ fn mem_available() -> u64 {
         .lines()
         .find(|l| l.starts_with("MemAvailable:"))
         .unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 #[test]
@@ -145,7 +148,13 @@ fn mem_limit_above_host_memory_is_refused_unless_overcommit_is_allowed() {
     // With the override (and no prefault, so nothing is touched) it starts and serves.
     let daemon = Daemon::start(
         &dir,
-        &["--no-xen", "--mem-limit", &too_much, "--allow-overcommit", "--no-prefault"],
+        &[
+            "--no-xen",
+            "--mem-limit",
+            &too_much,
+            "--allow-overcommit",
+            "--no-prefault",
+        ],
     );
     let r = daemon.control(&tmem_control::Op::Status);
     assert!(matches!(r, tmem_control::Reply::Ok(_)), "{r:?}");
@@ -236,7 +245,11 @@ fn socket_modes_do_not_follow_the_umask() {
 
 #[test]
 fn tmem_guest_refuses_zero_data_slots_without_panicking() {
-    for args in [["--data-slots", "0"], ["--ring-pages", "0"], ["--window", "0"]] {
+    for args in [
+        ["--data-slots", "0"],
+        ["--ring-pages", "0"],
+        ["--window", "0"],
+    ] {
         let out = Command::new(bin("tmem-guest"))
             .args(args)
             .args(["--socket", "/nonexistent/tmemd.sock", "--seconds", "1"])
@@ -265,7 +278,10 @@ fn children_named(pid: u32, comm: &str) -> Vec<u32> {
             continue;
         };
         let name = head.split_once(" (").map_or("", |(_, n)| n);
-        let ppid = rest.split_whitespace().nth(1).and_then(|x| x.parse::<u32>().ok());
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse::<u32>().ok());
         if name == comm && ppid == Some(pid) {
             out.push(p);
         }
@@ -298,7 +314,10 @@ fn tmem_demo_help_prints_help_and_a_killed_demo_takes_its_tmemd_with_it() {
         .expect("run tmem-demo --bogus");
     assert_eq!(out.status.code(), Some(2));
 
-    for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGKILL,
+    ] {
         let mut demo = Command::new(bin("tmem-demo"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

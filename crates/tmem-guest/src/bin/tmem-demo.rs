@@ -100,7 +100,9 @@ fn parse_args() {
             std::process::exit(0);
         }
         Some(other) => {
-            eprintln!("tmem-demo: unexpected argument {other:?}; it takes none (see `tmem-demo --help`)");
+            eprintln!(
+                "tmem-demo: unexpected argument {other:?}; it takes none (see `tmem-demo --help`)"
+            );
             std::process::exit(2);
         }
     }
