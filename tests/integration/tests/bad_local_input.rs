@@ -220,12 +220,15 @@ fn socket_modes_do_not_follow_the_umask() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: umask is async-signal-safe and only affects the child about to exec.
+    let open_umask = || {
+        // SAFETY: umask cannot fail and only affects the child about to exec.
+        let _ = unsafe { libc::umask(0) };
+        Ok(())
+    };
+    // SAFETY: the closure runs between fork and exec and only calls umask, which is
+    // async-signal-safe.
     unsafe {
-        child.pre_exec(|| {
-            libc::umask(0);
-            Ok(())
-        });
+        child.pre_exec(open_umask);
     }
     let mut child = child.spawn().expect("spawn tmemd");
     let control = dir.control();
