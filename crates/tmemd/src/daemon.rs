@@ -82,18 +82,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         detached: Mutex::new(HashMap::new()),
         connected: AtomicU32::new(0),
     });
-    if config.prefault {
-        // READY must mean the page memory is in place: fault it in now, before READY (a put
-        // that had to fault its frame would cost ~10 µs, and a limit the host cannot back
-        // fails here, at start, rather than under load).
-        let t = Instant::now();
-        let bytes = shared.store.prefault();
-        info!(
-            mib = bytes >> 20,
-            ms = t.elapsed().as_millis() as u64,
-            "page-data memory faulted in"
-        );
-    }
     let mut workers = Vec::new();
     let mut joins = Vec::new();
     for i in 0..config.workers as usize {
@@ -173,7 +161,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         xen = xen.is_some(),
         "tmemd ready"
     );
-    notifier.notify("READY=1\nSTATUS=serving guests");
+    ready_once_memory_is_in_place(&shared, config.prefault, &notifier);
 
     let mut events = Events::with_capacity(128);
     let mut last_housekeeping = Instant::now();
@@ -260,6 +248,38 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     tmem_local::listen::remove_socket(&config.control_socket);
     info!("tmemd stopped");
     Ok(())
+}
+
+const READY: &str = "READY=1\nSTATUS=serving guests";
+
+/// Tell systemd we are ready only once the page memory is in place: it is faulted in on a
+/// thread beside serving (guests get in at once; a put needing a chunk still being faulted
+/// waits for that chunk only), which sends READY when done. Without prefault, READY is now.
+fn ready_once_memory_is_in_place(shared: &Arc<Shared>, prefault: bool, notifier: &Notifier) {
+    if !prefault {
+        notifier.notify(READY);
+        return;
+    }
+    let prefault_then_ready = {
+        let shared = shared.clone();
+        move || {
+            let t = Instant::now();
+            let bytes = shared.store.prefault();
+            info!(
+                mib = bytes >> 20,
+                ms = t.elapsed().as_millis() as u64,
+                "page-data memory faulted in"
+            );
+            Notifier::from_env().notify(READY);
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("tmemd-prefault".into())
+        .spawn(prefault_then_ready.clone());
+    if let Err(e) = spawned {
+        warn!("cannot start the prefault thread ({e}); faulting in page memory now");
+        prefault_then_ready();
+    }
 }
 
 /// Hand a new guest connection to a short-lived thread for its handshake, so a peer that
