@@ -1,7 +1,8 @@
 //! The daemon's main thread: sockets, handshakes, the control socket, signals, housekeeping.
 //!
 //! Order of start-up: bind the guest and control sockets (so a second tmemd fails early and
-//! clearly), build the store, start the workers, tell systemd we are ready, then serve.
+//! clearly), build the store, start the workers and serve; systemd hears READY once the
+//! page memory is faulted in (on a thread beside serving).
 //! SIGTERM or SIGINT stops the workers, removes the sockets and exits 0.
 
 use std::collections::HashMap;
