@@ -86,6 +86,7 @@ fn idle_and_trickling_control_connections_never_lock_out_the_administrator() {
             took < Duration::from_secs(5),
             "round {round}: tmem status took {took:?}"
         );
+        eprintln!("round {round}: tmem status answered in {took:?} past 81 other connections");
     }
 
     let seen = good.seen.clone();
