@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "Administer tmemd, the transcendent-memory daemon for Xen guests",
     after_help = "Exit status: 0 success, 1 the operation failed, 2 usage error, \
-                  3 tmemd unreachable, 4 permission denied, 5 protocol mismatch."
+                  3 tmemd unreachable or busy, 4 permission denied, 5 protocol mismatch."
 )]
 pub struct Cli {
     /// Control socket of the daemon.

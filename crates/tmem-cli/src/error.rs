@@ -8,7 +8,7 @@ use tmem_control::ErrorKind;
 pub const EXIT_FAILED: i32 = 1;
 /// Exit status: the command line is wrong (bad number, bad uuid, missing argument, ...).
 pub const EXIT_USAGE: i32 = 2;
-/// Exit status: tmemd could not be reached (not running, stale socket, no answer).
+/// Exit status: tmemd could not be reached (not running, stale socket, no answer, busy).
 pub const EXIT_UNREACHABLE: i32 = 3;
 /// Exit status: not allowed to use the control socket.
 pub const EXIT_PERMISSION: i32 = 4;
@@ -71,6 +71,8 @@ impl CliError {
                 ErrorKind::Version | ErrorKind::Malformed => EXIT_PROTOCOL,
                 ErrorKind::InvalidArgument => EXIT_USAGE,
                 ErrorKind::UnknownDomain | ErrorKind::Refused => EXIT_FAILED,
+                // Like "unreachable": nothing was done, and trying again later may work.
+                ErrorKind::Busy => EXIT_UNREACHABLE,
             },
             CliError::Output { .. } => EXIT_FAILED,
         }
@@ -111,6 +113,7 @@ mod tests {
         assert_eq!(d(ErrorKind::Refused).exit_code(), 1);
         assert_eq!(d(ErrorKind::PermissionDenied).exit_code(), 4);
         assert_eq!(d(ErrorKind::Version).exit_code(), 5);
+        assert_eq!(d(ErrorKind::Busy).exit_code(), 3);
     }
 
     #[test]

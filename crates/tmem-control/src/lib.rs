@@ -124,6 +124,9 @@ pub enum ErrorKind {
     InvalidArgument,
     /// The store refused (e.g. the authorisation list is full).
     Refused,
+    /// Every control connection is in use by peers that may not be displaced; sent in place
+    /// of a reply to the request, right after accept. Try again in a moment.
+    Busy,
 }
 
 /// The daemon's answer to one request.

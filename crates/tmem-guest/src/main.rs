@@ -71,14 +71,14 @@ pub struct ConnArgs {
     /// Guest name (default: guest-<domid>).
     #[arg(long)]
     pub name: Option<String>,
-    /// Ring pages (entries = largest power of two of 64-byte entries that fits).
-    #[arg(long, default_value_t = 4)]
+    /// Ring pages (entries = largest power of two of 64-byte entries that fits), 1 to 256.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub ring_pages: u32,
-    /// Data-area slots (pages).
-    #[arg(long, default_value_t = 128)]
+    /// Data-area slots (pages), 1 to 65536.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub data_slots: u32,
     /// Most requests in flight (1 = synchronous).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub window: usize,
     /// Spin before sleeping while waiting for a response, in microseconds.
     #[arg(long, default_value_t = 50)]
@@ -162,7 +162,22 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's message spans several lines (usage, hints); keep the one that says why.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("tmem-guest: {first} (see `tmem-guest --help`)");
+            return ExitCode::from(2);
+        }
+    };
     workload::stop_on_signals();
     match cli.cmd {
         Some(Cmd::Bench(b)) => bench(b),

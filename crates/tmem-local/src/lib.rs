@@ -9,7 +9,6 @@
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use nix::sys::socket::{
 use tmem_ring::Layout;
 
 mod fd;
+pub mod listen;
 pub mod wire;
 
 pub use fd::{
@@ -39,28 +39,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Errors of the local transport outside the hello itself.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error(
-        "another tmemd is listening on {0}; stop it first or choose another path with --socket"
-    )]
-    AlreadyListening(PathBuf),
-    #[error("{0} exists and is not a socket; refusing to remove it: move it away or choose another path with --socket")]
-    NotASocket(PathBuf),
+    #[error(transparent)]
+    Listen(#[from] listen::BindError),
     #[error(
         "permission denied on {path}; run tmemd as root or choose a writable path with --socket"
     )]
     PermissionDenied {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot create directory {path}")]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot bind {path}")]
-    Bind {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -358,81 +342,9 @@ impl LocalGuest {
     }
 }
 
-/// Bind the daemon's listening socket at `path`: create the parent directory (0755) if
-/// missing, remove a stale socket nobody listens on, refuse if another daemon listens.
+/// Bind the daemon's guest socket at `path` (mode 0660; see [`listen::bind_socket`]).
 pub fn bind_listener(path: &Path) -> Result<UnixListener, LocalError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .map_err(|source| match source.kind() {
-                    io::ErrorKind::PermissionDenied => LocalError::PermissionDenied {
-                        path: dir.to_owned(),
-                        source,
-                    },
-                    _ => LocalError::CreateDir {
-                        path: dir.to_owned(),
-                        source,
-                    },
-                })?;
-        }
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) => {
-            if !meta.file_type().is_socket() {
-                return Err(LocalError::NotASocket(path.to_owned()));
-            }
-            match UnixStream::connect(path) {
-                Ok(_) => return Err(LocalError::AlreadyListening(path.to_owned())),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    // Stale socket of a daemon that is gone.
-                    match std::fs::remove_file(path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
-                            return Err(LocalError::PermissionDenied {
-                                path: path.to_owned(),
-                                source,
-                            })
-                        }
-                        Err(source) => return Err(io_err("removing stale socket")(source)),
-                    }
-                }
-                Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
-                    return Err(LocalError::PermissionDenied {
-                        path: path.to_owned(),
-                        source,
-                    })
-                }
-                Err(source) => {
-                    return Err(LocalError::Bind {
-                        path: path.to_owned(),
-                        source,
-                    })
-                }
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(LocalError::Bind {
-                path: path.to_owned(),
-                source,
-            })
-        }
-    }
-    UnixListener::bind(path).map_err(|source| match source.kind() {
-        io::ErrorKind::PermissionDenied => LocalError::PermissionDenied {
-            path: path.to_owned(),
-            source,
-        },
-        io::ErrorKind::AddrInUse => LocalError::AlreadyListening(path.to_owned()),
-        _ => LocalError::Bind {
-            path: path.to_owned(),
-            source,
-        },
-    })
+    Ok(listen::bind_socket(path, &listen::GUEST_SOCKET)?)
 }
 
 /// The peer's credentials as the kernel recorded them at `connect`.

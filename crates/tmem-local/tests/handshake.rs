@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tmem_abi::{cmd, Request, RequestEntry};
+use tmem_local::listen::BindError;
 use tmem_local::wire::{HelloWire, HELLO_MAGIC, MAX_NAME};
 use tmem_local::*;
 use tmem_ring::{BackendRing, FrontendRing, Layout};
@@ -33,6 +34,8 @@ fn sock_path(tag: &str) -> PathBuf {
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     ));
+    // tmemd creates no directory but its runtime directory: the test makes its own.
+    std::fs::create_dir_all(dir.join("sub")).expect("create test directory");
     dir.join("sub").join("tmemd.sock")
 }
 
@@ -477,7 +480,7 @@ fn listener_reports_busy_and_removes_stale() {
     let l = bind_listener(&path).unwrap();
     assert!(path.parent().unwrap().is_dir());
     match bind_listener(&path) {
-        Err(e @ LocalError::AlreadyListening(_)) => {
+        Err(e @ LocalError::Listen(BindError::AlreadyListening { .. })) => {
             assert!(e.to_string().contains("another tmemd is listening on"))
         }
         other => panic!("{other:?}"),
@@ -490,7 +493,7 @@ fn listener_reports_busy_and_removes_stale() {
     std::fs::write(&file, b"x").unwrap();
     assert!(matches!(
         bind_listener(&file),
-        Err(LocalError::NotASocket(_))
+        Err(LocalError::Listen(BindError::NotASocket { .. }))
     ));
 }
 

@@ -60,6 +60,10 @@ pub struct Args {
     /// chunk as puts first need it, which stalls those puts).
     #[arg(long)]
     pub no_prefault: bool,
+    /// Accept a --mem-limit larger than the memory this host has available now (for people
+    /// who know it will be there, e.g. memory about to be freed or added).
+    #[arg(long)]
+    pub allow_overcommit: bool,
     /// Xen domains that get a tmem device: ids or names, comma separated (default: every
     /// domain but dom0).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -94,6 +98,8 @@ pub struct FileConfig {
     pub xen_domains: Option<Vec<String>>,
     /// Fault in all page-data memory at start-up (default true).
     pub prefault: Option<bool>,
+    /// Accept a mem_limit above the host's available memory (default false).
+    pub allow_overcommit: Option<bool>,
 }
 
 /// The validated configuration.
@@ -112,8 +118,10 @@ pub struct Config {
     pub store: StoreConfig,
     /// Try the Xen transport (it still needs a Xen dom0 to start).
     pub xen: bool,
-    /// Fault in all page-data memory in the background at start-up.
+    /// Fault in all page-data memory at start-up, before telling systemd we are ready.
     pub prefault: bool,
+    /// Skip the check of mem_limit against the host's available memory.
+    pub allow_overcommit: bool,
     /// `None`: every domain but dom0.
     pub xen_domains: Option<Vec<String>>,
 }
@@ -126,7 +134,7 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is invalid: {message}")]
+    #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
     Invalid(String),
@@ -139,7 +147,27 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        Config::merge(args, file)
+        let config = Config::merge(args, file)?;
+        if let Some(available) = host_available_bytes() {
+            config.check_host_memory(available)?;
+        }
+        Ok(config)
+    }
+
+    /// Refuse a page-data limit the host cannot give (unless overcommit is allowed): the
+    /// store would abort, or push the host into the OOM killer, when it later fills up.
+    /// `available` is the host's MemAvailable; tmemd holds no page memory yet at this point.
+    pub fn check_host_memory(&self, available: u64) -> Result<(), ConfigError> {
+        let want = self.store.mem_limit_bytes;
+        if self.allow_overcommit || want <= available {
+            return Ok(());
+        }
+        Err(invalid(format!(
+            "mem_limit {} is more than this host has available ({}); lower --mem-limit, or add \
+             --allow-overcommit (allow_overcommit = true) if you know the memory will be there",
+            human(want),
+            human(available)
+        )))
     }
 
     /// Merge flags over file values over defaults, and validate.
@@ -214,6 +242,11 @@ impl Config {
             0,
             1 << 20,
         )?;
+        let log_level = args
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
+        check_log_level(&log_level)?;
         let xen = !args.no_xen && file.xen.unwrap_or(true);
         let xen_domains = args.xen_domains.or(file.xen_domains);
         if let Some(list) = &xen_domains {
@@ -246,10 +279,8 @@ impl Config {
             max_data_slots,
             max_guests,
             reattach_grace: Duration::from_secs(grace),
-            log_level: args
-                .log_level
-                .or(file.log_level)
-                .unwrap_or_else(|| "info".into()),
+            log_level,
+            allow_overcommit: args.allow_overcommit || file.allow_overcommit.unwrap_or(false),
             control_uids: file.control_uids.unwrap_or_default(),
             store,
         })
@@ -263,9 +294,67 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
-        // toml's message spans several lines; keep the error to one.
-        message: e.message().replace('\n', " "),
+        message: toml_message(&text, &e),
     })
+}
+
+/// One line naming where the error is: "line N, key `k`: message" (toml's own rendering
+/// spans several lines and its bare message does not say which key is wrong).
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() && !key.trim_start().starts_with('#') => {
+            format!("line {line_no}, key `{}`: {message}", key.trim())
+        }
+        _ => format!("line {line_no}: {message}"),
+    }
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// A misspelt level would parse as a target name and silence the daemon: accept a level, or
+/// comma-separated `target=level` directives whose levels are real.
+fn check_log_level(filter: &str) -> Result<(), ConfigError> {
+    let is_level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    let ok = !filter.trim().is_empty()
+        && filter.split(',').all(|d| match d.rsplit_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(d),
+        });
+    if ok {
+        return Ok(());
+    }
+    Err(invalid(format!(
+        "log_level {filter:?} is not a log level: use error, warn, info, debug or trace \
+         (or target=level directives, e.g. tmemd=debug)"
+    )))
+}
+
+/// The host's MemAvailable in bytes, if /proc/meminfo says.
+fn host_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo_available(&text)
+}
+
+fn meminfo_available(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Bytes as "N MiB" / "N.N GiB", for messages.
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
 }
 
 fn default_workers() -> u32 {
@@ -382,6 +471,61 @@ mod tests {
         assert_eq!(c.xen_domains.unwrap().len(), 2);
         let f: FileConfig = toml::from_str("xen_domains = [\"\"]\n").unwrap();
         assert!(Config::merge(Args::default(), f).is_err());
+    }
+
+    #[test]
+    fn misspelt_log_levels_are_refused() {
+        for good in [
+            "info",
+            "DEBUG",
+            "warn",
+            "tmemd=debug",
+            "info,tmemd=trace",
+            "off",
+        ] {
+            let args = Args {
+                log_level: Some(good.into()),
+                ..Args::default()
+            };
+            assert!(Config::merge(args, FileConfig::default()).is_ok(), "{good}");
+        }
+        for bad in ["infoo", "", "tmemd=loud", "verbose", "=debug"] {
+            let args = Args {
+                log_level: Some(bad.into()),
+                ..Args::default()
+            };
+            let e = Config::merge(args, FileConfig::default()).unwrap_err();
+            assert!(e.to_string().contains("is not a log level"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn toml_type_errors_name_the_key_and_line() {
+        let text = "mem_limit = \"1G\"\nworkers = \"2\"\n";
+        let e = toml::from_str::<FileConfig>(text).unwrap_err();
+        let m = toml_message(text, &e);
+        assert!(m.starts_with("line 2, key `workers`:"), "{m}");
+        assert!(!m.contains('\n'), "{m}");
+    }
+
+    #[test]
+    fn mem_limit_above_available_memory_needs_overcommit() {
+        let args = Args {
+            mem_limit: Some("4G".into()),
+            ..Args::default()
+        };
+        let c = Config::merge(args, FileConfig::default()).unwrap();
+        let e = c.check_host_memory(1 << 30).unwrap_err();
+        assert!(e.to_string().contains("--allow-overcommit"), "{e}");
+        assert!(c.check_host_memory(8 << 30).is_ok());
+        let args =
+            Args::try_parse_from(["tmemd", "--mem-limit", "4G", "--allow-overcommit"]).unwrap();
+        let c = Config::merge(args, FileConfig::default()).unwrap();
+        assert!(c.check_host_memory(1 << 30).is_ok());
+        assert_eq!(
+            meminfo_available("MemTotal: 10 kB\nMemAvailable:  2048 kB\n"),
+            Some(2 << 20)
+        );
     }
 
     #[test]

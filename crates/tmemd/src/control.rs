@@ -4,10 +4,21 @@
 //! nothing, sends garbage or never reads can only time out or be closed; it cannot hold
 //! up the daemon or other administrators. Peers are checked once, at accept, by their
 //! credentials (root, the daemon's own user, or configured uids).
+//!
+//! The administrator must always get in, even when other processes hold every connection:
+//! - a connection is idle from its last *complete* request (a byte now and then does not
+//!   keep it), and is closed after [`IDLE_TIMEOUT`];
+//! - when the table is full, a newcomer from root or the daemon's own user displaces the
+//!   connection whose last request is oldest;
+//! - other allowed users share at most [`MAX_DELEGATED_CONNS`] connections, at most
+//!   [`MAX_CONNS_PER_DELEGATED_UID`] each (a newcomer over its own share displaces its own
+//!   oldest), so they can never take the administrator's place;
+//! - a peer that cannot be let in is told "busy" (not dropped silently), so `tmem` can say so.
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,13 +30,20 @@ use tmem_control::{
     MAX_REQUEST_BYTES,
 };
 use tmem_store::{ClientId, Identity};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::daemon::{read_some, write_some};
+use crate::ratelimit::RateLimiter;
 use crate::worker::{lock, Shared, WorkerHandle};
 
-/// A control connection that has done nothing for this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection with no complete request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Control connections open at once.
+pub const MAX_CONTROL_CONNS: usize = 64;
+/// Connections that users other than root and the daemon's own user may hold together.
+pub const MAX_DELEGATED_CONNS: usize = 48;
+/// Connections one such user may hold.
+pub const MAX_CONNS_PER_DELEGATED_UID: usize = 8;
 /// Replies queued for a client that does not read; past this it is closed.
 const MAX_PENDING_OUT: usize = 16 << 20;
 
@@ -40,48 +58,256 @@ pub struct Context {
     pub transports: Vec<&'static str>,
 }
 
+/// The control listener and its connections, with the admission policy above.
+#[derive(Debug)]
+pub struct ControlServer {
+    listener: UnixListener,
+    conns: HashMap<usize, ControlConn>,
+    next_token: usize,
+    first_token: usize,
+    /// Root and this uid are administrators: never refused for lack of room.
+    own_uid: u32,
+    refusal_log: RateLimiter,
+}
+
+impl ControlServer {
+    /// Serve `listener`; connection tokens are `first_token` and up.
+    pub fn new(listener: UnixListener, first_token: usize) -> std::io::Result<ControlServer> {
+        listener.set_nonblocking(true)?;
+        Ok(ControlServer {
+            listener,
+            conns: HashMap::new(),
+            next_token: first_token,
+            first_token,
+            own_uid: nix::unistd::geteuid().as_raw(),
+            refusal_log: RateLimiter::new(5, Duration::from_secs(10)),
+        })
+    }
+
+    pub fn register_listener(&self, registry: &Registry, token: Token) -> std::io::Result<()> {
+        registry.register(
+            &mut SourceFd(&self.listener.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        )
+    }
+
+    /// Whether `token` belongs to a control connection.
+    pub fn owns(&self, token: Token) -> bool {
+        token.0 >= self.first_token
+    }
+
+    /// Accept every pending connection (the listener is edge-triggered).
+    pub fn accept_all(&mut self, registry: &Registry, ctx: &Context) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.admit(stream, registry, ctx),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!("accept on control socket failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, stream: UnixStream, registry: &Registry, ctx: &Context) {
+        let uid = match peer_uid(&stream) {
+            Ok(uid) => uid,
+            Err(e) => {
+                debug!("control connection dropped: {e}");
+                return;
+            }
+        };
+        if !ctx.allowed_uids.contains(&uid) {
+            self.log_refusal(uid, "not allowed");
+            refuse(
+                &stream,
+                Kind::PermissionDenied,
+                format!("user id {uid} may not administer tmemd; run tmem as root"),
+            );
+            return;
+        }
+        if let Err(why) = self.make_room(uid, registry) {
+            self.log_refusal(uid, why);
+            refuse(
+                &stream,
+                Kind::Busy,
+                format!("tmemd is busy: {why}; try again in a moment"),
+            );
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        match ControlConn::new(stream, uid) {
+            Ok(mut conn) => {
+                if conn.register(registry, Token(token)).is_ok() {
+                    self.conns.insert(token, conn);
+                }
+            }
+            Err(e) => debug!("control connection dropped: {e}"),
+        }
+    }
+
+    /// Make room for one more connection from `uid` (see [`admission`]); `Err` says why
+    /// there is none.
+    fn make_room(&mut self, uid: u32, registry: &Registry) -> Result<(), &'static str> {
+        let own_uid = self.own_uid;
+        let open: Vec<OpenConn> = self
+            .conns
+            .iter()
+            .map(|(&token, c)| OpenConn {
+                token,
+                uid: c.uid,
+                last_request: c.last_request,
+            })
+            .collect();
+        match admission(uid, |u| u == 0 || u == own_uid, &open) {
+            Admission::Admit => Ok(()),
+            Admission::Busy(why) => Err(why),
+            Admission::Displace(token) => {
+                if let Some(mut c) = self.conns.remove(&token) {
+                    if self.refusal_log.allow().is_some() {
+                        info!(
+                            uid = c.uid,
+                            idle_ms = c.last_request.elapsed().as_millis() as u64,
+                            "control socket full; closed the connection idle the longest"
+                        );
+                    }
+                    c.deregister(registry);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn log_refusal(&mut self, uid: u32, why: &str) {
+        if let Some(suppressed) = self.refusal_log.allow() {
+            warn!(uid, suppressed, "control connection refused: {why}");
+        }
+    }
+
+    /// Handle readiness of the connection behind `token`.
+    pub fn on_ready(&mut self, token: Token, registry: &Registry, ctx: &Context) {
+        if let Some(conn) = self.conns.get_mut(&token.0) {
+            if !conn.on_ready(ctx) {
+                conn.deregister(registry);
+                self.conns.remove(&token.0);
+            }
+        }
+    }
+
+    /// Close connections idle too long.
+    pub fn housekeeping(&mut self, registry: &Registry, now: Instant) {
+        self.conns.retain(|_, c| {
+            let keep = !c.idle_too_long(now);
+            if !keep {
+                c.deregister(registry);
+            }
+            keep
+        });
+    }
+
+    /// Connections open now.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+}
+
+/// An open connection, as admission sees it.
+#[derive(Debug, Clone, Copy)]
+struct OpenConn {
+    token: usize,
+    uid: u32,
+    last_request: Instant,
+}
+
+/// What to do with a newcomer from `uid`.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    Admit,
+    /// Close this connection (the one whose last request is oldest) and admit.
+    Displace(usize),
+    Busy(&'static str),
+}
+
+/// The admission policy (module documentation): administrators always get in, displacing
+/// the connection idle the longest when the table is full; delegated users share a bounded
+/// part of it.
+fn admission(uid: u32, is_admin: impl Fn(u32) -> bool, open: &[OpenConn]) -> Admission {
+    let oldest = |f: &dyn Fn(&OpenConn) -> bool| {
+        open.iter()
+            .filter(|c| f(c))
+            .min_by_key(|c| c.last_request)
+            .map(|c| c.token)
+    };
+    if is_admin(uid) {
+        if open.len() < MAX_CONTROL_CONNS {
+            return Admission::Admit;
+        }
+        return oldest(&|_| true).map_or(
+            Admission::Busy("every control connection is in use"),
+            Admission::Displace,
+        );
+    }
+    let own = open.iter().filter(|c| c.uid == uid).count();
+    if own >= MAX_CONNS_PER_DELEGATED_UID {
+        if let Some(t) = oldest(&|c| c.uid == uid) {
+            return Admission::Displace(t);
+        }
+    }
+    let delegated = open.iter().filter(|c| !is_admin(c.uid)).count();
+    if delegated >= MAX_DELEGATED_CONNS || open.len() >= MAX_CONTROL_CONNS {
+        return Admission::Busy("every control connection open to non-root users is in use");
+    }
+    Admission::Admit
+}
+
+fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map(|c| c.uid())
+        .map_err(std::io::Error::from)
+}
+
+/// Answer a peer that is not let in, without waiting for it: the reply is small enough for an
+/// empty socket buffer, and the peer reads it even after its own write fails.
+fn refuse(stream: &UnixStream, kind: Kind, message: String) {
+    let _ = stream.set_nonblocking(true);
+    let _ = write_some(&mut &*stream, &encode_reply(Reply::Error { kind, message }));
+}
+
 #[derive(Debug)]
 pub struct ControlConn {
     stream: UnixStream,
+    uid: u32,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
-    last_activity: Instant,
-    /// Close once the output is flushed (after a refusal, or end of input).
+    /// When the last complete request arrived (or the connection was accepted): idleness
+    /// and eviction count from here, so trickling bytes does not keep a connection.
+    last_request: Instant,
+    /// Close once the output is flushed (end of input, or an oversized request).
     closing: bool,
 }
 
 impl ControlConn {
-    pub fn new(stream: UnixStream, ctx: &Context) -> std::io::Result<ControlConn> {
+    fn new(stream: UnixStream, uid: u32) -> std::io::Result<ControlConn> {
         stream.set_nonblocking(true)?;
-        let cred =
-            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
-                .map_err(std::io::Error::from)?;
-        let mut conn = ControlConn {
+        Ok(ControlConn {
             stream,
+            uid,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
-            last_activity: Instant::now(),
+            last_request: Instant::now(),
             closing: false,
-        };
-        if !ctx.allowed_uids.contains(&cred.uid()) {
-            info!(
-                uid = cred.uid(),
-                pid = cred.pid(),
-                "control connection refused"
-            );
-            conn.outbuf = encode_reply(Reply::Error {
-                kind: Kind::PermissionDenied,
-                message: format!(
-                    "user id {} may not administer tmemd; run tmem as root",
-                    cred.uid()
-                ),
-            });
-            conn.closing = true;
-        }
-        Ok(conn)
+        })
     }
 
-    pub fn register(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
+    fn register(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
         registry.register(
             &mut SourceFd(&self.stream.as_raw_fd()),
             token,
@@ -89,17 +315,16 @@ impl ControlConn {
         )
     }
 
-    pub fn deregister(&mut self, registry: &Registry) {
+    fn deregister(&mut self, registry: &Registry) {
         let _ = registry.deregister(&mut SourceFd(&self.stream.as_raw_fd()));
     }
 
-    pub fn idle_too_long(&self, now: Instant) -> bool {
-        now.duration_since(self.last_activity) > IDLE_TIMEOUT
+    fn idle_too_long(&self, now: Instant) -> bool {
+        now.duration_since(self.last_request) > IDLE_TIMEOUT
     }
 
     /// Handle readiness; returns false when the connection should be dropped.
-    pub fn on_ready(&mut self, ctx: &Context) -> bool {
-        self.last_activity = Instant::now();
+    fn on_ready(&mut self, ctx: &Context) -> bool {
         if !self.closing {
             match read_some(&mut self.stream, &mut self.inbuf, MAX_REQUEST_BYTES) {
                 Ok(None) => self.closing = true,
@@ -111,6 +336,7 @@ impl ControlConn {
             }
             while let Some(pos) = self.inbuf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.inbuf.drain(..=pos).collect();
+                self.last_request = Instant::now();
                 let reply = handle_line(&line[..line.len() - 1], ctx);
                 self.outbuf.extend(encode_reply(reply));
                 if self.outbuf.len() > MAX_PENDING_OUT {
@@ -346,5 +572,56 @@ fn resolve(ctx: &Context, target: &Target) -> Result<Vec<ClientId>, (Kind, Strin
                 )),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conns(uids: &[u32]) -> Vec<OpenConn> {
+        let t0 = Instant::now();
+        uids.iter()
+            .enumerate()
+            .map(|(i, &uid)| OpenConn {
+                token: i,
+                uid,
+                // Token 0 is the oldest.
+                last_request: t0 + Duration::from_millis(i as u64),
+            })
+            .collect()
+    }
+
+    fn admin(uid: u32) -> bool {
+        uid == 0
+    }
+
+    #[test]
+    fn administrators_displace_the_oldest_when_full() {
+        let full = conns(&[0; MAX_CONTROL_CONNS]);
+        assert_eq!(admission(0, admin, &full), Admission::Displace(0));
+        assert_eq!(admission(0, admin, &full[1..]), Admission::Admit);
+    }
+
+    #[test]
+    fn delegated_users_cannot_take_the_administrators_place() {
+        let full = conns(&[0; MAX_CONTROL_CONNS]);
+        assert!(matches!(admission(7, admin, &full), Admission::Busy(_)));
+        let delegated: Vec<u32> = (0..MAX_DELEGATED_CONNS as u32)
+            .map(|i| 100 + i % 8)
+            .collect();
+        let open = conns(&delegated);
+        assert!(matches!(admission(200, admin, &open), Admission::Busy(_)));
+        // Root still gets in, and so would it with the rest of the table full.
+        assert_eq!(admission(0, admin, &open), Admission::Admit);
+    }
+
+    #[test]
+    fn a_delegated_user_over_its_share_displaces_its_own_oldest() {
+        let mut uids = vec![0, 5];
+        uids.extend([9; MAX_CONNS_PER_DELEGATED_UID]);
+        let open = conns(&uids);
+        assert_eq!(admission(9, admin, &open), Admission::Displace(2));
+        assert_eq!(admission(5, admin, &open), Admission::Admit);
     }
 }

@@ -1,15 +1,12 @@
 //! The daemon's main thread: sockets, handshakes, the control socket, signals, housekeeping.
 //!
 //! Order of start-up: bind the guest and control sockets (so a second tmemd fails early and
-//! clearly), build the store, start the workers, tell systemd we are ready, then serve.
+//! clearly), build the store, start the workers and serve; systemd hears READY once the
+//! page memory is faulted in (on a thread beside serving).
 //! SIGTERM or SIGINT stops the workers, removes the sockets and exits 0.
 
-use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +15,10 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use tmem_store::Store;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::control::{self, ControlConn};
+use crate::control::{self, ControlServer};
 use crate::handshake::{raise_fd_limit, Admission};
 use crate::health::Health;
 use crate::ratelimit::RateLimiter;
@@ -33,7 +30,6 @@ const CONTROL_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const XEN: Token = Token(3);
 const FIRST_CONTROL: usize = 16;
-const MAX_CONTROL_CONNS: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
 /// Everything that can stop the daemon, each with a message that says what to do.
@@ -41,8 +37,8 @@ const HOUSEKEEPING: Duration = Duration::from_millis(500);
 pub enum DaemonError {
     #[error("{0}")]
     GuestSocket(#[from] tmem_local::LocalError),
-    #[error("cannot use control socket {path}: {message}")]
-    ControlSocket { path: PathBuf, message: String },
+    #[error(transparent)]
+    ControlSocket(tmem_local::listen::BindError),
     #[error("cannot set up signal handling: {0}")]
     Signals(nix::errno::Errno),
     #[error("cannot start the event loop: {0}")]
@@ -80,34 +76,18 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .map_err(DaemonError::Signals)?;
 
     let guest_listener = tmem_local::bind_listener(&config.socket)?;
-    let control_listener = bind_control(&config.control_socket)?;
+    let control_listener = tmem_local::listen::bind_socket(
+        &config.control_socket,
+        &tmem_local::listen::CONTROL_SOCKET,
+    )
+    .map_err(DaemonError::ControlSocket)?;
     guest_listener
         .set_nonblocking(true)
         .map_err(DaemonError::Poll)?;
-    control_listener
-        .set_nonblocking(true)
-        .map_err(DaemonError::Poll)?;
+    let mut control =
+        ControlServer::new(control_listener, FIRST_CONTROL).map_err(DaemonError::Poll)?;
 
     let shared = Arc::new(Shared::new(Store::new(config.store.clone())));
-    if config.prefault {
-        // Pages faulted in on the put path would cost each put ~10 µs; do it now, beside
-        // serving (a put that needs a chunk still being faulted waits for that chunk only).
-        let shared = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("tmemd-prefault".into())
-            .spawn(move || {
-                let t = Instant::now();
-                let bytes = shared.store.prefault();
-                info!(
-                    mib = bytes >> 20,
-                    ms = t.elapsed().as_millis() as u64,
-                    "page-data memory faulted in"
-                );
-            });
-        if let Err(e) = spawned {
-            warn!("cannot start the prefault thread ({e}); memory will be faulted in on use");
-        }
-    }
     let mut workers = Vec::new();
     let mut joins = Vec::new();
     for i in 0..config.workers as usize {
@@ -126,12 +106,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             Interest::READABLE,
         )
         .map_err(DaemonError::Poll)?;
-    registry
-        .register(
-            &mut SourceFd(&control_listener.as_raw_fd()),
-            CONTROL_LISTENER,
-            Interest::READABLE,
-        )
+    control
+        .register_listener(registry, CONTROL_LISTENER)
         .map_err(DaemonError::Poll)?;
     registry
         .register(
@@ -192,11 +168,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         xen = xen.is_some(),
         "tmemd ready"
     );
-    notifier.notify("READY=1\nSTATUS=serving guests");
+    ready_once_memory_is_in_place(&shared, config.prefault, &notifier);
 
     let mut events = Events::with_capacity(128);
-    let mut controls: HashMap<usize, ControlConn> = HashMap::new();
-    let mut next_control = FIRST_CONTROL;
     let mut last_housekeeping = Instant::now();
     let mut outcome = Ok(());
     'serve: loop {
@@ -232,45 +206,14 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 GUEST_LISTENER => {
                     admission.accept_batch(&guest_listener, poll.registry(), GUEST_LISTENER)
                 }
-                CONTROL_LISTENER => loop {
-                    match control_listener.accept() {
-                        Ok((stream, _)) => {
-                            if controls.len() >= MAX_CONTROL_CONNS {
-                                debug!("too many control connections; closing a new one");
-                                continue;
-                            }
-                            match ControlConn::new(stream, &ctx) {
-                                Ok(mut conn) => {
-                                    let token = next_control;
-                                    next_control += 1;
-                                    if conn.register(poll.registry(), Token(token)).is_ok() {
-                                        controls.insert(token, conn);
-                                    }
-                                }
-                                Err(e) => debug!("control connection dropped: {e}"),
-                            }
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            warn!("accept on control socket failed: {e}");
-                            break;
-                        }
-                    }
-                },
+                CONTROL_LISTENER => control.accept_all(poll.registry(), &ctx),
                 XEN => {
                     if let Some(x) = xen.as_mut() {
                         x.process();
                     }
                 }
-                Token(t) => {
-                    if let Some(conn) = controls.get_mut(&t) {
-                        if !conn.on_ready(&ctx) {
-                            conn.deregister(poll.registry());
-                            controls.remove(&t);
-                        }
-                    }
-                }
+                t if control.owns(t) => control.on_ready(t, poll.registry(), &ctx),
+                _ => {}
             }
         }
         let now = Instant::now();
@@ -280,13 +223,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 x.housekeeping();
             }
             shared.expire_detached(config.reattach_grace);
-            controls.retain(|_, c| {
-                let keep = !c.idle_too_long(now);
-                if !keep {
-                    c.deregister(poll.registry());
-                }
-                keep
-            });
+            control.housekeeping(poll.registry(), now);
         }
         if let Some(w) = watchdog.as_mut() {
             w.tick(now, &shared.health, &notifier);
@@ -310,13 +247,45 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             error!("worker {i} ended with a panic");
         }
     }
-    let _ = std::fs::remove_file(&config.socket);
-    let _ = std::fs::remove_file(&config.control_socket);
+    tmem_local::listen::remove_socket(&config.socket);
+    tmem_local::listen::remove_socket(&config.control_socket);
     match &outcome {
         Ok(()) => info!("tmemd stopped"),
         Err(_) => error!("tmemd stopped on an error"),
     }
     outcome
+}
+
+const READY: &str = "READY=1\nSTATUS=serving guests";
+
+/// Tell systemd we are ready only once the page memory is in place: it is faulted in on a
+/// thread beside serving (guests get in at once; a put needing a chunk still being faulted
+/// waits for that chunk only), which sends READY when done. Without prefault, READY is now.
+fn ready_once_memory_is_in_place(shared: &Arc<Shared>, prefault: bool, notifier: &Notifier) {
+    if !prefault {
+        notifier.notify(READY);
+        return;
+    }
+    let prefault_then_ready = {
+        let shared = shared.clone();
+        move || {
+            let t = Instant::now();
+            let bytes = shared.store.prefault();
+            info!(
+                mib = bytes >> 20,
+                ms = t.elapsed().as_millis() as u64,
+                "page-data memory faulted in"
+            );
+            Notifier::from_env().notify(READY);
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("tmemd-prefault".into())
+        .spawn(prefault_then_ready.clone());
+    if let Err(e) = spawned {
+        warn!("cannot start the prefault thread ({e}); faulting in page memory now");
+        prefault_then_ready();
+    }
 }
 
 /// Conditions under which tmemd must stop (non-zero) rather than go on: systemd restarts it.
@@ -391,35 +360,6 @@ fn allowed_control_uids(config: &Config) -> Vec<u32> {
     v.sort_unstable();
     v.dedup();
     v
-}
-
-/// Bind the control socket, owner-only (0600), refusing to steal it from a live tmemd.
-fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
-    let err = |message: String| DaemonError::ControlSocket {
-        path: path.to_owned(),
-        message,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| err(format!("cannot create its directory: {e}")))?;
-    }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(err(
-                "another tmemd is already running there; stop it first or choose another path with --control-socket".into(),
-            ));
-        }
-        std::fs::remove_file(path).map_err(|e| err(format!("cannot remove stale socket: {e}")))?;
-    }
-    let listener = UnixListener::bind(path).map_err(|e| match e.kind() {
-        ErrorKind::PermissionDenied => {
-            err("permission denied; run tmemd as root or choose a writable path".into())
-        }
-        _ => err(e.to_string()),
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| err(format!("cannot restrict its permissions: {e}")))?;
-    Ok(listener)
 }
 
 /// Write all of `buf` to a non-blocking stream as far as it goes; returns bytes written.

@@ -5,8 +5,10 @@
 //! tmemd is killed under load and the handles revert; it restarts and they are remapped
 //! again — while every page the guests get back is checked. Run by `scripts/demo.sh`.
 //! It uses the sibling binaries next to its own executable and a private temporary directory.
+//! Every process it starts dies with it (also on SIGINT, SIGTERM or SIGKILL of the demo).
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
@@ -20,14 +22,95 @@ struct Guest {
     last: Arc<Mutex<Option<Value>>>,
 }
 
+const USAGE: &str = "\
+tmem-demo: the lazy-init story of tmem, end to end, on the local transport
+
+Usage: tmem-demo [--help | --version]
+
+Starts two simulated guests before any tmemd exists, starts tmemd, kills it under load and
+restarts it, checking every page the guests get back. Takes about 20 seconds. Uses tmemd,
+tmem-guest and tmem from the directory tmem-demo is in, and a private temporary directory.
+Exit status: 0 every page verified, 1 a check failed, 2 usage error.";
+
 fn sibling(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    exe.with_file_name(name)
+    match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name(name),
+        Err(e) => die(&format!("cannot find my own executable: {e}")),
+    }
+}
+
+/// Start `cmd` so that it dies with the demo: the kernel sends it SIGTERM when the demo
+/// exits in any way (PR_SET_PDEATHSIG), and it does not inherit the demo's blocked signals.
+fn spawn_tied(cmd: &mut Command, what: &str) -> Child {
+    let demo = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (sigprocmask, prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::signal::SigSet::all().thread_unblock()?;
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            // The demo may have died before prctl: then nobody would signal us.
+            if nix::unistd::getppid() != demo {
+                libc_exit();
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| die(&format!("cannot start {what}: {e}")))
+}
+
+fn libc_exit() -> ! {
+    // SAFETY: _exit ends the forked child at once, without running the parent's handlers.
+    unsafe { nix::libc::_exit(1) }
+}
+
+/// SIGINT and SIGTERM end the demo cleanly: the temporary directory is removed and the
+/// children, tied by [`spawn_tied`], follow. Must run before any other thread starts.
+fn exit_on_signals(dir: PathBuf) {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    if set.thread_block().is_err() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                eprintln!("tmem-demo: {} received; stopping", sig.as_str());
+                let _ = std::fs::remove_dir_all(&dir);
+                std::process::exit(128 + sig as i32);
+            }
+        });
+}
+
+/// `--help` and `--version` are answered; anything else on the command line is an error.
+fn parse_args() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        Some("-V" | "--version") => {
+            println!("tmem-demo {}", env!("CARGO_PKG_VERSION"));
+            std::process::exit(0);
+        }
+        Some(other) => {
+            eprintln!(
+                "tmem-demo: unexpected argument {other:?}; it takes none (see `tmem-demo --help`)"
+            );
+            std::process::exit(2);
+        }
+    }
 }
 
 fn start_guest(dir: &Path, name: &'static str, domid: u32, fs: u32, seconds: u32) -> Guest {
-    let mut child = Command::new(sibling("tmem-guest"))
-        .arg("--socket")
+    let mut cmd = Command::new(sibling("tmem-guest"));
+    cmd.arg("--socket")
         .arg(dir.join("tmemd.sock"))
         .args(["--domid", &domid.to_string(), "--name", name])
         .args(["--filesystems", &fs.to_string(), "--swap"])
@@ -40,10 +123,11 @@ fn start_guest(dir: &Path, name: &'static str, domid: u32, fs: u32, seconds: u32
             "--json",
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| die(&format!("cannot start tmem-guest: {e}")));
-    let out = child.stdout.take().expect("piped stdout");
+        .stderr(Stdio::null());
+    let mut child = spawn_tied(&mut cmd, "tmem-guest");
+    let Some(out) = child.stdout.take() else {
+        die("tmem-guest started without its output pipe");
+    };
     let last = Arc::new(Mutex::new(None));
     let l2 = last.clone();
     std::thread::spawn(move || {
@@ -59,15 +143,14 @@ fn start_guest(dir: &Path, name: &'static str, domid: u32, fs: u32, seconds: u32
 }
 
 fn start_tmemd(dir: &Path) -> Child {
-    let child = Command::new(sibling("tmemd"))
-        .arg("--socket")
+    let mut cmd = Command::new(sibling("tmemd"));
+    cmd.arg("--socket")
         .arg(dir.join("tmemd.sock"))
         .arg("--control-socket")
         .arg(dir.join("control.sock"))
         .args(["--mem-limit", "128M", "--log-level", "warn"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| die(&format!("cannot start tmemd: {e}")));
+        .stderr(Stdio::null());
+    let child = spawn_tied(&mut cmd, "tmemd");
     let control = dir.join("control.sock");
     wait(Duration::from_secs(10), || {
         std::os::unix::net::UnixStream::connect(&control).is_ok()
@@ -175,6 +258,7 @@ fn step(title: &str) {
 }
 
 fn main() -> ExitCode {
+    parse_args();
     for b in ["tmemd", "tmem-guest", "tmem"] {
         if !sibling(b).exists() {
             die(&format!(
@@ -185,6 +269,7 @@ fn main() -> ExitCode {
     }
     let dir = std::env::temp_dir().join(format!("tmem-demo-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
+    exit_on_signals(dir.clone());
 
     step("1. Two guests mount filesystems and a swap area. tmemd is NOT running.");
     let guests = vec![
