@@ -405,6 +405,7 @@ pub fn read_some(
 mod tests {
     use super::*;
     use crate::worker::tests::{connect, shared, Fault};
+    use std::path::PathBuf;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::os::unix::net::UnixDatagram;
 
