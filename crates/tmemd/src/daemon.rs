@@ -30,7 +30,6 @@ use crate::worker::{self, lock, GuestConn, GuestHandle, Shared, WorkerHandle, Wo
 const GUEST_LISTENER: Token = Token(0);
 const CONTROL_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
-const XEN: Token = Token(3);
 const FIRST_CONTROL: usize = 16;
 /// Handshakes in progress at once; more connections wait in the listen backlog.
 const MAX_HANDSHAKES: u32 = 16;
@@ -143,12 +142,12 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         max_data_slots: config.max_data_slots,
         timeout: Duration::from_secs(2),
     };
-    let mut xen = if config.xen {
-        match crate::xen::XenBackend::start(&config, shared.clone(), workers.clone()) {
+    // The Xen control plane runs on its own thread; its heartbeat says it is making progress.
+    let health = crate::health::Health::default();
+    let xen = if config.xen {
+        let heartbeat = health.register("xen control plane");
+        match crate::xen::start(&config, shared.clone(), workers.clone(), heartbeat) {
             Ok(x) => {
-                poll.registry()
-                    .register(&mut SourceFd(&x.raw_fd()), XEN, Interest::READABLE)
-                    .map_err(DaemonError::Poll)?;
                 info!(
                     xenstore = %x.describe(),
                     domains = x.domain_count(),
@@ -157,6 +156,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 Some(x)
             }
             Err(reason) => {
+                health.unregister("xen control plane");
                 info!("Xen absent: {reason}; serving the local transport only");
                 None
             }
@@ -258,11 +258,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                         }
                     }
                 },
-                XEN => {
-                    if let Some(x) = xen.as_mut() {
-                        x.process();
-                    }
-                }
                 Token(t) => {
                     if let Some(conn) = controls.get_mut(&t) {
                         if !conn.on_ready(&ctx) {
@@ -276,9 +271,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         let now = Instant::now();
         if now.duration_since(last_housekeeping) >= HOUSEKEEPING {
             last_housekeeping = now;
-            if let Some(x) = xen.as_mut() {
-                x.housekeeping();
-            }
             expire_detached(&shared, config.reattach_grace);
             controls.retain(|_, c| {
                 let keep = !c.idle_too_long(now);
@@ -297,8 +289,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
 
     notifier.notify("STOPPING=1");
-    if let Some(x) = xen.as_mut() {
-        x.shutdown();
+    if let Some(x) = xen {
+        // Before the workers stop: it waits for them to let go of its guests' rings.
+        if let Err(e) = x.stop() {
+            error!("{e}");
+        }
     }
     for w in workers.iter() {
         w.send(WorkerMsg::Shutdown);
