@@ -253,6 +253,11 @@ fn a_flooding_domain_is_paced_while_another_domain_connects() {
         || format!("{:?}", state_of(&fx, &be5)),
     );
 
+    let reads_before = fx
+        .log()
+        .iter()
+        .filter(|(t, p)| *t == ty::READ && *p == fe5_state)
+        .count();
     // The flood: Initialised / Initialising alternately, each a connect attempt or a reset.
     let stop = Arc::new(AtomicBool::new(false));
     let flooder = {
@@ -277,12 +282,11 @@ fn a_flooding_domain_is_paced_while_another_domain_connects() {
     };
     // Let the flood get going, then introduce a good domain and connect it.
     std::thread::sleep(Duration::from_millis(300));
-    let reads_before = reads_of_fe5();
     let flood_start = Instant::now();
     fx.introduce(6, "good");
     let offered = wait_for(
         "domain 6 offered during the flood",
-        Duration::from_secs(5),
+        Duration::from_secs(3),
         || state_of(&fx, &be6).as_deref() == Some("2"),
         || format!("be6 state {:?}", state_of(&fx, &be6)),
     );
@@ -323,9 +327,10 @@ fn a_flooding_domain_is_paced_while_another_domain_connects() {
         writes > 1000,
         "the flood was too weak to show anything: {writes} writes"
     );
-    // Burst, then delays doubling from 100 ms: ~23 looks in 3 s at most.
+    // Pacing: a burst of 16, then delays doubling from 100 ms: ~25 looks in 3.3 s at most.
+    // Unpaced, the same flood got hundreds of looks and the good domain waited ~5 s.
     assert!(
-        looks <= pace::BURST as usize + 10,
+        looks <= 30,
         "domain 5 was looked at {looks} times for {writes} writes in {flood_time:?}"
     );
     plane.stop().unwrap();
@@ -419,5 +424,48 @@ fn the_backend_reconnects_after_xenstored_goes_away_and_comes_back() {
         fx.read(&format!("{be3}/error")).as_deref(),
         Some("tmemd stopped")
     );
+    d.stop();
+}
+
+/// One round takes at most MAX_EVENTS_PER_ROUND watch events, however many are queued, and
+/// acts on the flooding domain at most once.
+#[test]
+fn one_round_takes_a_bounded_batch_of_events() {
+    let fx = FakeXenstore::new();
+    fx.introduce(0, "Domain-0");
+    fx.introduce(5, "flooder");
+    let d = Daemon::new();
+    let (xs, _srv) = fx.connect();
+    let mut x = d.backend(xs);
+    x.init().unwrap();
+    let fe5_state = format!("{}/state", frontend_path(5));
+    for i in 0..2000 {
+        fx.write(&fe5_state, if i % 2 == 0 { "3" } else { "1" });
+    }
+    let t = Instant::now();
+    while x.xs.queued_events() < 1000 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "only {} events arrived",
+            x.xs.queued_events()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        x.xs.pump().unwrap();
+    }
+    let before = x.xs.queued_events();
+    let reads = || {
+        fx.log()
+            .iter()
+            .filter(|(t, p)| *t == ty::READ && *p == fe5_state)
+            .count()
+    };
+    let reads_before = reads();
+    x.round().unwrap();
+    let after = x.xs.queued_events();
+    assert!(
+        after + backend::MAX_EVENTS_PER_ROUND >= before && after > 0,
+        "{before} events queued, {after} left after one round"
+    );
+    assert!(reads() - reads_before <= 1, "the domain was looked at once");
     d.stop();
 }
