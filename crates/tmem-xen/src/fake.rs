@@ -301,10 +301,13 @@ impl FakeXenstore {
             }
             // Deliver events queued for this connection (also those caused by others).
             let out = self.state().outbox.remove(&id).unwrap_or_default();
-            for m in out {
-                if s.write_all(&m.encode().expect("small")).is_err() {
-                    return;
-                }
+            // One write for the lot, as a busy xenstored's output looks.
+            let bytes: Vec<u8> = out
+                .iter()
+                .flat_map(|m| m.encode().expect("small"))
+                .collect();
+            if !bytes.is_empty() && s.write_all(&bytes).is_err() {
+                return;
             }
             match s.read(&mut buf) {
                 Ok(0) => {

@@ -412,7 +412,6 @@ pub fn read_backend_limits(xs: &mut Xs, be: &str) -> Result<Limits, KeyError> {
 mod tests {
     use super::*;
     use crate::fake::FakeXenstore;
-    use tmem_abi::xenstore::frontend_path;
 
     const LIM: Limits = Limits {
         max_ring_page_order: 4,
@@ -562,6 +561,68 @@ mod tests {
             .filter(|(t, _)| *t == crate::wire::ty::TRANSACTION_END)
             .count();
         assert_eq!(ends, 3);
+    }
+
+    /// The backend's writes: offer (both directories, permissions, limits, links, states),
+    /// state and error, listing, removal.
+    #[test]
+    fn backend_side_writes() {
+        let fx = FakeXenstore::new();
+        let (mut xs, _j) = fx.connect();
+        let (be, fe) = (backend_path(0, 4), frontend_path(4));
+        fx.write(&format!("{be}/stale"), "x"); // left by an earlier backend
+        offer_device(&mut xs, 0, 4, &LIM).unwrap();
+        assert!(!fx.exists(&format!("{be}/stale")));
+        assert_eq!(fx.perms(&be).unwrap(), ["n0", "r4"]);
+        assert_eq!(
+            fx.perms("/local/domain/0/backend/tmem/4").unwrap(),
+            ["n0", "r4"]
+        );
+        assert_eq!(fx.perms(&fe).unwrap(), ["n4", "r0"]);
+        assert_eq!(
+            fx.perms("/local/domain/4/device/tmem").unwrap(),
+            ["n4", "r0"]
+        );
+        for (k, v) in [
+            ("frontend", fe.as_str()),
+            ("frontend-id", "4"),
+            ("protocol-version", "1"),
+            ("max-ring-page-order", "4"),
+            ("max-data-pages", "1024"),
+            ("state", "2"),
+        ] {
+            assert_eq!(fx.read(&format!("{be}/{k}")).as_deref(), Some(v), "{k}");
+        }
+        assert_eq!(
+            fx.read(&format!("{fe}/backend")).as_deref(),
+            Some(be.as_str())
+        );
+        assert_eq!(fx.read(&format!("{fe}/backend-id")).as_deref(), Some("0"));
+        assert_eq!(
+            frontend_state(&mut xs, 4).unwrap(),
+            Some(state::INITIALISING)
+        );
+        // A frontend's own state survives a second offer (it must notice the reset itself).
+        fx.write(&format!("{fe}/state"), "4");
+        offer_device(&mut xs, 0, 4, &LIM).unwrap();
+        assert_eq!(frontend_state(&mut xs, 4).unwrap(), Some(state::CONNECTED));
+
+        set_backend_state(&mut xs, 0, 4, state::CLOSED).unwrap();
+        assert_eq!(backend_state(&mut xs, 0, 4).unwrap(), Some(state::CLOSED));
+        set_backend_error(&mut xs, 0, 4, &"e".repeat(500)).unwrap();
+        assert_eq!(
+            fx.read(&format!("{be}/error")).unwrap().len(),
+            MAX_ERROR_LEN
+        );
+        clear_backend_error(&mut xs, 0, 4).unwrap();
+        clear_backend_error(&mut xs, 0, 4).unwrap(); // absent is fine
+        assert!(!fx.exists(&format!("{be}/error")));
+
+        fx.write("/local/domain/0/backend/tmem/junk/0/state", "1");
+        assert_eq!(list_devices(&mut xs, 0).unwrap(), [4]);
+        remove_device(&mut xs, 0, 4).unwrap();
+        assert!(!fx.exists("/local/domain/0/backend/tmem/4"));
+        assert_eq!(backend_state(&mut xs, 0, 4).unwrap(), None);
     }
 
     #[test]

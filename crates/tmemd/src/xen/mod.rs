@@ -282,7 +282,7 @@ impl ControlPlane {
                 let backoff = (backoff * 2).min(MAX_BACKOFF);
                 // The first failures are expected while xenstored restarts; say it at most
                 // once per backoff step until the cap, then once per cap interval.
-                if tries <= 3 || backoff == MAX_BACKOFF && tries % 12 == 0 {
+                if tries <= 3 || (backoff == MAX_BACKOFF && tries.is_multiple_of(12)) {
                     warn!(
                         tries,
                         "xenstore still unreachable: {e}; next try in {backoff:?}"

@@ -265,9 +265,9 @@ fn a_flooding_domain_is_paced_while_another_domain_connects() {
         std::thread::spawn(move || {
             let mut writes = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                fx.write(&p, if writes % 2 == 0 { "3" } else { "1" });
+                fx.write(&p, if writes.is_multiple_of(2) { "3" } else { "1" });
                 writes += 1;
-                if writes % 64 == 0 {
+                if writes.is_multiple_of(64) {
                     std::thread::yield_now();
                 }
             }
@@ -439,8 +439,8 @@ fn one_round_takes_a_bounded_batch_of_events() {
     let mut x = d.backend(xs);
     x.init().unwrap();
     let fe5_state = format!("{}/state", frontend_path(5));
-    for i in 0..2000 {
-        fx.write(&fe5_state, if i % 2 == 0 { "3" } else { "1" });
+    for i in 0..2000u32 {
+        fx.write(&fe5_state, if i.is_multiple_of(2) { "3" } else { "1" });
     }
     let t = Instant::now();
     while x.xs.queued_events() < 1000 {
