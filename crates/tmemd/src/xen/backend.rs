@@ -79,6 +79,8 @@ pub struct XenBackend {
     pub(super) domains: BTreeMap<u32, Dom>,
     last_rescan: Instant,
     last_housekeeping: Instant,
+    /// The start-up reconcile has been done (else a reconnect does it).
+    reconciled: bool,
     /// For guest-triggerable lines of a domain we no longer (or not yet) track.
     pub(super) log: RateLimiter,
 }
@@ -115,6 +117,7 @@ impl XenBackend {
             domains: BTreeMap::new(),
             last_rescan: Instant::now(),
             last_housekeeping: Instant::now(),
+            reconciled: false,
             log: RateLimiter::new(20, Duration::from_secs(1)),
         }
     }
@@ -287,6 +290,11 @@ impl XenBackend {
     pub fn reconnected(&mut self, xs: Xs) -> Result<(), XsError> {
         self.xs = xs;
         self.watch_domains()?;
+        if !self.reconciled {
+            // Nothing was served yet (no round ran); start from scratch.
+            self.domains.clear();
+            return self.reconcile();
+        }
         let known: Vec<u32> = self.domains.keys().copied().collect();
         for d in known {
             if !self.domain_alive(d)? {
@@ -320,7 +328,9 @@ impl XenBackend {
                 xenbus::remove_device(&mut self.xs, BACKEND_DOMID, domid)?;
             }
         }
-        self.rescan()
+        self.rescan()?;
+        self.reconciled = true;
+        Ok(())
     }
 
     fn domain_alive(&mut self, domid: u32) -> Result<bool, XsError> {

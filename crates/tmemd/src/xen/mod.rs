@@ -88,13 +88,22 @@ pub fn start(
         evtchns.push(Evtchn::open().map_err(|e| format!("cannot open evtchn: {e}"))?);
     }
     let mut backend = XenBackend::new(xs, Some(gntdev), evtchns, config, shared, workers);
-    backend.init()?;
+    // Xen is here: a xenstore failure now is as transient as one later, so retry it on the
+    // thread instead of giving up on the Xen transport.
+    let up = match backend.init() {
+        Ok(()) => true,
+        Err(e) => {
+            warn!("xenstore start-up failed: {e}; reconnecting in the background");
+            false
+        }
+    };
     let connect: Connector = Box::new(|| {
         let mut xs = Xs::open()?;
         xs.set_timeout(XS_TIMEOUT);
         Ok(xs)
     });
-    spawn(backend, connect, heartbeat).map_err(|e| format!("cannot start the Xen thread: {e}"))
+    spawn_inner(backend, connect, heartbeat, up)
+        .map_err(|e| format!("cannot start the Xen thread: {e}"))
 }
 
 /// Run an initialised backend on the `tmemd-xen` thread; `connect` opens a new xenstore
@@ -103,6 +112,17 @@ pub fn spawn(
     backend: XenBackend,
     connect: Connector,
     heartbeat: Heartbeat,
+) -> std::io::Result<XenThread> {
+    spawn_inner(backend, connect, heartbeat, true)
+}
+
+/// `up`: whether the backend's connection is initialised; if not, the thread starts by
+/// reconnecting.
+fn spawn_inner(
+    backend: XenBackend,
+    connect: Connector,
+    heartbeat: Heartbeat,
+    up: bool,
 ) -> std::io::Result<XenThread> {
     let (wake, wake_rx) = UnixStream::pair()?;
     wake.set_nonblocking(true)?;
@@ -116,7 +136,11 @@ pub fn spawn(
         heartbeat,
         stop: stop.clone(),
         wake_rx,
-        link: Link::Up,
+        link: if up {
+            Link::Up
+        } else {
+            Link::down(Instant::now())
+        },
     };
     let join = std::thread::Builder::new()
         .name("tmemd-xen".into())
@@ -164,6 +188,18 @@ enum Link {
         backoff: Duration,
         tries: u32,
     },
+}
+
+impl Link {
+    /// Just lost (or never had): first try after [`FIRST_BACKOFF`].
+    fn down(now: Instant) -> Link {
+        Link::Down {
+            since: now,
+            next_try: now + FIRST_BACKOFF,
+            backoff: FIRST_BACKOFF,
+            tries: 0,
+        }
+    }
 }
 
 /// The thread's state: the backend and how to reach xenstore.
@@ -238,6 +274,8 @@ impl ControlPlane {
         let mut buf = [0u8; 64];
         while let Ok(n) = self.wake_rx.read(&mut buf) {
             if n == 0 {
+                // The daemon dropped its handle without stopping us: stop rather than spin.
+                self.stop.store(true, Ordering::Release);
                 break;
             }
         }
@@ -247,13 +285,7 @@ impl ControlPlane {
         warn!(
             "xenstore connection lost: {e}; reconnecting (connected Xen guests keep being served)"
         );
-        let now = Instant::now();
-        self.link = Link::Down {
-            since: now,
-            next_try: now + FIRST_BACKOFF,
-            backoff: FIRST_BACKOFF,
-            tries: 0,
-        };
+        self.link = Link::down(Instant::now());
     }
 
     fn reconnect(&mut self) {

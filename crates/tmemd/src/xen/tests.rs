@@ -469,3 +469,40 @@ fn one_round_takes_a_bounded_batch_of_events() {
     assert!(reads() - reads_before <= 1, "the domain was looked at once");
     d.stop();
 }
+
+/// xenstore failing during start-up does not disable the Xen transport: the thread starts
+/// by reconnecting, then does the start-up reconcile.
+#[test]
+fn a_xenstore_failure_at_start_up_is_retried_on_the_thread() {
+    let fx = FakeXenstore::new();
+    fx.introduce(0, "Domain-0");
+    fx.introduce(3, "web");
+    fx.write("/local/domain/0/backend/tmem/9/0/state", "4"); // a domain that is gone
+    let d = Daemon::new();
+    let (xs, _srv) = fx.connect();
+    fx.stop();
+    let mut x = d.backend(xs);
+    let e = x.init().unwrap_err();
+    assert!(e.contains("cannot watch domains"), "{e}");
+    let fx2 = fx.clone();
+    let health = Health::default();
+    let plane = spawn_inner(
+        x,
+        Box::new(move || fx2.try_connect().map(|(xs, _)| xs)),
+        health.register("xen control plane"),
+        false,
+    )
+    .unwrap();
+    fx.start();
+    let be3 = backend_path(0, 3);
+    wait_for(
+        "domain 3 offered once xenstore is reachable",
+        Duration::from_secs(10),
+        || state_of(&fx, &be3).as_deref() == Some("2"),
+        || format!("{:?}", state_of(&fx, &be3)),
+    );
+    assert!(!fx.exists("/local/domain/0/backend/tmem/9"), "reconciled");
+    assert_eq!(fx.watch_count(), 3);
+    plane.stop().unwrap();
+    d.stop();
+}
