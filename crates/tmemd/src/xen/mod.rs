@@ -3,7 +3,7 @@
 //! It runs on its own thread, `tmemd-xen` (this file: the thread, its loop and the xenstore
 //! connection's life), so nothing a guest does through xenstore can hold up signals, the
 //! control socket, local handshakes or the watchdog. Every round of the loop beats the thread's
-//! heartbeat; the loop wakes at least once a second even when idle.
+//! heartbeat; the loop wakes at least twice a second even when idle.
 //!
 //! - [`backend`]: the per-domain state machine. It watches `@introduceDomain`/`@releaseDomain`,
 //!   offers the device to every domain the [`Policy`] admits, follows each frontend's `state`
@@ -51,8 +51,9 @@ use crate::worker::{Shared, WorkerHandle};
 
 /// This daemon's domain (the backend always lives in dom0).
 pub const BACKEND_DOMID: u32 = 0;
-/// The loop wakes at least this often, idle or not (the heartbeat needs it).
-const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// The loop wakes at least this often, idle or not: the heartbeat, and noticing connections a
+/// worker dropped, need it.
+const IDLE_WAKE: Duration = Duration::from_millis(500);
 /// First wait before reconnecting to xenstore; doubles per failed try up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
