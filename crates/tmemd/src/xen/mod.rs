@@ -47,6 +47,7 @@ pub use policy::Policy;
 
 use crate::config::Config;
 use crate::health::Heartbeat;
+use crate::ratelimit::RateLimiter;
 use crate::worker::{Shared, WorkerHandle};
 
 /// This daemon's domain (the backend always lives in dom0).
@@ -142,6 +143,7 @@ fn spawn_inner(
         } else {
             Link::down(Instant::now())
         },
+        log: RateLimiter::new(10, Duration::from_secs(60)),
     };
     let join = std::thread::Builder::new()
         .name("tmemd-xen".into())
@@ -211,6 +213,8 @@ struct ControlPlane {
     stop: Arc<AtomicBool>,
     wake_rx: UnixStream,
     link: Link,
+    /// For the lost/reconnected lines.
+    log: RateLimiter,
 }
 
 impl ControlPlane {
@@ -283,9 +287,14 @@ impl ControlPlane {
     }
 
     fn lost(&mut self, e: XsError) {
-        warn!(
-            "xenstore connection lost: {e}; reconnecting (connected Xen guests keep being served)"
-        );
+        // Rate-limited: a flapping xenstored must not flood the log.
+        if let Some(suppressed) = self.log.allow() {
+            warn!(
+                suppressed,
+                "xenstore connection lost: {e}; reconnecting (connected Xen guests keep being \
+                 served)"
+            );
+        }
         self.link = Link::down(Instant::now());
     }
 
@@ -303,12 +312,15 @@ impl ControlPlane {
         let r = (self.connect)().and_then(|xs| self.backend.reconnected(xs));
         match r {
             Ok(()) => {
-                info!(
-                    down_ms = since.elapsed().as_millis() as u64,
-                    tries,
-                    domains = self.backend.domain_count(),
-                    "xenstore reconnected; Xen transport serving again"
-                );
+                if let Some(suppressed) = self.log.allow() {
+                    info!(
+                        down_ms = since.elapsed().as_millis() as u64,
+                        tries,
+                        domains = self.backend.domain_count(),
+                        suppressed,
+                        "xenstore reconnected; Xen transport serving again"
+                    );
+                }
                 self.link = Link::Up;
             }
             Err(e) => {
