@@ -209,12 +209,48 @@ mod tests {
             largest = largest.max(got);
             total += got;
         }
+        assert!(
+            !xs.take_events_dropped(),
+            "taken as they came: none dropped"
+        );
         // Each event is over 20 bytes on the wire.
         assert!(
             largest * 20 <= xs::MAX_PUMP_BYTES,
             "{largest} events in one pump"
         );
         assert!(largest > 0);
+    }
+
+    /// Events beyond the queue's capacity are dropped, oldest first, and the client is told.
+    #[test]
+    fn a_full_event_queue_drops_the_oldest_and_says_so() {
+        let fx = FakeXenstore::new();
+        let (mut xs, _j) = fx.connect();
+        xs.watch("/q", "q").unwrap();
+        let _ = xs.read(Tx::NONE, "/x").unwrap();
+        assert!(!xs.take_events_dropped());
+        for i in 0..xs::MAX_QUEUED_EVENTS + 10 {
+            fx.write(&format!("/q/{i}"), "x");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !xs.take_events_dropped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} queued",
+                xs.queued_events()
+            );
+            sys::poll_fd(
+                xs.as_raw_fd(),
+                libc::POLLIN,
+                Some(Duration::from_millis(50)),
+            )
+            .unwrap();
+            xs.pump().unwrap();
+        }
+        assert_eq!(xs.queued_events(), xs::MAX_QUEUED_EVENTS);
+        assert!(!xs.take_events_dropped(), "the flag is cleared once taken");
+        let first = xs.take_event().unwrap();
+        assert_ne!(first.path, "/q/0", "the oldest went first");
     }
 
     #[test]

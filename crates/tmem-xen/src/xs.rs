@@ -123,13 +123,14 @@ pub struct Xs {
     dec: Decoder,
     next_req: u32,
     events: VecDeque<WatchEvent>,
+    events_dropped: bool,
     timeout: Duration,
     broken: bool,
 }
 
 /// Most watch events kept unread; beyond this the oldest are dropped (watchers re-read
-/// state anyway, so an event is a hint, never the data).
-const MAX_QUEUED_EVENTS: usize = 4096;
+/// state anyway, so an event is a hint, never the data) and [`Xs::take_events_dropped`] says so.
+pub const MAX_QUEUED_EVENTS: usize = 4096;
 /// Most bytes one [`Xs::pump`] reads (about a thousand small watch events).
 pub const MAX_PUMP_BYTES: usize = 64 * 1024;
 
@@ -211,6 +212,7 @@ impl Xs {
             dec: Decoder::default(),
             next_req: 1,
             events: VecDeque::new(),
+            events_dropped: false,
             timeout: Duration::from_secs(10),
             broken: false,
         }
@@ -274,6 +276,12 @@ impl Xs {
         !self.events.is_empty()
     }
 
+    /// Whether events were dropped from a full queue since the last call. A watcher that sees
+    /// `true` must re-read everything it watches (events are hints, and some are gone).
+    pub fn take_events_dropped(&mut self) -> bool {
+        std::mem::take(&mut self.events_dropped)
+    }
+
     fn decode(&mut self) -> Result<Option<Message>, XsError> {
         self.dec.next_message().map_err(|e| {
             self.broken = true;
@@ -313,6 +321,7 @@ impl Xs {
             if parts.len() >= 2 {
                 if self.events.len() >= MAX_QUEUED_EVENTS {
                     self.events.pop_front();
+                    self.events_dropped = true;
                 }
                 self.events.push_back(WatchEvent {
                     path: parts[0].clone(),

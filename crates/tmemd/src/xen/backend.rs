@@ -39,8 +39,9 @@ const RESCAN: Duration = Duration::from_secs(2);
 /// How often connections a worker dropped are looked for.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// Watch events taken per round; the rest wait for the next round (the loop does not sleep
-/// while events are queued).
-pub const MAX_EVENTS_PER_ROUND: usize = 256;
+/// while events are queued). Taking an event is cheap (it only marks its domain pending), and
+/// this is more than one bounded `pump` brings in, so a flood cannot outgrow the queue.
+pub const MAX_EVENTS_PER_ROUND: usize = 2048;
 
 /// A live connection of one domain.
 #[derive(Debug)]
@@ -180,6 +181,19 @@ impl XenBackend {
                 if let Some(dom) = self.domains.get_mut(&d) {
                     dom.pending = true;
                 }
+            }
+        }
+        if self.xs.take_events_dropped() {
+            // Some domain's event may be among those lost: look at every domain again.
+            if let Some(suppressed) = self.log.allow() {
+                warn!(
+                    suppressed,
+                    "xenstore watch events were dropped (queue full); rechecking every domain"
+                );
+            }
+            rescan = true;
+            for dom in self.domains.values_mut() {
+                dom.pending = true;
             }
         }
         if rescan {
