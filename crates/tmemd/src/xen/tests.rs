@@ -89,6 +89,17 @@ fn wait_for(
     t.elapsed()
 }
 
+/// Wait until exactly `n` watches are registered (a device's state is written before its
+/// watch is set up, so the count can lag it).
+fn watches(fx: &FakeXenstore, n: usize) {
+    wait_for(
+        &format!("{n} watches"),
+        Duration::from_secs(10),
+        || fx.watch_count() == n,
+        || format!("{} watches", fx.watch_count()),
+    );
+}
+
 fn state_of(fx: &FakeXenstore, dir: &str) -> Option<String> {
     fx.read(&format!("{dir}/state"))
 }
@@ -267,8 +278,11 @@ fn a_flooding_domain_is_paced_while_another_domain_connects() {
             while !stop.load(Ordering::Relaxed) {
                 fx.write(&p, if writes.is_multiple_of(2) { "3" } else { "1" });
                 writes += 1;
-                if writes.is_multiple_of(64) {
-                    std::thread::yield_now();
+                // About 20 000 writes a second at most: hundreds of times what a guest
+                // needs, and about what one xenstored serves; a test thread writing into the
+                // fake without pause would only measure how busy this machine is.
+                if writes.is_multiple_of(20) {
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
             writes
@@ -366,7 +380,7 @@ fn the_backend_reconnects_after_xenstored_goes_away_and_comes_back() {
         || format!("{:?}", state_of(&fx, &be3)),
     );
     // introduce, release, domain 3's frontend state.
-    assert_eq!(fx.watch_count(), 3);
+    watches(&fx, 3);
 
     fx.stop();
     wait_for(
@@ -403,11 +417,8 @@ fn the_backend_reconnects_after_xenstored_goes_away_and_comes_back() {
         .read(&format!("{be3}/error"))
         .unwrap()
         .contains("grant device"));
-    assert_eq!(
-        fx.watch_count(),
-        4,
-        "each watch registered again exactly once"
-    );
+    // Each registered again exactly once (with a duplicate the count would not settle at 4).
+    watches(&fx, 4);
     eprintln!("reconnected and offered domain 7 {offered:?} after xenstored came back");
 
     // Still fully working: a release is seen.
@@ -515,7 +526,7 @@ fn a_xenstore_failure_at_start_up_is_retried_on_the_thread() {
         || format!("{:?}", state_of(&fx, &be3)),
     );
     assert!(!fx.exists("/local/domain/0/backend/tmem/9"), "reconciled");
-    assert_eq!(fx.watch_count(), 3);
+    watches(&fx, 3);
     plane.stop().unwrap();
     d.stop();
 }
