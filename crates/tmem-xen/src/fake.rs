@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::wire::{join_nul, split_nul, ty, Decoder, Message, Perm};
-use crate::xs::Xs;
+use crate::xs::{Xs, XsError};
 
 #[derive(Debug, Default)]
 struct Node {
@@ -30,6 +30,10 @@ struct State {
     /// Fail this many upcoming transaction commits with EAGAIN.
     conflicts: u32,
     log: Vec<(u32, String)>,
+    /// Bumped by [`FakeXenstore::stop`]: connections of an older epoch are dropped.
+    epoch: u64,
+    /// Stopped: new connections are refused until [`FakeXenstore::start`].
+    down: bool,
 }
 
 /// Handle on the fake store: inspect and poke the tree, fire special watches, connect clients.
@@ -233,6 +237,22 @@ impl FakeXenstore {
     /// A client connected to this store through a socket pair, served by a thread that ends
     /// when the client closes.
     pub fn connect(&self) -> (Xs, JoinHandle<()>) {
+        self.try_connect().expect("the fake xenstored is stopped")
+    }
+
+    /// Like [`FakeXenstore::connect`], but refused (as a stopped xenstored's socket would be)
+    /// while the store is stopped.
+    pub fn try_connect(&self) -> Result<(Xs, JoinHandle<()>), XsError> {
+        let epoch = {
+            let s = self.state();
+            if s.down {
+                return Err(XsError::Open {
+                    path: "fake-xenstored".into(),
+                    source: std::io::ErrorKind::ConnectionRefused.into(),
+                });
+            }
+            s.epoch
+        };
         let (a, b) = UnixStream::pair().expect("socketpair");
         let id = {
             let mut c = self.conns.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,23 +260,54 @@ impl FakeXenstore {
             *c
         };
         let me = self.clone();
-        let join = std::thread::spawn(move || me.serve(id, b));
+        let join = std::thread::spawn(move || me.serve(id, epoch, b));
         let xs = Xs::from_stream(a, Path::new("fake-xenstored")).expect("nonblocking");
-        (xs, join)
+        Ok((xs, join))
     }
 
-    fn serve(&self, id: usize, mut s: UnixStream) {
+    /// xenstored goes away: every connection is closed (its watches gone) and new ones are
+    /// refused until [`FakeXenstore::start`]. The tree is kept, as across a live update.
+    pub fn stop(&self) {
+        let mut s = self.state();
+        s.down = true;
+        s.epoch += 1;
+    }
+
+    /// xenstored is back: connections are accepted again.
+    pub fn start(&self) {
+        self.state().down = false;
+    }
+
+    /// How many watches are registered (by every connection).
+    pub fn watch_count(&self) -> usize {
+        self.state().watches.len()
+    }
+
+    fn serve(&self, id: usize, epoch: u64, mut s: UnixStream) {
         let mut dec = Decoder::default();
         let mut buf = [0u8; 8192];
         s.set_read_timeout(Some(std::time::Duration::from_millis(5)))
             .expect("timeout");
         loop {
-            // Deliver events queued for this connection (also those caused by others).
-            let out = self.state().outbox.remove(&id).unwrap_or_default();
-            for m in out {
-                if s.write_all(&m.encode().expect("small")).is_err() {
+            {
+                let mut st = self.state();
+                if st.epoch != epoch {
+                    st.watches.retain(|(c, _, _)| *c != id);
+                    st.outbox.remove(&id);
+                    drop(st);
+                    let _ = s.shutdown(std::net::Shutdown::Both);
                     return;
                 }
+            }
+            // Deliver events queued for this connection (also those caused by others).
+            let out = self.state().outbox.remove(&id).unwrap_or_default();
+            // One write for the lot, as a busy xenstored's output looks.
+            let bytes: Vec<u8> = out
+                .iter()
+                .flat_map(|m| m.encode().expect("small"))
+                .collect();
+            if !bytes.is_empty() && s.write_all(&bytes).is_err() {
+                return;
             }
             match s.read(&mut buf) {
                 Ok(0) => {

@@ -170,6 +170,89 @@ mod tests {
         xs.unwatch("/local/domain/7/device", "fe7").unwrap();
     }
 
+    /// A peer that keeps sending cannot keep `pump` reading: one call reads a bounded amount,
+    /// and the rest is still there for the next.
+    #[test]
+    fn pump_reads_a_bounded_amount_per_call() {
+        let fx = FakeXenstore::new();
+        let (mut xs, _j) = fx.connect();
+        xs.watch("/flood", "f").unwrap();
+        let _ = xs.read(Tx::NONE, "/x").unwrap();
+        while xs.take_event().is_some() {}
+        // ~40 bytes per event: well over one pump's worth.
+        let n = 3 * xs::MAX_PUMP_BYTES / 40;
+        for i in 0..n {
+            fx.write(&format!("/flood/{i}"), "x");
+        }
+        // Give the fake time to fill the socket buffer (~200 KiB), so an unbounded pump would
+        // read far more than its budget in one call. (Only makes the check stronger: a
+        // shorter wait cannot make a correct pump fail.)
+        std::thread::sleep(Duration::from_millis(300));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (mut total, mut largest) = (0, 0);
+        while total < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{total} of {n} events"
+            );
+            sys::poll_fd(
+                xs.as_raw_fd(),
+                libc::POLLIN,
+                Some(Duration::from_millis(50)),
+            )
+            .unwrap();
+            xs.pump().unwrap();
+            let mut got = 0;
+            while xs.take_event().is_some() {
+                got += 1;
+            }
+            largest = largest.max(got);
+            total += got;
+        }
+        assert!(
+            !xs.take_events_dropped(),
+            "taken as they came: none dropped"
+        );
+        // Each event is over 20 bytes on the wire.
+        assert!(
+            largest * 20 <= xs::MAX_PUMP_BYTES,
+            "{largest} events in one pump"
+        );
+        assert!(largest > 0);
+    }
+
+    /// Events beyond the queue's capacity are dropped, oldest first, and the client is told.
+    #[test]
+    fn a_full_event_queue_drops_the_oldest_and_says_so() {
+        let fx = FakeXenstore::new();
+        let (mut xs, _j) = fx.connect();
+        xs.watch("/q", "q").unwrap();
+        let _ = xs.read(Tx::NONE, "/x").unwrap();
+        assert!(!xs.take_events_dropped());
+        for i in 0..xs::MAX_QUEUED_EVENTS + 10 {
+            fx.write(&format!("/q/{i}"), "x");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !xs.take_events_dropped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} queued",
+                xs.queued_events()
+            );
+            sys::poll_fd(
+                xs.as_raw_fd(),
+                libc::POLLIN,
+                Some(Duration::from_millis(50)),
+            )
+            .unwrap();
+            xs.pump().unwrap();
+        }
+        assert_eq!(xs.queued_events(), xs::MAX_QUEUED_EVENTS);
+        assert!(!xs.take_events_dropped(), "the flag is cleared once taken");
+        let first = xs.take_event().unwrap();
+        assert_ne!(first.path, "/q/0", "the oldest went first");
+    }
+
     #[test]
     fn transactions_retry_on_eagain_and_give_up() {
         let fx = FakeXenstore::new();

@@ -1,8 +1,9 @@
 //! The `tmem` PV device's xenstore protocol, both ends: key names (from `tmem_abi::xenstore`),
-//! strict parsing of what the other end wrote, the backend's state decisions, and the
-//! frontend's publication. See `docs/protocol.md` §3.
+//! strict parsing of what the other end wrote, the backend's state decisions, and each end's
+//! xenstore writes (the frontend's publication; the backend's directories, state and errors).
+//! tmemd decides what to do; the xenstore I/O for it lives here. See `docs/protocol.md` §3.
 
-use tmem_abi::xenstore::{key, state};
+use tmem_abi::xenstore::{backend_path, frontend_path, key, state, DEVICE_TYPE};
 
 use crate::wire::{parse_u32, Access, Perm};
 use crate::xs::{Tx, Xs, XsError};
@@ -277,6 +278,120 @@ pub fn publish_frontend(xs: &mut Xs, fe: &str, p: &Publish) -> Result<(), XsErro
     })
 }
 
+/// Longest `error` text the backend writes (a guest-visible reason, kept short).
+pub const MAX_ERROR_LEN: usize = 200;
+
+/// Backend: the directory holding every domain's device, `/local/domain/<b>/backend/tmem`.
+pub fn backend_root(backend: u32) -> String {
+    format!("/local/domain/{backend}/backend/{DEVICE_TYPE}")
+}
+
+/// Backend: the domains that have a device directory (entries that are not domain ids are
+/// skipped; they are not ours to interpret).
+pub fn list_devices(xs: &mut Xs, backend: u32) -> Result<Vec<u32>, XsError> {
+    Ok(xs
+        .directory(Tx::NONE, &backend_root(backend))?
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| parse_u32(d))
+        .collect())
+}
+
+/// Backend: offer the device to `domid` in one transaction. Recreates the backend directory
+/// (dropping whatever an earlier backend left), gives the guest read access to it and to the
+/// level above (so it can watch it), advertises `limits`, goes `InitWait`, and creates the
+/// frontend directory owned by the guest (readable by the backend) with its links back. The
+/// frontend's own `state` is left alone if present, so a connected frontend notices the reset.
+pub fn offer_device(xs: &mut Xs, backend: u32, domid: u32, limits: &Limits) -> Result<(), XsError> {
+    let be = backend_path(backend, domid);
+    let fe = frontend_path(domid);
+    xs.transaction(|xs, tx| {
+        xs.rm(tx, &be)?;
+        xs.mkdir(tx, &be)?;
+        let bperms = backend_perms(backend, domid);
+        xs.set_perms(tx, parent_of(&be), &bperms)?;
+        xs.set_perms(tx, &be, &bperms)?;
+        let w = |xs: &mut Xs, k: &str, v: String| xs.write(tx, &format!("{be}/{k}"), v.as_bytes());
+        w(xs, key::FRONTEND, fe.clone())?;
+        w(xs, key::FRONTEND_ID, domid.to_string())?;
+        w(xs, key::PROTOCOL_VERSION, PROTOCOL_VERSION.to_string())?;
+        w(
+            xs,
+            key::MAX_RING_PAGE_ORDER,
+            limits.max_ring_page_order.to_string(),
+        )?;
+        w(xs, key::MAX_DATA_PAGES, limits.max_data_pages.to_string())?;
+        w(xs, key::STATE, state::INIT_WAIT.to_string())?;
+        if xs.read(tx, &fe)?.is_none() {
+            xs.mkdir(tx, &fe)?;
+        }
+        let fperms = frontend_perms(backend, domid);
+        xs.set_perms(tx, parent_of(&fe), &fperms)?;
+        xs.set_perms(tx, &fe, &fperms)?;
+        xs.write(tx, &format!("{fe}/{}", key::BACKEND), be.as_bytes())?;
+        xs.write(
+            tx,
+            &format!("{fe}/{}", key::BACKEND_ID),
+            backend.to_string().as_bytes(),
+        )?;
+        let fe_state = format!("{fe}/{}", key::STATE);
+        if xs.read(tx, &fe_state)?.is_none() {
+            xs.write(tx, &fe_state, state::INITIALISING.to_string().as_bytes())?;
+        }
+        Ok(())
+    })
+}
+
+/// `/a/b/c` → `/a/b` (paths here are always absolute and built by this module).
+fn parent_of(path: &str) -> &str {
+    &path[..path.rfind('/').unwrap_or(0)]
+}
+
+/// Backend: write the backend's `state`.
+pub fn set_backend_state(xs: &mut Xs, backend: u32, domid: u32, s: u32) -> Result<(), XsError> {
+    let p = format!("{}/{}", backend_path(backend, domid), key::STATE);
+    xs.write(Tx::NONE, &p, s.to_string().as_bytes())
+}
+
+/// Backend: the backend's `state` as xenstore holds it (`None`: absent or garbage).
+pub fn backend_state(xs: &mut Xs, backend: u32, domid: u32) -> Result<Option<u32>, XsError> {
+    let p = format!("{}/{}", backend_path(backend, domid), key::STATE);
+    Ok(parse_state(xs.read(Tx::NONE, &p)?.as_deref()))
+}
+
+/// Backend: say why the device was refused or closed (first [`MAX_ERROR_LEN`] characters).
+pub fn set_backend_error(xs: &mut Xs, backend: u32, domid: u32, msg: &str) -> Result<(), XsError> {
+    let p = format!("{}/error", backend_path(backend, domid));
+    let msg: String = msg.chars().take(MAX_ERROR_LEN).collect();
+    xs.write(Tx::NONE, &p, msg.as_bytes())
+}
+
+/// Backend: remove the `error` key (absent is fine).
+pub fn clear_backend_error(xs: &mut Xs, backend: u32, domid: u32) -> Result<(), XsError> {
+    xs.rm(Tx::NONE, &format!("{}/error", backend_path(backend, domid)))
+}
+
+/// Backend: remove a domain's device directory, `<root>/<domid>` with everything below it.
+pub fn remove_device(xs: &mut Xs, backend: u32, domid: u32) -> Result<(), XsError> {
+    xs.rm(Tx::NONE, &format!("{}/{domid}", backend_root(backend)))
+}
+
+/// Backend: the frontend's `state` (`None`: absent or garbage).
+pub fn frontend_state(xs: &mut Xs, domid: u32) -> Result<Option<u32>, XsError> {
+    let p = format!("{}/{}", frontend_path(domid), key::STATE);
+    Ok(parse_state(xs.read(Tx::NONE, &p)?.as_deref()))
+}
+
+/// Backend: watch the frontend's `state` (and anything the guest writes below it).
+pub fn watch_frontend_state(xs: &mut Xs, domid: u32, token: &str) -> Result<(), XsError> {
+    xs.watch(&format!("{}/{}", frontend_path(domid), key::STATE), token)
+}
+
+/// Backend: stop watching the frontend's `state` (not watched is fine).
+pub fn unwatch_frontend_state(xs: &mut Xs, domid: u32, token: &str) -> Result<(), XsError> {
+    xs.unwatch(&format!("{}/{}", frontend_path(domid), key::STATE), token)
+}
+
 /// Frontend: the backend's advertised limits and protocol version.
 pub fn read_backend_limits(xs: &mut Xs, be: &str) -> Result<Limits, KeyError> {
     let v = read_u32(xs, Tx::NONE, be, key::PROTOCOL_VERSION)?;
@@ -297,7 +412,6 @@ pub fn read_backend_limits(xs: &mut Xs, be: &str) -> Result<Limits, KeyError> {
 mod tests {
     use super::*;
     use crate::fake::FakeXenstore;
-    use tmem_abi::xenstore::frontend_path;
 
     const LIM: Limits = Limits {
         max_ring_page_order: 4,
@@ -447,6 +561,68 @@ mod tests {
             .filter(|(t, _)| *t == crate::wire::ty::TRANSACTION_END)
             .count();
         assert_eq!(ends, 3);
+    }
+
+    /// The backend's writes: offer (both directories, permissions, limits, links, states),
+    /// state and error, listing, removal.
+    #[test]
+    fn backend_side_writes() {
+        let fx = FakeXenstore::new();
+        let (mut xs, _j) = fx.connect();
+        let (be, fe) = (backend_path(0, 4), frontend_path(4));
+        fx.write(&format!("{be}/stale"), "x"); // left by an earlier backend
+        offer_device(&mut xs, 0, 4, &LIM).unwrap();
+        assert!(!fx.exists(&format!("{be}/stale")));
+        assert_eq!(fx.perms(&be).unwrap(), ["n0", "r4"]);
+        assert_eq!(
+            fx.perms("/local/domain/0/backend/tmem/4").unwrap(),
+            ["n0", "r4"]
+        );
+        assert_eq!(fx.perms(&fe).unwrap(), ["n4", "r0"]);
+        assert_eq!(
+            fx.perms("/local/domain/4/device/tmem").unwrap(),
+            ["n4", "r0"]
+        );
+        for (k, v) in [
+            ("frontend", fe.as_str()),
+            ("frontend-id", "4"),
+            ("protocol-version", "1"),
+            ("max-ring-page-order", "4"),
+            ("max-data-pages", "1024"),
+            ("state", "2"),
+        ] {
+            assert_eq!(fx.read(&format!("{be}/{k}")).as_deref(), Some(v), "{k}");
+        }
+        assert_eq!(
+            fx.read(&format!("{fe}/backend")).as_deref(),
+            Some(be.as_str())
+        );
+        assert_eq!(fx.read(&format!("{fe}/backend-id")).as_deref(), Some("0"));
+        assert_eq!(
+            frontend_state(&mut xs, 4).unwrap(),
+            Some(state::INITIALISING)
+        );
+        // A frontend's own state survives a second offer (it must notice the reset itself).
+        fx.write(&format!("{fe}/state"), "4");
+        offer_device(&mut xs, 0, 4, &LIM).unwrap();
+        assert_eq!(frontend_state(&mut xs, 4).unwrap(), Some(state::CONNECTED));
+
+        set_backend_state(&mut xs, 0, 4, state::CLOSED).unwrap();
+        assert_eq!(backend_state(&mut xs, 0, 4).unwrap(), Some(state::CLOSED));
+        set_backend_error(&mut xs, 0, 4, &"e".repeat(500)).unwrap();
+        assert_eq!(
+            fx.read(&format!("{be}/error")).unwrap().len(),
+            MAX_ERROR_LEN
+        );
+        clear_backend_error(&mut xs, 0, 4).unwrap();
+        clear_backend_error(&mut xs, 0, 4).unwrap(); // absent is fine
+        assert!(!fx.exists(&format!("{be}/error")));
+
+        fx.write("/local/domain/0/backend/tmem/junk/0/state", "1");
+        assert_eq!(list_devices(&mut xs, 0).unwrap(), [4]);
+        remove_device(&mut xs, 0, 4).unwrap();
+        assert!(!fx.exists("/local/domain/0/backend/tmem/4"));
+        assert_eq!(backend_state(&mut xs, 0, 4).unwrap(), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -123,13 +123,16 @@ pub struct Xs {
     dec: Decoder,
     next_req: u32,
     events: VecDeque<WatchEvent>,
+    events_dropped: bool,
     timeout: Duration,
     broken: bool,
 }
 
 /// Most watch events kept unread; beyond this the oldest are dropped (watchers re-read
-/// state anyway, so an event is a hint, never the data).
-const MAX_QUEUED_EVENTS: usize = 4096;
+/// state anyway, so an event is a hint, never the data) and [`Xs::take_events_dropped`] says so.
+pub const MAX_QUEUED_EVENTS: usize = 4096;
+/// Most bytes one [`Xs::pump`] reads (about a thousand small watch events).
+pub const MAX_PUMP_BYTES: usize = 64 * 1024;
 
 impl Xs {
     /// Connect the usual way: `$XENSTORED_PATH`, then the dom0 sockets, then the device.
@@ -209,6 +212,7 @@ impl Xs {
             dec: Decoder::default(),
             next_req: 1,
             events: VecDeque::new(),
+            events_dropped: false,
             timeout: Duration::from_secs(10),
             broken: false,
         }
@@ -229,13 +233,33 @@ impl Xs {
         self.conn.fd()
     }
 
-    /// Read whatever is available without blocking and queue watch events. An error means the
-    /// connection is unusable.
+    /// The descriptor, borrowed (for safe poll wrappers).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.conn {
+            Conn::Socket(s) => s.as_fd(),
+            Conn::Device(f) => f.as_fd(),
+        }
+    }
+
+    /// How many watch events are queued.
+    pub fn queued_events(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Read what is available without blocking (at most [`MAX_PUMP_BYTES`], so a peer that
+    /// keeps sending cannot keep the caller here; poll again for the rest) and queue watch
+    /// events. An error means the connection is unusable.
     pub fn pump(&mut self) -> Result<(), XsError> {
         if self.broken {
             return Err(XsError::Broken);
         }
-        while self.read_available()? {}
+        let mut budget = MAX_PUMP_BYTES;
+        while budget > 0 {
+            match self.read_available()? {
+                0 => break,
+                n => budget = budget.saturating_sub(n),
+            }
+        }
         while let Some(m) = self.decode()? {
             self.stray(m);
         }
@@ -252,6 +276,12 @@ impl Xs {
         !self.events.is_empty()
     }
 
+    /// Whether events were dropped from a full queue since the last call. A watcher that sees
+    /// `true` must re-read everything it watches (events are hints, and some are gone).
+    pub fn take_events_dropped(&mut self) -> bool {
+        std::mem::take(&mut self.events_dropped)
+    }
+
     fn decode(&mut self) -> Result<Option<Message>, XsError> {
         self.dec.next_message().map_err(|e| {
             self.broken = true;
@@ -259,24 +289,26 @@ impl Xs {
         })
     }
 
-    /// One read; true if bytes came in.
-    fn read_available(&mut self) -> Result<bool, XsError> {
+    /// One read; how many bytes came in (0: nothing available now).
+    fn read_available(&mut self) -> Result<usize, XsError> {
         let mut buf = [0u8; 4096 + 16];
-        match self.conn.read(&mut buf) {
-            Ok(0) => {
-                self.broken = true;
-                Err(XsError::Closed)
-            }
-            Ok(n) => {
-                self.dec.push(&buf[..n]);
-                Ok(true)
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(false),
-            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(true),
-            Err(e) => {
-                self.broken = true;
-                Err(XsError::Io(e))
-            }
+        loop {
+            return match self.conn.read(&mut buf) {
+                Ok(0) => {
+                    self.broken = true;
+                    Err(XsError::Closed)
+                }
+                Ok(n) => {
+                    self.dec.push(&buf[..n]);
+                    Ok(n)
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.broken = true;
+                    Err(XsError::Io(e))
+                }
+            };
         }
     }
 
@@ -289,6 +321,7 @@ impl Xs {
             if parts.len() >= 2 {
                 if self.events.len() >= MAX_QUEUED_EVENTS {
                     self.events.pop_front();
+                    self.events_dropped = true;
                 }
                 self.events.push_back(WatchEvent {
                     path: parts[0].clone(),
@@ -364,7 +397,7 @@ impl Xs {
                     return Ok(m);
                 }
             }
-            if !self.read_available()? {
+            if self.read_available()? == 0 {
                 self.wait(libc::POLLIN, deadline)?;
             }
         }

@@ -28,7 +28,6 @@ use crate::worker::{self, Shared, WorkerHandle, WorkerMsg};
 const GUEST_LISTENER: Token = Token(0);
 const CONTROL_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
-const XEN: Token = Token(3);
 const FIRST_CONTROL: usize = 16;
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
@@ -127,12 +126,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         config.max_data_slots,
         config.max_guests,
     );
-    let mut xen = if config.xen {
-        match crate::xen::XenBackend::start(&config, shared.clone(), workers.clone()) {
+    // The Xen control plane runs on its own thread; its heartbeat says it is making progress.
+    let xen = if config.xen {
+        let heartbeat = shared.health.register("xen control plane");
+        match crate::xen::start(&config, shared.clone(), workers.clone(), heartbeat) {
             Ok(x) => {
-                poll.registry()
-                    .register(&mut SourceFd(&x.raw_fd()), XEN, Interest::READABLE)
-                    .map_err(DaemonError::Poll)?;
                 info!(
                     xenstore = %x.describe(),
                     domains = x.domain_count(),
@@ -141,6 +139,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 Some(x)
             }
             Err(reason) => {
+                shared.health.unregister("xen control plane");
                 info!("Xen absent: {reason}; serving the local transport only");
                 None
             }
@@ -207,11 +206,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                     admission.accept_batch(&guest_listener, poll.registry(), GUEST_LISTENER)
                 }
                 CONTROL_LISTENER => control.accept_all(poll.registry(), &ctx),
-                XEN => {
-                    if let Some(x) = xen.as_mut() {
-                        x.process();
-                    }
-                }
                 t if control.owns(t) => control.on_ready(t, poll.registry(), &ctx),
                 _ => {}
             }
@@ -219,9 +213,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         let now = Instant::now();
         if now.duration_since(last_housekeeping) >= HOUSEKEEPING {
             last_housekeeping = now;
-            if let Some(x) = xen.as_mut() {
-                x.housekeeping();
-            }
             shared.expire_detached(config.reattach_grace);
             control.housekeeping(poll.registry(), now);
         }
@@ -232,10 +223,13 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     notifier.notify("STOPPING=1");
     let poisoned = shared.store.is_poisoned();
-    if let Some(x) = xen.as_mut() {
-        // Tearing Xen guests down detaches them in the store: not once it is poisoned.
-        if !poisoned {
-            x.shutdown();
+    if let Some(x) = xen {
+        // Before the workers stop: it waits for them to let go of its guests' rings. Tearing
+        // Xen guests down detaches them in the store: not once it is poisoned.
+        if poisoned {
+            drop(x);
+        } else if let Err(e) = x.stop() {
+            error!("{e}");
         }
     }
     for w in workers.iter() {
