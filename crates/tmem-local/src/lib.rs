@@ -20,12 +20,14 @@ use nix::sys::socket::{
 use tmem_ring::Layout;
 
 mod fd;
+mod hello;
 pub mod wire;
 
 pub use fd::{
     drain_eventfd, is_eventfd, kick, memfd_seals, new_eventfd, set_nonblocking, wait_eventfd,
     wait_readable, MemfdRegion, REQUIRED_SEALS,
 };
+pub use hello::{parse_hello, ParsedHello};
 use wire::{
     HelloWire, ReplyWire, HELLO_FDS, HELLO_MAGIC, HELLO_SIZE, MAX_NAME, REPLY_MAGIC, REPLY_SIZE,
 };
@@ -390,68 +392,7 @@ fn read_hello_inner(stream: &UnixStream, limits: &HelloLimits) -> Result<HelloPa
         gid: creds.gid(),
     };
     let (buf, mut fds) = recv_hello(stream, limits.timeout)?;
-    let w = HelloWire::from_bytes(&buf);
-    if w.magic != HELLO_MAGIC {
-        return Err(HelloError::BadMagic(w.magic));
-    }
-    let want = tmem_abi::ring::PROTOCOL_VERSION;
-    if w.version != want {
-        return Err(HelloError::BadVersion {
-            got: w.version,
-            want,
-        });
-    }
-    if w.flags != 0 {
-        return Err(HelloError::Malformed("unknown flags set"));
-    }
-    if w.reserved != 0 {
-        return Err(HelloError::Malformed("reserved field is not zero"));
-    }
-    let name_len = w.name_len as usize;
-    if name_len > MAX_NAME {
-        return Err(HelloError::Malformed("name longer than 64 bytes"));
-    }
-    if w.name[name_len..].iter().any(|&b| b != 0) {
-        return Err(HelloError::Malformed("name padding is not zero"));
-    }
-    let name = std::str::from_utf8(&w.name[..name_len])
-        .map_err(|_| HelloError::Malformed("name is not UTF-8"))?
-        .to_owned();
-    if name.chars().any(char::is_control) {
-        return Err(HelloError::Malformed("name contains control characters"));
-    }
-    if fds.len() != HELLO_FDS {
-        return Err(HelloError::FdCount(fds.len()));
-    }
-    if w.ring_pages == 0 || w.ring_pages > limits.max_ring_pages {
-        return Err(HelloError::RingPages {
-            got: w.ring_pages,
-            max: limits.max_ring_pages,
-        });
-    }
-    if w.data_slots > limits.max_data_slots {
-        return Err(HelloError::DataSlots {
-            got: w.data_slots,
-            max: limits.max_data_slots,
-        });
-    }
-    let layout = Layout {
-        ring_pages: w.ring_pages,
-        data_slots: w.data_slots,
-    };
-    if layout.ring_entries() == 0 {
-        return Err(HelloError::Layout(tmem_ring::RingError::BadLayout(
-            layout,
-            "ring has no entries",
-        )));
-    }
-    let need =
-        layout
-            .checked_total_bytes()
-            .ok_or(HelloError::Layout(tmem_ring::RingError::BadLayout(
-                layout,
-                "size overflows",
-            )))?;
+    let ParsedHello { hello, need } = parse_hello(&buf, fds.len(), limits)?;
     // Order fixed by the protocol: memfd, kick, notify.
     let notify = fds.pop().ok_or(HelloError::FdCount(0))?;
     let kick = fds.pop().ok_or(HelloError::FdCount(1))?;
@@ -481,13 +422,6 @@ fn read_hello_inner(stream: &UnixStream, limits: &HelloLimits) -> Result<HelloPa
     set_nonblocking(kick.as_fd()).map_err(HelloError::Io)?;
     set_nonblocking(notify.as_fd()).map_err(HelloError::Io)?;
     let mem = MemfdRegion::map(memfd, need).map_err(HelloError::Map)?;
-    let hello = Hello {
-        domid: w.domid,
-        instance: w.instance,
-        layout,
-        name,
-        flags: w.flags,
-    };
     Ok((hello, peer, mem, kick, notify))
 }
 
