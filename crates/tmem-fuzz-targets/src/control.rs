@@ -7,7 +7,11 @@ pub fn control_request(data: &[u8]) {
     if let Ok(op) = decode_request(data) {
         // What the daemon understood must be what the CLI would have sent for it.
         let line = encode_request(&op);
-        assert_eq!(decode_request(&line), Ok(op.clone()), "{op:?} does not round-trip");
+        assert_eq!(
+            decode_request(&line),
+            Ok(op.clone()),
+            "{op:?} does not round-trip"
+        );
     }
     let _ = decode_reply(data);
     if let Ok(text) = std::str::from_utf8(data) {

@@ -19,8 +19,11 @@ pub use local::local_hello;
 pub use ring::ring_backend;
 pub use xen::{xen_frontend_keys, xen_wire};
 
+/// The body of one fuzz target: arbitrary bytes in, a panic only on a broken invariant.
+pub type Target = fn(&[u8]);
+
 /// Every target by the name of its fuzz binary (and of its corpus directory).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("abi_request", abi_request),
     ("ring_backend", ring_backend),
     ("local_hello", local_hello),

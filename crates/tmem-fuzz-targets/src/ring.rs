@@ -78,7 +78,8 @@ impl<M: SharedMem> Run<M> {
             5 => {
                 // Rewrite any slot, including one of a request already in flight.
                 let index = inp.u32();
-                self.guest.write_entry_bytes(index, &inp.array::<ENTRY_SIZE>());
+                self.guest
+                    .write_entry_bytes(index, &inp.array::<ENTRY_SIZE>());
             }
             6 => self.guest.set_req_event(inp.u32()),
             7 => self.guest.set_rsp_event(inp.u32()),
@@ -138,7 +139,10 @@ impl<M: SharedMem> Run<M> {
             Ok(()) => assert!(!self.broken, "a broken ring produced a batch"),
             Err(e) => {
                 let _ = e.to_string();
-                assert!(self.backend.broken().is_some(), "error {e} left the ring usable");
+                assert!(
+                    self.backend.broken().is_some(),
+                    "error {e} left the ring usable"
+                );
                 self.broken = true;
             }
         }

@@ -94,7 +94,10 @@ fn client_reads(stream: &[u8]) {
         }
     }
     assert!(events <= MAX_MESSAGES);
-    assert!(xs.pump().is_err(), "a closed xenstore connection must stay an error");
+    assert!(
+        xs.pump().is_err(),
+        "a closed xenstore connection must stay an error"
+    );
 }
 
 /// Names of every key a frontend may write, by index (the input picks keys by number).
@@ -131,7 +134,8 @@ pub fn xen_frontend_keys(data: &[u8]) {
     if inp.bool() {
         for i in 0..(1u32 << MAX_RING_PAGE_ORDER) {
             let k = format!("{fe}/{}{i}", key::RING_REF_PREFIX);
-            tree.entry(k).or_insert_with(|| (i + 8).to_string().into_bytes());
+            tree.entry(k)
+                .or_insert_with(|| (i + 8).to_string().into_bytes());
         }
     }
     let failing_key = format!("{fe}/{}", frontend_key_name(failing));
