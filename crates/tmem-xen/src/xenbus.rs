@@ -66,14 +66,20 @@ fn invalid(key: &str, value: &str, why: &'static str) -> KeyError {
 
 /// Read a strictly formatted decimal u32 key.
 pub fn read_u32(xs: &mut Xs, tx: Tx, dir: &str, k: &str) -> Result<u32, KeyError> {
-    let v = read_key(xs, tx, dir, k)?;
+    key_u32(&mut |path| xs.read(tx, path), dir, k)
+}
+
+/// Reads one xenstore node: `Ok(None)` if it does not exist. [`read_frontend_keys`] reads
+/// through one so that its parsing can be fuzzed without a xenstored.
+pub type ReadNode<'a> = dyn FnMut(&str) -> Result<Option<Vec<u8>>, XsError> + 'a;
+
+fn key_u32(read: &mut ReadNode<'_>, dir: &str, k: &str) -> Result<u32, KeyError> {
+    let v = key_string(read, dir, k)?;
     parse_u32(&v).ok_or_else(|| invalid(k, &v, "not a decimal u32"))
 }
 
-fn read_key(xs: &mut Xs, tx: Tx, dir: &str, k: &str) -> Result<String, KeyError> {
-    let raw = xs
-        .read(tx, &format!("{dir}/{k}"))?
-        .ok_or_else(|| KeyError::Missing(k.to_owned()))?;
+fn key_string(read: &mut ReadNode<'_>, dir: &str, k: &str) -> Result<String, KeyError> {
+    let raw = read(&format!("{dir}/{k}"))?.ok_or_else(|| KeyError::Missing(k.to_owned()))?;
     if raw.len() > 64 {
         return Err(invalid(k, "", "longer than 64 bytes"));
     }
@@ -98,7 +104,16 @@ pub fn read_frontend_keys(
     fe: &str,
     limits: &Limits,
 ) -> Result<FrontendKeys, KeyError> {
-    let order = read_u32(xs, tx, fe, key::RING_PAGE_ORDER)?;
+    parse_frontend_keys(&mut |path| xs.read(tx, path), fe, limits)
+}
+
+/// [`read_frontend_keys`] over any node reader (the guest-controlled parsing, fuzzed).
+pub fn parse_frontend_keys(
+    read: &mut ReadNode<'_>,
+    fe: &str,
+    limits: &Limits,
+) -> Result<FrontendKeys, KeyError> {
+    let order = key_u32(read, fe, key::RING_PAGE_ORDER)?;
     if order > limits.max_ring_page_order.min(MAX_RING_PAGE_ORDER) {
         return Err(invalid(
             key::RING_PAGE_ORDER,
@@ -108,14 +123,9 @@ pub fn read_frontend_keys(
     }
     let mut ring_refs = Vec::with_capacity(1 << order);
     for i in 0..(1u32 << order) {
-        ring_refs.push(read_u32(
-            xs,
-            tx,
-            fe,
-            &format!("{}{i}", key::RING_REF_PREFIX),
-        )?);
+        ring_refs.push(key_u32(read, fe, &format!("{}{i}", key::RING_REF_PREFIX))?);
     }
-    let data_pages = read_u32(xs, tx, fe, key::DATA_PAGES)?;
+    let data_pages = key_u32(read, fe, key::DATA_PAGES)?;
     if data_pages > limits.max_data_pages {
         return Err(invalid(
             key::DATA_PAGES,
@@ -125,18 +135,17 @@ pub fn read_frontend_keys(
     }
     let mut data_dir_refs = Vec::new();
     for i in 0..data_pages.div_ceil(REFS_PER_DIR_PAGE) {
-        data_dir_refs.push(read_u32(
-            xs,
-            tx,
+        data_dir_refs.push(key_u32(
+            read,
             fe,
             &format!("{}{i}", key::DATA_DIR_REF_PREFIX),
         )?);
     }
-    let event_channel = read_u32(xs, tx, fe, key::EVENT_CHANNEL)?;
+    let event_channel = key_u32(read, fe, key::EVENT_CHANNEL)?;
     if event_channel == 0 {
         return Err(invalid(key::EVENT_CHANNEL, "0", "port 0 is never valid"));
     }
-    let inst = read_key(xs, tx, fe, key::INSTANCE)?;
+    let inst = key_string(read, fe, key::INSTANCE)?;
     let instance = parse_u64(&inst)
         .filter(|&i| i != 0)
         .ok_or_else(|| invalid(key::INSTANCE, &inst, "not a non-zero decimal u64"))?;

@@ -399,9 +399,9 @@ pub fn read_some(
 mod tests {
     use super::*;
     use crate::worker::tests::{connect, shared, Fault};
+    use std::os::unix::net::UnixDatagram;
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::os::unix::net::UnixDatagram;
 
     /// systemd's side of the notify socket.
     struct FakeSystemd {

@@ -337,8 +337,11 @@ impl Inner {
             }
         };
         let Some(index) = worker::pick_worker(&self.workers) else {
-            self.log
-                .warn("no-worker", uid, "no worker thread is left to serve a guest");
+            self.log.warn(
+                "no-worker",
+                uid,
+                "no worker thread is left to serve a guest",
+            );
             return shared.release(client, End::Detach);
         };
         debug!(%identity, ?attach, worker = index, "handing guest to worker");
@@ -352,8 +355,11 @@ impl Inner {
             .send(WorkerMsg::Add(Box::new(conn)))
             .is_err()
         {
-            self.log
-                .warn("no-worker", uid, "the guest's worker thread has ended; disconnecting it");
+            self.log.warn(
+                "no-worker",
+                uid,
+                "the guest's worker thread has ended; disconnecting it",
+            );
             shared.release(client, End::Detach);
         }
     }
