@@ -193,6 +193,14 @@ pub fn control_request(path: &Path, op: &tmem_control::Op) -> tmem_control::Repl
     tmem_control::decode_reply(line.trim_end().as_bytes()).expect("decode reply")
 }
 
+/// The number at `path` in a guest's JSON report; panics if it is missing.
+pub fn counter(v: &Value, path: &[&str]) -> u64 {
+    path.iter()
+        .fold(v, |x, p| &x[*p])
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path:?} missing in {v}"))
+}
+
 /// A running tmem-guest whose `--json` lines are collected.
 #[derive(Debug)]
 pub struct Guest {
@@ -274,6 +282,29 @@ impl Guest {
         std::thread::sleep(Duration::from_millis(50));
         let err = self.stderr.lock().unwrap().clone();
         (st, err)
+    }
+
+    /// Wait for the guest to exit, and check that it ran clean: exit 0, a final report, no
+    /// verification error, no disconnect, no backend error. Returns the final report.
+    pub fn finish_clean(self, timeout: Duration) -> Value {
+        let seen = self.seen.clone();
+        let (st, err) = self.finish(timeout);
+        assert!(st.success(), "good guest failed ({st}): {err}");
+        let last = seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("good guest output");
+        assert_eq!(last["type"], "final", "{last}");
+        for path in [
+            &["guest", "verification_errors"][..],
+            &["counters", "map", "disconnects"],
+            &["counters", "map", "backend_errors"],
+        ] {
+            assert_eq!(counter(&last, path), 0, "{path:?} in {last}");
+        }
+        last
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {

@@ -13,7 +13,7 @@ use tmem_front::{Client, ClientConfig};
 use tmem_local::wire::{HelloWire, HELLO_MAGIC, MAX_NAME};
 use tmem_local::{ConnectParams, LocalConnection, LocalError, MemfdRegion, RefusalClass};
 use tmem_ring::Layout;
-use tmem_tests::{wait_for, Daemon, Guest, TempDir, Value};
+use tmem_tests::{counter, wait_for, Daemon, Guest, TempDir};
 
 const LAYOUT: Layout = Layout {
     ring_pages: 1,
@@ -41,34 +41,9 @@ fn good_guest(dir: &TempDir, seconds: &str) -> Guest {
     g
 }
 
-fn counter(v: &Value, path: &[&str]) -> u64 {
-    let mut x = v;
-    for p in path {
-        x = &x[*p];
-    }
-    x.as_u64()
-        .unwrap_or_else(|| panic!("{path:?} missing in {v}"))
-}
-
 /// The good guest ran to its end with no error, no disconnect and real hits.
 fn assert_good_guest_clean(good: Guest) {
-    let seen = good.seen.clone();
-    let (st, err) = good.finish(Duration::from_secs(60));
-    assert!(st.success(), "good guest failed ({st}): {err}");
-    let last = seen
-        .lock()
-        .unwrap()
-        .last()
-        .cloned()
-        .expect("good guest output");
-    assert_eq!(last["type"], "final", "{last}");
-    for path in [
-        &["guest", "verification_errors"][..],
-        &["counters", "map", "disconnects"],
-        &["counters", "map", "backend_errors"],
-    ] {
-        assert_eq!(counter(&last, path), 0, "{path:?} in {last}");
-    }
+    let last = good.finish_clean(Duration::from_secs(60));
     assert!(counter(&last, &["guest", "read_hits"]) > 0, "{last}");
 }
 
