@@ -195,7 +195,7 @@ fn hello_bytes(label: u32) -> [u8; tmem_local::wire::HELLO_SIZE] {
 #[test]
 fn excess_descriptors_are_refused_at_once() {
     let dir = TempDir::new("fds");
-    let daemon = Daemon::start(&dir, &["--mem-limit", "32M"]);
+    let daemon = Daemon::start(&dir, &["--mem-limit", "64M"]);
     let good = good_guest(&dir, "3");
     let mem = MemfdRegion::create("fds", LAYOUT.total_bytes()).unwrap();
     let k = tmem_local::new_eventfd().unwrap();
@@ -292,7 +292,7 @@ fn refusals_carry_a_class_and_tmem_front_obeys_it() {
         &dir,
         &[
             "--mem-limit",
-            "32M",
+            "64M",
             "--max-guests",
             "1",
             "--max-ring-pages",
