@@ -53,12 +53,12 @@ impl Mapping {
     /// The 64-bit word at byte offset `off` (8-aligned, inside the mapping).
     pub fn word(&self, off: usize) -> &AtomicU64 {
         assert!(
-            off % 8 == 0 && off + 8 <= self.len,
+            off & 7 == 0 && off + 8 <= self.len,
             "word {off} outside page file"
         );
         // SAFETY: in bounds and 8-aligned (checked above; the mapping is page aligned). The
         // memory lives as long as `self`, and every access to record words is atomic.
-        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(off).cast::<u64>()) }
+        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().wrapping_add(off).cast::<u64>()) }
     }
 
     /// The page at byte offset `off`, for writing.
@@ -68,20 +68,20 @@ impl Mapping {
     /// caller holds the page's frame lock).
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn page_mut(&self, off: usize) -> &mut Page {
-        assert!(off % PAGE_SIZE == 0 && off + PAGE_SIZE <= self.len);
+        assert!(off & (PAGE_SIZE - 1) == 0 && off + PAGE_SIZE <= self.len);
         // SAFETY: in bounds and aligned; exclusivity is the caller's contract.
-        unsafe { &mut *self.ptr.as_ptr().add(off).cast::<Page>() }
+        unsafe { &mut *self.ptr.as_ptr().wrapping_add(off).cast::<Page>() }
     }
 
     /// Ask the kernel to back `[off, off + len)` with memory and page-table entries now,
     /// without changing its contents. Best effort: `Ok(false)` if the kernel cannot.
     pub fn populate(&self, off: usize, len: usize) -> io::Result<bool> {
-        assert!(off % PAGE_SIZE == 0 && off + len <= self.len);
+        assert!(off & (PAGE_SIZE - 1) == 0 && off + len <= self.len);
         // SAFETY: the range is inside our mapping; MADV_POPULATE_WRITE only faults pages in
         // (it never changes their contents) and touches nothing outside the range.
         let r = unsafe {
             libc::madvise(
-                self.ptr.as_ptr().add(off).cast(),
+                self.ptr.as_ptr().wrapping_add(off).cast(),
                 len,
                 libc::MADV_POPULATE_WRITE,
             )
