@@ -46,6 +46,7 @@
 
 #![forbid(unsafe_code)]
 
+mod durable;
 mod frames;
 mod hash;
 mod identity;
@@ -53,9 +54,11 @@ mod pagemap;
 mod reap;
 mod stats;
 
+pub use durable::{page_file_len, Recovery};
 pub use identity::Identity;
 pub use stats::{ClientStats, GlobalStats, PoolCounters, PoolStats, SharedPoolStats, StoreStats};
 pub use tmem_abi::{Oid, Page, PageKey, PageSink, PageSource, PoolKind, TmemError, PAGE_SIZE};
+pub use tmem_pmem::{OpenError as PageFileError, Origin as PageFileOrigin, PageFile};
 
 use frames::{is_zero, Frames};
 use hash::{IdState, KeyedState};
@@ -748,6 +751,11 @@ impl Meta {
     }
 }
 
+/// Page frames for a configuration: its memory limit in whole pages.
+pub(crate) fn frames_for(cfg: &StoreConfig) -> u32 {
+    (cfg.mem_limit_bytes / PAGE_SIZE as u64).min((EXTRA - 1) as u64) as u32
+}
+
 #[cold]
 fn unreachable_pool() -> ! {
     // Every global pool id held in a client slot, object or account names a live pool; this
@@ -764,7 +772,7 @@ enum Reserve {
 impl Store {
     /// A store with the given limits. Page memory is allocated on first use and kept.
     pub fn new(cfg: StoreConfig) -> Store {
-        let nframes = (cfg.mem_limit_bytes / PAGE_SIZE as u64).min((EXTRA - 1) as u64) as u32;
+        let nframes = frames_for(&cfg);
         let meta = Meta {
             next_client: 1,
             clients: HashMap::default(),
