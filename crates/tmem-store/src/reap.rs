@@ -11,8 +11,9 @@
 //! Jobs run strictly first in, first out (an unfinished job goes back to the front), so a
 //! flushed object's job always ends before a later job for its destroyed pool frees the pool.
 
+use crate::meta::{Meta, NIL};
 use crate::pagemap::NodeDrain;
-use crate::{Meta, Oid, NIL};
+use crate::Oid;
 use std::collections::hash_map;
 
 /// Pages (or objects visited) freed per metadata-lock acquisition: about 100 µs of work.

@@ -2,7 +2,10 @@
 //! `P=` and shared-pool `S=` records), the seed's per-client counters, and tmemd's own
 //! memory figures. Serialised as JSON on the admin control socket.
 
+use crate::meta::{Meta, Obj, Pool};
+use crate::{lock, Identity, Oid, Store, PAGE_SIZE};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
 
 /// A snapshot of the whole store, taken under the metadata lock.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -184,5 +187,152 @@ impl ClientStats {
                 label: self.domid,
             },
         }
+    }
+}
+
+impl Store {
+    /// A snapshot of every counter, taken under the metadata lock.
+    pub fn stats(&self) -> StoreStats {
+        let m = self.meta();
+        let (free_len, fresh) = {
+            let f = lock(&self.free);
+            (f.list.len() as u64, f.fresh as u64)
+        };
+        let mut clients: Vec<ClientStats> = m
+            .clients
+            .iter()
+            .map(|(id, cl)| ClientStats {
+                client_id: id.0,
+                domid: match cl.identity {
+                    Identity::Xen { domid } => domid,
+                    Identity::Local { label, .. } => label,
+                },
+                local_uid: match cl.identity {
+                    Identity::Xen { .. } => None,
+                    Identity::Local { uid, .. } => Some(uid),
+                },
+                instance: cl.instance,
+                name: cl.name.clone(),
+                attached: cl.attached,
+                weight: cl.weight,
+                cap_pages: cl.cap,
+                compress: cl.compress,
+                frozen: cl.frozen,
+                pages: cl.pages,
+                eph_pages: m
+                    .accounts
+                    .get(cl.account as usize)
+                    .and_then(Option::as_ref)
+                    .map_or(0, |a| a.eph),
+                eph_pages_max: cl.c.eph_max,
+                succ_eph_gets: cl.c.succ_eph_gets,
+                pers_puts: cl.c.pers_puts,
+                pers_gets: cl.c.pers_gets,
+                succ_gets: cl.c.succ_gets,
+                failed_gets: cl.c.failed_gets,
+                puts: cl.c.puts,
+                invalidates: cl.c.invalidates,
+                pools: cl
+                    .pools
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| {
+                        let s = (*s)?;
+                        let p = m.pool(s.gid);
+                        Some(PoolStats {
+                            pool_id: i as u32,
+                            kind: p.kind.xen_tag().to_owned(),
+                            uuid: p.uuid,
+                            adopted: s.adopted,
+                            counters: p.c.clone(),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        clients.sort_by_key(|c| (c.identity(), c.client_id));
+        let mut shared_pools: Vec<SharedPoolStats> = m
+            .shared
+            .values()
+            .map(|&gid| {
+                let p = m.pool(gid);
+                SharedPoolStats {
+                    uuid: p.uuid,
+                    kind: p.kind.xen_tag().to_owned(),
+                    sharers: p
+                        .sharers
+                        .iter()
+                        .filter_map(|c| match m.clients.get(c)?.identity {
+                            Identity::Xen { domid } => Some(domid),
+                            Identity::Local { .. } => None,
+                        })
+                        .collect(),
+                    local_sharers: p
+                        .sharers
+                        .iter()
+                        .filter_map(|c| match m.clients.get(c)?.identity {
+                            Identity::Xen { .. } => None,
+                            local => Some(local.to_string()),
+                        })
+                        .collect(),
+                    weight: m
+                        .accounts
+                        .get(p.account as usize)
+                        .and_then(Option::as_ref)
+                        .map_or(0, |a| a.weight),
+                    counters: p.c.clone(),
+                }
+            })
+            .collect();
+        shared_pools.sort_by_key(|s| s.uuid);
+        let used = fresh - free_len;
+        StoreStats {
+            global: GlobalStats {
+                total_ops: self.total_ops.load(Ordering::Relaxed),
+                errored_ops: self.errored_ops.load(Ordering::Relaxed),
+                evictions: m.g.evictions,
+                evict_attempts: m.g.evict_attempts,
+                eph_pages: m.g.eph,
+                eph_pages_max: m.g.eph_max,
+                objects: m.g.objects,
+                objects_max: m.g.objects_max,
+                pages: m.g.pages,
+                pages_max: m.g.pages_max,
+                zero_pages: m.g.zero_pages,
+                good_eph_puts: m.g.good_eph_puts,
+                mem_limit_bytes: self.nframes as u64 * PAGE_SIZE as u64,
+                data_bytes: used * PAGE_SIZE as u64,
+                frames_allocated: fresh,
+                frames_free: free_len,
+                freeable_pages: m.g.eph_data,
+                metadata_bytes: self.metadata_bytes(&m, free_len),
+                shared_auth_required: m.auth_required,
+            },
+            clients,
+            shared_pools,
+        }
+    }
+
+    /// Estimate of metadata bytes: per-node arrays, frame locks, object and pool maps.
+    fn metadata_bytes(&self, m: &Meta, free_cap: u64) -> u64 {
+        fn map_bytes(cap: usize, entry: usize) -> u64 {
+            if cap == 0 {
+                return 0;
+            }
+            // hashbrown: buckets = next power of two of cap * 8 / 7, one control byte each
+            // plus a group of trailing control bytes.
+            let buckets = (cap * 8 / 7).next_power_of_two().max(4);
+            (buckets * (entry + 1) + 16) as u64
+        }
+        let mut b = m.dl.bytes() + m.xl.bytes() + self.frames.overhead_bytes();
+        b += 4 * free_cap + 4 * m.x_free.capacity() as u64;
+        b += (m.objs.capacity() * std::mem::size_of::<Option<Obj>>()) as u64;
+        b += 4 * m.obj_free.capacity() as u64;
+        b += m.obj_heap_bytes;
+        for p in m.pools.iter().flatten() {
+            b += std::mem::size_of::<Pool>() as u64;
+            b += map_bytes(p.objs.capacity(), std::mem::size_of::<(Oid, u32)>());
+        }
+        b
     }
 }

@@ -1,0 +1,133 @@
+//! Administration: freeze, weight, caps, compression flag, shared-pool authorisation,
+//! prefault, and releasing memory on request.
+
+use crate::reap::REAP_CHUNK;
+use crate::{ClientId, Identity, Store, TmemError, PAGE_SIZE};
+
+impl Store {
+    /// Freeze or thaw a client: while frozen, puts of new handles fail with `Frozen`.
+    pub fn set_frozen(&self, c: ClientId, frozen: bool) -> Result<(), TmemError> {
+        self.meta().client_mut(c)?.frozen = frozen;
+        Ok(())
+    }
+
+    /// Set a client's eviction weight.
+    pub fn set_weight(&self, c: ClientId, weight: u32) -> Result<(), TmemError> {
+        let mut m = self.meta();
+        let cl = m.client_mut(c)?;
+        cl.weight = weight;
+        let a = cl.account;
+        if let Some(Some(acc)) = m.accounts.get_mut(a as usize) {
+            acc.weight = weight;
+        }
+        Ok(())
+    }
+
+    /// Set a client's page cap (0 = none). It replaces the default persistent share for this
+    /// client. Pages already stored above a lowered cap stay.
+    pub fn set_cap_pages(&self, c: ClientId, cap: u64) -> Result<(), TmemError> {
+        let mut m = self.meta();
+        let cl = m.client_mut(c)?;
+        cl.cap = cap;
+        cl.pers_cap = 0;
+        Ok(())
+    }
+
+    /// Record whether a client asked for compression (reported only, for now).
+    pub fn set_compress(&self, c: ClientId, on: bool) -> Result<(), TmemError> {
+        self.meta().client_mut(c)?.compress = on;
+        Ok(())
+    }
+
+    /// Allow or disallow a domain to join the shared pool `uuid`. Works before the domain
+    /// has connected. `Ok(true)` if the list changed; a full list gives `NoMemory`.
+    /// Revoking does not expel a domain that has already joined.
+    pub fn set_shared_auth(
+        &self,
+        who: Identity,
+        uuid: [u64; 2],
+        allow: bool,
+    ) -> Result<bool, TmemError> {
+        let mut m = self.meta();
+        let max = m.cfg.max_auth_per_domain as usize;
+        if allow {
+            let l = m.auth.entry(who).or_default();
+            if l.contains(&uuid) {
+                return Ok(false);
+            }
+            if l.len() >= max {
+                if l.is_empty() {
+                    m.auth.remove(&who);
+                }
+                return Err(TmemError::NoMemory);
+            }
+            l.push(uuid);
+            Ok(true)
+        } else {
+            let Some(l) = m.auth.get_mut(&who) else {
+                return Ok(false);
+            };
+            let before = l.len();
+            l.retain(|u| *u != uuid);
+            let changed = l.len() != before;
+            if l.is_empty() {
+                m.auth.remove(&who);
+            }
+            Ok(changed)
+        }
+    }
+
+    /// Global switch (Xen's `cli_id=ALL`): when false any domain may join any shared pool.
+    pub fn set_shared_auth_required(&self, required: bool) {
+        self.meta().auth_required = required;
+    }
+
+    /// Fault in all page-data memory now, so that no put ever waits for the kernel to back a
+    /// frame (a first-touch fault costs as much as twenty page copies). Meant for a background
+    /// thread at start-up; puts may run meanwhile. Returns the bytes it faulted in.
+    pub fn prefault(&self) -> u64 {
+        self.frames.prefault_all() as u64 * PAGE_SIZE as u64
+    }
+
+    /// Ephemeral pages whose eviction would release page memory now.
+    pub fn freeable_pages(&self) -> u64 {
+        self.meta().g.eph_data
+    }
+
+    /// Evict ephemeral pages until at least `kib` KiB of page memory has been released (or
+    /// nothing is left to evict); returns the KiB released. The frames go back to the store's
+    /// free list (they stay allocated to the daemon, pre-faulted, for later puts).
+    pub fn flush_kib(&self, kib: u64) -> u64 {
+        let want = kib.div_ceil((PAGE_SIZE / 1024) as u64);
+        let mut freed = 0u64;
+        // A chunk of evictions per lock acquisition, so a large flush never stalls the guests.
+        loop {
+            let mut m = self.meta();
+            let mut out = Vec::new();
+            let mut steps = 0;
+            let mut more = true;
+            while freed + (out.len() as u64) < want && steps < REAP_CHUNK {
+                steps += 1;
+                if m.g.eph_data == 0 {
+                    more = false;
+                    break;
+                }
+                match m.evict_one() {
+                    Some(Some(f)) => out.push(f),
+                    Some(None) => {}
+                    None => {
+                        more = false;
+                        break;
+                    }
+                }
+            }
+            drop(m);
+            freed += out.len() as u64;
+            self.free_frames(&out);
+            if !more || freed >= want {
+                return freed * (PAGE_SIZE / 1024) as u64;
+            }
+            self.hand_off();
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Get, and flushing a page or a whole object.
+
+use crate::lru::touch;
+use crate::meta::EXTRA;
+use crate::{ClientId, Oid, PageKey, PageSink, PoolKind, Store, TmemError};
+
+impl Store {
+    /// Fetch a page. `Ok(true)`: hit, data written to `dst`; `Ok(false)`: miss;
+    /// `Err(Empty)`: the pool holds no pages. Private ephemeral gets remove the page.
+    pub fn get<D: PageSink + ?Sized>(
+        &self,
+        c: ClientId,
+        pool: u32,
+        key: PageKey,
+        dst: &mut D,
+    ) -> Result<bool, TmemError> {
+        let r = self.get_inner(c, pool, key, dst);
+        self.count(r)
+    }
+
+    fn get_inner<D: PageSink + ?Sized>(
+        &self,
+        c: ClientId,
+        pool: u32,
+        key: PageKey,
+        dst: &mut D,
+    ) -> Result<bool, TmemError> {
+        let mut m = self.meta();
+        let gid = m.resolve(c, pool)?;
+        let p = m.pool_mut(gid);
+        p.c.total_gets += 1;
+        let kind = p.kind;
+        if p.c.pages == 0 {
+            if let Ok(cl) = m.client_mut(c) {
+                cl.c.failed_gets += 1;
+            }
+            return Err(TmemError::Empty);
+        }
+        let Some(found) = m.lookup(gid, &key) else {
+            if let Ok(cl) = m.client_mut(c) {
+                cl.c.failed_gets += 1;
+            }
+            return Ok(false);
+        };
+        m.pool_mut(gid).c.found_gets += 1;
+        if let Ok(cl) = m.client_mut(c) {
+            cl.c.succ_gets += 1;
+            if kind.is_persistent() {
+                cl.c.pers_gets += 1;
+            } else {
+                cl.c.succ_eph_gets += 1;
+            }
+        }
+        let node = found.node;
+        match kind {
+            PoolKind::PrivateEphemeral => {
+                let frame = m.remove_page(found.obj, node);
+                match frame {
+                    Some(f) => {
+                        let g = self.frames.lock(f);
+                        drop(m);
+                        dst.write_page(&g);
+                        drop(g);
+                        self.free_frames(&[f]);
+                    }
+                    None => {
+                        drop(m);
+                        dst.write_zero_page();
+                    }
+                }
+            }
+            PoolKind::SharedEphemeral | PoolKind::PrivatePersistent => {
+                if kind.is_shared() {
+                    touch(&mut m, gid, node);
+                }
+                if node & EXTRA != 0 {
+                    drop(m);
+                    dst.write_zero_page();
+                } else {
+                    let g = self.frames.lock(node);
+                    drop(m);
+                    dst.write_page(&g);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Remove one page. Carried out and `Ok` whether or not the page existed, frozen or not
+    /// (tmemd departs from Xen, which returned `-EFROZEN` after flushing for a frozen client).
+    pub fn flush_page(&self, c: ClientId, pool: u32, key: PageKey) -> Result<(), TmemError> {
+        let r = (|| {
+            let mut m = self.meta();
+            let gid = m.resolve(c, pool)?;
+            m.pool_mut(gid).c.total_flushes += 1;
+            if let Ok(cl) = m.client_mut(c) {
+                cl.c.invalidates += 1;
+            }
+            if let Some(found) = m.lookup(gid, &key) {
+                m.pool_mut(gid).c.found_flushes += 1;
+                let f = m.remove_page(found.obj, found.node);
+                drop(m);
+                if let Some(f) = f {
+                    self.free_frames(&[f]);
+                }
+            }
+            Ok(())
+        })();
+        self.count(r)
+    }
+
+    /// Remove every page of one object. `Ok` whether or not it existed, frozen or not.
+    pub fn flush_object(&self, c: ClientId, pool: u32, oid: Oid) -> Result<(), TmemError> {
+        let r = (|| {
+            let mut m = self.meta();
+            let gid = m.resolve(c, pool)?;
+            m.pool_mut(gid).c.total_obj_flushes += 1;
+            if let Ok(cl) = m.client_mut(c) {
+                cl.c.invalidates += 1;
+            }
+            if let Some(&obj) = m.pool(gid).objs.get(&oid) {
+                m.pool_mut(gid).c.found_obj_flushes += 1;
+                let small = !m.reap_manual
+                    && m.objs[obj as usize]
+                        .as_ref()
+                        .is_some_and(|o| o.pages.len() <= m.reap_chunk);
+                let mut out = Vec::new();
+                if small {
+                    m.empty_object(obj, &mut out);
+                } else {
+                    m.queue_object_reap(gid, &oid);
+                }
+                drop(m);
+                self.free_frames(&out);
+                self.reap();
+            }
+            Ok(())
+        })();
+        self.count(r)
+    }
+}

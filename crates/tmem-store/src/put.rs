@@ -1,0 +1,316 @@
+//! Put: the fast path (a frame filled before the metadata lock) and the general path
+//! (reserve under the lock, fill outside it, link in after).
+
+use crate::frames::is_zero;
+use crate::lru::touch;
+use crate::meta::{Meta, EXTRA};
+use crate::{lock, ClientId, PageKey, PageSource, Reserve, Store, TmemError, PAGE_SIZE};
+
+impl Store {
+    /// Store a page. Duplicate puts replace the data in place (allowed while frozen); if a
+    /// duplicate cannot be stored the old copy is removed and `DupPutFlushed` returned.
+    pub fn put<S: PageSource + ?Sized>(
+        &self,
+        c: ClientId,
+        pool: u32,
+        key: PageKey,
+        src: &S,
+    ) -> Result<(), TmemError> {
+        let r = self.put_inner(c, pool, key, src);
+        self.count(r)
+    }
+
+    fn put_inner<S: PageSource + ?Sized>(
+        &self,
+        c: ClientId,
+        pool: u32,
+        key: PageKey,
+        src: &S,
+    ) -> Result<(), TmemError> {
+        // Fast path: fill a free frame before taking the metadata lock, so that the lock is
+        // taken once and never held during the copy. If the put turns out to need anything
+        // unusual (frozen, cap, no such pool) the frame goes back and the general path below
+        // runs under the same lock acquisition.
+        let pre = self.take_free_frame().map(|f| {
+            let mut g = self.frames.lock(f);
+            src.read_page(&mut g);
+            (f, is_zero(&g))
+        });
+        let mut m = self.meta();
+        if let Some((f, _)) = pre {
+            // A never-used frame gets its node now, before it can reach the free list.
+            m.ensure_data_links(f);
+        }
+        let gid = match m.resolve(c, pool) {
+            Ok(g) => g,
+            Err(e) => {
+                if let Some((f, _)) = pre {
+                    self.free_frames(&[f]);
+                }
+                return Err(e);
+            }
+        };
+        let gen = m.pool(gid).gen;
+        m.pool_mut(gid).c.total_puts += 1;
+        if let Some((f, zero)) = pre {
+            if let Some(to_free) = self.link_prefilled(&mut m, c, gid, &key, f, zero) {
+                drop(m);
+                self.free_frames(&to_free);
+                return Ok(());
+            }
+            self.free_frames(&[f]);
+        }
+        if let Some(found) = m.lookup(gid, &key) {
+            if found.node & EXTRA == 0 {
+                // Duplicate of a page with data: refill its frame in place.
+                let mut g = self.frames.lock(found.node);
+                drop(m);
+                src.read_page(&mut g);
+                let zero = is_zero(&g);
+                drop(g);
+                let mut m = self.meta();
+                self.finish_dup(&mut m, c, pool, gid, gen, &key, found.node, zero);
+                return Ok(());
+            }
+            // Duplicate of a zero page: it needs a frame now (unless zero again).
+            return match self.reserve(&mut m) {
+                Reserve::Frame(f) => {
+                    drop(m);
+                    self.fill_and_link(c, pool, gid, gen, key, src, f, true)
+                }
+                Reserve::NoneEvictable => {
+                    let mut scratch = [0u8; PAGE_SIZE];
+                    src.read_page(&mut scratch);
+                    if is_zero(&scratch) {
+                        self.count_put_ok(&mut m, c, gid, true);
+                        touch(&mut m, gid, found.node);
+                        return Ok(());
+                    }
+                    let fr = m.remove_page(found.obj, found.node);
+                    debug_assert!(fr.is_none());
+                    m.pool_mut(gid).c.dup_puts_flushed += 1;
+                    Err(TmemError::DupPutFlushed)
+                }
+            };
+        }
+        // A new handle.
+        let (frozen, cap, pages, account) = {
+            let cl = m.client(c)?;
+            (cl.frozen, cl.cap, cl.pages, cl.account)
+        };
+        if frozen {
+            return Err(TmemError::Frozen);
+        }
+        let kind = m.pool(gid).kind;
+        if kind.is_persistent() && m.client(c)?.at_limit(true) {
+            return Err(TmemError::OverCap);
+        }
+        let mut own_frame = None;
+        if !kind.is_shared() && cap != 0 && pages >= cap {
+            // Over cap: an ephemeral put may push out this client's own oldest ephemeral page.
+            if kind.is_persistent() {
+                return Err(TmemError::OverCap);
+            }
+            match m.evict_from(account) {
+                Some(f) => own_frame = f,
+                None => return Err(TmemError::OverCap),
+            }
+            if m.client(c)?.pages >= cap {
+                if let Some(f) = own_frame {
+                    drop(m);
+                    self.free_frames(&[f]);
+                }
+                return Err(TmemError::OverCap);
+            }
+        }
+        let reserved = match own_frame {
+            Some(f) => Reserve::Frame(f),
+            None => self.reserve(&mut m),
+        };
+        match reserved {
+            Reserve::Frame(f) => {
+                drop(m);
+                self.fill_and_link(c, pool, gid, gen, key, src, f, false)
+            }
+            Reserve::NoneEvictable => {
+                let mut scratch = [0u8; PAGE_SIZE];
+                src.read_page(&mut scratch);
+                if is_zero(&scratch) && m.g.zero_pages < m.max_zero {
+                    let x = m.alloc_extra();
+                    m.insert_page(gid, &key, x);
+                    self.count_put_ok(&mut m, c, gid, false);
+                    return Ok(());
+                }
+                m.pool_mut(gid).c.no_mem_puts += 1;
+                Err(TmemError::NoMemory)
+            }
+        }
+    }
+
+    /// A frame from the free list (or a never-used one) without touching the metadata, for
+    /// a put that fills it before taking the metadata lock. `None` when memory is full: the
+    /// caller then reserves under the metadata lock, evicting if needed.
+    fn take_free_frame(&self) -> Option<u32> {
+        let mut f = lock(&self.free);
+        if let Some(x) = f.list.pop() {
+            return Some(x);
+        }
+        if f.fresh < self.nframes {
+            let x = f.fresh;
+            f.fresh += 1;
+            return Some(x);
+        }
+        None
+    }
+
+    /// Link the already-filled frame `f` as the page `key` of pool `gid` if that needs no
+    /// eviction and no refusal: a duplicate (replaced by the new frame; a data duplicate
+    /// thereby behaves like the in-place refill of the general path) or a new handle of an
+    /// unfrozen client within its cap. Returns the frames to free, or `None` (nothing changed)
+    /// to leave the put to the general path.
+    fn link_prefilled(
+        &self,
+        m: &mut Meta,
+        c: ClientId,
+        gid: u32,
+        key: &PageKey,
+        f: u32,
+        zero: bool,
+    ) -> Option<Vec<u32>> {
+        let found = m.lookup(gid, key);
+        if found.is_none() {
+            let cl = m.client(c).ok()?;
+            let kind = m.pool(gid).kind;
+            if cl.frozen || (!kind.is_shared() && cl.at_limit(kind.is_persistent())) {
+                return None;
+            }
+        }
+        let mut to_free = Vec::new();
+        let dup = match found {
+            Some(old) => {
+                if let Some(of) = m.remove_page(old.obj, old.node) {
+                    to_free.push(of);
+                }
+                true
+            }
+            None => false,
+        };
+        let node = if zero && m.g.zero_pages < m.max_zero {
+            to_free.push(f);
+            m.alloc_extra()
+        } else {
+            f
+        };
+        m.insert_page(gid, key, node);
+        self.count_put_ok(m, c, gid, dup);
+        Some(to_free)
+    }
+
+    /// Copy a put's data into reserved frame `f` (metadata unlocked), then link it in.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_and_link<S: PageSource + ?Sized>(
+        &self,
+        c: ClientId,
+        pool: u32,
+        gid: u32,
+        gen: u64,
+        key: PageKey,
+        src: &S,
+        f: u32,
+        was_dup: bool,
+    ) -> Result<(), TmemError> {
+        let zero = {
+            let mut g = self.frames.lock(f);
+            src.read_page(&mut g);
+            is_zero(&g)
+        };
+        let mut m = self.meta();
+        // The pool may have gone while the metadata lock was dropped.
+        let alive = m.resolve(c, pool) == Ok(gid) && m.pool(gid).gen == gen;
+        if !alive {
+            drop(m);
+            self.free_frames(&[f]);
+            return Err(TmemError::NoSuchPool);
+        }
+        let mut to_free = Vec::new();
+        let mut dup = was_dup;
+        if let Some(old) = m.lookup(gid, &key) {
+            // Replace whatever is there now.
+            if let Some(of) = m.remove_page(old.obj, old.node) {
+                to_free.push(of);
+            }
+            dup = true;
+        } else if !m.pool(gid).kind.is_shared() {
+            // Re-check the cap: another put may have used the room meanwhile.
+            let cl = m.client(c)?;
+            if !dup && cl.at_limit(m.pool(gid).kind.is_persistent()) {
+                drop(m);
+                self.free_frames(&[f]);
+                return Err(TmemError::OverCap);
+            }
+        }
+        let node = if zero && m.g.zero_pages < m.max_zero {
+            to_free.push(f);
+            m.alloc_extra()
+        } else {
+            f
+        };
+        m.insert_page(gid, &key, node);
+        self.count_put_ok(&mut m, c, gid, dup);
+        drop(m);
+        self.free_frames(&to_free);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_dup(
+        &self,
+        m: &mut Meta,
+        c: ClientId,
+        pool: u32,
+        gid: u32,
+        gen: u64,
+        key: &PageKey,
+        node: u32,
+        zero: bool,
+    ) {
+        if !(m.resolve(c, pool) == Ok(gid) && m.pool(gid).gen == gen) {
+            return;
+        }
+        self.count_put_ok(m, c, gid, true);
+        let Some(found) = m.lookup(gid, key) else {
+            return;
+        };
+        if found.node != node {
+            return;
+        }
+        if zero && m.g.zero_pages < m.max_zero {
+            // Turn it into a zero page: give the frame back.
+            if let Some(f) = m.remove_page(found.obj, node) {
+                let x = m.alloc_extra();
+                m.insert_page(gid, key, x);
+                self.free_frames(&[f]);
+            }
+        } else if !m.pool(gid).kind.is_persistent() {
+            touch(m, gid, node);
+        }
+    }
+
+    fn count_put_ok(&self, m: &mut Meta, c: ClientId, gid: u32, dup: bool) {
+        let p = m.pool_mut(gid);
+        p.c.good_puts += 1;
+        if dup {
+            p.c.dup_puts_replaced += 1;
+        }
+        let persistent = p.kind.is_persistent();
+        if !persistent {
+            m.g.good_eph_puts += 1;
+        }
+        if let Ok(cl) = m.client_mut(c) {
+            cl.c.puts += 1;
+            if persistent {
+                cl.c.pers_puts += 1;
+            }
+        }
+    }
+}
