@@ -85,7 +85,7 @@ pub use stats::{ClientStats, GlobalStats, PoolCounters, PoolStats, SharedPoolSta
 pub use tmem_abi::{Oid, Page, PageKey, PageSink, PageSource, PoolKind, TmemError, PAGE_SIZE};
 pub use tmem_pmem::{OpenError as PageFileError, Origin as PageFileOrigin, PageFile};
 
-use frames::Frames;
+use frames::{FrameMem, Frames};
 use hash::KeyedState;
 use meta::{Global, Links, Meta, EXTRA};
 use reap::{HELP_REAP, REAP_CHUNK};
@@ -120,7 +120,7 @@ struct FreeFrames {
 pub struct Store {
     meta: Mutex<Meta>,
     free: Mutex<FreeFrames>,
-    frames: Frames,
+    frames: FrameMem,
     nframes: u32,
     total_ops: AtomicU64,
     errored_ops: AtomicU64,
@@ -143,6 +143,16 @@ impl Store {
     /// A store with the given limits. Page memory is allocated on first use and kept.
     pub fn new(cfg: StoreConfig) -> Store {
         let nframes = frames_for(&cfg);
+        Store::with_memory(cfg, nframes, FrameMem::Heap(Frames::new(nframes)), None)
+    }
+
+    /// A store on `frames` (`nframes` of them), durable if `dur` is given.
+    fn with_memory(
+        cfg: StoreConfig,
+        nframes: u32,
+        frames: FrameMem,
+        dur: Option<durable::Dur>,
+    ) -> Store {
         let meta = Meta {
             next_client: 1,
             clients: HashMap::default(),
@@ -170,12 +180,13 @@ impl Store {
             max_zero: (nframes as u64).max(1 << 16),
             stamp: 0,
             g: Global::default(),
+            dur,
             cfg,
         };
         Store {
             meta: Mutex::new(meta),
             free: Mutex::new(FreeFrames::default()),
-            frames: Frames::new(nframes),
+            frames,
             nframes,
             total_ops: AtomicU64::new(0),
             errored_ops: AtomicU64::new(0),

@@ -72,6 +72,8 @@ pub(crate) struct Pool {
     pub(crate) sharers: Vec<ClientId>,
     pub(crate) objs: HashMap<Oid, u32, KeyedState>,
     pub(crate) c: PoolCounters,
+    /// Its record in the page file ([`NIL`]: not durable, e.g. ephemeral or no page file).
+    pub(crate) rec: u32,
 }
 
 #[derive(Debug)]
@@ -182,6 +184,8 @@ pub(crate) struct Meta {
     pub(crate) max_zero: u64,
     pub(crate) stamp: u32,
     pub(crate) g: Global,
+    /// Durable bookkeeping, for a store on a page file.
+    pub(crate) dur: Option<crate::durable::Dur>,
 }
 
 /// Where a lookup landed.

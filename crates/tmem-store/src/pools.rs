@@ -1,6 +1,6 @@
 //! Pools: create or join, destroy or leave.
 
-use crate::meta::{Meta, Pool, Slot};
+use crate::meta::{Meta, Pool, Slot, NIL};
 use crate::{ClientId, PoolCounters, PoolKind, Store, TmemError};
 use std::collections::HashMap;
 
@@ -93,6 +93,10 @@ impl Store {
                 gid
             }
         } else {
+            // A pool whose pages would not survive tmemd is refused, not silently volatile.
+            if m.pool_record_available(kind, uuid) == Some(false) || slot > u16::MAX as usize {
+                return Err(TmemError::NotPermitted);
+            }
             let account = m.client(c)?.account;
             new_pool_slot(m, kind, uuid, account, Some(c), Vec::new())
         };
@@ -102,6 +106,9 @@ impl Store {
             cl.pools.push(s);
         } else {
             cl.pools[slot] = s;
+        }
+        if !kind.is_shared() {
+            m.record_pool(gid, c, slot as u32);
         }
         Ok((slot as u32, false))
     }
@@ -129,7 +136,7 @@ impl Store {
     }
 }
 
-fn new_pool_slot(
+pub(crate) fn new_pool_slot(
     m: &mut Meta,
     kind: PoolKind,
     uuid: [u64; 2],
@@ -148,6 +155,7 @@ fn new_pool_slot(
         sharers,
         objs: HashMap::with_hasher(m.obj_hash),
         c: PoolCounters::default(),
+        rec: NIL,
     };
     if let Some(g) = m.pool_free.pop() {
         m.pools[g as usize] = Some(p);
@@ -194,6 +202,7 @@ pub(crate) fn close_pool_locked(m: &mut Meta, c: ClientId, pool: u32, out: &mut 
     if shared && m.shared.get(&uuid) == Some(&gid) {
         m.shared.remove(&uuid);
     }
+    m.forget_pool(gid);
     m.queue_pool_reap(gid);
     if small && m.reap.len() == 1 && !m.reap_manual {
         m.reap_chunk(SMALL_POOL as usize + 1, out);
