@@ -365,7 +365,14 @@ impl Store {
                 continue;
             }
             let account = m.clients.get(&c).map_or(0, |cl| cl.account);
-            let gid = new_pool_slot(m, PoolKind::PrivatePersistent, r.uuid, account, Some(c), Vec::new());
+            let gid = new_pool_slot(
+                m,
+                PoolKind::PrivatePersistent,
+                r.uuid,
+                account,
+                Some(c),
+                Vec::new(),
+            );
             m.pool_mut(gid).rec = slot;
             if let Some(cl) = m.clients.get_mut(&c) {
                 if cl.pools.len() <= idx {
@@ -449,7 +456,10 @@ impl Store {
         // Everything not in use is free.
         {
             let mut free = crate::lock(&self.free);
-            free.list = (0..nframes).rev().filter(|&f| !frame_used[f as usize]).collect();
+            free.list = (0..nframes)
+                .rev()
+                .filter(|&f| !frame_used[f as usize])
+                .collect();
             free.fresh = nframes;
         }
         if let Some(d) = m.dur.as_mut() {
@@ -462,11 +472,7 @@ impl Store {
                 .rev()
                 .filter(|&s| !used_slots[s as usize])
                 .collect();
-            d.recovered = m
-                .clients
-                .keys()
-                .map(|&c| (c, 1))
-                .collect();
+            d.recovered = m.clients.keys().map(|&c| (c, 1)).collect();
         }
         rep.rebuild = start.elapsed();
     }

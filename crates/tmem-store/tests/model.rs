@@ -384,8 +384,14 @@ impl Harness {
                     s.set_manual_reap(n);
                 }
                 for c in 0..CLIENTS {
-                    s.set_shared_auth(Identity::Xen { domid: c as u32 + 1 }, SHARED_UUID, true)
-                        .unwrap();
+                    s.set_shared_auth(
+                        Identity::Xen {
+                            domid: c as u32 + 1,
+                        },
+                        SHARED_UUID,
+                        true,
+                    )
+                    .unwrap();
                     let (id, how) = s.attach_client(c as u32 + 1, 5, "g").unwrap();
                     prop_assert_eq!(how, Attach::Reattached, "client {} after restart", c);
                     self.ids[c] = id;
