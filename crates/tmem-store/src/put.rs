@@ -74,7 +74,7 @@ impl Store {
             }
             // Duplicate of a zero page, or of a durable page (never refilled in place: a kill
             // midway would leave a mix of old and new): it needs a new frame (unless zero).
-            return match self.reserve(&mut m) {
+            return match self.reserve(&mut m, false) {
                 Reserve::Frame(f) => {
                     drop(m);
                     self.fill_and_link(c, pool, gid, gen, key, src, f, true)
@@ -139,7 +139,10 @@ impl Store {
         }
         let reserved = match own_frame {
             Some(f) => Reserve::Frame(f),
-            None => self.reserve(&mut m),
+            None => {
+                let new_durable = m.durable_pool(gid);
+                self.reserve(&mut m, new_durable)
+            }
         };
         match reserved {
             Reserve::Frame(f) => {
@@ -197,6 +200,10 @@ impl Store {
             let cl = m.client(c).ok()?;
             let kind = m.pool(gid).kind;
             if cl.frozen || (!kind.is_shared() && cl.at_limit(kind.is_persistent())) {
+                return None;
+            }
+            // `f` may be one of the frames kept for duplicates (see `Store::reserve`).
+            if m.durable_pool(gid) && self.free_count() < self.dup_reserve() {
                 return None;
             }
         }
