@@ -44,6 +44,32 @@ impl Store {
                     }
                     cl.attached = true;
                     cl.name = name.to_owned();
+                    // A guest that says hello opens its pools again: ephemeral and shared
+                    // ones kept for a frontend that might have stayed connected across a
+                    // restart (`Store::resume`) are of no use to it.
+                    let unadopted: Vec<(u32, u32)> = cl
+                        .pools
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, s)| match s {
+                            Some(s) if !s.adopted => Some((i as u32, s.gid)),
+                            _ => None,
+                        })
+                        .collect();
+                    let stale: Vec<u32> = unadopted
+                        .into_iter()
+                        .filter(|&(_, gid)| !m.pool(gid).kind.is_persistent())
+                        .map(|(i, _)| i)
+                        .collect();
+                    if !stale.is_empty() {
+                        let mut out = Vec::new();
+                        for i in stale {
+                            close_pool_locked(&mut m, c, i, &mut out);
+                        }
+                        drop(m);
+                        self.free_frames(&out);
+                        self.reap();
+                    }
                     return Ok((c, Attach::Reattached));
                 }
                 if cl.attached && matches!(identity, Identity::Local { .. }) {

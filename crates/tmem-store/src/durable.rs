@@ -81,6 +81,25 @@ const TAG_XEN: u8 = 1;
 const TAG_LOCAL: u8 = 2;
 /// Pool kind encoding in pool records.
 const KIND_PRIVATE_PERSISTENT: u8 = 1;
+const KIND_PRIVATE_EPHEMERAL: u8 = 2;
+const KIND_SHARED_EPHEMERAL: u8 = 3;
+
+fn kind_code(k: PoolKind) -> u8 {
+    match k {
+        PoolKind::PrivatePersistent => KIND_PRIVATE_PERSISTENT,
+        PoolKind::PrivateEphemeral => KIND_PRIVATE_EPHEMERAL,
+        PoolKind::SharedEphemeral => KIND_SHARED_EPHEMERAL,
+    }
+}
+
+fn kind_of(code: u8) -> Option<PoolKind> {
+    match code {
+        KIND_PRIVATE_PERSISTENT => Some(PoolKind::PrivatePersistent),
+        KIND_PRIVATE_EPHEMERAL => Some(PoolKind::PrivateEphemeral),
+        KIND_SHARED_EPHEMERAL => Some(PoolKind::SharedEphemeral),
+        _ => None,
+    }
+}
 
 fn encode_identity(id: Identity) -> (u8, u32, u32) {
     match id {
@@ -254,6 +273,55 @@ impl Meta {
         self.pool_mut(gid).rec = slot;
     }
 
+    /// Record client `c`'s membership of ephemeral or shared pool `gid` (its slot
+    /// `pool_index`), so that a frontend still connected after a restart finds its pool ids
+    /// (empty: ephemeral pages are not kept). Best effort: without a free record the pool
+    /// is simply not there after a restart, as ephemeral pools may not be.
+    pub(crate) fn record_slot(&mut self, gid: u32, c: ClientId, pool_index: u32) {
+        let (kind, uuid) = {
+            let p = self.pool(gid);
+            (p.kind, p.uuid)
+        };
+        let Some(cl) = self.clients.get(&c) else {
+            return;
+        };
+        let Ok(idx) = u16::try_from(pool_index) else {
+            return;
+        };
+        let (tag, a, b) = encode_identity(cl.identity);
+        let rec = PoolRecord {
+            owner_tag: tag,
+            owner_a: a,
+            owner_b: b,
+            instance: cl.instance,
+            pool_index: idx,
+            kind: kind_code(kind),
+            uuid,
+            gen: self.next_gen,
+        };
+        let Some(slot) = self.dur.as_mut().and_then(|d| d.pool_free.pop()) else {
+            return;
+        };
+        if let Some(d) = self.dur.as_ref() {
+            d.pm.write_pool(slot, &rec);
+        }
+        if let Some(Some(s)) = self
+            .clients
+            .get_mut(&c)
+            .and_then(|cl| cl.pools.get_mut(pool_index as usize))
+        {
+            s.rec = slot;
+        }
+    }
+
+    /// A membership record (see [`Meta::record_slot`]) goes, with its slot.
+    pub(crate) fn forget_slot(&mut self, rec: u32) {
+        if let Some(d) = self.dur.as_mut().filter(|_| rec != NIL) {
+            d.pm.clear_pool(rec);
+            d.pool_free.push(rec);
+        }
+    }
+
     /// Pool `gid` is closed: its record goes now (its pages become orphans for a recovery);
     /// the slot is kept until the pool's pages are all freed ([`Meta::release_pool_record`]).
     pub(crate) fn forget_pool(&mut self, gid: u32) {
@@ -314,17 +382,22 @@ impl Store {
         let m = &mut *m;
 
         // Pools: per identity the newest instance wins (an older one was being replaced);
-        // per (identity, pool index) the newest pool.
+        // per (identity, pool index) the newest record.
         let mut newest: HashMap<Identity, (u64, u64)> = HashMap::new();
-        let mut pools: Vec<(u32, Identity, PoolRecord)> = Vec::new();
+        let mut pools: Vec<(u32, Identity, PoolKind, PoolRecord)> = Vec::new();
         for (slot, r) in scan.pools {
-            match decode_identity(r.owner_tag, r.owner_a, r.owner_b) {
-                Some(id) if r.kind == KIND_PRIVATE_PERSISTENT && r.uuid != [0, 0] => {
+            let id = decode_identity(r.owner_tag, r.owner_a, r.owner_b);
+            let kind = kind_of(r.kind);
+            match (id, kind) {
+                (Some(id), Some(kind))
+                    if !(kind.is_persistent() && r.uuid == [0, 0])
+                        && !(kind.is_shared() && r.uuid == [0, 0]) =>
+                {
                     let e = newest.entry(id).or_insert((r.instance, r.gen));
                     if r.gen > e.1 {
                         *e = (r.instance, r.gen);
                     }
-                    pools.push((slot, id, r));
+                    pools.push((slot, id, kind, r));
                 }
                 _ => {
                     rep.orphans += 1;
@@ -332,10 +405,12 @@ impl Store {
                 }
             }
         }
-        pools.sort_by_key(|(_, _, r)| std::cmp::Reverse(r.gen));
+        pools.sort_by_key(|(_, _, _, r)| std::cmp::Reverse(r.gen));
         let mut gid_of_slot: HashMap<u32, u32> = HashMap::new();
         let mut used_slots = vec![false; pm.geometry().npools as usize];
-        for (slot, id, r) in pools {
+        let mut max_gen = 0;
+        for (slot, id, kind, r) in pools {
+            max_gen = max_gen.max(r.gen);
             let instance_ok = newest.get(&id).is_some_and(|&(i, _)| i == r.instance);
             let c = match m.by_identity.get(&id) {
                 Some(&c) => c,
@@ -359,21 +434,39 @@ impl Store {
                 .clients
                 .get(&c)
                 .is_none_or(|cl| cl.pools.get(idx).is_some_and(Option::is_some));
-            if !instance_ok || taken || idx >= m.cfg.max_pools_per_client as usize {
+            let shared_full = kind.is_shared()
+                && !m.shared.contains_key(&r.uuid)
+                && m.shared.len() >= m.cfg.max_shared_pools as usize;
+            if !instance_ok || taken || shared_full || idx >= m.cfg.max_pools_per_client as usize {
                 rep.orphans += 1;
                 pm.clear_pool(slot);
                 continue;
             }
             let account = m.clients.get(&c).map_or(0, |cl| cl.account);
-            let gid = new_pool_slot(
-                m,
-                PoolKind::PrivatePersistent,
-                r.uuid,
-                account,
-                Some(c),
-                Vec::new(),
-            );
-            m.pool_mut(gid).rec = slot;
+            let gid = if kind.is_shared() {
+                match m.shared.get(&r.uuid) {
+                    Some(&gid) => {
+                        m.pool_mut(gid).sharers.push(c);
+                        gid
+                    }
+                    None => {
+                        let account = m.new_account(m.cfg.default_weight);
+                        let gid = new_pool_slot(m, kind, r.uuid, account, None, vec![c]);
+                        m.shared.insert(r.uuid, gid);
+                        gid
+                    }
+                }
+            } else {
+                new_pool_slot(m, kind, r.uuid, account, Some(c), Vec::new())
+            };
+            let membership = if kind.is_persistent() {
+                m.pool_mut(gid).rec = slot;
+                gid_of_slot.insert(slot, gid);
+                rep.pools += 1;
+                NIL
+            } else {
+                slot
+            };
             if let Some(cl) = m.clients.get_mut(&c) {
                 if cl.pools.len() <= idx {
                     cl.pools.resize(idx + 1, None);
@@ -381,12 +474,12 @@ impl Store {
                 cl.pools[idx] = Some(Slot {
                     gid,
                     adopted: false,
+                    rec: membership,
                 });
             }
-            gid_of_slot.insert(slot, gid);
             used_slots[slot as usize] = true;
-            rep.pools += 1;
         }
+        m.next_gen = m.next_gen.max(max_gen + 1);
 
         // Pages: of two records for one page the higher sequence number wins.
         let mut best: HashMap<(u32, Oid, u32), (u64, u32, bool)> = HashMap::new();
@@ -493,6 +586,25 @@ impl Store {
             })
             .copied()
             .collect()
+    }
+
+    /// A Xen frontend that stayed connected while tmemd restarted carries on: its recovered
+    /// client (same identity and instance, not attached since) is attached again with every
+    /// pool it had, under the same pool ids (ephemeral and shared ones empty). `None` if
+    /// there is no such client: the frontend must then connect afresh.
+    pub fn resume(&self, identity: Identity, instance: u64, name: &str) -> Option<ClientId> {
+        let mut m = self.meta();
+        let c = *m.by_identity.get(&identity)?;
+        let cl = m.clients.get_mut(&c)?;
+        if cl.attached || cl.instance != instance {
+            return None;
+        }
+        cl.attached = true;
+        cl.name = name.to_owned();
+        for s in cl.pools.iter_mut().flatten() {
+            s.adopted = true;
+        }
+        Some(c)
     }
 
     /// The page file, for a durable store (to hand to systemd's fd store).

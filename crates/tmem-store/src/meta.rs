@@ -90,6 +90,10 @@ pub(crate) struct Account {
 pub(crate) struct Slot {
     pub(crate) gid: u32,
     pub(crate) adopted: bool,
+    /// Durable stores: the record of this client's membership of an ephemeral or shared
+    /// pool, so that a frontend that stays connected across a restart keeps its pool ids
+    /// ([`NIL`]: none; a persistent pool's record is its pool's).
+    pub(crate) rec: u32,
 }
 
 #[derive(Debug, Default)]

@@ -101,14 +101,20 @@ impl Store {
             new_pool_slot(m, kind, uuid, account, Some(c), Vec::new())
         };
         let cl = m.client_mut(c)?;
-        let s = Some(Slot { gid, adopted: true });
+        let s = Some(Slot {
+            gid,
+            adopted: true,
+            rec: NIL,
+        });
         if slot == cl.pools.len() {
             cl.pools.push(s);
         } else {
             cl.pools[slot] = s;
         }
-        if !kind.is_shared() {
+        if kind.is_persistent() {
             m.record_pool(gid, c, slot as u32);
+        } else {
+            m.record_slot(gid, c, slot as u32);
         }
         Ok((slot as u32, false))
     }
@@ -177,6 +183,7 @@ pub(crate) fn close_pool_locked(m: &mut Meta, c: ClientId, pool: u32, out: &mut 
         cl.pools.pop();
     }
     let gid = s.gid;
+    m.forget_slot(s.rec);
     let p = m.pool_mut(gid);
     if p.kind.is_shared() {
         p.sharers.retain(|x| *x != c);

@@ -438,3 +438,94 @@ fn a_kill_during_pool_creation_leaves_no_pool_or_an_empty_one() {
         Ok((2, true))
     );
 }
+
+/// Open a copy of a page file as a restarted tmemd would.
+fn reopen(cfg: &StoreConfig, bytes: &[u8]) -> (Store, Recovery) {
+    let file = PageFile::memfd("restored").unwrap();
+    std::fs::File::from(file.try_clone_fd().unwrap())
+        .write_all(bytes)
+        .unwrap();
+    Store::open_durable(cfg.clone(), file).unwrap()
+}
+
+#[test]
+fn a_frontend_still_connected_resumes_with_the_same_pool_ids() {
+    let r = rig(64);
+    r.store.set_shared_auth(ID, [0x5, 5], true).unwrap();
+    let (e, _) = r
+        .store
+        .new_pool(r.c, [0, 0], PoolKind::PrivateEphemeral)
+        .unwrap();
+    let (sh, _) = r
+        .store
+        .new_pool(r.c, [0x5, 5], PoolKind::SharedEphemeral)
+        .unwrap();
+    let pa = r.pools[&UUID_A];
+    r.store.put(r.c, pa, key(1, 1), &page(3)).unwrap();
+    r.store.put(r.c, e, key(1, 1), &page(4)).unwrap();
+    r.store.put(r.c, sh, key(1, 1), &page(5)).unwrap();
+    // Killed: no detach. A restarted tmemd finds the frontend still connected.
+    let bytes = read_all(&r.fd());
+    let (s, rec) = reopen(&r.cfg, &bytes);
+    assert_eq!((rec.clients, rec.pools, rec.pages), (1, 2, 1));
+    assert_eq!(
+        s.resume(ID, INSTANCE + 1, "g"),
+        None,
+        "another instance is not resumed"
+    );
+    let c = s.resume(ID, INSTANCE, "g").expect("resumed");
+    assert_eq!(s.resume(ID, INSTANCE, "g"), None, "resumed once");
+    let mut buf = [0u8; PAGE_SIZE];
+    assert_eq!(s.get(c, pa, key(1, 1), &mut buf), Ok(true));
+    assert_eq!(buf, page(3));
+    // Ephemeral and shared pools are there under the same ids, empty, and usable.
+    for p in [e, sh] {
+        assert!(matches!(
+            s.get(c, p, key(1, 1), &mut buf),
+            Ok(false) | Err(TmemError::Empty)
+        ));
+        s.put(c, p, key(2, 2), &page(6)).unwrap();
+        assert_eq!(s.get(c, p, key(2, 2), &mut buf), Ok(true));
+        assert_eq!(buf, page(6));
+    }
+    assert!(
+        s.recovered_clients().is_empty(),
+        "a resumed client is not expired"
+    );
+
+    // A guest that says hello instead reopens its pools: the kept ephemeral and shared
+    // ones go, persistent ones come back reattached with their pages.
+    let (s, _) = reopen(&r.cfg, &bytes);
+    assert_eq!(s.recovered_clients().len(), 1);
+    let (c, how) = s.attach(ID, INSTANCE, "g").unwrap();
+    assert_eq!(how, Attach::Reattached);
+    let (p2, re) = s.new_pool(c, [0, 0], PoolKind::PrivateEphemeral).unwrap();
+    assert!(!re);
+    assert_eq!(p2, e, "the ephemeral pool's old id is free again");
+    assert_eq!(
+        s.new_pool(c, UUID_A, PoolKind::PrivatePersistent),
+        Ok((pa, true))
+    );
+    assert_eq!(s.get(c, pa, key(1, 1), &mut buf), Ok(true));
+    assert_eq!(buf, page(3));
+    let st = s.stats();
+    assert_eq!(st.clients[0].pools.len(), 3, "{:?}", st.clients[0].pools);
+}
+
+#[test]
+fn a_client_that_detached_cleanly_keeps_only_its_persistent_pools() {
+    let r = rig(64);
+    let (e, _) = r
+        .store
+        .new_pool(r.c, [0, 0], PoolKind::PrivateEphemeral)
+        .unwrap();
+    r.store.put(r.c, e, key(1, 1), &page(4)).unwrap();
+    r.store
+        .put(r.c, r.pools[&UUID_B], key(1, 1), &page(8))
+        .unwrap();
+    r.store.detach_client(r.c);
+    let (s, rec) = reopen(&r.cfg, &read_all(&r.fd()));
+    assert_eq!((rec.clients, rec.pools, rec.pages), (1, 2, 1));
+    assert!(s.resume(ID, INSTANCE, "g").is_some());
+    assert_eq!(s.stats().clients[0].pools.len(), 2);
+}
