@@ -390,8 +390,7 @@ impl Store {
             let kind = kind_of(r.kind);
             match (id, kind) {
                 (Some(id), Some(kind))
-                    if !(kind.is_persistent() && r.uuid == [0, 0])
-                        && !(kind.is_shared() && r.uuid == [0, 0]) =>
+                    if r.uuid != [0, 0] || kind == PoolKind::PrivateEphemeral =>
                 {
                     let e = newest.entry(id).or_insert((r.instance, r.gen));
                     if r.gen > e.1 {
