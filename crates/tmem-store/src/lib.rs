@@ -249,7 +249,7 @@ impl Store {
         }
     }
 
-    /// Free the pages of destroyed pools and flushed objects, [`REAP_CHUNK`] pages per
+    /// Free the pages of destroyed pools and flushed objects, `REAP_CHUNK` (2048) pages per
     /// metadata-lock acquisition, yielding between chunks so that other guests' operations
     /// get the lock. Returns when nothing is pending. The destroy and flush operations call
     /// it themselves; any thread may call it, several at once share the work.
