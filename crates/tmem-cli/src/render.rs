@@ -420,7 +420,10 @@ pub fn page_memory_text(pm: &tmem_control::PageMemoryStatus) -> String {
         }
     }
     if !pm.settings.is_empty() {
-        out.push_str(&format!("settings changed with tmem are kept in: {}\n", pm.settings));
+        out.push_str(&format!(
+            "settings changed with tmem are kept in: {}\n",
+            pm.settings
+        ));
     }
     out
 }
@@ -734,10 +737,7 @@ pub(crate) mod tests {
         pm.recovery = None;
         pm.settings = "memory only".into();
         let text = page_memory_text(&pm);
-        assert!(
-            text.starts_with("page memory: heap; not durable"),
-            "{text}"
-        );
+        assert!(text.starts_with("page memory: heap; not durable"), "{text}");
     }
 
     #[test]
