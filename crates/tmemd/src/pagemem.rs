@@ -288,14 +288,15 @@ pub fn open(
             source,
         }
     })?;
+    // The page memfd first: it is the one that matters.
+    if let Some(fd) = for_fd_store {
+        hand_to_fd_store(fd, notifier)?;
+    }
     let settings = match &placement {
         Placement::Path(p) => Backing::File(settings_path(p)),
         Placement::FdStore { inherited } => settings_backing(settings_fd, *inherited, notifier)?,
         Placement::Heap => Backing::Memory,
     };
-    if let Some(fd) = for_fd_store {
-        hand_to_fd_store(fd, notifier)?;
-    }
     log_recovery(&placement, &recovery);
     Ok(Opened {
         store,
