@@ -193,9 +193,15 @@ fn ready_is_sent_only_once_page_memory_is_in_place() {
         .expect("spawn tmemd");
     let mut buf = [0u8; 256];
     // The page memory's fd-store messages come first; READY once it is faulted in.
-    let mut n = notify.recv(&mut buf).expect("READY within 60 s");
+    let recv = |buf: &mut [u8]| loop {
+        match notify.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r.expect("READY within 60 s"),
+        }
+    };
+    let mut n = recv(&mut buf);
     while buf[..n].starts_with(b"FDSTORE=1") {
-        n = notify.recv(&mut buf).expect("READY within 60 s");
+        n = recv(&mut buf);
     }
     // Read the daemon's resident memory at once: READY must not come before the prefault.
     let rss = rss_bytes(child.id());
