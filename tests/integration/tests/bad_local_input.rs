@@ -145,7 +145,8 @@ fn mem_limit_above_host_memory_is_refused_unless_overcommit_is_allowed() {
         err.contains("more than this host has available") && err.contains("--allow-overcommit"),
         "{err}"
     );
-    // With the override (and no prefault, so nothing is touched) it starts and serves.
+    // With the override (and no prefault, so nothing is touched) it starts and serves. Heap
+    // page memory: a page file that large would not fit its tmpfs, which is refused anyway.
     let daemon = Daemon::start(
         &dir,
         &[
@@ -154,6 +155,7 @@ fn mem_limit_above_host_memory_is_refused_unless_overcommit_is_allowed() {
             &too_much,
             "--allow-overcommit",
             "--no-prefault",
+            "--no-durable",
         ],
     );
     let r = daemon.control(&tmem_control::Op::Status);
