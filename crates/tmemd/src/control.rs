@@ -536,14 +536,22 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
 fn administer(ctx: &Context, f: impl FnOnce(&mut Keeper) -> OpResult) -> OpResult {
     let mut keeper = lock(&ctx.shared.settings);
     let outcome = f(&mut keeper);
-    if let Err(e) = keeper.save() {
-        warn!("{e}");
-        return Err((
-            Kind::Refused,
-            format!("the change is in effect but will not survive a restart of tmemd: {e}"),
-        ));
+    // Also after an error: changes made to the clients before it are in effect.
+    if !keeper.is_dirty() {
+        return outcome;
     }
-    outcome
+    match keeper.save() {
+        Ok(()) => outcome,
+        Err(e) => {
+            warn!("{e}");
+            // The operation's own error says more; else say the change will not last.
+            outcome?;
+            Err((
+                Kind::Refused,
+                format!("the change is in effect but will not survive a restart of tmemd: {e}"),
+            ))
+        }
+    }
 }
 
 /// Apply `f` to every client the target names, with its identity.
@@ -717,6 +725,15 @@ mod tests {
         // Nowhere to save: the change is made, and the administrator hears it will not last.
         let ctx = context(Backing::File(dir.join("missing-dir").join("s.json")));
         ctx.shared.store.attach_client(3, 1, "web").unwrap();
+        // A request that changes nothing saves nothing, and reports its own error.
+        let e = execute(
+            Op::Freeze {
+                target: Target::DomId(99),
+            },
+            &ctx,
+        )
+        .unwrap_err();
+        assert_eq!(e.0, Kind::UnknownDomain, "{}", e.1);
         let e = execute(
             Op::Thaw {
                 target: Target::DomId(3),

@@ -327,10 +327,18 @@ fn settings_backing(
     }
     let fd = settings_memfd().map_err(PageMemError::Memfd)?;
     let msg = format!("FDSTORE=1\nFDNAME={FD_SETTINGS}");
-    if let Err(e) = notifier.notify_with_fds(&msg, &[fd.as_fd()]) {
-        // Settings are also in the config file; losing the `tmem` changes is not worth
-        // refusing to serve, but it is worth saying.
-        warn!("cannot hand the settings memfd to systemd's fd store ({e}); settings changed with tmem will not survive a restart");
+    // Settings are also in the config file; losing the `tmem` changes is not worth refusing
+    // to serve, but it is worth saying.
+    match notifier.notify_with_fds(&msg, &[fd.as_fd()]) {
+        Ok(true) => {}
+        Ok(false) => warn!(
+            "no service manager to keep the settings memfd; settings changed with tmem will \
+             not survive a restart"
+        ),
+        Err(e) => warn!(
+            "cannot hand the settings memfd to systemd's fd store ({e}); settings changed with \
+             tmem will not survive a restart"
+        ),
     }
     Ok(Backing::Memfd(File::from(fd)))
 }

@@ -246,6 +246,8 @@ pub struct Keeper {
     changes: Settings,
     backing: Backing,
     seq: u64,
+    /// Changed since the last save.
+    dirty: bool,
 }
 
 impl Keeper {
@@ -272,6 +274,7 @@ impl Keeper {
             changes,
             backing,
             seq,
+            dirty: false,
         })
     }
 
@@ -282,6 +285,7 @@ impl Keeper {
             changes: Settings::default(),
             backing: Backing::Memory,
             seq: 0,
+            dirty: false,
         }
     }
 
@@ -303,6 +307,7 @@ impl Keeper {
     /// Record a change of one client's settings.
     pub fn change_client(&mut self, who: Identity, f: impl FnOnce(&mut ClientSettings)) {
         f(self.changes.clients.entry(Who(who)).or_default());
+        self.dirty = true;
     }
 
     /// Record that `who` may (or may no longer) join shared pool `uuid`: the change holds
@@ -325,10 +330,22 @@ impl Keeper {
     /// Record the global switch.
     pub fn change_shared_auth_required(&mut self, required: bool) {
         self.changes.shared_auth_required = Some(required);
+        self.dirty = true;
+    }
+
+    /// Whether there are changes not saved yet.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
     }
 
     /// Save the changes where they are kept, atomically (module documentation).
     pub fn save(&mut self) -> Result<(), SettingsError> {
+        self.write()?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn write(&mut self) -> Result<(), SettingsError> {
         let body = serde_json::to_vec_pretty(&Settings {
             version: SETTINGS_VERSION,
             ..self.changes.clone()
