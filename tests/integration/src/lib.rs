@@ -4,7 +4,9 @@
 //! Nothing here replaces a component of ours; it only starts, watches and stops them.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -47,34 +49,52 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A temporary directory removed on drop.
 #[derive(Debug)]
-pub struct TempDir(PathBuf);
+pub struct TempDir {
+    path: PathBuf,
+    /// A directory on a tmpfs for page files (/dev/shm when there is one, else `path`):
+    /// page memory on a disk would turn every page write into disk I/O.
+    pages: PathBuf,
+}
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
+        let name = format!(
             "tmem-it-{tag}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
-        ));
+        );
+        let p = std::env::temp_dir().join(&name);
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
+        let shm = Path::new("/dev/shm").join(&name);
+        let _ = std::fs::remove_dir_all(&shm);
+        let pages = if std::fs::create_dir(&shm).is_ok() {
+            shm
+        } else {
+            p.clone()
+        };
+        TempDir { path: p, pages }
     }
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
     pub fn socket(&self) -> PathBuf {
-        self.0.join("tmemd.sock")
+        self.path.join("tmemd.sock")
     }
     pub fn control(&self) -> PathBuf {
-        self.0.join("control.sock")
+        self.path.join("control.sock")
+    }
+    /// The page file [`Daemon::start`] gives tmemd.
+    pub fn page_file(&self) -> PathBuf {
+        self.pages.join("pages")
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.path);
+        let _ = std::fs::remove_dir_all(&self.pages);
     }
 }
 
@@ -102,9 +122,26 @@ pub struct Daemon {
     pub control: PathBuf,
 }
 
+/// What tmemd gets besides its arguments, as a service manager would give it.
+#[derive(Debug, Default)]
+pub struct Launch {
+    /// Environment variables to set (e.g. NOTIFY_SOCKET, LISTEN_FDS, LISTEN_FDNAMES).
+    pub env: Vec<(String, String)>,
+    /// Fds passed at 3, 4, ... in this order (the caller sets LISTEN_FDS to match).
+    pub fds: Vec<OwnedFd>,
+    /// Let tmemd choose where page memory lives itself. Otherwise (the default) each test
+    /// gets its own page file in its directory, never the host-wide default path.
+    pub own_page_memory: bool,
+}
+
 impl Daemon {
     /// Start tmemd in `dir` with extra arguments and wait until both sockets accept.
     pub fn start(dir: &TempDir, extra: &[&str]) -> Daemon {
+        Daemon::start_with(dir, extra, Launch::default())
+    }
+
+    /// [`Daemon::start`] with an environment and inherited fds.
+    pub fn start_with(dir: &TempDir, extra: &[&str], launch: Launch) -> Daemon {
         let log = dir.path().join(format!(
             "tmemd-{}.log",
             Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())
@@ -114,18 +151,30 @@ impl Daemon {
             .append(true)
             .open(&log)
             .expect("open daemon log");
-        let child = Command::new(bin("tmemd"))
-            .arg("--socket")
+        let mut cmd = Command::new(bin("tmemd"));
+        cmd.arg("--socket")
             .arg(dir.socket())
             .arg("--control-socket")
             .arg(dir.control())
             .args(["--log-level", "debug"])
             .args(extra)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_FDNAMES")
+            .env_remove("LISTEN_PID")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawn tmemd");
+            .stderr(logf);
+        let chooses = |flag: &str| extra.contains(&flag);
+        if !launch.own_page_memory && !chooses("--page-file") && !chooses("--no-durable") {
+            cmd.arg("--page-file").arg(dir.page_file());
+        }
+        for (k, v) in &launch.env {
+            cmd.env(k, v);
+        }
+        let passed = pass_fds(&mut cmd, launch.fds);
+        let child = cmd.spawn().expect("spawn tmemd");
+        drop(passed);
         let d = Daemon {
             child,
             log,
@@ -137,6 +186,14 @@ impl Daemon {
             UnixStream::connect(&control).ok()
         });
         d
+    }
+
+    /// The reply to `status`, as JSON.
+    pub fn status(&self) -> Value {
+        match self.control(&tmem_control::Op::Status) {
+            tmem_control::Reply::Ok(ok) => serde_json::to_value(&ok).expect("status serialises"),
+            other => panic!("status failed: {other:?}"),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -181,6 +238,43 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Have `fds` at 3, 4, ... in the child, as a service manager passes them (`LISTEN_FDS`).
+/// Returns the copies the child takes them from: keep them until it is spawned.
+fn pass_fds(cmd: &mut Command, fds: Vec<OwnedFd>) -> Vec<OwnedFd> {
+    if fds.is_empty() {
+        return Vec::new();
+    }
+    // Moved above anything the child could have at 3.. first, so that placing one cannot
+    // overwrite another; close-on-exec, so only the copies at 3.. reach tmemd.
+    let high: Vec<RawFd> = fds
+        .iter()
+        .map(|fd| {
+            nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(512))
+                .expect("duplicate an fd to pass")
+        })
+        .collect();
+    let closers: Vec<OwnedFd> = high
+        .iter()
+        // SAFETY: each was just returned by F_DUPFD_CLOEXEC and is owned by nothing else.
+        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    let plan = high.clone();
+    let place = move || {
+        for (i, &fd) in plan.iter().enumerate() {
+            // SAFETY: dup2 on fds this process owns; it is async-signal-safe.
+            if unsafe { libc::dup2(fd, 3 + i as RawFd) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs between fork and exec and only calls dup2, which is
+    // async-signal-safe; it allocates nothing (the plan was built before the fork).
+    unsafe { cmd.pre_exec(place) };
+    drop(fds);
+    closers
 }
 
 /// Send one request to a control socket and read one reply.
