@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
@@ -70,6 +70,41 @@ impl TempDir {
     pub fn control(&self) -> PathBuf {
         self.0.join("control.sock")
     }
+    /// This test's own page file, so no two tests (or test runs) ever share page memory.
+    pub fn page_file(&self) -> PathBuf {
+        self.0.join("pages")
+    }
+}
+
+/// Whether this tmemd build accepts `flag` (read from its `--help` once per flag).
+pub fn tmemd_has_flag(flag: &str) -> bool {
+    static HELP: OnceLock<String> = OnceLock::new();
+    let help = HELP.get_or_init(|| {
+        let out = Command::new(bin("tmemd"))
+            .arg("--help")
+            .output()
+            .expect("run tmemd --help");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    help.split(|c: char| c.is_whitespace() || c == ',')
+        .any(|w| w == flag)
+}
+
+/// tmemd arguments that put its page memory in `dir`'s own page file.
+///
+/// Until the daemon side of durable page memory lands, tmemd has no `--page-file`; then the
+/// flag is left out (with a note on stderr) so that tests written for durable memory run and
+/// fail on what they check (lost pages), not on an unknown argument.
+pub fn page_file_args(dir: &TempDir) -> Vec<String> {
+    if tmemd_has_flag("--page-file") {
+        vec![
+            "--page-file".into(),
+            dir.page_file().to_string_lossy().into_owned(),
+        ]
+    } else {
+        eprintln!("note: this tmemd has no --page-file; its page memory cannot survive it");
+        Vec::new()
+    }
 }
 
 impl Drop for TempDir {
@@ -104,7 +139,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// Start tmemd in `dir` with extra arguments and wait until both sockets accept.
-    pub fn start(dir: &TempDir, extra: &[&str]) -> Daemon {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(dir: &TempDir, extra: &[S]) -> Daemon {
         let log = dir.path().join(format!(
             "tmemd-{}.log",
             Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())
@@ -205,7 +240,8 @@ pub fn counter(v: &Value, path: &[&str]) -> u64 {
 #[derive(Debug)]
 pub struct Guest {
     pub child: Child,
-    lines: Receiver<Value>,
+    /// Each JSON line with the instant the harness read it.
+    lines: Receiver<(Instant, Value)>,
     /// Every JSON line seen so far.
     pub seen: Arc<Mutex<Vec<Value>>>,
     pub stderr: Arc<Mutex<String>>,
@@ -232,8 +268,9 @@ impl Guest {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let at = Instant::now();
                     seen2.lock().unwrap().push(v.clone());
-                    let _ = tx.send(v);
+                    let _ = tx.send((at, v));
                 }
             }
         });
@@ -260,18 +297,40 @@ impl Guest {
 
     /// Wait for a JSON line satisfying `pred`; panics with the guest's stderr on timeout.
     pub fn wait_line(&self, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        match self.wait_line_at(timeout, pred) {
+            Ok((_, v)) => v,
+            Err(last) => panic!(
+                "timed out waiting for guest line: {what}\nlast line: {}\nstderr:\n{}",
+                last.map_or("none".to_string(), |v| v.to_string()),
+                self.stderr.lock().unwrap()
+            ),
+        }
+    }
+
+    /// Wait for a JSON line satisfying `pred`; returns it with the instant the harness read
+    /// it, or on timeout (or exit) the last line read while waiting.
+    pub fn wait_line_at(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<(Instant, Value), Option<Value>> {
         let deadline = Instant::now() + timeout;
+        let mut last = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(v) if pred(&v) => return v,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
-                    "timed out waiting for guest line: {what}\nstderr:\n{}",
-                    self.stderr.lock().unwrap()
-                ),
+                Ok((at, v)) if pred(&v) => return Ok((at, v)),
+                Ok((_, v)) => last = Some(v),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    return Err(last)
+                }
             }
         }
+    }
+
+    /// The guest's stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Wait for the guest to exit and return (exit status, stderr).
