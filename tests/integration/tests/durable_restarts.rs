@@ -7,7 +7,7 @@
 //!
 //! Knobs (environment): `TMEM_DURABLE_SEED` (repeat a run; the seed is printed),
 //! `TMEM_DURABLE_KILLS` (10), `TMEM_DURABLE_TERMS` (3), `TMEM_DURABLE_GUESTS` (8),
-//! `TMEM_DURABLE_PACE_US` (pause between a guest's operations, 100), `TMEM_REMAP_BOUND_MS`
+//! `TMEM_DURABLE_PACE_US` (pause between a guest's operations, 0), `TMEM_REMAP_BOUND_MS`
 //! (asserted remap bound, 3000; the target printed beside it is 1 s).
 
 use std::os::unix::process::ExitStatusExt;
@@ -120,7 +120,7 @@ impl Fleet {
     /// `n` guests, labels 1..=n, each with two private filesystems (private ephemeral), the
     /// shared filesystem (shared ephemeral) and swap (private persistent).
     fn start(dir: &TempDir, n: u32, rng: &mut Rng) -> Fleet {
-        let pace = env_u64("TMEM_DURABLE_PACE_US", 100).to_string();
+        let pace = env_u64("TMEM_DURABLE_PACE_US", 0).to_string();
         let guests = (1..=n)
             .map(|label| {
                 let (domid, instance, seed) = (
@@ -172,19 +172,26 @@ impl Fleet {
         }
     }
 
-    /// Every guest made swap loads and cleancache reads since `since` (its last line).
-    fn wait_load(&self, since: &[Value]) {
+    /// Every guest is busy again since `since` (its last line checked): swap loads and other
+    /// operations, and after a restart also a verified load of a swap page stored before it.
+    fn wait_load(&self, since: &[Value], after_restart: bool) {
         for ((who, g), v) in self.guests.iter().zip(since) {
-            let (loads, ops) = (
-                counter(v, &["guest", "swap_loads"]),
-                counter(v, &["guest", "ops"]),
-            );
+            let was = |x: &Value, p: &[&str]| counter(x, p) > counter(v, p);
             if let Err(last) = g.wait_line_at(Duration::from_secs(20), |x| {
                 is_status(x)
-                    && counter(x, &["guest", "swap_loads"]) > loads
-                    && counter(x, &["guest", "ops"]) > ops + 64
+                    && was(x, &["guest", "swap_loads"])
+                    && counter(x, &["guest", "ops"]) > counter(v, &["guest", "ops"]) + 64
+                    && (!after_restart || was(x, &["guest", "swap_loaded_after_reconnect"]))
             }) {
-                panic!("{who}: no traffic after remap; last line: {last:?}");
+                panic!(
+                    "{who}: no {} within 20 s; last line: {}",
+                    if after_restart {
+                        "verified load of a swap page stored before the restart"
+                    } else {
+                        "traffic"
+                    },
+                    last.map_or("none".into(), |v| v.to_string())
+                );
             }
         }
     }
@@ -269,8 +276,8 @@ fn restart_under_load(sig: Signal, rounds: u64, tag: &str) {
         .collect();
 
     let mut worst = Duration::ZERO;
+    fleet.wait_load(&last, false);
     for round in 1..=rounds {
-        fleet.wait_load(&last);
         // A random moment in the guests' traffic (the randomness is the point, not a wait).
         let delay = Duration::from_millis(rng.below(1500));
         std::thread::sleep(delay);
@@ -344,11 +351,17 @@ fn restart_under_load(sig: Signal, rounds: u64, tag: &str) {
             ready.duration_since(restart).as_millis(),
             round_worst.as_millis()
         );
-        assert!(
-            problems.is_empty(),
-            "after {sig} {round}/{rounds} (seed {seed}):\n  {}",
-            problems.join("\n  ")
-        );
+        if !problems.is_empty() {
+            let log = daemon.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            panic!(
+                "after {sig} {round}/{rounds} (seed {seed}):\n  {}\ntmemd log (last lines):\n  {}",
+                problems.join("\n  "),
+                tail.join("\n  ")
+            );
+        }
+        fleet.wait_load(&last, true);
     }
     let finals = fleet.finish(rounds);
     let survived: u64 = finals
