@@ -205,11 +205,14 @@ fn check_reattached(guests: &[(&Guest, &str)], ready: Instant, round: u64, how: 
             took < remap_bound(),
             "{who} after {how}: remapped {took:?} after tmemd was ready (target 1 s)"
         );
-        // Swap traffic goes on against the reattached pool.
-        let before = counter(&v, &["guest", "swap_loaded"]);
-        g.wait_line(Duration::from_secs(10), "swap loads after restart", |x| {
-            is_status(x) && counter(x, &["guest", "swap_loaded"]) > before
-        });
+        // Swap pages stored before the restart come back, verified byte for byte.
+        let path = ["guest", "swap_loaded_after_reconnect"];
+        let before = counter(&v, &path);
+        g.wait_line(
+            Duration::from_secs(10),
+            "a verified load of a swap page stored before the restart",
+            |x| is_status(x) && counter(x, &path) > before,
+        );
     }
 }
 
