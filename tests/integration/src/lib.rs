@@ -138,8 +138,27 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Start tmemd in `dir` with extra arguments and wait until both sockets accept.
+    /// Start tmemd in `dir` with extra arguments and wait until it is ready (its control
+    /// socket accepts).
     pub fn start<S: AsRef<std::ffi::OsStr>>(dir: &TempDir, extra: &[S]) -> Daemon {
+        let mut d = Daemon::spawn(dir, extra);
+        d.wait_ready(Duration::from_secs(10));
+        d
+    }
+
+    /// Start tmemd in `dir` with extra arguments, without waiting for it.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(dir: &TempDir, extra: &[S]) -> Daemon {
+        Daemon::spawn_on(dir, &dir.socket(), &dir.control(), extra)
+    }
+
+    /// Start tmemd in `dir` on other sockets than the directory's own (so no guest of the
+    /// test reaches it), without waiting for it.
+    pub fn spawn_on<S: AsRef<std::ffi::OsStr>>(
+        dir: &TempDir,
+        socket: &Path,
+        control: &Path,
+        extra: &[S],
+    ) -> Daemon {
         let log = dir.path().join(format!(
             "tmemd-{}.log",
             Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())
@@ -151,9 +170,9 @@ impl Daemon {
             .expect("open daemon log");
         let child = Command::new(bin("tmemd"))
             .arg("--socket")
-            .arg(dir.socket())
+            .arg(socket)
             .arg("--control-socket")
-            .arg(dir.control())
+            .arg(control)
             .args(["--log-level", "debug"])
             .args(extra)
             .stdin(Stdio::null())
@@ -161,17 +180,30 @@ impl Daemon {
             .stderr(logf)
             .spawn()
             .expect("spawn tmemd");
-        let d = Daemon {
+        Daemon {
             child,
             log,
-            socket: dir.socket(),
-            control: dir.control(),
-        };
-        let control = d.control.clone();
-        wait_for(Duration::from_secs(10), "tmemd control socket", || {
+            socket: socket.to_path_buf(),
+            control: control.to_path_buf(),
+        }
+    }
+
+    /// Wait until the control socket accepts; panics with the log if tmemd exits first.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let control = self.control.clone();
+        let child = &mut self.child;
+        let log = &self.log;
+        wait_for(timeout, "tmemd control socket", || {
+            if let Ok(Some(st)) = child.try_wait() {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                panic!(
+                    "tmemd exited ({st}) before it was ready; its log ends:\n{}",
+                    lines[lines.len().saturating_sub(20)..].join("\n")
+                );
+            }
             UnixStream::connect(&control).ok()
         });
-        d
     }
 
     pub fn pid(&self) -> i32 {
