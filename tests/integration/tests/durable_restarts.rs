@@ -3,7 +3,8 @@
 //! started again on the same page file. Every guest must be remapped within a second of each
 //! restart, find its persistent (swap) pool reattached with its pages, lose none of them and
 //! never read a stale or corrupt byte (each guest checks every page it gets back). A page file
-//! of another major format is refused and left exactly as it was.
+//! of another major format is refused and left exactly as it was; one whose formatting a kill
+//! cut short is formatted again.
 //!
 //! Knobs (environment): `TMEM_DURABLE_SEED` (repeat a run; the seed is printed),
 //! `TMEM_DURABLE_KILLS` (10), `TMEM_DURABLE_TERMS` (3), `TMEM_DURABLE_GUESTS` (8),
@@ -440,6 +441,18 @@ fn persistent_client(dir: &TempDir) -> Arc<Client> {
     Arc::new(Client::new(Box::new(t), cfg))
 }
 
+/// The page file tmemd left at `path`, which must be formatted.
+fn formatted_page_file(path: &std::path::Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).expect("read the page file tmemd left");
+    assert!(
+        bytes.len() > 64 && bytes[..8] == *b"TMEMPGS1",
+        "tmemd left no formatted page file at {} ({} bytes)",
+        path.display(),
+        bytes.len()
+    );
+    bytes
+}
+
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter()
         .zip(b)
@@ -492,13 +505,7 @@ fn a_page_file_of_another_major_format_is_refused_and_left_untouched() {
     );
 
     // What an incompatible newer (or older) tmemd would have left: the next major format.
-    let mut bytes = std::fs::read(&path).expect("read the page file tmemd left");
-    assert!(
-        bytes.len() > 16 && bytes[..8] == *b"TMEMPGS1",
-        "tmemd left no formatted page file at {} ({} bytes)",
-        path.display(),
-        bytes.len()
-    );
+    let mut bytes = formatted_page_file(&path);
     let word = u64::from_le_bytes(
         bytes[VERSION_OFFSET..VERSION_OFFSET + 8]
             .try_into()
@@ -578,5 +585,40 @@ fn a_page_file_of_another_major_format_is_refused_and_left_untouched() {
         assert_eq!(client.get(h, key(i), &mut got), Outcome::Hit, "page {i}");
         assert!(got == page(i), "page {i} came back with other bytes");
     }
+    drop(daemon);
+}
+
+#[test]
+fn a_page_file_whose_formatting_was_cut_short_is_formatted_again() {
+    // A kill -9 during tmemd's very first start can stop formatting after the superblock's
+    // other words and before its magic: the next start must format again, not refuse the file
+    // (there is nothing in it to keep) and leave tmemd in a restart loop.
+    let _one_at_a_time = serial();
+    assert!(
+        tmem_tests::tmemd_has_flag("--page-file"),
+        "this tmemd has no --page-file: the daemon side of durable page memory is not built in"
+    );
+    let dir = TempDir::new("format-cut");
+    let path = dir.page_file();
+    let args: Vec<String> = vec![
+        "--mem-limit".into(),
+        "16M".into(),
+        "--page-file".into(),
+        path.to_string_lossy().into_owned(),
+    ];
+    let mut daemon = Daemon::start(&dir, &args);
+    daemon.signal(Signal::SIGTERM);
+    let st = daemon.wait(Duration::from_secs(20));
+    assert!(st.success(), "tmemd after SIGTERM: {st}");
+    drop(daemon);
+    let formatted = formatted_page_file(&path);
+
+    // What the cut leaves: the file at its full size, zero but for superblock words 1 to 7.
+    let mut cut = vec![0u8; formatted.len()];
+    cut[8..64].copy_from_slice(&formatted[8..64]);
+    std::fs::write(&path, &cut).expect("write the cut-short page file");
+    let daemon = Daemon::start(&dir, &args);
+    let after = formatted_page_file(&path);
+    assert_eq!(after.len(), formatted.len(), "formatted to another size");
     drop(daemon);
 }
