@@ -10,6 +10,7 @@
 //! a write cut short by a kill is never taken for valid; what the records *mean* (which page
 //! wins, which pools and clients to rebuild) is the store's business.
 
+pub mod crash;
 mod file;
 pub mod layout;
 mod map;

@@ -205,22 +205,26 @@ impl PageMemory {
     fn write_record(&self, off: usize, seed: u64, words: &[u64; WORDS - 1]) {
         let s = self.map.word(off);
         s.store(0, Ordering::Relaxed);
+        crate::crash::point();
         // The seal is gone before any field changes (a compiler or CPU reordering the field
         // stores above it could leave a stale seal over new fields).
         fence(Ordering::Release);
         for (i, w) in words.iter().enumerate() {
             self.map.word(off + 8 + i * 8).store(*w, Ordering::Relaxed);
         }
+        crate::crash::point();
         // Everything before (the record's fields, and the page data the caller copied into
         // the frame) is in place before the seal says so.
         fence(Ordering::Release);
         s.store(seal(seed, words), Ordering::Relaxed);
+        crate::crash::point();
     }
 
     fn clear_record(&self, off: usize) {
         self.map.word(off).store(0, Ordering::Relaxed);
         // Whatever the caller does next (reuse the frame) comes after the clear.
         fence(Ordering::Release);
+        crate::crash::point();
     }
 
     fn read_record(&self, off: usize, seed: u64) -> Result<Option<[u64; WORDS - 1]>, ()> {

@@ -86,7 +86,7 @@ impl Store {
     /// frame (a first-touch fault costs as much as twenty page copies). Meant for a background
     /// thread at start-up; puts may run meanwhile. Returns the bytes it faulted in.
     pub fn prefault(&self) -> u64 {
-        self.frames.prefault_all() as u64 * PAGE_SIZE as u64
+        self.frames.prefault()
     }
 
     /// Ephemeral pages whose eviction would release page memory now.

@@ -44,6 +44,32 @@ impl Store {
                     }
                     cl.attached = true;
                     cl.name = name.to_owned();
+                    // A guest that says hello opens its pools again: ephemeral and shared
+                    // ones kept for a frontend that might have stayed connected across a
+                    // restart (`Store::resume`) are of no use to it.
+                    let unadopted: Vec<(u32, u32)> = cl
+                        .pools
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, s)| match s {
+                            Some(s) if !s.adopted => Some((i as u32, s.gid)),
+                            _ => None,
+                        })
+                        .collect();
+                    let stale: Vec<u32> = unadopted
+                        .into_iter()
+                        .filter(|&(_, gid)| !m.pool(gid).kind.is_persistent())
+                        .map(|(i, _)| i)
+                        .collect();
+                    if !stale.is_empty() {
+                        let mut out = Vec::new();
+                        for i in stale {
+                            close_pool_locked(&mut m, c, i, &mut out);
+                        }
+                        drop(m);
+                        self.free_frames(&out);
+                        self.reap();
+                    }
                     return Ok((c, Attach::Reattached));
                 }
                 if cl.attached && matches!(identity, Identity::Local { .. }) {
@@ -59,29 +85,7 @@ impl Store {
             self.free_frames(&out);
             self.reap();
         };
-        let id = ClientId(m.next_client);
-        m.next_client = m.next_client.wrapping_add(1).max(1);
-        let weight = m.cfg.default_weight;
-        let account = m.new_account(weight);
-        let cl = Client {
-            identity,
-            instance,
-            name: name.to_owned(),
-            attached: true,
-            detach_epoch: 0,
-            frozen: false,
-            weight,
-            cap: m.cfg.default_cap_pages,
-            compress: false,
-            pools: Vec::new(),
-            account,
-            pages: 0,
-            pers_pages: 0,
-            pers_cap: m.cfg.persistent_share_pages(),
-            c: ClientCounters::default(),
-        };
-        m.clients.insert(id, cl);
-        m.by_identity.insert(identity, id);
+        let id = m.new_client(identity, instance, name);
         Ok((id, Attach::New))
     }
 
@@ -176,4 +180,34 @@ pub(crate) fn destroy_client_locked(m: &mut Meta, c: ClientId, out: &mut Vec<u32
         m.free_account(cl.account);
     }
     true
+}
+
+impl Meta {
+    /// A new client, attached, with the configured defaults and no pools.
+    pub(crate) fn new_client(&mut self, identity: Identity, instance: u64, name: &str) -> ClientId {
+        let id = ClientId(self.next_client);
+        self.next_client = self.next_client.wrapping_add(1).max(1);
+        let weight = self.cfg.default_weight;
+        let account = self.new_account(weight);
+        let cl = Client {
+            identity,
+            instance,
+            name: name.to_owned(),
+            attached: true,
+            detach_epoch: 0,
+            frozen: false,
+            weight,
+            cap: self.cfg.default_cap_pages,
+            compress: false,
+            pools: Vec::new(),
+            account,
+            pages: 0,
+            pers_pages: 0,
+            pers_cap: self.cfg.persistent_share_pages(),
+            c: ClientCounters::default(),
+        };
+        self.clients.insert(id, cl);
+        self.by_identity.insert(identity, id);
+        id
+    }
 }

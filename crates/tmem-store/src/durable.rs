@@ -1,11 +1,32 @@
 //! Durable page memory: a store whose frames and page records live in a page file
 //! (`tmem-pmem`), rebuilt by a scan when tmemd starts again.
+//!
+//! What is kept: private persistent pools with a uuid (the pools a guest can reattach) and
+//! their pages. Ephemeral and shared pools, and their pages, are not (their owners start
+//! them empty after a restart anyway); nor are uuid-less persistent pools, which a guest
+//! cannot name again.
+//!
+//! Write order (see docs/persistence.md for why each step is safe against a kill):
+//! * a new persistent pool: its pool record is written before its id is returned;
+//! * a put into such a pool: data into a frame that has no valid record, then the frame's
+//!   record (sealed last) with a new sequence number, and only then is any older copy of the
+//!   page removed (its record cleared). Never a refill in place: a kill between the two
+//!   leaves two records and recovery keeps the higher sequence number;
+//! * a flush, or anything else that removes a page: its record is cleared before its frame
+//!   can be reused;
+//! * a destroyed pool: its pool record is cleared at once (its pages are then orphans that
+//!   recovery drops), and the record slot is reused only when every page is gone.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tmem_pmem::{OpenError, PageFile};
+use tmem_pmem::{page_flags, OpenError, Opened, PageFile, PageMemory, PageRecord, PoolRecord};
 
-use crate::{ClientId, Store, StoreConfig};
+use crate::frames::FrameMem;
+use crate::meta::{Meta, Slot, EXTRA, NIL};
+use crate::pools::new_pool_slot;
+use crate::{ClientId, Identity, Oid, PageKey, PoolKind, Store, StoreConfig, PAGE_SIZE};
 
 /// What [`Store::open_durable`] found in the page file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -23,7 +44,8 @@ pub struct Recovery {
     pub zero_pages: u64,
     /// Of two records for one page (a duplicate put cut short), the older, dropped.
     pub superseded: u64,
-    /// Page records whose pool no longer exists (a destroy or flush cut short), dropped.
+    /// Page records whose pool no longer exists (a destroy cut short), dropped; and pool
+    /// records that lost to a newer one of the same guest.
     pub orphans: u64,
     /// Records whose write had been cut short (invalid seal), dropped.
     pub torn: u64,
@@ -45,38 +67,555 @@ pub(crate) fn geometry(cfg: &StoreConfig) -> tmem_pmem::Geometry {
     tmem_pmem::Geometry {
         nframes,
         nxrecs: nframes.max(1),
-        npools: POOL_RECORDS,
+        npools: nframes.clamp(MIN_POOL_RECORDS, MAX_POOL_RECORDS),
     }
 }
 
-/// Persistent pools the page file can describe (64 bytes each).
-pub(crate) const POOL_RECORDS: u32 = 16384;
+/// Persistent pools the page file can describe (64 bytes each): one per frame, within these
+/// bounds (a pool with a uuid and no pages still needs its record to be found again).
+const MIN_POOL_RECORDS: u32 = 64;
+const MAX_POOL_RECORDS: u32 = 16384;
+
+/// Identity encoding in pool records.
+const TAG_XEN: u8 = 1;
+const TAG_LOCAL: u8 = 2;
+/// Pool kind encoding in pool records.
+const KIND_PRIVATE_PERSISTENT: u8 = 1;
+const KIND_PRIVATE_EPHEMERAL: u8 = 2;
+const KIND_SHARED_EPHEMERAL: u8 = 3;
+
+fn kind_code(k: PoolKind) -> u8 {
+    match k {
+        PoolKind::PrivatePersistent => KIND_PRIVATE_PERSISTENT,
+        PoolKind::PrivateEphemeral => KIND_PRIVATE_EPHEMERAL,
+        PoolKind::SharedEphemeral => KIND_SHARED_EPHEMERAL,
+    }
+}
+
+fn kind_of(code: u8) -> Option<PoolKind> {
+    match code {
+        KIND_PRIVATE_PERSISTENT => Some(PoolKind::PrivatePersistent),
+        KIND_PRIVATE_EPHEMERAL => Some(PoolKind::PrivateEphemeral),
+        KIND_SHARED_EPHEMERAL => Some(PoolKind::SharedEphemeral),
+        _ => None,
+    }
+}
+
+fn encode_identity(id: Identity) -> (u8, u32, u32) {
+    match id {
+        Identity::Xen { domid } => (TAG_XEN, domid, 0),
+        Identity::Local { uid, label } => (TAG_LOCAL, uid, label),
+    }
+}
+
+fn decode_identity(tag: u8, a: u32, b: u32) -> Option<Identity> {
+    match tag {
+        TAG_XEN => Some(Identity::Xen { domid: a }),
+        TAG_LOCAL => Some(Identity::Local { uid: a, label: b }),
+        _ => None,
+    }
+}
+
+/// Durable bookkeeping, kept under the metadata lock.
+#[derive(Debug)]
+pub(crate) struct Dur {
+    pub(crate) pm: Arc<PageMemory>,
+    /// Pool record slots not in use (popped from the end).
+    pool_free: Vec<u32>,
+    /// The metadata record of each extra node (by extra index; [`NIL`]: none).
+    xrec: Vec<u32>,
+    xrec_free: Vec<u32>,
+    /// Metadata records never used yet start here.
+    xrec_fresh: u32,
+    /// Clients rebuilt by recovery, with their detach epoch.
+    recovered: Vec<(ClientId, u64)>,
+}
+
+impl Dur {
+    fn new(pm: Arc<PageMemory>) -> Dur {
+        let g = pm.geometry();
+        Dur {
+            pool_free: (0..g.npools).rev().collect(),
+            xrec: Vec::new(),
+            xrec_free: Vec::new(),
+            xrec_fresh: 0,
+            recovered: Vec::new(),
+            pm,
+        }
+    }
+
+    fn xrec_available(&self) -> bool {
+        !self.xrec_free.is_empty() || self.xrec_fresh < self.pm.geometry().nxrecs
+    }
+
+    fn take_xrec(&mut self) -> Option<u32> {
+        if let Some(r) = self.xrec_free.pop() {
+            return Some(r);
+        }
+        if self.xrec_fresh < self.pm.geometry().nxrecs {
+            self.xrec_fresh += 1;
+            return Some(self.xrec_fresh - 1);
+        }
+        None
+    }
+
+    fn set_xrec(&mut self, x: u32, r: u32) {
+        let i = (x & !EXTRA) as usize;
+        if self.xrec.len() <= i {
+            self.xrec.resize(i + 1, NIL);
+        }
+        self.xrec[i] = r;
+    }
+}
+
+impl Meta {
+    /// Whether pool `gid`'s pages are kept in the page file.
+    #[inline]
+    pub(crate) fn durable_pool(&self, gid: u32) -> bool {
+        self.dur.is_some() && self.pool(gid).rec != NIL
+    }
+
+    /// Whether a zero page of pool `gid` may be kept without a frame now.
+    pub(crate) fn can_zero(&self, gid: u32) -> bool {
+        self.g.zero_pages < self.max_zero
+            && match &self.dur {
+                Some(d) if self.pool(gid).rec != NIL => d.xrec_available(),
+                _ => true,
+            }
+    }
+
+    /// Record in the page file that `node` now holds page `key` of pool `gid`: called after
+    /// its data is in place and before any older copy of the page is removed. A zero-page
+    /// node must have passed [`Meta::can_zero`] under the same lock.
+    pub(crate) fn publish(&mut self, gid: u32, key: &PageKey, node: u32) {
+        let rec = self.pool(gid).rec;
+        let Some(d) = self.dur.as_mut().filter(|_| rec != NIL) else {
+            return;
+        };
+        let r = PageRecord {
+            pool_slot: rec,
+            flags: 0,
+            oid: key.oid.0,
+            index: key.index,
+            seq: d.pm.next_seq(),
+        };
+        if node & EXTRA == 0 {
+            d.pm.publish_frame(node, &r);
+        } else if let Some(slot) = d.take_xrec() {
+            d.set_xrec(node, slot);
+            d.pm.publish_xrec(
+                slot,
+                &PageRecord {
+                    flags: page_flags::ZERO,
+                    ..r
+                },
+            );
+        }
+    }
+
+    /// A persistent page's `node` is being removed: its record goes first, so that its
+    /// frame (or record slot) can be reused.
+    pub(crate) fn unpublish(&mut self, node: u32) {
+        let Some(d) = self.dur.as_mut() else { return };
+        if node & EXTRA == 0 {
+            d.pm.clear_frame(node);
+            return;
+        }
+        let i = (node & !EXTRA) as usize;
+        if let Some(r) = d.xrec.get_mut(i) {
+            if *r != NIL {
+                d.pm.clear_xrec(*r);
+                d.xrec_free.push(*r);
+                *r = NIL;
+            }
+        }
+    }
+
+    /// Whether a durable pool record can be had for a new persistent pool with this uuid
+    /// (`None`: not durable at all).
+    pub(crate) fn pool_record_available(&self, kind: PoolKind, uuid: [u64; 2]) -> Option<bool> {
+        let d = self.dur.as_ref()?;
+        if !kind.is_persistent() || uuid == [0, 0] {
+            return None;
+        }
+        Some(!d.pool_free.is_empty())
+    }
+
+    /// Give new pool `gid` (slot `pool_index` of client `c`) a pool record, if it is one the
+    /// page file keeps and a record is free.
+    pub(crate) fn record_pool(&mut self, gid: u32, c: ClientId, pool_index: u32) {
+        let (kind, uuid, pgen) = {
+            let p = self.pool(gid);
+            (p.kind, p.uuid, p.gen)
+        };
+        if self.pool_record_available(kind, uuid) != Some(true) {
+            return;
+        }
+        let Some(cl) = self.clients.get(&c) else {
+            return;
+        };
+        let (tag, a, b) = encode_identity(cl.identity);
+        let rec = PoolRecord {
+            owner_tag: tag,
+            owner_a: a,
+            owner_b: b,
+            instance: cl.instance,
+            pool_index: pool_index as u16,
+            kind: KIND_PRIVATE_PERSISTENT,
+            uuid,
+            gen: pgen,
+        };
+        let Some(d) = self.dur.as_mut() else { return };
+        let Some(slot) = d.pool_free.pop() else {
+            return;
+        };
+        d.pm.write_pool(slot, &rec);
+        self.pool_mut(gid).rec = slot;
+    }
+
+    /// Record client `c`'s membership of ephemeral or shared pool `gid` (its slot
+    /// `pool_index`), so that a frontend still connected after a restart finds its pool ids
+    /// (empty: ephemeral pages are not kept). Best effort: without a free record the pool
+    /// is simply not there after a restart, as ephemeral pools may not be.
+    pub(crate) fn record_slot(&mut self, gid: u32, c: ClientId, pool_index: u32) {
+        let (kind, uuid) = {
+            let p = self.pool(gid);
+            (p.kind, p.uuid)
+        };
+        let Some(cl) = self.clients.get(&c) else {
+            return;
+        };
+        let Ok(idx) = u16::try_from(pool_index) else {
+            return;
+        };
+        let (tag, a, b) = encode_identity(cl.identity);
+        let rec = PoolRecord {
+            owner_tag: tag,
+            owner_a: a,
+            owner_b: b,
+            instance: cl.instance,
+            pool_index: idx,
+            kind: kind_code(kind),
+            uuid,
+            gen: self.next_gen,
+        };
+        let Some(slot) = self.dur.as_mut().and_then(|d| d.pool_free.pop()) else {
+            return;
+        };
+        if let Some(d) = self.dur.as_ref() {
+            d.pm.write_pool(slot, &rec);
+        }
+        if let Some(Some(s)) = self
+            .clients
+            .get_mut(&c)
+            .and_then(|cl| cl.pools.get_mut(pool_index as usize))
+        {
+            s.rec = slot;
+        }
+    }
+
+    /// A membership record (see [`Meta::record_slot`]) goes, with its slot.
+    pub(crate) fn forget_slot(&mut self, rec: u32) {
+        if let Some(d) = self.dur.as_mut().filter(|_| rec != NIL) {
+            d.pm.clear_pool(rec);
+            d.pool_free.push(rec);
+        }
+    }
+
+    /// Pool `gid` is closed: its record goes now (its pages become orphans for a recovery);
+    /// the slot is kept until the pool's pages are all freed ([`Meta::release_pool_record`]).
+    pub(crate) fn forget_pool(&mut self, gid: u32) {
+        let rec = self.pool(gid).rec;
+        if let Some(d) = self.dur.as_ref().filter(|_| rec != NIL) {
+            d.pm.clear_pool(rec);
+        }
+    }
+
+    /// Pool slot `gid` is being freed: its record slot may be used again.
+    pub(crate) fn release_pool_record(&mut self, rec: u32) {
+        if let Some(d) = self.dur.as_mut().filter(|_| rec != NIL) {
+            d.pool_free.push(rec);
+        }
+    }
+}
 
 impl Store {
     /// A store whose page memory is `file`: formatted if new, else every persistent page it
     /// holds is recovered, each client that owns one rebuilt detached (see
     /// [`Store::recovered_clients`]). Refuses (leaving the file untouched) a file it cannot
-    /// read.
+    /// read. An existing file keeps the number of frames it was made with.
     pub fn open_durable(cfg: StoreConfig, file: PageFile) -> Result<(Store, Recovery), OpenError> {
-        // Placeholder until durable frames land: same API, heap frames, nothing recovered.
-        let _ = file;
-        Ok((
-            Store::new(cfg),
-            Recovery {
-                formatted: true,
-                ..Recovery::default()
+        let want = geometry(&cfg);
+        let (pm, opened) = PageMemory::open(file, want)?;
+        let pm = Arc::new(pm);
+        let geo = pm.geometry();
+        let mut rep = Recovery {
+            formatted: opened == Opened::Formatted,
+            format_minor: match opened {
+                Opened::Existing { minor } => minor,
+                Opened::Formatted => tmem_pmem::FORMAT_MINOR,
             },
-        ))
+            nframes: geo.nframes,
+            geometry_differs: geo.nframes != want.nframes,
+            ..Recovery::default()
+        };
+        let mut cfg = cfg;
+        cfg.mem_limit_bytes = geo.nframes as u64 * PAGE_SIZE as u64;
+        let store = Store::with_memory(
+            cfg,
+            geo.nframes,
+            FrameMem::Mapped(pm.clone()),
+            Some(Dur::new(pm.clone())),
+        );
+        if !rep.formatted {
+            store.recover(&pm, &mut rep);
+        }
+        Ok((store, rep))
+    }
+
+    fn recover(&self, pm: &PageMemory, rep: &mut Recovery) {
+        let scan = pm.scan();
+        rep.scan = scan.took;
+        rep.torn = scan.torn;
+        let start = Instant::now();
+        let mut m = self.meta();
+        let m = &mut *m;
+
+        // Pools: per identity the newest instance wins (an older one was being replaced);
+        // per (identity, pool index) the newest record.
+        let mut newest: HashMap<Identity, (u64, u64)> = HashMap::new();
+        let mut pools: Vec<(u32, Identity, PoolKind, PoolRecord)> = Vec::new();
+        for (slot, r) in scan.pools {
+            let id = decode_identity(r.owner_tag, r.owner_a, r.owner_b);
+            let kind = kind_of(r.kind);
+            match (id, kind) {
+                (Some(id), Some(kind))
+                    if r.uuid != [0, 0] || kind == PoolKind::PrivateEphemeral =>
+                {
+                    let e = newest.entry(id).or_insert((r.instance, r.gen));
+                    if r.gen > e.1 {
+                        *e = (r.instance, r.gen);
+                    }
+                    pools.push((slot, id, kind, r));
+                }
+                _ => {
+                    rep.orphans += 1;
+                    pm.clear_pool(slot);
+                }
+            }
+        }
+        pools.sort_by_key(|(_, _, _, r)| std::cmp::Reverse(r.gen));
+        let mut gid_of_slot: HashMap<u32, u32> = HashMap::new();
+        let mut used_slots = vec![false; pm.geometry().npools as usize];
+        let mut max_gen = 0;
+        for (slot, id, kind, r) in pools {
+            max_gen = max_gen.max(r.gen);
+            let instance_ok = newest.get(&id).is_some_and(|&(i, _)| i == r.instance);
+            let c = match m.by_identity.get(&id) {
+                Some(&c) => c,
+                None if instance_ok => {
+                    let c = m.new_client(id, r.instance, "");
+                    if let Some(cl) = m.clients.get_mut(&c) {
+                        cl.attached = false;
+                        cl.detach_epoch = 1;
+                    }
+                    rep.clients += 1;
+                    c
+                }
+                None => {
+                    rep.orphans += 1;
+                    pm.clear_pool(slot);
+                    continue;
+                }
+            };
+            let idx = r.pool_index as usize;
+            let taken = m
+                .clients
+                .get(&c)
+                .is_none_or(|cl| cl.pools.get(idx).is_some_and(Option::is_some));
+            let shared_full = kind.is_shared()
+                && !m.shared.contains_key(&r.uuid)
+                && m.shared.len() >= m.cfg.max_shared_pools as usize;
+            if !instance_ok || taken || shared_full || idx >= m.cfg.max_pools_per_client as usize {
+                rep.orphans += 1;
+                pm.clear_pool(slot);
+                continue;
+            }
+            let account = m.clients.get(&c).map_or(0, |cl| cl.account);
+            let gid = if kind.is_shared() {
+                match m.shared.get(&r.uuid) {
+                    Some(&gid) => {
+                        m.pool_mut(gid).sharers.push(c);
+                        gid
+                    }
+                    None => {
+                        let account = m.new_account(m.cfg.default_weight);
+                        let gid = new_pool_slot(m, kind, r.uuid, account, None, vec![c]);
+                        m.shared.insert(r.uuid, gid);
+                        gid
+                    }
+                }
+            } else {
+                new_pool_slot(m, kind, r.uuid, account, Some(c), Vec::new())
+            };
+            let membership = if kind.is_persistent() {
+                m.pool_mut(gid).rec = slot;
+                gid_of_slot.insert(slot, gid);
+                rep.pools += 1;
+                NIL
+            } else {
+                slot
+            };
+            if let Some(cl) = m.clients.get_mut(&c) {
+                if cl.pools.len() <= idx {
+                    cl.pools.resize(idx + 1, None);
+                }
+                cl.pools[idx] = Some(Slot {
+                    gid,
+                    adopted: false,
+                    rec: membership,
+                });
+            }
+            used_slots[slot as usize] = true;
+        }
+        m.next_gen = m.next_gen.max(max_gen + 1);
+
+        // Pages: of two records for one page the higher sequence number wins.
+        let mut best: HashMap<(u32, Oid, u32), (u64, u32, bool)> = HashMap::new();
+        let candidates = scan
+            .frames
+            .into_iter()
+            .map(|(f, r)| (f, r, false))
+            .chain(scan.xrecs.into_iter().map(|(x, r)| (x, r, true)));
+        let clear = |slot: u32, xrec: bool| {
+            if xrec {
+                pm.clear_xrec(slot);
+            } else {
+                pm.clear_frame(slot);
+            }
+        };
+        for (slot, r, xrec) in candidates {
+            let ok_kind = if xrec {
+                r.flags == page_flags::ZERO
+            } else {
+                r.flags == 0
+            };
+            if !ok_kind || !gid_of_slot.contains_key(&r.pool_slot) {
+                rep.orphans += 1;
+                clear(slot, xrec);
+                continue;
+            }
+            let key = (r.pool_slot, Oid(r.oid), r.index);
+            match best.get(&key) {
+                Some(&(seq, old, old_x)) if seq > r.seq => {
+                    let _ = (old, old_x);
+                    rep.superseded += 1;
+                    clear(slot, xrec);
+                }
+                Some(&(_, old, old_x)) => {
+                    rep.superseded += 1;
+                    clear(old, old_x);
+                    best.insert(key, (r.seq, slot, xrec));
+                }
+                None => {
+                    best.insert(key, (r.seq, slot, xrec));
+                }
+            }
+        }
+        let nframes = pm.geometry().nframes;
+        let mut frame_used = vec![false; nframes as usize];
+        let mut xrec_used = vec![false; pm.geometry().nxrecs as usize];
+        for ((pslot, oid, index), (_, slot, xrec)) in best {
+            let gid = gid_of_slot[&pslot];
+            let key = PageKey { oid, index };
+            let node = if xrec {
+                let x = m.alloc_extra();
+                if let Some(d) = m.dur.as_mut() {
+                    d.set_xrec(x, slot);
+                }
+                xrec_used[slot as usize] = true;
+                rep.zero_pages += 1;
+                x
+            } else {
+                m.ensure_data_links(slot);
+                frame_used[slot as usize] = true;
+                slot
+            };
+            m.insert_page(gid, &key, node);
+            rep.pages += 1;
+        }
+
+        // Everything not in use is free.
+        {
+            let mut free = crate::lock(&self.free);
+            free.list = (0..nframes)
+                .rev()
+                .filter(|&f| !frame_used[f as usize])
+                .collect();
+            free.fresh = nframes;
+        }
+        if let Some(d) = m.dur.as_mut() {
+            d.xrec_free = (0..xrec_used.len() as u32)
+                .rev()
+                .filter(|&r| !xrec_used[r as usize])
+                .collect();
+            d.xrec_fresh = xrec_used.len() as u32;
+            d.pool_free = (0..used_slots.len() as u32)
+                .rev()
+                .filter(|&s| !used_slots[s as usize])
+                .collect();
+            d.recovered = m.clients.keys().map(|&c| (c, 1)).collect();
+        }
+        rep.rebuild = start.elapsed();
     }
 
     /// Clients rebuilt by recovery that no guest has reattached yet, with the detach epoch
     /// to pass to [`Store::expire_detached`] when their reattach grace ends.
     pub fn recovered_clients(&self) -> Vec<(ClientId, u64)> {
-        Vec::new()
+        let m = self.meta();
+        let Some(d) = m.dur.as_ref() else {
+            return Vec::new();
+        };
+        d.recovered
+            .iter()
+            .filter(|(c, e)| {
+                m.clients
+                    .get(c)
+                    .is_some_and(|cl| !cl.attached && cl.detach_epoch == *e)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// A Xen frontend that stayed connected while tmemd restarted carries on: its recovered
+    /// client (same identity and instance, not attached since) is attached again with every
+    /// pool it had, under the same pool ids (ephemeral and shared ones empty). `None` if
+    /// there is no such client: the frontend must then connect afresh.
+    pub fn resume(&self, identity: Identity, instance: u64, name: &str) -> Option<ClientId> {
+        let mut m = self.meta();
+        let c = *m.by_identity.get(&identity)?;
+        let cl = m.clients.get_mut(&c)?;
+        if cl.attached || cl.instance != instance {
+            return None;
+        }
+        cl.attached = true;
+        cl.name = name.to_owned();
+        for s in cl.pools.iter_mut().flatten() {
+            s.adopted = true;
+        }
+        Some(c)
     }
 
     /// The page file, for a durable store (to hand to systemd's fd store).
     pub fn page_file(&self) -> Option<&PageFile> {
-        None
+        match &self.frames {
+            FrameMem::Mapped(pm) => Some(pm.file()),
+            FrameMem::Heap(_) => None,
+        }
+    }
+
+    /// Whether persistent pages outlive this process.
+    pub fn is_durable(&self) -> bool {
+        matches!(self.frames, FrameMem::Mapped(_))
     }
 }

@@ -96,3 +96,68 @@ pub(crate) fn is_zero(p: &Page) -> bool {
     p.chunks_exact(64)
         .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
 }
+
+/// Where page frames live: the heap (nothing survives the process) or a mapped page file
+/// (durable; see `durable.rs`).
+#[derive(Debug)]
+pub(crate) enum FrameMem {
+    Heap(Frames),
+    Mapped(std::sync::Arc<tmem_pmem::PageMemory>),
+}
+
+/// A locked frame of either kind.
+pub(crate) enum FrameLock<'a> {
+    Heap(MutexGuard<'a, Page>),
+    Mapped(tmem_pmem::FrameGuard<'a>),
+}
+
+impl std::ops::Deref for FrameLock<'_> {
+    type Target = Page;
+    fn deref(&self) -> &Page {
+        match self {
+            FrameLock::Heap(g) => g,
+            FrameLock::Mapped(g) => g,
+        }
+    }
+}
+
+impl std::ops::DerefMut for FrameLock<'_> {
+    fn deref_mut(&mut self) -> &mut Page {
+        match self {
+            FrameLock::Heap(g) => &mut *g,
+            FrameLock::Mapped(g) => &mut *g,
+        }
+    }
+}
+
+impl FrameMem {
+    #[inline]
+    pub(crate) fn lock(&self, f: u32) -> FrameLock<'_> {
+        match self {
+            FrameMem::Heap(h) => FrameLock::Heap(h.lock(f)),
+            FrameMem::Mapped(m) => FrameLock::Mapped(m.lock_frame(f)),
+        }
+    }
+
+    /// Fault in all page memory; the bytes that took.
+    pub(crate) fn prefault(&self) -> u64 {
+        match self {
+            FrameMem::Heap(h) => h.prefault_all() as u64 * PAGE_SIZE as u64,
+            // Best effort: a page file that cannot be populated (tmpfs full) still works for
+            // the pages it can hold; the failure shows as a put error, not a crash.
+            FrameMem::Mapped(m) => m.populate().unwrap_or(0),
+        }
+    }
+
+    pub(crate) fn overhead_bytes(&self) -> u64 {
+        match self {
+            FrameMem::Heap(h) => h.overhead_bytes(),
+            FrameMem::Mapped(m) => {
+                let g = m.geometry();
+                // Frame locks, plus the page and pool records in the file.
+                (g.nframes as u64) * (std::mem::size_of::<Mutex<()>>() as u64 + 64)
+                    + (g.nxrecs as u64 + g.npools as u64) * 64
+            }
+        }
+    }
+}

@@ -122,7 +122,9 @@ impl Meta {
             }
         }
         self.g.pages -= 1;
-        if !kind.is_persistent() {
+        if kind.is_persistent() {
+            self.unpublish(node);
+        } else {
             self.lru_unlink(node);
             let orphan = match self.accounts[account as usize].as_mut() {
                 Some(a) => {

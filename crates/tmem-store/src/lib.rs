@@ -85,7 +85,7 @@ pub use stats::{ClientStats, GlobalStats, PoolCounters, PoolStats, SharedPoolSta
 pub use tmem_abi::{Oid, Page, PageKey, PageSink, PageSource, PoolKind, TmemError, PAGE_SIZE};
 pub use tmem_pmem::{OpenError as PageFileError, Origin as PageFileOrigin, PageFile};
 
-use frames::Frames;
+use frames::{FrameMem, Frames};
 use hash::KeyedState;
 use meta::{Global, Links, Meta, EXTRA};
 use reap::{HELP_REAP, REAP_CHUNK};
@@ -120,7 +120,7 @@ struct FreeFrames {
 pub struct Store {
     meta: Mutex<Meta>,
     free: Mutex<FreeFrames>,
-    frames: Frames,
+    frames: FrameMem,
     nframes: u32,
     total_ops: AtomicU64,
     errored_ops: AtomicU64,
@@ -143,6 +143,16 @@ impl Store {
     /// A store with the given limits. Page memory is allocated on first use and kept.
     pub fn new(cfg: StoreConfig) -> Store {
         let nframes = frames_for(&cfg);
+        Store::with_memory(cfg, nframes, FrameMem::Heap(Frames::new(nframes)), None)
+    }
+
+    /// A store on `frames` (`nframes` of them), durable if `dur` is given.
+    fn with_memory(
+        cfg: StoreConfig,
+        nframes: u32,
+        frames: FrameMem,
+        dur: Option<durable::Dur>,
+    ) -> Store {
         let meta = Meta {
             next_client: 1,
             clients: HashMap::default(),
@@ -170,12 +180,13 @@ impl Store {
             max_zero: (nframes as u64).max(1 << 16),
             stamp: 0,
             g: Global::default(),
+            dur,
             cfg,
         };
         Store {
             meta: Mutex::new(meta),
             free: Mutex::new(FreeFrames::default()),
-            frames: Frames::new(nframes),
+            frames,
             nframes,
             total_ops: AtomicU64::new(0),
             errored_ops: AtomicU64::new(0),
@@ -281,22 +292,47 @@ impl Store {
         more
     }
 
+    /// Frames a durable store keeps free for duplicate puts: 1/64 of memory, at most 64.
+    fn dup_reserve(&self) -> u64 {
+        if self.is_durable() {
+            (self.nframes as u64 / 64).min(64)
+        } else {
+            0
+        }
+    }
+
+    /// Free frames now (free list and never used).
+    fn free_count(&self) -> u64 {
+        let f = lock(&self.free);
+        f.list.len() as u64 + (self.nframes - f.fresh) as u64
+    }
+
     /// Get a frame for a put: free list, a never-used frame, or eviction (`m` is the locked
     /// metadata).
-    fn reserve(&self, m: &mut Meta) -> Reserve {
+    ///
+    /// `new_durable`: the put is of a new page of a durable pool, which may not take the last
+    /// [`Store::dup_reserve`] free frames: those are kept for duplicate puts, which on a
+    /// durable pool always need a new frame (a full store of persistent pages would otherwise
+    /// refuse every rewrite of a page).
+    fn reserve(&self, m: &mut Meta, new_durable: bool) -> Reserve {
         {
             let mut f = lock(&self.free);
-            if let Some(x) = f.list.pop() {
-                drop(f);
-                m.ensure_data_links(x);
-                return Reserve::Frame(x);
-            }
-            if f.fresh < self.nframes {
-                let x = f.fresh;
-                f.fresh += 1;
-                drop(f);
-                m.ensure_data_links(x);
-                return Reserve::Frame(x);
+            let keep = if new_durable { self.dup_reserve() } else { 0 };
+            let available = f.list.len() as u64 + (self.nframes - f.fresh) as u64;
+            // Else fall through to reclaim and eviction.
+            if available > keep {
+                if let Some(x) = f.list.pop() {
+                    drop(f);
+                    m.ensure_data_links(x);
+                    return Reserve::Frame(x);
+                }
+                if f.fresh < self.nframes {
+                    let x = f.fresh;
+                    f.fresh += 1;
+                    drop(f);
+                    m.ensure_data_links(x);
+                    return Reserve::Frame(x);
+                }
             }
         }
         if m.reap_pending() {

@@ -72,6 +72,8 @@ pub(crate) struct Pool {
     pub(crate) sharers: Vec<ClientId>,
     pub(crate) objs: HashMap<Oid, u32, KeyedState>,
     pub(crate) c: PoolCounters,
+    /// Its record in the page file ([`NIL`]: not durable, e.g. ephemeral or no page file).
+    pub(crate) rec: u32,
 }
 
 #[derive(Debug)]
@@ -88,6 +90,10 @@ pub(crate) struct Account {
 pub(crate) struct Slot {
     pub(crate) gid: u32,
     pub(crate) adopted: bool,
+    /// Durable stores: the record of this client's membership of an ephemeral or shared
+    /// pool, so that a frontend that stays connected across a restart keeps its pool ids
+    /// ([`NIL`]: none; a persistent pool's record is its pool's).
+    pub(crate) rec: u32,
 }
 
 #[derive(Debug, Default)]
@@ -182,6 +188,8 @@ pub(crate) struct Meta {
     pub(crate) max_zero: u64,
     pub(crate) stamp: u32,
     pub(crate) g: Global,
+    /// Durable bookkeeping, for a store on a page file.
+    pub(crate) dur: Option<crate::durable::Dur>,
 }
 
 /// Where a lookup landed.

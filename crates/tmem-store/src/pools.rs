@@ -1,6 +1,6 @@
 //! Pools: create or join, destroy or leave.
 
-use crate::meta::{Meta, Pool, Slot};
+use crate::meta::{Meta, Pool, Slot, NIL};
 use crate::{ClientId, PoolCounters, PoolKind, Store, TmemError};
 use std::collections::HashMap;
 
@@ -93,15 +93,28 @@ impl Store {
                 gid
             }
         } else {
+            // A pool whose pages would not survive tmemd is refused, not silently volatile.
+            if m.pool_record_available(kind, uuid) == Some(false) || slot > u16::MAX as usize {
+                return Err(TmemError::NotPermitted);
+            }
             let account = m.client(c)?.account;
             new_pool_slot(m, kind, uuid, account, Some(c), Vec::new())
         };
         let cl = m.client_mut(c)?;
-        let s = Some(Slot { gid, adopted: true });
+        let s = Some(Slot {
+            gid,
+            adopted: true,
+            rec: NIL,
+        });
         if slot == cl.pools.len() {
             cl.pools.push(s);
         } else {
             cl.pools[slot] = s;
+        }
+        if kind.is_persistent() {
+            m.record_pool(gid, c, slot as u32);
+        } else {
+            m.record_slot(gid, c, slot as u32);
         }
         Ok((slot as u32, false))
     }
@@ -129,7 +142,7 @@ impl Store {
     }
 }
 
-fn new_pool_slot(
+pub(crate) fn new_pool_slot(
     m: &mut Meta,
     kind: PoolKind,
     uuid: [u64; 2],
@@ -148,6 +161,7 @@ fn new_pool_slot(
         sharers,
         objs: HashMap::with_hasher(m.obj_hash),
         c: PoolCounters::default(),
+        rec: NIL,
     };
     if let Some(g) = m.pool_free.pop() {
         m.pools[g as usize] = Some(p);
@@ -169,6 +183,7 @@ pub(crate) fn close_pool_locked(m: &mut Meta, c: ClientId, pool: u32, out: &mut 
         cl.pools.pop();
     }
     let gid = s.gid;
+    m.forget_slot(s.rec);
     let p = m.pool_mut(gid);
     if p.kind.is_shared() {
         p.sharers.retain(|x| *x != c);
@@ -194,6 +209,7 @@ pub(crate) fn close_pool_locked(m: &mut Meta, c: ClientId, pool: u32, out: &mut 
     if shared && m.shared.get(&uuid) == Some(&gid) {
         m.shared.remove(&uuid);
     }
+    m.forget_pool(gid);
     m.queue_pool_reap(gid);
     if small && m.reap.len() == 1 && !m.reap_manual {
         m.reap_chunk(SMALL_POOL as usize + 1, out);

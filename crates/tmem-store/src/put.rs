@@ -61,7 +61,7 @@ impl Store {
             self.free_frames(&[f]);
         }
         if let Some(found) = m.lookup(gid, &key) {
-            if found.node & EXTRA == 0 {
+            if found.node & EXTRA == 0 && !m.durable_pool(gid) {
                 // Duplicate of a page with data: refill its frame in place.
                 let mut g = self.frames.lock(found.node);
                 drop(m);
@@ -72,8 +72,9 @@ impl Store {
                 self.finish_dup(&mut m, c, pool, gid, gen, &key, found.node, zero);
                 return Ok(());
             }
-            // Duplicate of a zero page: it needs a frame now (unless zero again).
-            return match self.reserve(&mut m) {
+            // Duplicate of a zero page, or of a durable page (never refilled in place: a kill
+            // midway would leave a mix of old and new): it needs a new frame (unless zero).
+            return match self.reserve(&mut m, false) {
                 Reserve::Frame(f) => {
                     drop(m);
                     self.fill_and_link(c, pool, gid, gen, key, src, f, true)
@@ -82,13 +83,26 @@ impl Store {
                     let mut scratch = [0u8; PAGE_SIZE];
                     src.read_page(&mut scratch);
                     if is_zero(&scratch) {
-                        self.count_put_ok(&mut m, c, gid, true);
-                        touch(&mut m, gid, found.node);
-                        return Ok(());
+                        if found.node & EXTRA != 0 {
+                            self.count_put_ok(&mut m, c, gid, true);
+                            touch(&mut m, gid, found.node);
+                            return Ok(());
+                        }
+                        if m.can_zero(gid) {
+                            let x = m.alloc_extra();
+                            m.publish(gid, &key, x);
+                            let fr = m.remove_page(found.obj, found.node);
+                            m.insert_page(gid, &key, x);
+                            self.count_put_ok(&mut m, c, gid, true);
+                            drop(m);
+                            self.free_frames(fr.as_slice());
+                            return Ok(());
+                        }
                     }
                     let fr = m.remove_page(found.obj, found.node);
-                    debug_assert!(fr.is_none());
                     m.pool_mut(gid).c.dup_puts_flushed += 1;
+                    drop(m);
+                    self.free_frames(fr.as_slice());
                     Err(TmemError::DupPutFlushed)
                 }
             };
@@ -125,7 +139,10 @@ impl Store {
         }
         let reserved = match own_frame {
             Some(f) => Reserve::Frame(f),
-            None => self.reserve(&mut m),
+            None => {
+                let new_durable = m.durable_pool(gid);
+                self.reserve(&mut m, new_durable)
+            }
         };
         match reserved {
             Reserve::Frame(f) => {
@@ -135,8 +152,9 @@ impl Store {
             Reserve::NoneEvictable => {
                 let mut scratch = [0u8; PAGE_SIZE];
                 src.read_page(&mut scratch);
-                if is_zero(&scratch) && m.g.zero_pages < m.max_zero {
+                if is_zero(&scratch) && m.can_zero(gid) {
                     let x = m.alloc_extra();
+                    m.publish(gid, &key, x);
                     m.insert_page(gid, &key, x);
                     self.count_put_ok(&mut m, c, gid, false);
                     return Ok(());
@@ -184,8 +202,20 @@ impl Store {
             if cl.frozen || (!kind.is_shared() && cl.at_limit(kind.is_persistent())) {
                 return None;
             }
+            // `f` may be one of the frames kept for duplicates (see `Store::reserve`).
+            if m.durable_pool(gid) && self.free_count() < self.dup_reserve() {
+                return None;
+            }
         }
         let mut to_free = Vec::new();
+        let node = if zero && m.can_zero(gid) {
+            to_free.push(f);
+            m.alloc_extra()
+        } else {
+            f
+        };
+        // Durable: the new copy is recorded before the old one's record goes.
+        m.publish(gid, key, node);
         let dup = match found {
             Some(old) => {
                 if let Some(of) = m.remove_page(old.obj, old.node) {
@@ -194,12 +224,6 @@ impl Store {
                 true
             }
             None => false,
-        };
-        let node = if zero && m.g.zero_pages < m.max_zero {
-            to_free.push(f);
-            m.alloc_extra()
-        } else {
-            f
         };
         m.insert_page(gid, key, node);
         self.count_put_ok(m, c, gid, dup);
@@ -234,11 +258,8 @@ impl Store {
         }
         let mut to_free = Vec::new();
         let mut dup = was_dup;
-        if let Some(old) = m.lookup(gid, &key) {
-            // Replace whatever is there now.
-            if let Some(of) = m.remove_page(old.obj, old.node) {
-                to_free.push(of);
-            }
+        let old = m.lookup(gid, &key);
+        if old.is_some() {
             dup = true;
         } else if !m.pool(gid).kind.is_shared() {
             // Re-check the cap: another put may have used the room meanwhile.
@@ -249,12 +270,19 @@ impl Store {
                 return Err(TmemError::OverCap);
             }
         }
-        let node = if zero && m.g.zero_pages < m.max_zero {
+        let node = if zero && m.can_zero(gid) {
             to_free.push(f);
             m.alloc_extra()
         } else {
             f
         };
+        // Durable: the new copy is recorded before the old one (whatever is there now) goes.
+        m.publish(gid, &key, node);
+        if let Some(old) = old {
+            if let Some(of) = m.remove_page(old.obj, old.node) {
+                to_free.push(of);
+            }
+        }
         m.insert_page(gid, &key, node);
         self.count_put_ok(&mut m, c, gid, dup);
         drop(m);

@@ -147,6 +147,7 @@ impl Meta {
             if p.kind.is_shared() {
                 self.free_account(p.account);
             }
+            self.release_pool_record(p.rec);
             self.pool_free.push(gid);
         }
     }

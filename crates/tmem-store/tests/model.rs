@@ -8,6 +8,10 @@
 //! Destroyed pools are reclaimed in chunks of a few pages that the test runs as separate
 //! operations, so puts, gets and evictions interleave with half-reclaimed pools (and with
 //! new pools that took the destroyed pools' ids).
+//!
+//! The same runs on a durable store (page memory in a memfd) add restarts: the store is
+//! dropped at any point (as a killed tmemd is) and opened again on the same page file; every
+//! persistent page must come back with its bytes and nothing else may.
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -38,6 +42,8 @@ enum Op {
     DestroyPool(usize, Sel),
     /// Run one reclaim chunk of destroyed pools.
     ReapStep,
+    /// Durable stores: drop the store and open its page file again (a no-op on the heap).
+    Restart,
 }
 
 fn sel() -> impl Strategy<Value = Sel> {
@@ -59,6 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u64..40).prop_map(Op::FlushKib),
         1 => (c, sel()).prop_map(|(c, s)| Op::DestroyPool(c, s)),
         2 => Just(Op::ReapStep),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -141,6 +148,8 @@ impl Model {
 }
 
 struct Harness {
+    durable: bool,
+    reap_chunk: Option<usize>,
     s: Store,
     ids: Vec<ClientId>,
     pools: Vec<BTreeMap<Sel, u32>>,
@@ -168,14 +177,21 @@ fn open_pools(s: &Store, c: ClientId, domid: usize, reattach: bool) -> BTreeMap<
 impl Harness {
     /// `share`: the default persistent share in percent; `reap_chunk`: pages per reclaim
     /// step, reclaim left to `Op::ReapStep` (else destroys reclaim at once, as in tmemd).
-    fn new(share: u32, reap_chunk: Option<usize>) -> Harness {
+    fn new(share: u32, reap_chunk: Option<usize>, durable: bool) -> Harness {
         let cfg = StoreConfig {
             mem_limit_bytes: LIMIT * PAGE_SIZE as u64,
             default_persistent_share_percent: share,
             ..StoreConfig::default()
         };
         let pers_cap = cfg.persistent_share_pages();
-        let s = Store::new(cfg);
+        let s = if durable {
+            let file = PageFile::memfd("model").unwrap();
+            let (s, rec) = Store::open_durable(cfg, file).unwrap();
+            assert!(rec.formatted);
+            s
+        } else {
+            Store::new(cfg)
+        };
         if let Some(n) = reap_chunk {
             s.set_manual_reap(n);
         }
@@ -196,6 +212,8 @@ impl Harness {
             ids.push(c);
         }
         Harness {
+            durable,
+            reap_chunk,
             s,
             ids,
             pools,
@@ -223,6 +241,10 @@ impl Harness {
                         allowed.push(Err(TmemError::DupPutFlushed));
                     } else {
                         allowed.push(Ok(()));
+                        // A durable page is never refilled in place: it needs a free frame.
+                        if self.durable && sel == Sel::Pers && d != 0 && full {
+                            allowed.push(Err(TmemError::DupPutFlushed));
+                        }
                     }
                 }
                 // Absent (certainly if not in the model, possibly for ephemeral pages).
@@ -342,6 +364,49 @@ impl Harness {
                 self.m.dying += self.m.eph_of(c);
                 self.m.eph.retain(|k, _| k.0 != c);
             }
+            Op::Restart => {
+                if !self.durable {
+                    return Ok(());
+                }
+                // A flushed object's pages keep their records until reclaimed, and tmemd
+                // answers a flush only once its reclaim has ended (`Store::reap` runs inside
+                // the call); only this test's manual reclaim can stop in between.
+                while s.reap_step() {}
+                let fd = s.page_file().unwrap().try_clone_fd().unwrap();
+                let cfg = s.config();
+                let (s2, rec) = Store::open_durable(cfg, PageFile::from_fd(fd, "model")).unwrap();
+                prop_assert!(!rec.formatted);
+                prop_assert_eq!(rec.torn, 0, "a clean stop leaves no torn record");
+                prop_assert_eq!(rec.pages, self.m.pers.len() as u64, "{:?}", rec);
+                self.s = s2;
+                let s = &self.s;
+                if let Some(n) = self.reap_chunk {
+                    s.set_manual_reap(n);
+                }
+                for c in 0..CLIENTS {
+                    s.set_shared_auth(
+                        Identity::Xen {
+                            domid: c as u32 + 1,
+                        },
+                        SHARED_UUID,
+                        true,
+                    )
+                    .unwrap();
+                    let (id, how) = s.attach_client(c as u32 + 1, 5, "g").unwrap();
+                    prop_assert_eq!(how, Attach::Reattached, "client {} after restart", c);
+                    self.ids[c] = id;
+                    self.pools[c] = open_pools(s, id, c, true);
+                }
+                // Settings are the daemon's to restore; the store starts from its defaults.
+                let pers_cap = s.config().persistent_share_pages();
+                self.m.frozen = [false; CLIENTS];
+                self.m.cap = [0; CLIENTS];
+                self.m.pers_cap = [pers_cap; CLIENTS];
+                self.m.eph.clear();
+                self.m.shared.clear();
+                self.m.dying = 0;
+                self.check_persistent()?;
+            }
             Op::FlushKib(k) => {
                 let got = s.flush_kib(k);
                 prop_assert_eq!(got % 4, 0);
@@ -426,7 +491,7 @@ proptest! {
         share in prop_oneof![Just(0u32), Just(25), Just(50)],
         reap_chunk in proptest::option::of(1usize..4),
     ) {
-        let mut h = Harness::new(share, reap_chunk);
+        let mut h = Harness::new(share, reap_chunk, false);
         for op in &ops {
             h.step(op)?;
         }
@@ -435,5 +500,23 @@ proptest! {
         while h.s.reap_step() {}
         h.m.dying = 0;
         h.step(&Op::FlushKib(0))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn durable_store_matches_model_across_restarts(
+        ops in proptest::collection::vec(op(), 1..600),
+        share in prop_oneof![Just(0u32), Just(25), Just(50)],
+        reap_chunk in proptest::option::of(1usize..4),
+    ) {
+        let mut h = Harness::new(share, reap_chunk, true);
+        for op in &ops {
+            h.step(op)?;
+        }
+        h.check_persistent()?;
+        h.step(&Op::Restart)?;
+        h.check_persistent()?;
     }
 }
