@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::daemon::{read_some, write_some};
 use crate::ratelimit::RateLimiter;
+use crate::settings::Keeper;
 use crate::worker::{lock, Shared, WorkerHandle};
 
 /// A connection with no complete request for this long is closed.
@@ -56,6 +57,8 @@ pub struct Context {
     pub allowed_uids: Vec<u32>,
     /// The transports serving guests, as reported by `tmem status`.
     pub transports: Vec<&'static str>,
+    /// Where page memory is and what the start recovered, as reported by `tmem status`.
+    pub page_memory: tmem_control::PageMemoryStatus,
 }
 
 /// The control listener and its connections, with the admission policy above.
@@ -390,6 +393,7 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
             uptime_secs: ctx.started.elapsed().as_secs(),
             guests_connected: ctx.shared.connected.load(Ordering::Relaxed),
             transports: ctx.transports.iter().map(|t| t.to_string()).collect(),
+            page_memory: Some(ctx.page_memory.clone()),
         }),
         Op::List { target } => {
             let mut stats = store.stats();
@@ -401,8 +405,20 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
             }
             Ok(OkReply::Stats(Box::new(stats)))
         }
-        Op::Freeze { target } => for_each(ctx, &target, |c| store.set_frozen(c, true)),
-        Op::Thaw { target } => for_each(ctx, &target, |c| store.set_frozen(c, false)),
+        Op::Freeze { target } => administer(ctx, |keeper| {
+            for_each(ctx, &target, |c, who| {
+                store.set_frozen(c, true)?;
+                keeper.change_client(who, |s| s.frozen = Some(true));
+                Ok(())
+            })
+        }),
+        Op::Thaw { target } => administer(ctx, |keeper| {
+            for_each(ctx, &target, |c, who| {
+                store.set_frozen(c, false)?;
+                keeper.change_client(who, |s| s.frozen = Some(false));
+                Ok(())
+            })
+        }),
         Op::Set {
             target,
             weight,
@@ -415,57 +431,68 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
                     "nothing to set: give a weight, a cap or a compress flag".into(),
                 ));
             }
-            for_each(ctx, &target, |c| {
-                if let Some(w) = weight {
-                    store.set_weight(c, w)?;
-                }
-                if let Some(cap) = cap_pages {
-                    store.set_cap_pages(c, cap)?;
-                }
-                if let Some(on) = compress {
-                    store.set_compress(c, on)?;
-                }
-                Ok(())
+            administer(ctx, |keeper| {
+                for_each(ctx, &target, |c, who| {
+                    if let Some(w) = weight {
+                        store.set_weight(c, w)?;
+                        keeper.change_client(who, |s| s.weight = Some(w));
+                    }
+                    if let Some(cap) = cap_pages {
+                        store.set_cap_pages(c, cap)?;
+                        keeper.change_client(who, |s| s.cap_pages = Some(cap));
+                    }
+                    if let Some(on) = compress {
+                        store.set_compress(c, on)?;
+                        keeper.change_client(who, |s| s.compress = Some(on));
+                    }
+                    Ok(())
+                })
             })
         }
         Op::SharedAuth {
             target,
             uuid,
             allow,
-        } => match target {
-            Target::All => {
-                // Xen's cli_id=ALL: switch authorisation checking off (allow) or on.
-                store.set_shared_auth_required(!allow);
-                Ok(OkReply::Done { clients: 0 })
-            }
-            Target::DomId(domid) => store
-                .set_shared_auth(Identity::Xen { domid }, uuid, allow)
-                .map(|_| OkReply::Done { clients: 1 })
-                .map_err(|e| (Kind::Refused, format!("domain {domid}: {e}"))),
-            Target::Local { uid, label } => {
-                let who = Identity::Local { uid, label };
+        } => administer(ctx, |keeper| {
+            let mut authorise = |who: Identity| {
                 store
                     .set_shared_auth(who, uuid, allow)
-                    .map(|_| OkReply::Done { clients: 1 })
-                    .map_err(|e| (Kind::Refused, format!("client {who}: {e}")))
-            }
-            Target::Name(_) => {
-                let ids = resolve(ctx, &target)?;
-                let stats = store.stats();
-                for c in stats
-                    .clients
-                    .iter()
-                    .filter(|c| ids.contains(&ClientId(c.client_id)))
-                {
-                    store
-                        .set_shared_auth(c.identity(), uuid, allow)
-                        .map_err(|e| (Kind::Refused, format!("client {}: {e}", c.identity())))?;
+                    .map_err(|e| match who {
+                        Identity::Xen { domid } => (Kind::Refused, format!("domain {domid}: {e}")),
+                        Identity::Local { .. } => (Kind::Refused, format!("client {who}: {e}")),
+                    })?;
+                keeper.change_shared_auth(who, uuid, allow);
+                Ok::<_, (Kind, String)>(())
+            };
+            match &target {
+                Target::All => {
+                    // Xen's cli_id=ALL: switch authorisation checking off (allow) or on.
+                    store.set_shared_auth_required(!allow);
+                    keeper.change_shared_auth_required(!allow);
+                    Ok(OkReply::Done { clients: 0 })
                 }
-                Ok(OkReply::Done {
-                    clients: ids.len() as u32,
-                })
+                Target::DomId(domid) => {
+                    authorise(Identity::Xen { domid: *domid })?;
+                    Ok(OkReply::Done { clients: 1 })
+                }
+                Target::Local { uid, label } => {
+                    authorise(Identity::Local {
+                        uid: *uid,
+                        label: *label,
+                    })?;
+                    Ok(OkReply::Done { clients: 1 })
+                }
+                Target::Name(_) => {
+                    let ids = resolve(ctx, &target)?;
+                    for (_, who) in identities(ctx, &ids) {
+                        authorise(who)?;
+                    }
+                    Ok(OkReply::Done {
+                        clients: ids.len() as u32,
+                    })
+                }
             }
-        },
+        }),
         Op::Freeable => {
             let pages = store.freeable_pages();
             Ok(OkReply::Freeable {
@@ -502,19 +529,50 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
     }
 }
 
-/// Apply `f` to every client the target names.
+/// Run an administrative change with the settings held (so a client attaching meanwhile
+/// gets either the old settings and then the change, or the new ones), then save them: a
+/// change that is in effect but could not be saved is reported, since it would not survive
+/// a restart.
+fn administer(ctx: &Context, f: impl FnOnce(&mut Keeper) -> OpResult) -> OpResult {
+    let mut keeper = lock(&ctx.shared.settings);
+    let outcome = f(&mut keeper);
+    if let Err(e) = keeper.save() {
+        warn!("{e}");
+        return Err((
+            Kind::Refused,
+            format!("the change is in effect but will not survive a restart of tmemd: {e}"),
+        ));
+    }
+    outcome
+}
+
+/// Apply `f` to every client the target names, with its identity.
 fn for_each(
     ctx: &Context,
     target: &Target,
-    mut f: impl FnMut(ClientId) -> Result<(), tmem_abi::TmemError>,
+    mut f: impl FnMut(ClientId, Identity) -> Result<(), tmem_abi::TmemError>,
 ) -> OpResult {
     let ids = resolve(ctx, target)?;
-    for &c in &ids {
-        f(c).map_err(|e| (Kind::Refused, e.to_string()))?;
+    for (c, who) in identities(ctx, &ids) {
+        f(c, who).map_err(|e| (Kind::Refused, e.to_string()))?;
     }
     Ok(OkReply::Done {
         clients: ids.len() as u32,
     })
+}
+
+/// The identities of these clients (a client destroyed meanwhile is left out).
+fn identities(ctx: &Context, ids: &[ClientId]) -> Vec<(ClientId, Identity)> {
+    let stats = ctx.shared.store.stats();
+    ids.iter()
+        .filter_map(|&c| {
+            stats
+                .clients
+                .iter()
+                .find(|s| s.client_id == c.0)
+                .map(|s| (c, s.identity()))
+        })
+        .collect()
 }
 
 /// The clients a target names; an unknown domain is an error, `All` may be empty.

@@ -3,13 +3,16 @@
 //!
 //! Nothing here replaces a component of ours; it only starts, watches and stops them.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
@@ -70,40 +73,9 @@ impl TempDir {
     pub fn control(&self) -> PathBuf {
         self.0.join("control.sock")
     }
-    /// This test's own page file, so no two tests (or test runs) ever share page memory.
+    /// The page file [`Daemon::start`] gives tmemd.
     pub fn page_file(&self) -> PathBuf {
         self.0.join("pages")
-    }
-}
-
-/// Whether this tmemd build accepts `flag` (read from its `--help` once per flag).
-pub fn tmemd_has_flag(flag: &str) -> bool {
-    static HELP: OnceLock<String> = OnceLock::new();
-    let help = HELP.get_or_init(|| {
-        let out = Command::new(bin("tmemd"))
-            .arg("--help")
-            .output()
-            .expect("run tmemd --help");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    });
-    help.split(|c: char| c.is_whitespace() || c == ',')
-        .any(|w| w == flag)
-}
-
-/// tmemd arguments that put its page memory in `dir`'s own page file.
-///
-/// Until the daemon side of durable page memory lands, tmemd has no `--page-file`; then the
-/// flag is left out (with a note on stderr) so that tests written for durable memory run and
-/// fail on what they check (lost pages), not on an unknown argument.
-pub fn page_file_args(dir: &TempDir) -> Vec<String> {
-    if tmemd_has_flag("--page-file") {
-        vec![
-            "--page-file".into(),
-            dir.page_file().to_string_lossy().into_owned(),
-        ]
-    } else {
-        eprintln!("note: this tmemd has no --page-file; its page memory cannot survive it");
-        Vec::new()
     }
 }
 
@@ -137,27 +109,45 @@ pub struct Daemon {
     pub control: PathBuf,
 }
 
+/// What tmemd gets besides its arguments, as a service manager would give it.
+#[derive(Debug, Default)]
+pub struct Launch {
+    /// Environment variables to set (e.g. NOTIFY_SOCKET, LISTEN_FDS, LISTEN_FDNAMES).
+    pub env: Vec<(String, String)>,
+    /// Fds passed at 3, 4, ... in this order (the caller sets LISTEN_FDS to match).
+    pub fds: Vec<OwnedFd>,
+    /// Let tmemd choose where page memory lives itself. Otherwise (the default) each test
+    /// gets its own page file in its directory, never the host-wide default path.
+    pub own_page_memory: bool,
+}
+
 impl Daemon {
     /// Start tmemd in `dir` with extra arguments and wait until it is ready (its control
     /// socket accepts).
-    pub fn start<S: AsRef<std::ffi::OsStr>>(dir: &TempDir, extra: &[S]) -> Daemon {
-        let mut d = Daemon::spawn(dir, extra);
+    pub fn start<S: AsRef<OsStr>>(dir: &TempDir, extra: &[S]) -> Daemon {
+        Daemon::start_with(dir, extra, Launch::default())
+    }
+
+    /// [`Daemon::start`] with an environment and inherited fds.
+    pub fn start_with<S: AsRef<OsStr>>(dir: &TempDir, extra: &[S], launch: Launch) -> Daemon {
+        let mut d = Daemon::spawn_on(dir, &dir.socket(), &dir.control(), extra, launch);
         d.wait_ready(Duration::from_secs(10));
         d
     }
 
     /// Start tmemd in `dir` with extra arguments, without waiting for it.
-    pub fn spawn<S: AsRef<std::ffi::OsStr>>(dir: &TempDir, extra: &[S]) -> Daemon {
-        Daemon::spawn_on(dir, &dir.socket(), &dir.control(), extra)
+    pub fn spawn<S: AsRef<OsStr>>(dir: &TempDir, extra: &[S]) -> Daemon {
+        Daemon::spawn_on(dir, &dir.socket(), &dir.control(), extra, Launch::default())
     }
 
-    /// Start tmemd in `dir` on other sockets than the directory's own (so no guest of the
-    /// test reaches it), without waiting for it.
-    pub fn spawn_on<S: AsRef<std::ffi::OsStr>>(
+    /// Start tmemd in `dir` on the given sockets (other sockets than the directory's own keep
+    /// the test's guests away from it), without waiting for it.
+    pub fn spawn_on<S: AsRef<OsStr>>(
         dir: &TempDir,
         socket: &Path,
         control: &Path,
         extra: &[S],
+        launch: Launch,
     ) -> Daemon {
         let log = dir.path().join(format!(
             "tmemd-{}.log",
@@ -168,18 +158,30 @@ impl Daemon {
             .append(true)
             .open(&log)
             .expect("open daemon log");
-        let child = Command::new(bin("tmemd"))
-            .arg("--socket")
+        let mut cmd = Command::new(bin("tmemd"));
+        cmd.arg("--socket")
             .arg(socket)
             .arg("--control-socket")
             .arg(control)
             .args(["--log-level", "debug"])
             .args(extra)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_FDNAMES")
+            .env_remove("LISTEN_PID")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawn tmemd");
+            .stderr(logf);
+        let chooses = |flag: &str| extra.iter().any(|a| a.as_ref() == flag);
+        if !launch.own_page_memory && !chooses("--page-file") && !chooses("--no-durable") {
+            cmd.arg("--page-file").arg(dir.page_file());
+        }
+        for (k, v) in &launch.env {
+            cmd.env(k, v);
+        }
+        let passed = pass_fds(&mut cmd, launch.fds);
+        let child = cmd.spawn().expect("spawn tmemd");
+        drop(passed);
         Daemon {
             child,
             log,
@@ -204,6 +206,14 @@ impl Daemon {
             }
             UnixStream::connect(&control).ok()
         });
+    }
+
+    /// The reply to `status`, as JSON.
+    pub fn status(&self) -> Value {
+        match self.control(&tmem_control::Op::Status) {
+            tmem_control::Reply::Ok(ok) => serde_json::to_value(&ok).expect("status serialises"),
+            other => panic!("status failed: {other:?}"),
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -248,6 +258,43 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Have `fds` at 3, 4, ... in the child, as a service manager passes them (`LISTEN_FDS`).
+/// Returns the copies the child takes them from: keep them until it is spawned.
+fn pass_fds(cmd: &mut Command, fds: Vec<OwnedFd>) -> Vec<OwnedFd> {
+    if fds.is_empty() {
+        return Vec::new();
+    }
+    // Moved above anything the child could have at 3.. first, so that placing one cannot
+    // overwrite another; close-on-exec, so only the copies at 3.. reach tmemd.
+    let high: Vec<RawFd> = fds
+        .iter()
+        .map(|fd| {
+            nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(512))
+                .expect("duplicate an fd to pass")
+        })
+        .collect();
+    let closers: Vec<OwnedFd> = high
+        .iter()
+        // SAFETY: each was just returned by F_DUPFD_CLOEXEC and is owned by nothing else.
+        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    let plan = high.clone();
+    let place = move || {
+        for (i, &fd) in plan.iter().enumerate() {
+            // SAFETY: dup2 on fds this process owns; it is async-signal-safe.
+            if unsafe { libc::dup2(fd, 3 + i as RawFd) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs between fork and exec and only calls dup2, which is
+    // async-signal-safe; it allocates nothing (the plan was built before the fork).
+    unsafe { cmd.pre_exec(place) };
+    drop(fds);
+    closers
 }
 
 /// Send one request to a control socket and read one reply.

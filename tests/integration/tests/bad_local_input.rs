@@ -192,7 +192,11 @@ fn ready_is_sent_only_once_page_memory_is_in_place() {
         .spawn()
         .expect("spawn tmemd");
     let mut buf = [0u8; 256];
-    let n = notify.recv(&mut buf).expect("READY within 60 s");
+    // The page memory's fd-store messages come first; READY once it is faulted in.
+    let mut n = notify.recv(&mut buf).expect("READY within 60 s");
+    while buf[..n].starts_with(b"FDSTORE=1") {
+        n = notify.recv(&mut buf).expect("READY within 60 s");
+    }
     // Read the daemon's resident memory at once: READY must not come before the prefault.
     let rss = rss_bytes(child.id());
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();

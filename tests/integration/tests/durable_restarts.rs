@@ -20,7 +20,7 @@ use nix::sys::signal::Signal;
 use tmem_abi::{Oid, Page, PageKey, PoolKind, PAGE_SIZE};
 use tmem_control::{OkReply, Op, Reply, Target};
 use tmem_front::{Client, ClientConfig, LocalTransport, Outcome};
-use tmem_tests::{bin, counter, page_file_args, wait_for, Daemon, Guest, TempDir, Value};
+use tmem_tests::{bin, counter, wait_for, Daemon, Guest, TempDir, Value};
 
 const SHARED_UUID: &str = "3b0e5c7d-1f2a-4c68-9d4e-7a5b6c8d9e01";
 
@@ -263,8 +263,8 @@ fn restart_under_load(sig: Signal, rounds: u64, tag: &str) {
     let mut rng = Rng(seed);
     let n = u32::try_from(env_u64("TMEM_DURABLE_GUESTS", 8)).expect("guest count");
     let dir = TempDir::new(tag);
-    let mut args: Vec<String> = vec!["--mem-limit".into(), "96M".into()];
-    args.extend(page_file_args(&dir));
+    // Daemon::start gives tmemd the test's own page file (TempDir::page_file).
+    let args = ["--mem-limit", "96M"];
     let mut daemon = Daemon::start(&dir, &args);
     // Authorised once: administrator settings must survive the restarts too.
     authorise(&daemon, n);
@@ -307,6 +307,7 @@ fn restart_under_load(sig: Signal, rounds: u64, tag: &str) {
                 &dir.path().join("early.sock"),
                 &dir.path().join("early-control.sock"),
                 &args,
+                tmem_tests::Launch::default(),
             );
             std::thread::sleep(after);
             early.signal(Signal::SIGKILL);
@@ -463,10 +464,6 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
 #[test]
 fn a_page_file_of_another_major_format_is_refused_and_left_untouched() {
     let _one_at_a_time = serial();
-    assert!(
-        tmem_tests::tmemd_has_flag("--page-file"),
-        "this tmemd has no --page-file: the daemon side of durable page memory is not built in"
-    );
     let dir = TempDir::new("upgrade");
     let path = dir.page_file();
     let args: Vec<String> = vec![
@@ -594,10 +591,6 @@ fn a_page_file_whose_formatting_was_cut_short_is_formatted_again() {
     // other words and before its magic: the next start must format again, not refuse the file
     // (there is nothing in it to keep) and leave tmemd in a restart loop.
     let _one_at_a_time = serial();
-    assert!(
-        tmem_tests::tmemd_has_flag("--page-file"),
-        "this tmemd has no --page-file: the daemon side of durable page memory is not built in"
-    );
     let dir = TempDir::new("format-cut");
     let path = dir.page_file();
     let args: Vec<String> = vec![

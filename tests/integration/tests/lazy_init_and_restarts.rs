@@ -219,8 +219,8 @@ fn check_reattached(guests: &[(&Guest, &str)], ready: Instant, round: u64, how: 
 #[test]
 fn tmemd_killed_or_terminated_under_load_keeps_persistent_pages_and_never_serves_stale_data() {
     let dir = TempDir::new("restart");
-    let mut args: Vec<String> = vec!["--mem-limit".into(), "64M".into()];
-    args.extend(tmem_tests::page_file_args(&dir));
+    // Daemon::start gives tmemd the test's own page file (TempDir::page_file).
+    let args = ["--mem-limit", "64M"];
     let mut daemon = Daemon::start(&dir, &args);
     let g1 = start_guest(&dir, &guest_args("1", "14", "4"));
     let g2 = start_guest(&dir, &guest_args("2", "14", "4"));
