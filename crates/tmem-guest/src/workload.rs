@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// Swap area size in pages.
     #[arg(long, default_value_t = 4096)]
     pub swap_pages: u64,
+    /// The first N swap pages are cold, like an idle process's swapped-out memory: stored
+    /// once, then only loaded (stored again only if not in tmem), never invalidated.
+    #[arg(long, default_value_t = 0)]
+    pub swap_cold_pages: u64,
     /// Inodes per filesystem.
     #[arg(long, default_value_t = 16)]
     pub inodes: u64,
@@ -436,8 +440,12 @@ impl Guest {
 
     fn swap_step(&mut self) {
         let off = self.rng.below(self.swap.len() as u64);
-        let r = self.rng.below(100);
+        let mut r = self.rng.below(100);
         let s = self.swap[off as usize];
+        if off < self.a.swap_cold_pages {
+            // Cold: load what tmem holds, (re)store anything else.
+            r = if matches!(s, Slot::InTmem(..)) { 50 } else { 0 };
+        }
         let id = |v: u32, seed: u64| PageId {
             seed,
             inode: 0,

@@ -143,6 +143,10 @@ impl Fleet {
                     "--swap",
                     "--swap-pages",
                     "1024",
+                    // A quarter of swap is an idle process's: stored once, then only read back,
+                    // so every restart has pages from before it to read.
+                    "--swap-cold-pages",
+                    "256",
                     // Ended by SIGTERM once the rounds are done (it then prints its final report).
                     "--seconds",
                     "3600",
@@ -185,14 +189,36 @@ impl Fleet {
                     && (!after_restart || was(x, &["guest", "swap_loaded_after_reconnect"]))
             }) {
                 panic!(
-                    "{who}: no {} within 20 s; last line: {}",
+                    "{who}: no {} within 20 s\nsince: {}\nlast line: {}",
                     if after_restart {
                         "verified load of a swap page stored before the restart"
                     } else {
                         "traffic"
                     },
+                    v["guest"],
                     last.map_or("none".into(), |v| v.to_string())
                 );
+            }
+        }
+    }
+
+    /// Every guest reports itself disconnected after `dead` (when a tmemd died). A busy guest
+    /// notices on its next call and reports every 50 ms, so a line read 100 ms after the death
+    /// cannot predate the guest's noticing it.
+    fn wait_disconnected_since(&self, dead: Instant) {
+        let after = dead + Duration::from_millis(100);
+        for (who, g) in &self.guests {
+            loop {
+                match g.wait_line_at(Duration::from_secs(10), |v| {
+                    is_status(v) && v["connected"] == false
+                }) {
+                    Ok((at, _)) if at > after => break,
+                    Ok(_) => {}
+                    Err(last) => panic!(
+                        "{who}: not disconnected within 10 s of tmemd's death; last line: {}",
+                        last.map_or("none".into(), |v| v.to_string())
+                    ),
+                }
             }
         }
     }
@@ -299,7 +325,7 @@ fn restart_under_load(sig: Signal, rounds: u64, tag: &str) {
         drop(daemon);
         // Some kills land while a restarted tmemd is still opening and scanning the page file
         // (on sockets of its own, so no guest sees it).
-        let mut early_note = String::new();
+        let mut note = String::new();
         if sig == Signal::SIGKILL && rng.below(2) == 0 {
             let after = Duration::from_millis(rng.below(40));
             let mut early = Daemon::spawn_on(
@@ -312,7 +338,23 @@ fn restart_under_load(sig: Signal, rounds: u64, tag: &str) {
             std::thread::sleep(after);
             early.signal(Signal::SIGKILL);
             early.wait(Duration::from_secs(20));
-            early_note = format!(" (and once {} ms into its start-up)", after.as_millis());
+            note = format!(" (and once {} ms into its start-up)", after.as_millis());
+        }
+        // Some land while the guests are reconnecting: reattaching their pools and replaying
+        // the invalidations they made while tmemd was away.
+        if sig == Signal::SIGKILL && rng.below(3) == 0 {
+            let after = Duration::from_millis(rng.below(150));
+            let mut storm = Daemon::start(&dir, &args);
+            std::thread::sleep(after);
+            storm.signal(Signal::SIGKILL);
+            storm.wait(Duration::from_secs(20));
+            let dead = Instant::now();
+            drop(storm);
+            fleet.wait_disconnected_since(dead);
+            note += &format!(
+                " (and once {} ms into the guests' reconnection)",
+                after.as_millis()
+            );
         }
         let restart = Instant::now();
         daemon = Daemon::start(&dir, &args);
@@ -363,7 +405,7 @@ fn restart_under_load(sig: Signal, rounds: u64, tag: &str) {
         }
         worst = worst.max(round_worst);
         eprintln!(
-            "{tag} {round}/{rounds}: {sig} after {} ms of load{early_note}; tmemd ready {} ms \
+            "{tag} {round}/{rounds}: {sig} after {} ms of load{note}; tmemd ready {} ms \
              after start; guests remapped within {} ms of ready",
             delay.as_millis(),
             ready.duration_since(restart).as_millis(),

@@ -47,6 +47,9 @@ fn guest_args(domid: &str, seconds: &str, filesystems: &str) -> Vec<String> {
         "--filesystems",
         filesystems,
         "--swap",
+        // Swap pages stored once and then only read back, as an idle process's would be.
+        "--swap-cold-pages",
+        "512",
         "--seconds",
         seconds,
         "--report-interval",
