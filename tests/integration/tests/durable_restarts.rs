@@ -2,7 +2,10 @@
 //! random moments while verifying guests hammer ephemeral, shared and persistent pools, and
 //! started again on the same page file. Every guest must be remapped within a second of each
 //! restart, find its persistent (swap) pool reattached with its pages, lose none of them and
-//! never read a stale or corrupt byte (each guest checks every page it gets back). A page file
+//! never read a stale or corrupt byte (each guest checks every page it gets back). Some kill
+//! rounds also kill a restarted tmemd while it opens the page file, or while the guests are
+//! reattaching and replaying their invalidations. Shared-pool authorisations are given once,
+//! before the first start, so they must survive every restart too. A page file
 //! of another major format is refused and left exactly as it was; one whose formatting a kill
 //! cut short is formatted again.
 //!
@@ -361,6 +364,12 @@ fn restart_under_load(sig: Signal, rounds: u64, tag: &str) {
         let ready = Instant::now();
 
         let mut problems = Vec::new();
+        // The operator's view: `tmem status` says what came back.
+        let rec = daemon.status()["page_memory"]["recovery"].clone();
+        let rec_pages = rec["pages"].as_u64().unwrap_or(0);
+        if rec["formatted"] != false || rec_pages == 0 {
+            problems.push(format!("tmemd recovered no pages: {rec}"));
+        }
         let mut round_worst = Duration::ZERO;
         for ((who, g), prev) in fleet.guests.iter().zip(last.iter_mut()) {
             let (at, v) = match g.wait_line_at(Duration::from_secs(20), settled) {
@@ -406,9 +415,11 @@ fn restart_under_load(sig: Signal, rounds: u64, tag: &str) {
         worst = worst.max(round_worst);
         eprintln!(
             "{tag} {round}/{rounds}: {sig} after {} ms of load{note}; tmemd ready {} ms \
-             after start; guests remapped within {} ms of ready",
+             after start, {rec_pages} pages recovered ({} torn records dropped); guests \
+             remapped within {} ms of ready",
             delay.as_millis(),
             ready.duration_since(restart).as_millis(),
+            rec["torn"],
             round_worst.as_millis()
         );
         if !problems.is_empty() {
