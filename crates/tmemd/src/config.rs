@@ -710,6 +710,46 @@ compress = true
     }
 
     #[test]
+    fn the_example_config_is_valid_and_so_are_its_commented_settings() {
+        let text = include_str!("../../../xen-config/tmemd.toml");
+        let f: FileConfig = toml::from_str(text).unwrap();
+        Config::merge(Args::default(), f).unwrap();
+        // The commented-out page memory and [[guest]] examples, switched on.
+        let on: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with("[[guest]]")
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            [
+                                "page_file",
+                                "durable",
+                                "shared_auth_required",
+                                "domid",
+                                "uid",
+                                "label",
+                                "weight",
+                                "cap_pages",
+                                "frozen",
+                                "compress",
+                                "shared_auth",
+                            ]
+                            .contains(&k.trim())
+                        }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let f: FileConfig = toml::from_str(&on).unwrap();
+        let c = Config::merge(Args::default(), f).unwrap();
+        assert_eq!(c.settings.clients.len(), 2, "{on}");
+        assert_eq!(c.page_file, Some(PathBuf::from(DEFAULT_PAGE_FILE)));
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let e = toml::from_str::<FileConfig>("mem_limt = \"1G\"").unwrap_err();
         assert!(e.message().contains("mem_limt"), "{}", e.message());

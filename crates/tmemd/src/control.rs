@@ -654,6 +654,81 @@ mod tests {
         uid == 0
     }
 
+    fn context(backing: crate::settings::Backing) -> Context {
+        use crate::settings::{Keeper, Settings};
+        let store = tmem_store::Store::new(tmem_store::StoreConfig {
+            mem_limit_bytes: 64 * tmem_abi::PAGE_SIZE as u64,
+            ..tmem_store::StoreConfig::default()
+        });
+        let keeper = Keeper::load(Settings::default(), backing).unwrap();
+        Context {
+            shared: Arc::new(Shared::with_settings(store, keeper)),
+            workers: Arc::new(Vec::new()),
+            started: Instant::now(),
+            allowed_uids: vec![0],
+            transports: vec!["local"],
+            page_memory: tmem_control::PageMemoryStatus {
+                origin: "heap".into(),
+                durable: false,
+                inherited: false,
+                path: None,
+                settings: String::new(),
+                recovery: None,
+            },
+        }
+    }
+
+    #[test]
+    fn every_administrative_change_is_saved_and_a_failed_save_is_reported() {
+        use crate::settings::Backing;
+        let dir = std::env::temp_dir().join(format!("tmemd-control-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("pages.settings.json");
+        let _ = std::fs::remove_file(&path);
+        let ctx = context(Backing::File(path.clone()));
+        ctx.shared.store.attach_client(3, 1, "web").unwrap();
+        let ok = |op| assert!(matches!(execute(op, &ctx), Ok(OkReply::Done { .. })));
+        ok(Op::Set {
+            target: Target::DomId(3),
+            weight: Some(4),
+            cap_pages: Some(99),
+            compress: None,
+        });
+        ok(Op::Freeze {
+            target: Target::Name("web".into()),
+        });
+        ok(Op::SharedAuth {
+            target: Target::DomId(7),
+            uuid: [1, 2],
+            allow: true,
+        });
+        let saved = std::fs::read_to_string(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&saved).unwrap();
+        assert_eq!(v["clients"]["3"]["weight"], 4, "{saved}");
+        assert_eq!(v["clients"]["3"]["cap_pages"], 99, "{saved}");
+        assert_eq!(v["clients"]["3"]["frozen"], true, "{saved}");
+        assert_eq!(
+            v["clients"]["7"]["shared_auth"][0],
+            tmem_control::format_uuid([1, 2]),
+            "{saved}"
+        );
+        assert!(ctx.shared.store.stats().clients[0].frozen);
+
+        // Nowhere to save: the change is made, and the administrator hears it will not last.
+        let ctx = context(Backing::File(dir.join("missing-dir").join("s.json")));
+        ctx.shared.store.attach_client(3, 1, "web").unwrap();
+        let e = execute(
+            Op::Thaw {
+                target: Target::DomId(3),
+            },
+            &ctx,
+        )
+        .unwrap_err();
+        assert_eq!(e.0, Kind::Refused);
+        assert!(e.1.contains("will not survive a restart"), "{}", e.1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn administrators_displace_the_oldest_when_full() {
         let full = conns(&[0; MAX_CONTROL_CONNS]);

@@ -50,38 +50,52 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A temporary directory removed on drop.
 #[derive(Debug)]
-pub struct TempDir(PathBuf);
+pub struct TempDir {
+    path: PathBuf,
+    /// A directory on a tmpfs for page files (/dev/shm when there is one, else `path`):
+    /// page memory on a disk would turn every page write into disk I/O.
+    pages: PathBuf,
+}
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
+        let name = format!(
             "tmem-it-{tag}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
-        ));
+        );
+        let p = std::env::temp_dir().join(&name);
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
+        let shm = Path::new("/dev/shm").join(&name);
+        let _ = std::fs::remove_dir_all(&shm);
+        let pages = if std::fs::create_dir(&shm).is_ok() {
+            shm
+        } else {
+            p.clone()
+        };
+        TempDir { path: p, pages }
     }
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
     pub fn socket(&self) -> PathBuf {
-        self.0.join("tmemd.sock")
+        self.path.join("tmemd.sock")
     }
     pub fn control(&self) -> PathBuf {
-        self.0.join("control.sock")
+        self.path.join("control.sock")
     }
     /// The page file [`Daemon::start`] gives tmemd.
     pub fn page_file(&self) -> PathBuf {
-        self.0.join("pages")
+        self.pages.join("pages")
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.path);
+        let _ = std::fs::remove_dir_all(&self.pages);
     }
 }
 

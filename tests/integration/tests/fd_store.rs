@@ -483,4 +483,30 @@ fn unusable_page_memory_is_refused_with_exit_status_3() {
         last.starts_with("tmemd: cannot open the page file") && last.contains("not-a-dir"),
         "{err}"
     );
+
+    // A page file larger than the free space of its file system.
+    let pages = dir.page_file();
+    let st = nix::sys::statvfs::statvfs(pages.parent().unwrap()).unwrap();
+    let free_mib = (st.blocks_available() * st.fragment_size()) >> 20;
+    let too_big = format!("{}M", free_mib * 2 + 64);
+    let out = Command::new(bin("tmemd"))
+        .args(["--no-xen", "--allow-overcommit", "--mem-limit", &too_big])
+        .arg("--page-file")
+        .arg(&pages)
+        .arg("--socket")
+        .arg(dir.socket())
+        .arg("--control-socket")
+        .arg(dir.control())
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tmemd");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.contains("needs") && last.contains("free") && last.contains("lower mem_limit"),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&pages).map(|m| m.len()).unwrap_or(0), 0);
 }
