@@ -3,6 +3,7 @@
 //!
 //! Nothing here replaces a component of ours; it only starts, watches and stops them.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -135,13 +136,33 @@ pub struct Launch {
 }
 
 impl Daemon {
-    /// Start tmemd in `dir` with extra arguments and wait until both sockets accept.
-    pub fn start(dir: &TempDir, extra: &[&str]) -> Daemon {
+    /// Start tmemd in `dir` with extra arguments and wait until it is ready (its control
+    /// socket accepts).
+    pub fn start<S: AsRef<OsStr>>(dir: &TempDir, extra: &[S]) -> Daemon {
         Daemon::start_with(dir, extra, Launch::default())
     }
 
     /// [`Daemon::start`] with an environment and inherited fds.
-    pub fn start_with(dir: &TempDir, extra: &[&str], launch: Launch) -> Daemon {
+    pub fn start_with<S: AsRef<OsStr>>(dir: &TempDir, extra: &[S], launch: Launch) -> Daemon {
+        let mut d = Daemon::spawn_on(dir, &dir.socket(), &dir.control(), extra, launch);
+        d.wait_ready(Duration::from_secs(10));
+        d
+    }
+
+    /// Start tmemd in `dir` with extra arguments, without waiting for it.
+    pub fn spawn<S: AsRef<OsStr>>(dir: &TempDir, extra: &[S]) -> Daemon {
+        Daemon::spawn_on(dir, &dir.socket(), &dir.control(), extra, Launch::default())
+    }
+
+    /// Start tmemd in `dir` on the given sockets (other sockets than the directory's own keep
+    /// the test's guests away from it), without waiting for it.
+    pub fn spawn_on<S: AsRef<OsStr>>(
+        dir: &TempDir,
+        socket: &Path,
+        control: &Path,
+        extra: &[S],
+        launch: Launch,
+    ) -> Daemon {
         let log = dir.path().join(format!(
             "tmemd-{}.log",
             Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())
@@ -153,9 +174,9 @@ impl Daemon {
             .expect("open daemon log");
         let mut cmd = Command::new(bin("tmemd"));
         cmd.arg("--socket")
-            .arg(dir.socket())
+            .arg(socket)
             .arg("--control-socket")
-            .arg(dir.control())
+            .arg(control)
             .args(["--log-level", "debug"])
             .args(extra)
             .env_remove("NOTIFY_SOCKET")
@@ -165,7 +186,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf);
-        let chooses = |flag: &str| extra.contains(&flag);
+        let chooses = |flag: &str| extra.iter().any(|a| a.as_ref() == flag);
         if !launch.own_page_memory && !chooses("--page-file") && !chooses("--no-durable") {
             cmd.arg("--page-file").arg(dir.page_file());
         }
@@ -175,17 +196,30 @@ impl Daemon {
         let passed = pass_fds(&mut cmd, launch.fds);
         let child = cmd.spawn().expect("spawn tmemd");
         drop(passed);
-        let d = Daemon {
+        Daemon {
             child,
             log,
-            socket: dir.socket(),
-            control: dir.control(),
-        };
-        let control = d.control.clone();
-        wait_for(Duration::from_secs(10), "tmemd control socket", || {
+            socket: socket.to_path_buf(),
+            control: control.to_path_buf(),
+        }
+    }
+
+    /// Wait until the control socket accepts; panics with the log if tmemd exits first.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let control = self.control.clone();
+        let child = &mut self.child;
+        let log = &self.log;
+        wait_for(timeout, "tmemd control socket", || {
+            if let Ok(Some(st)) = child.try_wait() {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                panic!(
+                    "tmemd exited ({st}) before it was ready; its log ends:\n{}",
+                    lines[lines.len().saturating_sub(20)..].join("\n")
+                );
+            }
             UnixStream::connect(&control).ok()
         });
-        d
     }
 
     /// The reply to `status`, as JSON.
@@ -299,7 +333,8 @@ pub fn counter(v: &Value, path: &[&str]) -> u64 {
 #[derive(Debug)]
 pub struct Guest {
     pub child: Child,
-    lines: Receiver<Value>,
+    /// Each JSON line with the instant the harness read it.
+    lines: Receiver<(Instant, Value)>,
     /// Every JSON line seen so far.
     pub seen: Arc<Mutex<Vec<Value>>>,
     pub stderr: Arc<Mutex<String>>,
@@ -326,8 +361,9 @@ impl Guest {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let at = Instant::now();
                     seen2.lock().unwrap().push(v.clone());
-                    let _ = tx.send(v);
+                    let _ = tx.send((at, v));
                 }
             }
         });
@@ -354,18 +390,40 @@ impl Guest {
 
     /// Wait for a JSON line satisfying `pred`; panics with the guest's stderr on timeout.
     pub fn wait_line(&self, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        match self.wait_line_at(timeout, pred) {
+            Ok((_, v)) => v,
+            Err(last) => panic!(
+                "timed out waiting for guest line: {what}\nlast line: {}\nstderr:\n{}",
+                last.map_or("none".to_string(), |v| v.to_string()),
+                self.stderr.lock().unwrap()
+            ),
+        }
+    }
+
+    /// Wait for a JSON line satisfying `pred`; returns it with the instant the harness read
+    /// it, or on timeout (or exit) the last line read while waiting.
+    pub fn wait_line_at(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<(Instant, Value), Option<Value>> {
         let deadline = Instant::now() + timeout;
+        let mut last = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(v) if pred(&v) => return v,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
-                    "timed out waiting for guest line: {what}\nstderr:\n{}",
-                    self.stderr.lock().unwrap()
-                ),
+                Ok((at, v)) if pred(&v) => return Ok((at, v)),
+                Ok((_, v)) => last = Some(v),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    return Err(last)
+                }
             }
         }
+    }
+
+    /// The guest's stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Wait for the guest to exit and return (exit status, stderr).
