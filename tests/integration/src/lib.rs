@@ -329,6 +329,53 @@ pub fn counter(v: &Value, path: &[&str]) -> u64 {
         .unwrap_or_else(|| panic!("{path:?} missing in {v}"))
 }
 
+/// Predicates on a tmem-guest `--json` status line.
+pub mod status {
+    use super::Value;
+
+    /// The pools the line reports.
+    pub fn pools(v: &Value) -> &[Value] {
+        v["pools"].as_array().map_or(&[], Vec::as_slice)
+    }
+
+    pub fn is_status(v: &Value) -> bool {
+        v["type"] == "status"
+    }
+
+    /// Connected, and every pool has a real id.
+    pub fn all_mapped(v: &Value) -> bool {
+        is_status(v)
+            && v["connected"] == true
+            && !pools(v).is_empty()
+            && pools(v).iter().all(|p| p["real_id"].is_u64())
+    }
+
+    /// Disconnected, and no pool has a real id.
+    pub fn none_mapped(v: &Value) -> bool {
+        is_status(v) && v["connected"] == false && pools(v).iter().all(|p| p["real_id"].is_null())
+    }
+
+    /// Connected again, and every pool settled: mapped, or refused by the backend.
+    pub fn settled(v: &Value) -> bool {
+        is_status(v)
+            && v["connected"] == true
+            && !pools(v).is_empty()
+            && pools(v)
+                .iter()
+                .all(|p| p["real_id"].is_u64() || !p["error"].is_null())
+    }
+
+    /// The remap deadline asserted after a restart: the promise is 1 s; a loaded 2-core CI
+    /// machine gets slack (override with `TMEM_REMAP_BOUND_MS`).
+    pub fn remap_bound() -> std::time::Duration {
+        let ms = std::env::var("TMEM_REMAP_BOUND_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000);
+        std::time::Duration::from_millis(ms)
+    }
+}
+
 /// A running tmem-guest whose `--json` lines are collected.
 #[derive(Debug)]
 pub struct Guest {

@@ -23,6 +23,7 @@ use nix::sys::signal::Signal;
 use tmem_abi::{Oid, Page, PageKey, PoolKind, PAGE_SIZE};
 use tmem_control::{OkReply, Op, Reply, Target};
 use tmem_front::{Client, ClientConfig, LocalTransport, Outcome};
+use tmem_tests::status::{all_mapped, is_status, pools, remap_bound, settled};
 use tmem_tests::{bin, counter, wait_for, Daemon, Guest, TempDir, Value};
 
 const SHARED_UUID: &str = "3b0e5c7d-1f2a-4c68-9d4e-7a5b6c8d9e01";
@@ -65,35 +66,6 @@ fn seed() -> u64 {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64),
     }
-}
-
-fn remap_bound() -> Duration {
-    Duration::from_millis(env_u64("TMEM_REMAP_BOUND_MS", 3000))
-}
-
-fn pools(v: &Value) -> &[Value] {
-    v["pools"].as_array().map_or(&[], Vec::as_slice)
-}
-
-fn is_status(v: &Value) -> bool {
-    v["type"] == "status"
-}
-
-fn all_mapped(v: &Value) -> bool {
-    is_status(v)
-        && v["connected"] == true
-        && !pools(v).is_empty()
-        && pools(v).iter().all(|p| p["real_id"].is_u64())
-}
-
-/// Connected again, and every pool settled: mapped, or refused by the backend.
-fn settled(v: &Value) -> bool {
-    is_status(v)
-        && v["connected"] == true
-        && !pools(v).is_empty()
-        && pools(v)
-            .iter()
-            .all(|p| p["real_id"].is_u64() || !p["error"].is_null())
 }
 
 /// Counters that must stay 0: a persistent page lost, or a byte that was stale or corrupt.

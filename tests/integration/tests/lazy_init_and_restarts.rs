@@ -8,37 +8,8 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tmem_tests::{Daemon, Guest, TempDir, Value};
-
-fn pools(v: &Value) -> &Vec<Value> {
-    v["pools"].as_array().expect("pools array")
-}
-
-fn is_status(v: &Value) -> bool {
-    v["type"] == "status"
-}
-
-/// Every pool of the guest has a real id (and the guest says it is connected).
-fn all_mapped(v: &Value) -> bool {
-    is_status(v)
-        && v["connected"] == true
-        && !pools(v).is_empty()
-        && pools(v).iter().all(|p| p["real_id"].is_u64())
-}
-
-/// No pool has a real id and the guest is disconnected.
-fn none_mapped(v: &Value) -> bool {
-    is_status(v) && v["connected"] == false && pools(v).iter().all(|p| p["real_id"].is_null())
-}
-
-fn counter(v: &Value, path: &[&str]) -> u64 {
-    let mut x = v;
-    for p in path {
-        x = &x[*p];
-    }
-    x.as_u64()
-        .unwrap_or_else(|| panic!("counter {path:?} missing in {v}"))
-}
+use tmem_tests::status::{all_mapped, is_status, none_mapped, pools, remap_bound, settled};
+use tmem_tests::{counter, Daemon, Guest, TempDir, Value};
 
 fn guest_args(domid: &str, seconds: &str, filesystems: &str) -> Vec<String> {
     [
@@ -149,27 +120,6 @@ fn guests_mounted_before_tmemd_get_fake_handles_then_real_pools_within_a_second(
     }
     assert_clean_exit(g1, "guest 1");
     assert_clean_exit(g2, "guest 2");
-}
-
-/// The first status line after a restart on which the guest is connected again and has
-/// settled every pool (mapped, or refused by the backend).
-fn settled(v: &Value) -> bool {
-    is_status(v)
-        && v["connected"] == true
-        && !pools(v).is_empty()
-        && pools(v)
-            .iter()
-            .all(|p| p["real_id"].is_u64() || !p["error"].is_null())
-}
-
-/// Remap deadline asserted after a restart: the promise is 1 s; a loaded 2-core CI machine
-/// gets slack (override with TMEM_REMAP_BOUND_MS).
-fn remap_bound() -> Duration {
-    let ms = std::env::var("TMEM_REMAP_BOUND_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
-    Duration::from_millis(ms)
 }
 
 /// After restart number `round`: each guest reconnects, its swap pool comes back reattached
