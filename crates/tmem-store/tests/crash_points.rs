@@ -544,7 +544,9 @@ fn ephemeral_pool_records_never_take_the_last_quarter_from_persistent_pools() {
         let id = Identity::Local { uid: 7, label };
         let (c, _) = store.attach(id, 1, "g").unwrap();
         for _ in 0..40 {
-            store.new_pool(c, [0, 0], PoolKind::PrivateEphemeral).unwrap();
+            store
+                .new_pool(c, [0, 0], PoolKind::PrivateEphemeral)
+                .unwrap();
         }
         clients.push(c);
     }
