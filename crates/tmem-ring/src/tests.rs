@@ -572,3 +572,63 @@ fn a_forged_mark_only_answers_the_forger() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].id, 10);
 }
+
+/// Whatever a guest (or a dead backend) left in the ring, taking it over is bounded and never
+/// panics: an error, or at most a ring's worth of answered and pending requests, after which
+/// the ring serves as usual.
+#[test]
+fn resume_over_arbitrary_ring_contents_is_bounded() {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let size = LAYOUT.ring_entries();
+    for _ in 0..500 {
+        let (b1, mut g) = pair(LAYOUT).unwrap();
+        let mem = Arc::clone(b1.mem());
+        drop(b1);
+        for i in 0..size {
+            let mut e = [0u8; 64];
+            for c in e.chunks_exact_mut(8) {
+                let w = next();
+                // Often a valid answer mark, so long answered prefixes happen too.
+                let w = if w % 3 == 0 {
+                    crate::backend::answer_mark(w as i32, (w >> 40) as u32 & 1)
+                } else {
+                    w
+                };
+                c.copy_from_slice(&w.to_le_bytes());
+            }
+            g.write_entry_bytes(i, &e);
+        }
+        let rsp = next() as u32;
+        let req = if next() % 2 == 0 {
+            rsp.wrapping_add((next() % u64::from(size + 1)) as u32)
+        } else {
+            next() as u32
+        };
+        g.set_req_prod(req);
+        // The response producer the dead backend left.
+        RingMem::new(Arc::clone(&mem), LAYOUT)
+            .unwrap()
+            .index(Index::RspProd)
+            .store(rsp, std::sync::atomic::Ordering::SeqCst);
+        let (mut b, r) = match BackendRing::resume(mem, LAYOUT) {
+            Ok(x) => x,
+            Err(e) => {
+                assert!(req.wrapping_sub(rsp) > size, "{e}");
+                continue;
+            }
+        };
+        assert_eq!(r.answered + r.pending, req.wrapping_sub(rsp));
+        assert!(b.peek_pending().len() as u32 <= r.pending);
+        b.publish();
+        assert_eq!(g.rsp_prod(), rsp.wrapping_add(r.answered));
+        let mut v = Vec::new();
+        let _ = b.next_batch(64, &mut v);
+        assert!(v.len() as u32 <= r.pending);
+    }
+}
