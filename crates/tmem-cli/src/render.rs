@@ -382,6 +382,52 @@ fn clients_text(n: u32) -> String {
     }
 }
 
+/// The page-memory lines of `tmem status`: where it is, whether it survives, what the start
+/// recovered.
+pub fn page_memory_text(pm: &tmem_control::PageMemoryStatus) -> String {
+    let place = match (pm.origin.as_str(), &pm.path) {
+        ("fd_store", _) if pm.inherited => {
+            "memfd in systemd's fd store (handed back at this start)".to_string()
+        }
+        ("fd_store", _) => "memfd in systemd's fd store (new at this start)".to_string(),
+        ("path", Some(p)) => format!("file {p}"),
+        ("heap", _) => "heap".to_string(),
+        (other, _) => other.to_string(),
+    };
+    let survives = if pm.durable {
+        "persistent pages survive a restart of tmemd"
+    } else {
+        "not durable: a restart of tmemd loses every page"
+    };
+    let mut out = format!("page memory: {place}; {survives}\n");
+    if let Some(r) = &pm.recovery {
+        if r.formatted {
+            out.push_str("recovered at start: nothing (new page memory)\n");
+        } else {
+            out.push_str(&format!(
+                "recovered at start: {} pages ({} zero) in {} pools of {} clients; dropped {} \
+                 torn, {} orphan, {} superseded; scan {} ms, rebuild {} ms\n",
+                r.pages,
+                r.zero_pages,
+                r.pools,
+                r.clients,
+                r.torn,
+                r.orphans,
+                r.superseded,
+                r.scan_ms,
+                r.rebuild_ms
+            ));
+        }
+    }
+    if !pm.settings.is_empty() {
+        out.push_str(&format!(
+            "settings changed with tmem are kept in: {}\n",
+            pm.settings
+        ));
+    }
+    out
+}
+
 /// The confirmation printed for a command other than `list` and `top`.
 pub fn render_reply(op: &Op, reply: &OkReply) -> String {
     match (op, reply) {
@@ -393,13 +439,20 @@ pub fn render_reply(op: &Op, reply: &OkReply) -> String {
                 uptime_secs,
                 guests_connected,
                 transports,
+                page_memory,
             },
-        ) => format!(
-            "tmemd {daemon_version} (control protocol {control_version}), up {}, \
-             {guests_connected} guest(s) connected, transports: {}\n",
-            human_duration(*uptime_secs),
-            transports.join(", ")
-        ),
+        ) => {
+            let mut out = format!(
+                "tmemd {daemon_version} (control protocol {control_version}), up {}, \
+                 {guests_connected} guest(s) connected, transports: {}\n",
+                human_duration(*uptime_secs),
+                transports.join(", ")
+            );
+            if let Some(pm) = page_memory {
+                out.push_str(&page_memory_text(pm));
+            }
+            out
+        }
         (_, OkReply::Freeable { pages, kib }) => format!(
             "{kib} KiB ({pages} pages, {} MiB) of ephemeral memory can be freed now\n",
             kib / 1024
@@ -638,6 +691,53 @@ pub(crate) mod tests {
                 counters: counters(100),
             }],
         }
+    }
+
+    #[test]
+    fn status_says_where_page_memory_is_and_what_was_recovered() {
+        let mut pm = tmem_control::PageMemoryStatus {
+            origin: "fd_store".into(),
+            durable: true,
+            inherited: true,
+            path: None,
+            settings: "fd \"tmemd-settings\" in the fd store".into(),
+            recovery: Some(tmem_control::RecoveryStatus {
+                formatted: false,
+                clients: 2,
+                pools: 3,
+                pages: 4096,
+                zero_pages: 7,
+                superseded: 1,
+                orphans: 2,
+                torn: 3,
+                scan_ms: 11,
+                rebuild_ms: 5,
+            }),
+        };
+        let reply = OkReply::Status {
+            daemon_version: "0.1.0".into(),
+            control_version: 1,
+            uptime_secs: 65,
+            guests_connected: 2,
+            transports: vec!["local".into()],
+            page_memory: Some(pm.clone()),
+        };
+        let text = render_reply(&Op::Status, &reply);
+        assert_eq!(
+            text,
+            "tmemd 0.1.0 (control protocol 1), up 1m 5s, 2 guest(s) connected, transports: local\n\
+             page memory: memfd in systemd's fd store (handed back at this start); persistent \
+             pages survive a restart of tmemd\n\
+             recovered at start: 4096 pages (7 zero) in 3 pools of 2 clients; dropped 3 torn, \
+             2 orphan, 1 superseded; scan 11 ms, rebuild 5 ms\n\
+             settings changed with tmem are kept in: fd \"tmemd-settings\" in the fd store\n"
+        );
+        pm.origin = "heap".into();
+        pm.durable = false;
+        pm.recovery = None;
+        pm.settings = "memory only".into();
+        let text = page_memory_text(&pm);
+        assert!(text.starts_with("page memory: heap; not durable"), "{text}");
     }
 
     #[test]

@@ -147,6 +147,9 @@ pub enum OkReply {
         uptime_secs: u64,
         guests_connected: u32,
         transports: Vec<String>,
+        /// Where page memory is and what was recovered at start (absent from older tmemd).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        page_memory: Option<PageMemoryStatus>,
     },
     Stats(Box<StoreStats>),
     /// Number of clients the command changed.
@@ -160,6 +163,47 @@ pub enum OkReply {
     Flushed {
         kib: u64,
     },
+}
+
+/// Where the daemon keeps page memory, for `tmem status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageMemoryStatus {
+    /// `fd_store` (a memfd in systemd's fd store), `path` (a file) or `heap`.
+    pub origin: String,
+    /// Whether persistent pages survive a restart of tmemd.
+    pub durable: bool,
+    /// For `fd_store`: the memfd was handed back by systemd at this start.
+    #[serde(default)]
+    pub inherited: bool,
+    /// For `path`: the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Where settings changed with `tmem` are kept.
+    #[serde(default)]
+    pub settings: String,
+    /// What the start found in durable page memory (absent for heap memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryStatus>,
+}
+
+/// What a start recovered from durable page memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecoveryStatus {
+    /// The page memory was new (nothing to recover).
+    pub formatted: bool,
+    pub clients: u32,
+    pub pools: u32,
+    pub pages: u64,
+    pub zero_pages: u64,
+    /// Older copies of a page whose duplicate put was cut short, dropped.
+    pub superseded: u64,
+    /// Pages of pools that no longer exist, dropped.
+    pub orphans: u64,
+    /// Records whose write was cut short, dropped.
+    pub torn: u64,
+    pub scan_ms: u64,
+    pub rebuild_ms: u64,
 }
 
 /// A reply line with its version.
@@ -300,6 +344,36 @@ mod tests {
             assert_eq!(line.last(), Some(&b'\n'));
             assert_eq!(decode_request(&line[..line.len() - 1]), Ok(op));
         }
+    }
+
+    #[test]
+    fn status_without_page_memory_still_decodes_and_with_it_round_trips() {
+        // What a tmemd from before durable memory sends.
+        let old = br#"{"version":1,"ok":{"kind":"status","daemon_version":"0.1.0","control_version":1,"uptime_secs":5,"guests_connected":0,"transports":["local"]}}"#;
+        match decode_reply(old).unwrap() {
+            Reply::Ok(OkReply::Status { page_memory, .. }) => assert_eq!(page_memory, None),
+            other => panic!("{other:?}"),
+        }
+        let new = Reply::Ok(OkReply::Status {
+            daemon_version: "0.1.0".into(),
+            control_version: 1,
+            uptime_secs: 5,
+            guests_connected: 0,
+            transports: vec!["local".into()],
+            page_memory: Some(PageMemoryStatus {
+                origin: "fd_store".into(),
+                durable: true,
+                inherited: true,
+                path: None,
+                settings: "fd \"tmemd-settings\" in the fd store".into(),
+                recovery: Some(RecoveryStatus {
+                    pages: 12,
+                    ..RecoveryStatus::default()
+                }),
+            }),
+        });
+        let line = encode_reply(new.clone());
+        assert_eq!(decode_reply(&line[..line.len() - 1]).unwrap(), new);
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct RunArgs {
     /// Swap area size in pages.
     #[arg(long, default_value_t = 4096)]
     pub swap_pages: u64,
+    /// The first N swap pages are cold, like an idle process's swapped-out memory: stored
+    /// once, then only loaded (stored again only if not in tmem), never invalidated.
+    #[arg(long, default_value_t = 0)]
+    pub swap_cold_pages: u64,
     /// Inodes per filesystem.
     #[arg(long, default_value_t = 16)]
     pub inodes: u64,
@@ -70,6 +74,9 @@ pub struct GuestCounters {
     pub swap_stored: u64,
     pub swap_loads: u64,
     pub swap_loaded: u64,
+    /// Of `swap_loaded`, pages stored on an earlier connection to tmemd (they survived a
+    /// disconnect, e.g. a restart of tmemd), verified like every other.
+    pub swap_loaded_after_reconnect: u64,
     pub swap_lost: u64,
     pub swap_unavailable: u64,
     pub swap_failed: u64,
@@ -95,7 +102,9 @@ struct Fs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Empty,
-    InTmem(u32),
+    /// Stored in tmem: the version, and the connection it was stored on (the client's
+    /// `connects` count), so a load on a later connection is known to have survived it.
+    InTmem(u32, u64),
     OnDisk(u32),
     /// Stored in tmem, then reported lost (the backend lost it); stays lost until the
     /// offset is stored or invalidated again.
@@ -431,8 +440,12 @@ impl Guest {
 
     fn swap_step(&mut self) {
         let off = self.rng.below(self.swap.len() as u64);
-        let r = self.rng.below(100);
+        let mut r = self.rng.below(100);
         let s = self.swap[off as usize];
+        if off < self.a.swap_cold_pages {
+            // Cold: load what tmem holds, (re)store anything else.
+            r = if matches!(s, Slot::InTmem(..)) { 50 } else { 0 };
+        }
         let id = |v: u32, seed: u64| PageId {
             seed,
             inode: 0,
@@ -446,7 +459,8 @@ impl Guest {
             fill(&mut self.page, id(v, self.swap_seed));
             if self.fswap.store(0, off, &self.page) {
                 self.c.swap_stored += 1;
-                self.swap[off as usize] = Slot::InTmem(v);
+                let conn = self.client.counters().map.connects;
+                self.swap[off as usize] = Slot::InTmem(v, conn);
             } else {
                 self.swap[off as usize] = Slot::OnDisk(v);
             }
@@ -455,10 +469,15 @@ impl Guest {
             self.page.fill(0x5a);
             let got = self.fswap.load(0, off, &mut self.page);
             match (got, s) {
-                (LoadOutcome::Loaded, Slot::InTmem(v)) => {
+                (LoadOutcome::Loaded, Slot::InTmem(v, conn)) => {
                     self.c.swap_loaded += 1;
                     match check(&self.page, id(v, self.swap_seed), &mut self.scratch) {
-                        Check::Ok => self.c.verified_pages += 1,
+                        Check::Ok => {
+                            self.c.verified_pages += 1;
+                            if self.client.counters().map.connects > conn {
+                                self.c.swap_loaded_after_reconnect += 1;
+                            }
+                        }
                         Check::Stale { got } => self.fatal(
                             "stale",
                             format!("swap offset {off}: got version {got}, stored {v}"),
@@ -472,7 +491,7 @@ impl Guest {
                 (LoadOutcome::Loaded, _) => {
                     self.fatal("stale", format!("swap offset {off}: tmem returned a page that was not stored there ({s:?})"));
                 }
-                (LoadOutcome::Lost, Slot::InTmem(_)) => {
+                (LoadOutcome::Lost, Slot::InTmem(..)) => {
                     // Reported loss: the data is gone (a kernel would fail this swap-in).
                     self.c.swap_lost += 1;
                     self.swap[off as usize] = Slot::Lost;
@@ -486,14 +505,14 @@ impl Guest {
                         format!("swap offset {off}: reported lost but never stored ({s:?})"),
                     );
                 }
-                (LoadOutcome::Unavailable, Slot::InTmem(_)) => self.c.swap_unavailable += 1,
+                (LoadOutcome::Unavailable, Slot::InTmem(..)) => self.c.swap_unavailable += 1,
                 (LoadOutcome::Unavailable, _) => {
                     self.fatal(
                         "bogus-unavailable",
                         format!("swap offset {off}: unavailable but never stored ({s:?})"),
                     );
                 }
-                (LoadOutcome::NotStored, Slot::InTmem(v)) => {
+                (LoadOutcome::NotStored, Slot::InTmem(v, _)) => {
                     self.fatal(
                         "silent-loss",
                         format!("swap offset {off}: version {v} was stored, load says not stored"),

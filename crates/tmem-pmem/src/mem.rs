@@ -32,6 +32,11 @@ pub enum OpenError {
     Incompatible { found_major: u32, found_minor: u32 },
     #[error("the page file's superblock is damaged ({0}); it is left as it was: remove it to start afresh")]
     Corrupt(String),
+    #[error(
+        "another process holds the page file (another tmemd?); two tmemds on one page file would \
+         corrupt it: stop the other one, or give this one another page file"
+    )]
+    Busy,
 }
 
 /// What [`PageMemory::open`] found.
@@ -94,6 +99,17 @@ impl PageMemory {
     /// geometry is kept: see [`PageMemory::geometry`]). Nothing is written to an existing
     /// file until its superblock has been found good.
     pub fn open(file: PageFile, want: Geometry) -> Result<(PageMemory, Opened), OpenError> {
+        // Held for as long as the file is open (the lock belongs to the open file, so an fd
+        // handed back by systemd's fd store, the same open file, takes it again at once).
+        #[allow(deprecated)]
+        match nix::fcntl::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file.as_fd()),
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        ) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EWOULDBLOCK) => return Err(OpenError::Busy),
+            Err(e) => return Err(OpenError::Io(e.into())),
+        }
         let len = file.len()?;
         let mut sb = [0u64; SB_WORDS];
         if len >= PAGE_SIZE as u64 {
@@ -103,7 +119,11 @@ impl PageMemory {
                 *w = u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
             }
         }
-        if len == 0 || (sb[SB_MAGIC] == 0 && sb.iter().all(|&w| w == 0)) {
+        // No magic: a format that never finished (it writes the magic last, after the other
+        // words in order), or an empty file. Anything else without our magic is not ours.
+        let unfinished = sb[SB_MAGIC] == 0
+            && (sb[SB_VERSION] == 0 || (sb[SB_VERSION] >> 32) as u32 == FORMAT_MAJOR);
+        if len == 0 || unfinished {
             return Self::format(file, want).map(|m| (m, Opened::Formatted));
         }
         if sb[SB_MAGIC] != MAGIC {

@@ -205,6 +205,13 @@ fn a_format_cut_short_is_formatted_again() {
     // Sized but no magic yet: what a kill during formatting leaves.
     let file = PageFile::memfd("t").unwrap();
     file.set_len(file_len(GEO)).unwrap();
+    let (m, how) = PageMemory::open(file, GEO).unwrap();
+    assert_eq!(how, Opened::Formatted);
+    // Killed after the other superblock words, before the magic.
+    let file = reopen(&m);
+    drop(m);
+    let mut f = std::fs::File::from(file.try_clone_fd().unwrap());
+    f.write_all(&0u64.to_le_bytes()).unwrap();
     let (_, how) = PageMemory::open(file, GEO).unwrap();
     assert_eq!(how, Opened::Formatted);
 }
@@ -235,5 +242,21 @@ fn a_path_file_is_created_and_reopened() {
     assert!(matches!(how, Opened::Existing { .. }));
     assert_eq!(m.scan().frames.len(), 1);
     assert!(m.lock_frame(2).iter().all(|&b| b == 4));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_page_file_in_use_by_another_process_is_refused() {
+    let dir = std::env::temp_dir().join(format!("tmem-pmem-busy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pages");
+    let (m, _) = PageMemory::open(PageFile::open_path(&path).unwrap(), GEO).unwrap();
+    // A second open of the path is another open file: refused while the first lives.
+    let e = PageMemory::open(PageFile::open_path(&path).unwrap(), GEO).unwrap_err();
+    assert!(matches!(e, OpenError::Busy), "{e}");
+    // The same open file (an fd handed back by systemd's fd store) is not refused.
+    let again = reopen(&m);
+    drop(m);
+    assert!(PageMemory::open(again, GEO).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -244,33 +244,13 @@ impl Meta {
     /// Give new pool `gid` (slot `pool_index` of client `c`) a pool record, if it is one the
     /// page file keeps and a record is free.
     pub(crate) fn record_pool(&mut self, gid: u32, c: ClientId, pool_index: u32) {
-        let (kind, uuid, pgen) = {
-            let p = self.pool(gid);
-            (p.kind, p.uuid, p.gen)
-        };
-        if self.pool_record_available(kind, uuid) != Some(true) {
+        let p = self.pool(gid);
+        if self.pool_record_available(p.kind, p.uuid) != Some(true) {
             return;
         }
-        let Some(cl) = self.clients.get(&c) else {
-            return;
-        };
-        let (tag, a, b) = encode_identity(cl.identity);
-        let rec = PoolRecord {
-            owner_tag: tag,
-            owner_a: a,
-            owner_b: b,
-            instance: cl.instance,
-            pool_index: pool_index as u16,
-            kind: KIND_PRIVATE_PERSISTENT,
-            uuid,
-            gen: pgen,
-        };
-        let Some(d) = self.dur.as_mut() else { return };
-        let Some(slot) = d.pool_free.pop() else {
-            return;
-        };
-        d.pm.write_pool(slot, &rec);
-        self.pool_mut(gid).rec = slot;
+        if let Some(slot) = self.write_pool_record(gid, c, pool_index, p.gen) {
+            self.pool_mut(gid).rec = slot;
+        }
     }
 
     /// Record client `c`'s membership of ephemeral or shared pool `gid` (its slot
@@ -278,33 +258,11 @@ impl Meta {
     /// (empty: ephemeral pages are not kept). Best effort: without a free record the pool
     /// is simply not there after a restart, as ephemeral pools may not be.
     pub(crate) fn record_slot(&mut self, gid: u32, c: ClientId, pool_index: u32) {
-        let (kind, uuid) = {
-            let p = self.pool(gid);
-            (p.kind, p.uuid)
-        };
-        let Some(cl) = self.clients.get(&c) else {
+        // The membership's own age (a shared pool may be older than its sharer).
+        let gen = self.next_gen;
+        let Some(slot) = self.write_pool_record(gid, c, pool_index, gen) else {
             return;
         };
-        let Ok(idx) = u16::try_from(pool_index) else {
-            return;
-        };
-        let (tag, a, b) = encode_identity(cl.identity);
-        let rec = PoolRecord {
-            owner_tag: tag,
-            owner_a: a,
-            owner_b: b,
-            instance: cl.instance,
-            pool_index: idx,
-            kind: kind_code(kind),
-            uuid,
-            gen: self.next_gen,
-        };
-        let Some(slot) = self.dur.as_mut().and_then(|d| d.pool_free.pop()) else {
-            return;
-        };
-        if let Some(d) = self.dur.as_ref() {
-            d.pm.write_pool(slot, &rec);
-        }
         if let Some(Some(s)) = self
             .clients
             .get_mut(&c)
@@ -312,6 +270,35 @@ impl Meta {
         {
             s.rec = slot;
         }
+    }
+
+    /// Write the record of pool `gid` as slot `pool_index` of client `c`; its record slot,
+    /// or `None` (not durable, no free record, or an id the record cannot hold).
+    fn write_pool_record(
+        &mut self,
+        gid: u32,
+        c: ClientId,
+        pool_index: u32,
+        gen: u64,
+    ) -> Option<u32> {
+        let p = self.pool(gid);
+        let (kind, uuid) = (p.kind, p.uuid);
+        let cl = self.clients.get(&c)?;
+        let (tag, a, b) = encode_identity(cl.identity);
+        let rec = PoolRecord {
+            owner_tag: tag,
+            owner_a: a,
+            owner_b: b,
+            instance: cl.instance,
+            pool_index: u16::try_from(pool_index).ok()?,
+            kind: kind_code(kind),
+            uuid,
+            gen,
+        };
+        let d = self.dur.as_mut()?;
+        let slot = d.pool_free.pop()?;
+        d.pm.write_pool(slot, &rec);
+        Some(slot)
     }
 
     /// A membership record (see [`Meta::record_slot`]) goes, with its slot.

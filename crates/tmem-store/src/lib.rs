@@ -6,10 +6,12 @@
 //! Nothing a guest sends can make it panic; every failure is a [`TmemError`].
 //!
 //! # Layout
-//! * Page data lives in fixed-size frames (see `frames.rs`), addressed by `u32`, allocated and
-//!   pre-faulted in 2 MiB chunks on first use and recycled through a free list. The number of
-//!   frames is the configured memory limit divided by [`PAGE_SIZE`], so page data can never
-//!   exceed the limit.
+//! * Page data lives in fixed-size frames (see `frames.rs`), addressed by `u32` and recycled
+//!   through a free list: on the heap ([`Store::new`]: allocated and pre-faulted in 2 MiB
+//!   chunks on first use; nothing outlives the process), or in a page file
+//!   ([`Store::open_durable`], `durable.rs`: persistent pages and the records to find them
+//!   again outlive tmemd; see docs/persistence.md). The number of frames is the configured
+//!   memory limit divided by [`PAGE_SIZE`], so page data can never exceed the limit.
 //! * A stored page is a *node*. A page with data is the node whose id equals its frame; an
 //!   all-zero page (and an LRU list head) is an "extra" node with the top bit set and no frame.
 //!   Per-node metadata is one 16-byte struct (LRU `prev`/`next`, `obj`, `index`) plus a `u32`
@@ -32,6 +34,9 @@
 //! * `pools.rs`: creating, joining, leaving and destroying pools.
 //! * `put.rs`, `get.rs`: the page operations (`get.rs` also flushes pages and objects).
 //! * `admin.rs`: freeze, weight, caps, shared-pool authorisation, prefault, `flush_kib`.
+//! * `durable.rs`: the memory layout's meaning — which pools and pages get records in the
+//!   page file, the write order, recovery, and resuming a client after a restart (the file
+//!   format itself is in the `tmem-pmem` crate, with the only `unsafe` it needs).
 //! * `stats.rs`: the statistics snapshot; `reap.rs`: chunked reclaim; `frames.rs`,
 //!   `pagemap.rs`, `hash.rs`, `identity.rs`: the building blocks named above.
 //!
@@ -47,7 +52,8 @@
 //!   the lock; copy into the frame; retake it and link the page in.
 //! * get: under metadata, find the node and lock its frame; drop the metadata lock; copy out.
 //!   A frame in the index is therefore read whole or not at all, never while being refilled.
-//! * duplicate put (general path): the old frame is locked under metadata and refilled in
+//! * duplicate put (general path, heap frames only: a durable page is never refilled in
+//!   place, it takes a new frame like a new handle): the old frame is locked under metadata and refilled in
 //!   place after the metadata lock is dropped; readers queue on the frame lock and see old or
 //!   new data whole.
 //!
@@ -243,7 +249,7 @@ impl Store {
         }
     }
 
-    /// Free the pages of destroyed pools and flushed objects, [`REAP_CHUNK`] pages per
+    /// Free the pages of destroyed pools and flushed objects, `REAP_CHUNK` (2048) pages per
     /// metadata-lock acquisition, yielding between chunks so that other guests' operations
     /// get the lock. Returns when nothing is pending. The destroy and flush operations call
     /// it themselves; any thread may call it, several at once share the work.

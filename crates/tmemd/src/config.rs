@@ -8,10 +8,16 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
-use tmem_store::StoreConfig;
+use tmem_store::{Identity, StoreConfig};
+
+use crate::settings::{ClientSettings, Settings, Uuid, Who};
 
 pub const DEFAULT_SOCKET: &str = "/run/tmemd/tmemd.sock";
 pub const DEFAULT_CONTROL_SOCKET: &str = tmem_control::DEFAULT_CONTROL_SOCKET;
+/// Where page memory lives when neither systemd's fd store nor `page_file` says otherwise.
+/// Outside the unit's `RuntimeDirectory=` (/run/tmemd), which systemd removes when tmemd
+/// stops; /run is a tmpfs, so this lasts until the host reboots.
+pub const DEFAULT_PAGE_FILE: &str = "/run/tmemd-pages/pages";
 
 /// tmemd: transcendent memory for Xen guests, as a dom0 daemon.
 #[derive(Debug, Parser, Default)]
@@ -68,6 +74,13 @@ pub struct Args {
     /// domain but dom0).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub xen_domains: Option<Vec<String>>,
+    /// File that holds page memory, on a tmpfs (default: a memfd in systemd's fd store under
+    /// systemd, else /run/tmemd-pages/pages).
+    #[arg(long, value_name = "PATH")]
+    pub page_file: Option<PathBuf>,
+    /// Keep page memory on the heap: nothing survives a restart of tmemd.
+    #[arg(long)]
+    pub no_durable: bool,
 }
 
 /// The TOML file. Unknown keys are an error, so a typo is not silently ignored.
@@ -100,6 +113,30 @@ pub struct FileConfig {
     pub prefault: Option<bool>,
     /// Accept a mem_limit above the host's available memory (default false).
     pub allow_overcommit: Option<bool>,
+    /// File that holds page memory (see `--page-file`).
+    pub page_file: Option<PathBuf>,
+    /// Persistent pages survive a restart of tmemd (default true).
+    pub durable: Option<bool>,
+    /// Whether joining a shared pool needs a per-client authorisation (default true).
+    pub shared_auth_required: Option<bool>,
+    /// Per-guest settings: `[[guest]]` tables.
+    pub guest: Option<Vec<GuestConfig>>,
+}
+
+/// One `[[guest]]` table: a Xen domain (`domid`) or a local client (`uid` and `label`), and
+/// the settings it starts with.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestConfig {
+    pub domid: Option<u32>,
+    pub uid: Option<u32>,
+    pub label: Option<u32>,
+    pub weight: Option<u32>,
+    pub cap_pages: Option<u64>,
+    pub frozen: Option<bool>,
+    pub compress: Option<bool>,
+    /// Shared-pool uuids this guest may join.
+    pub shared_auth: Option<Vec<String>>,
 }
 
 /// The validated configuration.
@@ -124,6 +161,12 @@ pub struct Config {
     pub allow_overcommit: bool,
     /// `None`: every domain but dom0.
     pub xen_domains: Option<Vec<String>>,
+    /// The page file when configured (`None`: fd store under systemd, else the default path).
+    pub page_file: Option<PathBuf>,
+    /// Page memory survives tmemd (false: heap frames).
+    pub durable: bool,
+    /// Administrator settings the config file declares (the baseline; see [`crate::settings`]).
+    pub settings: Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -261,7 +304,20 @@ impl Config {
                 }
             }
         }
+        if let Some(p) = args.page_file.as_ref().or(file.page_file.as_ref()) {
+            if p.as_os_str().is_empty() || p.is_dir() || p.to_string_lossy().ends_with('/') {
+                return Err(invalid(format!(
+                    "page_file {:?} must name a file (e.g. /run/tmemd-pages/pages)",
+                    p.display().to_string()
+                )));
+            }
+        }
+        let settings =
+            declared_settings(file.shared_auth_required, file.guest.unwrap_or_default())?;
         Ok(Config {
+            page_file: args.page_file.or(file.page_file),
+            durable: !args.no_durable && file.durable.unwrap_or(true),
+            settings,
             xen,
             prefault: !args.no_prefault && file.prefault.unwrap_or(true),
             xen_domains,
@@ -285,6 +341,58 @@ impl Config {
             store,
         })
     }
+}
+
+/// The `[[guest]]` tables and `shared_auth_required`, checked, as the settings baseline.
+fn declared_settings(
+    required: Option<bool>,
+    guests: Vec<GuestConfig>,
+) -> Result<Settings, ConfigError> {
+    let mut s = Settings {
+        shared_auth_required: required,
+        ..Settings::default()
+    };
+    for (i, g) in guests.into_iter().enumerate() {
+        let n = i + 1;
+        let who = match (g.domid, g.uid, g.label) {
+            (Some(domid), None, None) => Identity::Xen { domid },
+            (None, Some(uid), Some(label)) => Identity::Local { uid, label },
+            _ => {
+                return Err(invalid(format!(
+                    "[[guest]] number {n} must name either a Xen domain (domid = N) or a local \
+                     client (uid = N and label = N), not both or neither"
+                )))
+            }
+        };
+        let shared_auth = match g.shared_auth {
+            Some(list) => {
+                let mut v = Vec::new();
+                for u in list {
+                    let uuid = tmem_control::parse_uuid(&u)
+                        .map_err(|e| invalid(format!("[[guest]] {who}: shared_auth: {e}")))?;
+                    if !v.contains(&Uuid(uuid)) {
+                        v.push(Uuid(uuid));
+                    }
+                }
+                v.sort();
+                Some(v)
+            }
+            None => None,
+        };
+        let c = ClientSettings {
+            weight: g.weight,
+            cap_pages: g.cap_pages,
+            frozen: g.frozen,
+            compress: g.compress,
+            shared_auth,
+        };
+        if s.clients.insert(Who(who), c).is_some() {
+            return Err(invalid(format!(
+                "[[guest]] {who} is declared twice; merge the two tables"
+            )));
+        }
+    }
+    Ok(s)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -526,6 +634,119 @@ mod tests {
             meminfo_available("MemTotal: 10 kB\nMemAvailable:  2048 kB\n"),
             Some(2 << 20)
         );
+    }
+
+    #[test]
+    fn page_memory_choices() {
+        let c = Config::merge(Args::default(), FileConfig::default()).unwrap();
+        assert!(c.durable);
+        assert_eq!(c.page_file, None);
+        let args =
+            Args::try_parse_from(["tmemd", "--page-file", "/dev/shm/p", "--no-durable"]).unwrap();
+        let f: FileConfig = toml::from_str("page_file = \"/run/x/pages\"\n").unwrap();
+        let c = Config::merge(args, f).unwrap();
+        assert!(!c.durable);
+        assert_eq!(c.page_file, Some(PathBuf::from("/dev/shm/p")));
+        let f: FileConfig = toml::from_str("durable = false\n").unwrap();
+        assert!(!Config::merge(Args::default(), f).unwrap().durable);
+        let f: FileConfig = toml::from_str("page_file = \"/run/\"\n").unwrap();
+        let e = Config::merge(Args::default(), f).unwrap_err();
+        assert!(e.to_string().contains("must name a file"), "{e}");
+    }
+
+    #[test]
+    fn guests_declared_in_the_file_become_the_settings_baseline() {
+        let text = r#"
+shared_auth_required = false
+[[guest]]
+domid = 3
+weight = 2
+cap_pages = 1000
+frozen = false
+shared_auth = ["6f1c2a7e-93b4-4d2e-8a11-0c5f3e9d7b21"]
+[[guest]]
+uid = 1000
+label = 7
+compress = true
+"#;
+        let f: FileConfig = toml::from_str(text).unwrap();
+        let c = Config::merge(Args::default(), f).unwrap();
+        assert_eq!(c.settings.shared_auth_required, Some(false));
+        let d3 = &c.settings.clients[&Who(Identity::Xen { domid: 3 })];
+        assert_eq!(
+            (d3.weight, d3.cap_pages, d3.frozen),
+            (Some(2), Some(1000), Some(false))
+        );
+        assert_eq!(d3.shared_auth.as_ref().map(Vec::len), Some(1));
+        let l = &c.settings.clients[&Who(Identity::Local {
+            uid: 1000,
+            label: 7,
+        })];
+        assert_eq!(l.compress, Some(true));
+    }
+
+    #[test]
+    fn bad_guest_tables_are_refused_with_what_is_wrong() {
+        for (text, want) in [
+            ("[[guest]]\nweight = 2\n", "either a Xen domain"),
+            ("[[guest]]\ndomid = 1\nuid = 0\nlabel = 1\n", "not both"),
+            ("[[guest]]\nuid = 0\n", "either a Xen domain"),
+            (
+                "[[guest]]\ndomid = 1\nshared_auth = [\"nope\"]\n",
+                "bad uuid 'nope'",
+            ),
+            (
+                "[[guest]]\ndomid = 1\n[[guest]]\ndomid = 1\n",
+                "declared twice",
+            ),
+        ] {
+            let f: FileConfig = toml::from_str(text).unwrap();
+            let e = Config::merge(Args::default(), f).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = toml::from_str::<FileConfig>("[[guest]]\ndomid = 1\nwieght = 2\n").unwrap_err();
+        assert!(e.message().contains("wieght"), "{}", e.message());
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_so_are_its_commented_settings() {
+        let text = include_str!("../../../xen-config/tmemd.toml");
+        let f: FileConfig = toml::from_str(text).unwrap();
+        Config::merge(Args::default(), f).unwrap();
+        // The commented-out page memory and [[guest]] examples, switched on.
+        let on: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with("[[guest]]")
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            [
+                                "page_file",
+                                "durable",
+                                "shared_auth_required",
+                                "domid",
+                                "uid",
+                                "label",
+                                "weight",
+                                "cap_pages",
+                                "frozen",
+                                "compress",
+                                "shared_auth",
+                            ]
+                            .contains(&k.trim())
+                        }) =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let f: FileConfig = toml::from_str(&on).unwrap();
+        let c = Config::merge(Args::default(), f).unwrap();
+        assert_eq!(c.settings.clients.len(), 2, "{on}");
+        assert_eq!(c.page_file, Some(PathBuf::from(DEFAULT_PAGE_FILE)));
     }
 
     #[test]

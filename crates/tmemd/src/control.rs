@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::daemon::{read_some, write_some};
 use crate::ratelimit::RateLimiter;
+use crate::settings::Keeper;
 use crate::worker::{lock, Shared, WorkerHandle};
 
 /// A connection with no complete request for this long is closed.
@@ -56,6 +57,8 @@ pub struct Context {
     pub allowed_uids: Vec<u32>,
     /// The transports serving guests, as reported by `tmem status`.
     pub transports: Vec<&'static str>,
+    /// Where page memory is and what the start recovered, as reported by `tmem status`.
+    pub page_memory: tmem_control::PageMemoryStatus,
 }
 
 /// The control listener and its connections, with the admission policy above.
@@ -390,6 +393,7 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
             uptime_secs: ctx.started.elapsed().as_secs(),
             guests_connected: ctx.shared.connected.load(Ordering::Relaxed),
             transports: ctx.transports.iter().map(|t| t.to_string()).collect(),
+            page_memory: Some(ctx.page_memory.clone()),
         }),
         Op::List { target } => {
             let mut stats = store.stats();
@@ -401,8 +405,20 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
             }
             Ok(OkReply::Stats(Box::new(stats)))
         }
-        Op::Freeze { target } => for_each(ctx, &target, |c| store.set_frozen(c, true)),
-        Op::Thaw { target } => for_each(ctx, &target, |c| store.set_frozen(c, false)),
+        Op::Freeze { target } => administer(ctx, |keeper| {
+            for_each(ctx, &target, |c, who| {
+                store.set_frozen(c, true)?;
+                keeper.change_client(who, |s| s.frozen = Some(true));
+                Ok(())
+            })
+        }),
+        Op::Thaw { target } => administer(ctx, |keeper| {
+            for_each(ctx, &target, |c, who| {
+                store.set_frozen(c, false)?;
+                keeper.change_client(who, |s| s.frozen = Some(false));
+                Ok(())
+            })
+        }),
         Op::Set {
             target,
             weight,
@@ -415,57 +431,68 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
                     "nothing to set: give a weight, a cap or a compress flag".into(),
                 ));
             }
-            for_each(ctx, &target, |c| {
-                if let Some(w) = weight {
-                    store.set_weight(c, w)?;
-                }
-                if let Some(cap) = cap_pages {
-                    store.set_cap_pages(c, cap)?;
-                }
-                if let Some(on) = compress {
-                    store.set_compress(c, on)?;
-                }
-                Ok(())
+            administer(ctx, |keeper| {
+                for_each(ctx, &target, |c, who| {
+                    if let Some(w) = weight {
+                        store.set_weight(c, w)?;
+                        keeper.change_client(who, |s| s.weight = Some(w));
+                    }
+                    if let Some(cap) = cap_pages {
+                        store.set_cap_pages(c, cap)?;
+                        keeper.change_client(who, |s| s.cap_pages = Some(cap));
+                    }
+                    if let Some(on) = compress {
+                        store.set_compress(c, on)?;
+                        keeper.change_client(who, |s| s.compress = Some(on));
+                    }
+                    Ok(())
+                })
             })
         }
         Op::SharedAuth {
             target,
             uuid,
             allow,
-        } => match target {
-            Target::All => {
-                // Xen's cli_id=ALL: switch authorisation checking off (allow) or on.
-                store.set_shared_auth_required(!allow);
-                Ok(OkReply::Done { clients: 0 })
-            }
-            Target::DomId(domid) => store
-                .set_shared_auth(Identity::Xen { domid }, uuid, allow)
-                .map(|_| OkReply::Done { clients: 1 })
-                .map_err(|e| (Kind::Refused, format!("domain {domid}: {e}"))),
-            Target::Local { uid, label } => {
-                let who = Identity::Local { uid, label };
+        } => administer(ctx, |keeper| {
+            let mut authorise = |who: Identity| {
                 store
                     .set_shared_auth(who, uuid, allow)
-                    .map(|_| OkReply::Done { clients: 1 })
-                    .map_err(|e| (Kind::Refused, format!("client {who}: {e}")))
-            }
-            Target::Name(_) => {
-                let ids = resolve(ctx, &target)?;
-                let stats = store.stats();
-                for c in stats
-                    .clients
-                    .iter()
-                    .filter(|c| ids.contains(&ClientId(c.client_id)))
-                {
-                    store
-                        .set_shared_auth(c.identity(), uuid, allow)
-                        .map_err(|e| (Kind::Refused, format!("client {}: {e}", c.identity())))?;
+                    .map_err(|e| match who {
+                        Identity::Xen { domid } => (Kind::Refused, format!("domain {domid}: {e}")),
+                        Identity::Local { .. } => (Kind::Refused, format!("client {who}: {e}")),
+                    })?;
+                keeper.change_shared_auth(who, uuid, allow);
+                Ok::<_, (Kind, String)>(())
+            };
+            match &target {
+                Target::All => {
+                    // Xen's cli_id=ALL: switch authorisation checking off (allow) or on.
+                    store.set_shared_auth_required(!allow);
+                    keeper.change_shared_auth_required(!allow);
+                    Ok(OkReply::Done { clients: 0 })
                 }
-                Ok(OkReply::Done {
-                    clients: ids.len() as u32,
-                })
+                Target::DomId(domid) => {
+                    authorise(Identity::Xen { domid: *domid })?;
+                    Ok(OkReply::Done { clients: 1 })
+                }
+                Target::Local { uid, label } => {
+                    authorise(Identity::Local {
+                        uid: *uid,
+                        label: *label,
+                    })?;
+                    Ok(OkReply::Done { clients: 1 })
+                }
+                Target::Name(_) => {
+                    let ids = resolve(ctx, &target)?;
+                    for (_, who) in identities(ctx, &ids) {
+                        authorise(who)?;
+                    }
+                    Ok(OkReply::Done {
+                        clients: ids.len() as u32,
+                    })
+                }
             }
-        },
+        }),
         Op::Freeable => {
             let pages = store.freeable_pages();
             Ok(OkReply::Freeable {
@@ -502,19 +529,58 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
     }
 }
 
-/// Apply `f` to every client the target names.
+/// Run an administrative change with the settings held (so a client attaching meanwhile
+/// gets either the old settings and then the change, or the new ones), then save them: a
+/// change that is in effect but could not be saved is reported, since it would not survive
+/// a restart.
+fn administer(ctx: &Context, f: impl FnOnce(&mut Keeper) -> OpResult) -> OpResult {
+    let mut keeper = lock(&ctx.shared.settings);
+    let outcome = f(&mut keeper);
+    // Also after an error: changes made to the clients before it are in effect.
+    if !keeper.is_dirty() {
+        return outcome;
+    }
+    match keeper.save() {
+        Ok(()) => outcome,
+        Err(e) => {
+            warn!("{e}");
+            // The operation's own error says more; else say the change will not last.
+            outcome?;
+            Err((
+                Kind::Refused,
+                format!("the change is in effect but will not survive a restart of tmemd: {e}"),
+            ))
+        }
+    }
+}
+
+/// Apply `f` to every client the target names, with its identity.
 fn for_each(
     ctx: &Context,
     target: &Target,
-    mut f: impl FnMut(ClientId) -> Result<(), tmem_abi::TmemError>,
+    mut f: impl FnMut(ClientId, Identity) -> Result<(), tmem_abi::TmemError>,
 ) -> OpResult {
     let ids = resolve(ctx, target)?;
-    for &c in &ids {
-        f(c).map_err(|e| (Kind::Refused, e.to_string()))?;
+    for (c, who) in identities(ctx, &ids) {
+        f(c, who).map_err(|e| (Kind::Refused, e.to_string()))?;
     }
     Ok(OkReply::Done {
         clients: ids.len() as u32,
     })
+}
+
+/// The identities of these clients (a client destroyed meanwhile is left out).
+fn identities(ctx: &Context, ids: &[ClientId]) -> Vec<(ClientId, Identity)> {
+    let stats = ctx.shared.store.stats();
+    ids.iter()
+        .filter_map(|&c| {
+            stats
+                .clients
+                .iter()
+                .find(|s| s.client_id == c.0)
+                .map(|s| (c, s.identity()))
+        })
+        .collect()
 }
 
 /// The clients a target names; an unknown domain is an error, `All` may be empty.
@@ -594,6 +660,90 @@ mod tests {
 
     fn admin(uid: u32) -> bool {
         uid == 0
+    }
+
+    fn context(backing: crate::settings::Backing) -> Context {
+        use crate::settings::{Keeper, Settings};
+        let store = tmem_store::Store::new(tmem_store::StoreConfig {
+            mem_limit_bytes: 64 * tmem_abi::PAGE_SIZE as u64,
+            ..tmem_store::StoreConfig::default()
+        });
+        let keeper = Keeper::load(Settings::default(), backing).unwrap();
+        Context {
+            shared: Arc::new(Shared::with_settings(store, keeper)),
+            workers: Arc::new(Vec::new()),
+            started: Instant::now(),
+            allowed_uids: vec![0],
+            transports: vec!["local"],
+            page_memory: tmem_control::PageMemoryStatus {
+                origin: "heap".into(),
+                durable: false,
+                inherited: false,
+                path: None,
+                settings: String::new(),
+                recovery: None,
+            },
+        }
+    }
+
+    #[test]
+    fn every_administrative_change_is_saved_and_a_failed_save_is_reported() {
+        use crate::settings::Backing;
+        let dir = std::env::temp_dir().join(format!("tmemd-control-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("pages.settings.json");
+        let _ = std::fs::remove_file(&path);
+        let ctx = context(Backing::File(path.clone()));
+        ctx.shared.store.attach_client(3, 1, "web").unwrap();
+        let ok = |op| assert!(matches!(execute(op, &ctx), Ok(OkReply::Done { .. })));
+        ok(Op::Set {
+            target: Target::DomId(3),
+            weight: Some(4),
+            cap_pages: Some(99),
+            compress: None,
+        });
+        ok(Op::Freeze {
+            target: Target::Name("web".into()),
+        });
+        ok(Op::SharedAuth {
+            target: Target::DomId(7),
+            uuid: [1, 2],
+            allow: true,
+        });
+        let saved = std::fs::read_to_string(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&saved).unwrap();
+        assert_eq!(v["clients"]["3"]["weight"], 4, "{saved}");
+        assert_eq!(v["clients"]["3"]["cap_pages"], 99, "{saved}");
+        assert_eq!(v["clients"]["3"]["frozen"], true, "{saved}");
+        assert_eq!(
+            v["clients"]["7"]["shared_auth"][0],
+            tmem_control::format_uuid([1, 2]),
+            "{saved}"
+        );
+        assert!(ctx.shared.store.stats().clients[0].frozen);
+
+        // Nowhere to save: the change is made, and the administrator hears it will not last.
+        let ctx = context(Backing::File(dir.join("missing-dir").join("s.json")));
+        ctx.shared.store.attach_client(3, 1, "web").unwrap();
+        // A request that changes nothing saves nothing, and reports its own error.
+        let e = execute(
+            Op::Freeze {
+                target: Target::DomId(99),
+            },
+            &ctx,
+        )
+        .unwrap_err();
+        assert_eq!(e.0, Kind::UnknownDomain, "{}", e.1);
+        let e = execute(
+            Op::Thaw {
+                target: Target::DomId(3),
+            },
+            &ctx,
+        )
+        .unwrap_err();
+        assert_eq!(e.0, Kind::Refused);
+        assert!(e.1.contains("will not survive a restart"), "{}", e.1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

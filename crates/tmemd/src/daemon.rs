@@ -1,8 +1,10 @@
 //! The daemon's main thread: sockets, handshakes, the control socket, signals, housekeeping.
 //!
-//! Order of start-up: bind the guest and control sockets (so a second tmemd fails early and
-//! clearly), build the store, start the workers and serve; systemd hears READY once the
-//! page memory is faulted in (on a thread beside serving).
+//! Order of start-up: take the fds systemd passed, bind the guest and control sockets (so a
+//! second tmemd fails early and clearly, before it touches page memory), open the store on
+//! its page memory ([`crate::pagemem`]: recovery, fd store), give it the saved settings,
+//! start the workers and serve; systemd hears READY once the page memory is faulted in (on a
+//! thread beside serving).
 //! SIGTERM or SIGINT stops the workers, removes the sockets and exits 0.
 
 use std::io::{ErrorKind, Read, Write};
@@ -14,15 +16,16 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use tmem_store::Store;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::control::{self, ControlServer};
 use crate::handshake::{raise_fd_limit, Admission};
 use crate::health::Health;
+use crate::pagemem::{self, Inherited, PageMemError};
 use crate::ratelimit::RateLimiter;
 use crate::sdnotify::Notifier;
+use crate::settings::{Keeper, SettingsError};
 use crate::worker::{self, Shared, WorkerHandle, WorkerMsg};
 
 const GUEST_LISTENER: Token = Token(0);
@@ -56,10 +59,28 @@ pub enum DaemonError {
          is in the log above)"
     )]
     NoWorkers,
+    #[error(transparent)]
+    PageMemory(#[from] PageMemError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+}
+
+impl DaemonError {
+    /// The exit status: [`pagemem::EXIT_PAGE_MEMORY`] when page memory cannot be used, 2
+    /// for saved settings that cannot be read (like a bad config file), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::PageMemory(_) => pagemem::EXIT_PAGE_MEMORY,
+            DaemonError::Settings(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn run(config: Config) -> Result<(), DaemonError> {
+    // First, while this is the only thread: it changes the environment.
+    let mut inherited = Inherited::from_env();
     raise_fd_limit();
     // Signals are taken through a signalfd; block them in every thread (workers inherit).
     let mut mask = SigSet::empty();
@@ -86,7 +107,31 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let mut control =
         ControlServer::new(control_listener, FIRST_CONTROL).map_err(DaemonError::Poll)?;
 
-    let shared = Arc::new(Shared::new(Store::new(config.store.clone())));
+    let notifier = Notifier::from_env();
+    let opened = pagemem::open(&config, &mut inherited, &notifier)?;
+    let keeper = Keeper::load(config.settings.clone(), opened.settings)?;
+    let page_memory = pagemem::status(
+        &opened.placement,
+        opened.recovery.as_ref(),
+        keeper.backing(),
+    );
+    let refused = keeper.effective().apply_all(&opened.store);
+    info!(
+        kept_in = %keeper.backing(),
+        changed_with_tmem = keeper.has_changes(),
+        refused,
+        "administrator settings applied"
+    );
+    let recovered = opened.store.recovered_clients();
+    let shared = Arc::new(Shared::with_settings(opened.store, keeper));
+    if !recovered.is_empty() {
+        info!(
+            clients = recovered.len(),
+            grace_secs = config.reattach_grace.as_secs(),
+            "recovered clients wait for their guests to reattach"
+        );
+        shared.schedule_recovered(&recovered);
+    }
     let mut workers = Vec::new();
     let mut joins = Vec::new();
     for i in 0..config.workers as usize {
@@ -116,7 +161,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         )
         .map_err(DaemonError::Poll)?;
 
-    let notifier = Notifier::from_env();
     let mut watchdog = Notifier::watchdog_interval().map(Watchdog::new);
     let started = Instant::now();
     let admission = Admission::new(
@@ -158,6 +202,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         } else {
             vec!["local"]
         },
+        page_memory,
     };
     info!(
         socket = %config.socket.display(),

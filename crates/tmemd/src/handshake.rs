@@ -319,7 +319,7 @@ impl Inner {
                 return;
             }
         };
-        shared.attached(client);
+        shared.attached_as(client, identity);
         let guest = match pending.accept(client.0) {
             Ok(g) => g,
             Err(e) => {

@@ -4,6 +4,10 @@
 //!
 //! `cargo bench -p tmem-tests --bench e2e` prints one table. `TMEM_E2E_PAGES` sets the pages
 //! per guest (default 100000). Numbers go into docs/benchmarks.md.
+//!
+//! A second table compares durable page memory (the default: a page file on /dev/shm) with
+//! heap frames (`--no-durable`): two daemons side by side, one guest at a time, alternating,
+//! `TMEM_E2E_RUNS` runs (default 5), medians with min and max.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -274,4 +278,98 @@ fn main() {
     println!("| no guest connected                | {idle_empty:>12.2}% |");
     println!("| one idle guest connected          | {idle_client:>12.2}% |");
     drop(daemon);
+    durable_vs_heap(pages, &mem);
+}
+
+fn runs() -> usize {
+    std::env::var("TMEM_E2E_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+        .max(1)
+}
+
+/// Median, min and max.
+fn spread(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// Persistent puts and gets through tmemd with durable page memory against heap frames.
+fn durable_vs_heap(pages: u64, mem: &str) {
+    let dirs = [TempDir::new("e2e-heap"), TempDir::new("e2e-durable")];
+    let daemons = [
+        Daemon::start(&dirs[0], &["--mem-limit", mem, "--no-durable"]),
+        Daemon::start(&dirs[1], &["--mem-limit", mem]),
+    ];
+    for d in &daemons {
+        tmem_tests::wait_for(Duration::from_secs(120), "tmemd prefault", || {
+            d.log_text()
+                .contains("page-data memory faulted in")
+                .then_some(())
+        });
+    }
+    let sync_pages = (pages / 10).max(1000);
+    // [mode][metric] over runs: put/s, get/s, sync put p50, p99, sync get p50, p99.
+    let mut m: [[Vec<f64>; 6]; 2] = Default::default();
+    for run in 0..runs() {
+        for k in 0..2 {
+            // Alternate which goes first, so neither always runs on a warmer machine.
+            let mode = if run % 2 == 0 { k } else { 1 - k };
+            let (p, g, _) = guests(&dirs[mode], 1, pages, &[]);
+            let (_, _, sync) = guests(&dirs[mode], 1, sync_pages, &["--window", "1"]);
+            let v = &sync[0];
+            let lat = |op: &str, q: &str| v[op][q].as_f64().unwrap_or(f64::NAN);
+            let vals = [
+                p,
+                g,
+                lat("put", "p50_us"),
+                lat("put", "p99_us"),
+                lat("get", "p50_us"),
+                lat("get", "p99_us"),
+            ];
+            for (i, x) in vals.into_iter().enumerate() {
+                m[mode][i].push(x);
+            }
+        }
+    }
+    println!();
+    println!(
+        "durable page memory against heap frames: persistent pool, 1 guest, window 128 and \
+         window 1; median [min–max] of {} runs",
+        runs()
+    );
+    println!();
+    println!("| metric | heap frames (--no-durable) | durable (page file) | durable / heap |");
+    println!("|---|---:|---:|---:|");
+    let names = [
+        "put pages/s",
+        "get pages/s",
+        "sync put p50 µs",
+        "sync put p99 µs",
+        "sync get p50 µs",
+        "sync get p99 µs",
+    ];
+    let [heap, durable] = &mut m;
+    for (i, name) in names.iter().enumerate() {
+        let (hm, hl, hh) = spread(&mut heap[i]);
+        let (dm, dl, dh) = spread(&mut durable[i]);
+        let fmt = |x: f64| {
+            if i < 2 {
+                format!("{x:.0}")
+            } else {
+                format!("{x:.1}")
+            }
+        };
+        println!(
+            "| {name} | {} [{}–{}] | {} [{}–{}] | {:.2} |",
+            fmt(hm),
+            fmt(hl),
+            fmt(hh),
+            fmt(dm),
+            fmt(dl),
+            fmt(dh),
+            dm / hm
+        );
+    }
 }

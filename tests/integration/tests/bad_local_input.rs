@@ -145,7 +145,8 @@ fn mem_limit_above_host_memory_is_refused_unless_overcommit_is_allowed() {
         err.contains("more than this host has available") && err.contains("--allow-overcommit"),
         "{err}"
     );
-    // With the override (and no prefault, so nothing is touched) it starts and serves.
+    // With the override (and no prefault, so nothing is touched) it starts and serves. Heap
+    // page memory: a page file that large would not fit its tmpfs, which is refused anyway.
     let daemon = Daemon::start(
         &dir,
         &[
@@ -154,6 +155,7 @@ fn mem_limit_above_host_memory_is_refused_unless_overcommit_is_allowed() {
             &too_much,
             "--allow-overcommit",
             "--no-prefault",
+            "--no-durable",
         ],
     );
     let r = daemon.control(&tmem_control::Op::Status);
@@ -192,7 +194,17 @@ fn ready_is_sent_only_once_page_memory_is_in_place() {
         .spawn()
         .expect("spawn tmemd");
     let mut buf = [0u8; 256];
-    let n = notify.recv(&mut buf).expect("READY within 60 s");
+    // The page memory's fd-store messages come first; READY once it is faulted in.
+    let recv = |buf: &mut [u8]| loop {
+        match notify.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r.expect("READY within 60 s"),
+        }
+    };
+    let mut n = recv(&mut buf);
+    while buf[..n].starts_with(b"FDSTORE=1") {
+        n = recv(&mut buf);
+    }
     // Read the daemon's resident memory at once: READY must not come before the prefault.
     let rss = rss_bytes(child.id());
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();

@@ -1,42 +1,15 @@
 //! The seed's story on real processes: guests that mount before tmemd exists get fake pool
 //! handles, are remapped when tmemd comes up, revert when it dies (SIGTERM or SIGKILL) and
-//! are remapped again when it returns — and never see a stale byte (each guest verifies every
-//! page it gets back and exits non-zero on a stale, corrupt or silently lost page).
+//! are remapped again when it returns — with their persistent (swap) pages still there, since
+//! tmemd keeps them in a page file that outlives it — and never see a stale byte (each guest
+//! verifies every page it gets back and exits non-zero on a stale, corrupt or silently lost
+//! page).
 
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tmem_tests::{Daemon, Guest, TempDir, Value};
-
-fn pools(v: &Value) -> &Vec<Value> {
-    v["pools"].as_array().expect("pools array")
-}
-
-fn is_status(v: &Value) -> bool {
-    v["type"] == "status"
-}
-
-/// Every pool of the guest has a real id (and the guest says it is connected).
-fn all_mapped(v: &Value) -> bool {
-    is_status(v)
-        && v["connected"] == true
-        && !pools(v).is_empty()
-        && pools(v).iter().all(|p| p["real_id"].is_u64())
-}
-
-/// No pool has a real id and the guest is disconnected.
-fn none_mapped(v: &Value) -> bool {
-    is_status(v) && v["connected"] == false && pools(v).iter().all(|p| p["real_id"].is_null())
-}
-
-fn counter(v: &Value, path: &[&str]) -> u64 {
-    let mut x = v;
-    for p in path {
-        x = &x[*p];
-    }
-    x.as_u64()
-        .unwrap_or_else(|| panic!("counter {path:?} missing in {v}"))
-}
+use tmem_tests::status::{all_mapped, is_status, none_mapped, pools, remap_bound, settled};
+use tmem_tests::{counter, Daemon, Guest, TempDir, Value};
 
 fn guest_args(domid: &str, seconds: &str, filesystems: &str) -> Vec<String> {
     [
@@ -45,6 +18,9 @@ fn guest_args(domid: &str, seconds: &str, filesystems: &str) -> Vec<String> {
         "--filesystems",
         filesystems,
         "--swap",
+        // Swap pages stored once and then only read back, as an idle process's would be.
+        "--swap-cold-pages",
+        "512",
         "--seconds",
         seconds,
         "--report-interval",
@@ -146,10 +122,59 @@ fn guests_mounted_before_tmemd_get_fake_handles_then_real_pools_within_a_second(
     assert_clean_exit(g2, "guest 2");
 }
 
+/// After restart number `round`: each guest reconnects, its swap pool comes back reattached
+/// with its pages (no loss reported), and it is fully remapped soon after tmemd is ready.
+fn check_reattached(guests: &[(&Guest, &str)], ready: Instant, round: u64, how: &str) {
+    for (g, who) in guests {
+        let (at, v) = g
+            .wait_line_at(Duration::from_secs(15), settled)
+            .unwrap_or_else(|last| {
+                panic!(
+                    "{who} did not reconnect after {how}; last line: {last:?}\nstderr:\n{}",
+                    g.stderr_text()
+                )
+            });
+        let took = at.saturating_duration_since(ready);
+        eprintln!(
+            "{who}: remapped {} ms after tmemd was ready ({how})",
+            took.as_millis()
+        );
+        // Losses first: they are what a restart must no longer cause.
+        for path in [
+            &["counters", "map", "losses"][..],
+            &["counters", "map", "lost_pages"],
+            &["counters", "map", "unexpected_misses"],
+            &["guest", "swap_lost"],
+            &["guest", "verification_errors"],
+        ] {
+            assert_eq!(counter(&v, path), 0, "{who} after {how}: {path:?} in {v}");
+        }
+        assert!(
+            counter(&v, &["counters", "map", "reattached"]) >= round,
+            "{who} after {how}: swap pool not reattached (restart {round}): {v}"
+        );
+        assert!(all_mapped(&v), "{who} after {how}: a pool was refused: {v}");
+        assert!(
+            took < remap_bound(),
+            "{who} after {how}: remapped {took:?} after tmemd was ready (target 1 s)"
+        );
+        // Swap pages stored before the restart come back, verified byte for byte.
+        let path = ["guest", "swap_loaded_after_reconnect"];
+        let before = counter(&v, &path);
+        g.wait_line(
+            Duration::from_secs(10),
+            "a verified load of a swap page stored before the restart",
+            |x| is_status(x) && counter(x, &path) > before,
+        );
+    }
+}
+
 #[test]
-fn tmemd_killed_or_terminated_under_load_never_serves_stale_data() {
+fn tmemd_killed_or_terminated_under_load_keeps_persistent_pages_and_never_serves_stale_data() {
     let dir = TempDir::new("restart");
-    let mut daemon = Daemon::start(&dir, &["--mem-limit", "64M"]);
+    // Daemon::start gives tmemd the test's own page file (TempDir::page_file).
+    let args = ["--mem-limit", "64M"];
+    let mut daemon = Daemon::start(&dir, &args);
     let g1 = start_guest(&dir, &guest_args("1", "14", "4"));
     let g2 = start_guest(&dir, &guest_args("2", "14", "4"));
     for g in [&g1, &g2] {
@@ -158,6 +183,7 @@ fn tmemd_killed_or_terminated_under_load_never_serves_stale_data() {
             is_status(v) && counter(v, &["guest", "swap_loaded"]) > 0
         });
     }
+    let guests = [(&g1, "guest 1"), (&g2, "guest 2")];
 
     // SIGKILL: no goodbye, no cleanup; the socket file stays behind.
     daemon.signal(Signal::SIGKILL);
@@ -169,23 +195,11 @@ fn tmemd_killed_or_terminated_under_load_never_serves_stale_data() {
             none_mapped,
         );
     }
-    std::thread::sleep(Duration::from_millis(300));
     drop(daemon);
-    let mut daemon = Daemon::start(&dir, &["--mem-limit", "64M"]);
-    for g in [&g1, &g2] {
-        g.wait_line(
-            Duration::from_secs(10),
-            "remapped after SIGKILL",
-            all_mapped,
-        );
-        // The swap pages stored before the kill are gone with the old tmemd: reported.
-        g.wait_line(Duration::from_secs(10), "loss reported", |v| {
-            is_status(v) && counter(v, &["counters", "map", "losses"]) >= 1
-        });
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    let mut daemon = Daemon::start(&dir, &args);
+    check_reattached(&guests, Instant::now(), 1, "SIGKILL");
 
-    // SIGTERM: a clean exit with status 0.
+    // SIGTERM: a clean exit with status 0, and the pages are still there afterwards.
     daemon.signal(Signal::SIGTERM);
     let st = daemon.wait(Duration::from_secs(10));
     assert!(
@@ -198,23 +212,26 @@ fn tmemd_killed_or_terminated_under_load_never_serves_stale_data() {
         g.wait_line(Duration::from_secs(10), "revert after SIGTERM", none_mapped);
     }
     drop(daemon);
-    let daemon = Daemon::start(&dir, &["--mem-limit", "64M"]);
-    for g in [&g1, &g2] {
-        g.wait_line(
-            Duration::from_secs(10),
-            "remapped after SIGTERM",
-            all_mapped,
-        );
-        g.wait_line(Duration::from_secs(10), "second loss reported", |v| {
-            is_status(v) && counter(v, &["counters", "map", "losses"]) >= 2
-        });
-    }
+    let daemon = Daemon::start(&dir, &args);
+    check_reattached(&guests, Instant::now(), 2, "SIGTERM");
     for (g, who) in [(g1, "guest 1"), (g2, "guest 2")] {
         let last = assert_clean_exit(g, who);
         assert!(
             counter(&last, &["counters", "map", "connects"]) >= 3,
             "{who}: {last}"
         );
+        assert!(
+            counter(&last, &["counters", "map", "reattached"]) >= 2,
+            "{who}: {last}"
+        );
+        for path in [
+            &["counters", "map", "losses"][..],
+            &["counters", "map", "lost_pages"],
+            &["counters", "frontswap", "lost_loads"],
+            &["guest", "swap_lost"],
+        ] {
+            assert_eq!(counter(&last, path), 0, "{who}: {path:?} in {last}");
+        }
         assert!(counter(&last, &["guest", "verified_pages"]) > 0, "{who}");
         assert!(counter(&last, &["guest", "read_hits"]) > 0, "{who}");
     }

@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tmem_store::{ClientId, Store};
+use tmem_store::{ClientId, Identity, Store};
 use tracing::info;
 
 use crate::health::Health;
+use crate::settings::{Keeper, Settings};
 use crate::sync::lock;
 
 /// State shared by the accept paths, the workers and the control socket.
@@ -30,6 +31,8 @@ pub struct Shared {
     pub connected: AtomicU32,
     /// Heartbeats of the workers and the Xen control plane, checked before feeding systemd.
     pub health: Health,
+    /// Administrator settings, given to each client as it attaches and saved on change.
+    pub settings: Mutex<Keeper>,
 }
 
 /// What the control side holds on a connected guest.
@@ -85,12 +88,35 @@ pub struct Full {
 
 impl Shared {
     pub fn new(store: Store) -> Shared {
+        Shared::with_settings(store, Keeper::in_memory(Settings::default()))
+    }
+
+    pub fn with_settings(store: Store, settings: Keeper) -> Shared {
         Shared {
             store,
             guests: Mutex::new(HashMap::new()),
             detached: Mutex::new(HashMap::new()),
             connected: AtomicU32::new(0),
             health: Health::default(),
+            settings: Mutex::new(settings),
+        }
+    }
+
+    /// The client was attached in the store: it is no longer waiting for expiry, and it gets
+    /// the settings administrators gave its identity (before its first request is served).
+    pub fn attached_as(&self, client: ClientId, identity: Identity) {
+        self.attached(client);
+        let effective = lock(&self.settings).effective();
+        effective.apply_client(&self.store, identity, client);
+    }
+
+    /// Clients rebuilt by recovery wait for their guest like detached ones: destroyed once
+    /// the reattach grace ends unless their guest comes back.
+    pub fn schedule_recovered(&self, recovered: &[(ClientId, u64)]) {
+        let since = Instant::now();
+        let mut d = lock(&self.detached);
+        for &(client, epoch) in recovered {
+            d.insert(client, Detached { since, epoch });
         }
     }
 

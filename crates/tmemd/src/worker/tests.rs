@@ -326,6 +326,74 @@ fn a_guest_reattaching_as_its_grace_expires_keeps_its_persistent_pools() {
     );
 }
 
+/// A client rebuilt by recovery is detached in the store with an epoch; the daemon schedules
+/// it like a lost connection: destroyed when the grace ends, unless its guest came back.
+#[test]
+fn recovered_clients_expire_after_the_grace_unless_their_guest_reattaches() {
+    let shared = shared();
+    let (gone, _) = shared.store.attach_client(5, 1, "gone").unwrap();
+    let (back, _) = shared.store.attach_client(6, 1, "back").unwrap();
+    // What recovery leaves: detached clients and their epochs, nothing in `detached` yet.
+    let recovered = vec![
+        (gone, shared.store.detach_client(gone)),
+        (back, shared.store.detach_client(back)),
+    ];
+    shared.schedule_recovered(&recovered);
+    shared.expire_detached(Duration::from_secs(3600));
+    assert_eq!(
+        shared.store.client_by_domid(5),
+        Some(gone),
+        "expired too early"
+    );
+    assert_eq!(
+        shared.store.attach_client(6, 1, "back"),
+        Ok((back, Attach::Reattached))
+    );
+    shared.attached_as(back, tmem_store::Identity::Xen { domid: 6 });
+    shared.expire_detached(Duration::ZERO);
+    assert_eq!(shared.store.client_by_domid(5), None, "not expired");
+    assert_eq!(
+        shared.store.client_by_domid(6),
+        Some(back),
+        "reattached, kept"
+    );
+}
+
+/// Settings given to an identity reach its client when it attaches, before any request.
+#[test]
+fn a_client_gets_its_identitys_settings_when_it_attaches() {
+    use crate::settings::{ClientSettings, Keeper, Settings, Who};
+    let mut baseline = Settings::default();
+    baseline.clients.insert(
+        Who(tmem_store::Identity::Xen { domid: 8 }),
+        ClientSettings {
+            weight: Some(3),
+            cap_pages: Some(40),
+            frozen: Some(true),
+            ..ClientSettings::default()
+        },
+    );
+    let shared = Shared::with_settings(
+        Store::new(StoreConfig {
+            mem_limit_bytes: 64 * PAGE_SIZE as u64,
+            ..StoreConfig::default()
+        }),
+        Keeper::in_memory(baseline),
+    );
+    let (c, _) = shared.store.attach_client(8, 1, "set").unwrap();
+    shared.attached_as(c, tmem_store::Identity::Xen { domid: 8 });
+    let (other, _) = shared.store.attach_client(9, 1, "unset").unwrap();
+    shared.attached_as(other, tmem_store::Identity::Xen { domid: 9 });
+    let stats = shared.store.stats();
+    let get = |id: ClientId| stats.clients.iter().find(|x| x.client_id == id.0).unwrap();
+    assert_eq!(
+        (get(c).weight, get(c).cap_pages, get(c).frozen),
+        (3, 40, true)
+    );
+    assert!(!get(other).frozen);
+    assert_ne!(get(other).weight, 3);
+}
+
 #[test]
 fn an_idle_worker_keeps_beating_and_a_hung_one_goes_silent() {
     let shared = shared();

@@ -90,7 +90,8 @@ impl XenBackend {
             .store
             .attach_client(d, keys.instance, &name)
             .map_err(|e| format!("cannot attach a store client: {e}"))?;
-        self.shared.attached(client);
+        self.shared
+            .attached_as(client, tmem_store::Identity::Xen { domid: d });
         let kill = Arc::new(AtomicBool::new(false));
         let conn = match GuestConn::from_xen(client, d, name, mem, layout, port, kill.clone()) {
             Ok(c) => c,
