@@ -1,8 +1,9 @@
 # restart: tmemd is stopped under load, once with SIGTERM and once with SIGKILL, and started
 # again each time on the same page file. Two domUs (filesystems and swap, i.e. a persistent
 # pool, every page verified on load) must lose no swap page and never see a stale or corrupt
-# byte. After SIGTERM (tmemd closes the device) both reconnect and find their persistent pool
-# again ("reattached"). After SIGKILL the frontends are still Connected: `ra` waits up to 60 s
+# byte; `ra`'s swap pages are all stored before the first stop and read back after each
+# restart. After SIGTERM (tmemd closes the device) both reconnect and find their persistent
+# pool again ("reattached"). After SIGKILL the frontends are still Connected: `ra` waits up to 60 s
 # for an answer and must be resumed in place (same connection, same pool ids, its requests in
 # flight answered); `rb` gives up after the default 5 s and is either resumed or reconnects.
 # For each restart the scenario reports which path each guest took and how long after
@@ -29,24 +30,26 @@ served_after() {
 NO_LOSS='.counters.map.losses == 0 and .counters.map.lost_pages == 0 and .guest.swap_lost == 0 and .guest.verification_errors == 0'
 
 # guest_json_since NAME LINE JQ: like guest_json, over the status lines after console line
-# LINE only; `$o0` is the ops count of the first of them (where the guest stood then).
+# LINE only; `$first` is the first of them (where the guest stood then).
 guest_json_since() {
     guest_log "$1" | tail -n +$(($2 + 1)) | grep -E '^\{.*"type":"(status|final)"' > "/tmp/$1.since.json"
-    [ -s "/tmp/$1.since.json" ] && jq -e -s "(.[0].guest.ops) as \$o0 | any(.[]; $3)" "/tmp/$1.since.json" >/dev/null 2>&1
+    [ -s "/tmp/$1.since.json" ] && jq -e -s ".[0] as \$first | any(.[]; $3)" "/tmp/$1.since.json" >/dev/null 2>&1
 }
 
 tmemd_start
 wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
 ARGS="$XEN_GUEST --seconds 150 --filesystems 2 --swap"
-guest_start ra $ARGS --call-timeout-ms 60000
+# ra's swap is small and cold: each of its 64 pages is stored once, then only read back.
+guest_start ra $ARGS --swap-pages 64 --swap-cold-pages 64 --call-timeout-ms 60000
 guest_start rb $ARGS
 for g in ra rb; do wait_json $g 180 "$ALL_MAPPED" "connected, all pools real"; done
 DOM_ra=$(guest_domid ra)
 DOM_rb=$(guest_domid rb)
 n=1
+wait_json ra 120 ".guest.swap_stored >= 64 and $NO_LOSS" "ra: all 64 of its swap pages stored"
 for sig in TERM KILL; do
     for g in ra rb; do
-        wait_json $g 60 ".guest.swap_loaded > 0 and .connected and $NO_LOSS" \
+        wait_json $g 90 ".guest.swap_loaded > 0 and .connected and $NO_LOSS" \
             "swap pages stored and read back before SIG$sig, nothing lost"
         # Its connections so far (they cannot change while tmemd is away).
         last_status $g /tmp/$g.before.json
@@ -83,8 +86,15 @@ for sig in TERM KILL; do
                 cond=".counters.map.connects > $con and .counters.map.reattached >= 1" ;;
         esac
         wait_for 90 "domU $g after SIG$sig: $what, all pools real, work going on, nothing lost" \
-            guest_json_since $g "$line" "$ALL_MAPPED and $cond and .guest.ops > \$o0 + 50 and $NO_LOSS"
+            guest_json_since $g "$line" "$ALL_MAPPED and $cond and .guest.ops > \$first.guest.ops + 50 and $NO_LOSS"
         ok "domU $g after SIG$sig: $what, all pools real, work going on, nothing lost"
+        if [ $g = ra ]; then
+            # Its 64 swap pages were all stored before the stop and never since (a store would
+            # mean one was missing): these loads read back pages put before the restart.
+            wait_for 90 "domU ra after SIG$sig: swap pages put before the restart read back" \
+                guest_json_since ra "$line" ".guest.swap_stored == 64 and .guest.swap_loaded > \$first.guest.swap_loaded + 20 and $NO_LOSS"
+            ok "domU ra after SIG$sig: its 64 swap pages, all put before the restart, read back and verified byte for byte (none stored again)"
+        fi
         ok "TIMING SIG$sig domU $g: ${how% *} $(echo "$how" | cut -d' ' -f2) s after tmemd's first log line"
         eval "HOW_${g}_$sig=\"\$how\""
     done
@@ -92,7 +102,9 @@ done
 for g in ra rb; do
     guest_exit $g 240
     [ "$GUEST_RC" = 0 ] || fail "$g: tmem-guest exited with '$GUEST_RC' (stale or corrupt byte, lost page, or a crash)"
-    jcheck /tmp/$g.final.json ".ok and $NO_LOSS" \
+    extra=""
+    [ $g = ra ] && extra=" and .guest.swap_stored == 64"
+    jcheck /tmp/$g.final.json ".ok and $NO_LOSS$extra" \
         "$g final: 0 verification errors, 0 swap pages lost, 0 pools lost ($(jq -r '"\(.guest.verified_pages) verified pages, \(.guest.swap_loaded) swap pages read back, \(.counters.map.connects) connects, \(.counters.map.reattached) reattached"' /tmp/$g.final.json))"
 done
 eval "say \"restart summary: SIGTERM ra=\$HOW_ra_TERM rb=\$HOW_rb_TERM; SIGKILL ra=\$HOW_ra_KILL rb=\$HOW_rb_KILL (path, seconds from tmemd's first log line to the guest served)\""

@@ -90,8 +90,7 @@ impl XenBackend {
             .store
             .attach_client(d, keys.instance, &name)
             .map_err(|e| format!("cannot attach a store client: {e}"))?;
-        self.shared
-            .attached_as(client, tmem_store::Identity::Xen { domid: d });
+        self.shared.attached_as(client, Identity::Xen { domid: d });
         let kill = Arc::new(AtomicBool::new(false));
         let conn = match GuestConn::from_xen(client, d, name, mem, layout, port, kill.clone()) {
             Ok(c) => c,
@@ -125,7 +124,7 @@ impl XenBackend {
             GuestMem::Grant(mem),
             layout,
         )?;
-        self.shared.attached(client);
+        self.shared.attached_as(client, Identity::Xen { domid: d });
         // A kick in any case, so a frontend asleep on its event channel looks at the ring.
         if let Err(e) = port.notify() {
             self.shared.release(client, End::Detach);
