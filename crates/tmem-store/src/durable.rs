@@ -258,6 +258,12 @@ impl Meta {
     /// (empty: ephemeral pages are not kept). Best effort: without a free record the pool
     /// is simply not there after a restart, as ephemeral pools may not be.
     pub(crate) fn record_slot(&mut self, gid: u32, c: ClientId, pool_index: u32) {
+        // Best effort, and never at the cost of a persistent pool's record: a quarter of the
+        // records stays for those.
+        let Some(d) = self.dur.as_ref() else { return };
+        if d.pool_free.len() as u64 <= d.pm.geometry().npools as u64 / 4 {
+            return;
+        }
         // The membership's own age (a shared pool may be older than its sharer).
         let gen = self.next_gen;
         let Some(slot) = self.write_pool_record(gid, c, pool_index, gen) else {

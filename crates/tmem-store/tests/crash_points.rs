@@ -529,3 +529,32 @@ fn a_client_that_detached_cleanly_keeps_only_its_persistent_pools() {
     assert!(s.resume(ID, INSTANCE, "g").is_some());
     assert_eq!(s.stats().clients[0].pools.len(), 2);
 }
+
+#[test]
+fn ephemeral_pool_records_never_take_the_last_quarter_from_persistent_pools() {
+    // 64 frames: 64 pool records. Three clients open 40 ephemeral pools each (records are
+    // best effort for those), then each a persistent pool: every one gets a record.
+    let cfg = StoreConfig {
+        max_pools_per_client: 64,
+        ..cfg(64)
+    };
+    let (store, _) = Store::open_durable(cfg.clone(), PageFile::memfd("q").unwrap()).unwrap();
+    let mut clients = Vec::new();
+    for label in 0..3 {
+        let id = Identity::Local { uid: 7, label };
+        let (c, _) = store.attach(id, 1, "g").unwrap();
+        for _ in 0..40 {
+            store.new_pool(c, [0, 0], PoolKind::PrivateEphemeral).unwrap();
+        }
+        clients.push(c);
+    }
+    for (i, &c) in clients.iter().enumerate() {
+        let (p, _) = store
+            .new_pool(c, [9, i as u64], PoolKind::PrivatePersistent)
+            .expect("a persistent pool gets a record");
+        store.put(c, p, key(1, 1), &page(1)).unwrap();
+    }
+    let fd = store.page_file().unwrap().try_clone_fd().unwrap();
+    let (_, rec) = reopen(&cfg, &read_all(&fd));
+    assert_eq!((rec.pools, rec.pages), (3, 3));
+}
