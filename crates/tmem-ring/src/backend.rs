@@ -17,6 +17,40 @@ pub struct Incoming {
     pub req: Result<Request, Refusal>,
 }
 
+/// The last word of a response slot (bytes 56..64: a request's reserved words, which a
+/// frontend writes as zero and never reads back in a response) carries the answer too, in a
+/// form a request cannot have: `ANSWERED` in the top 16 bits, the flags in the next 16, the
+/// status in the low 32. It is written before the 16-byte response, so a backend that takes
+/// the ring over after a crash ([`BackendRing::resume`]) can tell a slot its predecessor
+/// already answered (and with what) from one that still holds a request.
+const ANSWERED: u64 = 0xa5ed << 48;
+const ANSWERED_MASK: u64 = 0xffff << 48;
+/// Word index of the answer mark in a slot.
+const MARK_WORD: usize = 7;
+
+pub(crate) fn answer_mark(status: i32, flags: u32) -> u64 {
+    // Response flags are a few low bits (`tmem_abi::rsp_flags`); 16 are kept.
+    debug_assert!(
+        flags <= 0xffff,
+        "response flags {flags:#x} do not fit the mark"
+    );
+    ANSWERED | (u64::from(flags & 0xffff) << 32) | u64::from(status as u32)
+}
+
+fn parse_mark(w: u64) -> Option<(i32, u32)> {
+    (w & ANSWERED_MASK == ANSWERED).then_some((w as u32 as i32, ((w >> 32) & 0xffff) as u32))
+}
+
+/// What [`BackendRing::resume`] found in the ring it took over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    /// Requests the previous backend had answered but not published: answered again from
+    /// their slots (published by the next [`BackendRing::publish`]).
+    pub answered: u32,
+    /// Requests after those, not answered yet: consumed and served as new ones.
+    pub pending: u32,
+}
+
 /// The daemon's end of one guest's ring.
 ///
 /// Invariants: `rsp_prod_pvt <= req_cons` (free-running, wrapping), and the ids in `in_flight`
@@ -46,6 +80,71 @@ impl<M: SharedMem> BackendRing<M> {
             in_flight: IdSet::with_max(entries),
             broken: None,
         })
+    }
+
+    /// Take over a ring another backend served (a tmemd that died or was restarted while the
+    /// frontend stayed connected). Serving starts at the responses the guest can see
+    /// (`rsp_prod`). The requests after it that the previous backend had already carried out
+    /// carry their answer (see [`BackendRing::push_response`]): they are answered again from
+    /// it. The rest are left for [`BackendRing::next_batch`], to be carried out (again, if the
+    /// previous backend had started on them). Responses are pushed in request order, so the
+    /// answered requests are a prefix. An error means the indices are inconsistent: the ring
+    /// cannot be taken over.
+    pub fn resume(mem: M, layout: Layout) -> Result<(Self, Resumed), RingError> {
+        let mut ring = BackendRing::new(mem, layout)?;
+        let size = ring.ring.entries();
+        let rsp_prod = ring.ring.index(Index::RspProd).load(Ordering::Acquire);
+        let req_prod = ring.ring.index(Index::ReqProd).load(Ordering::Acquire);
+        let ahead = req_prod.wrapping_sub(rsp_prod);
+        if ahead > size {
+            return Err(RingError::Overflow {
+                req_prod,
+                ahead,
+                size,
+            });
+        }
+        ring.req_cons = rsp_prod;
+        ring.rsp_prod_pvt = rsp_prod;
+        ring.rsp_published = rsp_prod;
+        let mut answered = 0;
+        while answered < ahead {
+            let i = rsp_prod.wrapping_add(answered);
+            let w = ring.ring.read_words::<8>(i);
+            let Some((status, flags)) = parse_mark(w[MARK_WORD]) else {
+                break;
+            };
+            // Written whole again: the previous backend may have died inside the response.
+            let rsp = ResponseEntry {
+                id: w[0],
+                status,
+                flags,
+            };
+            ring.ring.write_entry(i, &rsp.to_bytes());
+            answered += 1;
+        }
+        ring.req_cons = rsp_prod.wrapping_add(answered);
+        ring.rsp_prod_pvt = ring.req_cons;
+        let resumed = Resumed {
+            answered,
+            pending: ahead - answered,
+        };
+        Ok((ring, resumed))
+    }
+
+    /// The requests not consumed yet (at most a ring), validated, without consuming them.
+    /// A backend taking a ring over looks at them before deciding to serve it.
+    pub fn peek_pending(&self) -> Vec<Result<Request, Refusal>> {
+        let req_prod = self.ring.index(Index::ReqProd).load(Ordering::Acquire);
+        let n = req_prod
+            .wrapping_sub(self.req_cons)
+            .min(self.ring.entries());
+        let data_slots = self.ring.layout().data_slots;
+        (0..n)
+            .map(|k| {
+                let w = self.ring.read_words::<8>(self.req_cons.wrapping_add(k));
+                tmem_abi::parse_request(&request_from_words(w), data_slots)
+            })
+            .collect()
     }
 
     pub fn layout(&self) -> Layout {
@@ -132,6 +231,10 @@ impl<M: SharedMem> BackendRing<M> {
         // There is a consumed request per in-flight id, so rsp_prod_pvt < req_cons: the slot
         // we write belongs to a request we have already copied out.
         let rsp = ResponseEntry { id, status, flags };
+        // The mark first: a slot with the mark was carried out, whatever else a crash left in
+        // it; a slot without it still holds its request unchanged (resume).
+        self.ring
+            .write_word(self.rsp_prod_pvt, MARK_WORD, answer_mark(status, flags));
         self.ring.write_entry(self.rsp_prod_pvt, &rsp.to_bytes());
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
         Ok(())

@@ -20,7 +20,7 @@ mod mem;
 pub mod mock;
 pub mod poll;
 
-pub use backend::{BackendRing, Incoming, SlotSink, SlotSource};
+pub use backend::{BackendRing, Incoming, Resumed, SlotSink, SlotSource};
 pub use frontend::FrontendRing;
 pub use mem::HeapMem;
 pub use poll::{PollPolicy, WaitOutcome, Waitable};
@@ -280,6 +280,15 @@ impl<M: SharedMem> RingMem<M> {
             // SAFETY: as in read_entry: `k < N / 8`, in bounds and 8-byte aligned.
             unsafe { p.wrapping_add(k).write_volatile(u64::from_ne_bytes(w)) }
         }
+    }
+
+    /// Write the little-endian 8-byte word `k` of the entry at ring index `i` (one volatile
+    /// store).
+    pub(crate) fn write_word(&self, i: u32, k: usize, w: u64) {
+        assert!(k < tmem_abi::ENTRY_SIZE / 8);
+        let p = self.entry_ptr(i).cast::<u64>();
+        // SAFETY: as in read_entry: `k < 8`, in bounds and 8-byte aligned.
+        unsafe { p.wrapping_add(k).write_volatile(w.to_le()) }
     }
 
     /// Pointer to data slot `slot`, if it is inside the data area.

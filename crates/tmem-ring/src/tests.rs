@@ -450,3 +450,185 @@ fn poll_policy_spins_then_gives_up() {
     );
     assert_eq!(PollPolicy::default().spin, PollPolicy::DEFAULT_SPIN);
 }
+
+/// A backend dies with requests in every state: answered and published, answered but not
+/// published, answered with only the mark written (killed inside `push_response`), consumed
+/// but not answered, not consumed. The next backend takes the ring over: the guest gets every
+/// answer the dead one computed, unchanged, and the rest are served as new requests.
+#[test]
+fn resume_answers_what_the_previous_backend_carried_out_and_serves_the_rest() {
+    let (mut b1, mut g) = pair(LAYOUT).unwrap();
+    let mem = Arc::clone(b1.mem());
+    for id in 1..=6 {
+        g.push(&put(id, (id % 4) as u32));
+    }
+    g.publish();
+    let got = batch(&mut b1, 5).unwrap();
+    assert_eq!(got.len(), 5);
+    b1.push_response(1, 1, 0).unwrap();
+    assert!(b1.publish() || g.rsp_prod() == 1);
+    b1.push_response(2, -28, 0).unwrap();
+    b1.push_response(3, 1, tmem_abi::rsp_flags::REATTACHED)
+        .unwrap();
+    // Killed inside the answer to request 4: the mark is written, the response is not.
+    let mut torn = put(4, 0).to_bytes();
+    torn[56..64].copy_from_slice(&crate::backend::answer_mark(0, 0).to_le_bytes());
+    g.write_entry_bytes(3, &torn);
+    // Request 5 was consumed but not answered; request 6 not consumed.
+    drop(b1);
+    assert_eq!(g.rsp_prod(), 1);
+
+    let (mut b2, r) = BackendRing::resume(Arc::clone(&mem), LAYOUT).unwrap();
+    assert_eq!(
+        r,
+        Resumed {
+            answered: 3,
+            pending: 2
+        }
+    );
+    let pending = b2.peek_pending();
+    assert_eq!(pending.len(), 2);
+    assert!(matches!(pending[0], Ok(Request::Put { .. })));
+    b2.publish();
+    let rsps = g.responses_from(0);
+    let seen: Vec<(u64, i32, u32)> = rsps.iter().map(|r| (r.id, r.status, r.flags)).collect();
+    assert_eq!(
+        seen,
+        [
+            (1, 1, 0),
+            (2, -28, 0),
+            (3, 1, tmem_abi::rsp_flags::REATTACHED),
+            (4, 0, 0)
+        ]
+    );
+    // The unanswered ones come as new requests, in order, and nothing else.
+    let got = batch(&mut b2, 64).unwrap();
+    let ids: Vec<u64> = got.iter().map(|i| i.id).collect();
+    assert_eq!(ids, [5, 6]);
+    assert!(got.iter().all(|i| i.req.is_ok()));
+    b2.push_response(5, 1, 0).unwrap();
+    b2.push_response(6, 1, 0).unwrap();
+    b2.publish();
+    assert_eq!(g.rsp_prod(), 6);
+    assert_eq!(
+        g.responses_from(4).iter().map(|r| r.id).collect::<Vec<_>>(),
+        [5, 6]
+    );
+    // The ring goes on as usual, across the wrap.
+    for round in 0..3u64 {
+        for k in 0..20 {
+            g.push(&flush(100 + round * 20 + k));
+        }
+        g.publish();
+        let got = batch(&mut b2, 64).unwrap();
+        assert_eq!(got.len(), 20);
+        for i in got {
+            b2.push_response(i.id, 1, 0).unwrap();
+        }
+        b2.publish();
+    }
+    assert_eq!(g.rsp_prod(), 66);
+}
+
+/// A ring whose indices are more than a ring apart cannot be taken over; a ring with nothing
+/// in flight is taken over as it is.
+#[test]
+fn resume_refuses_inconsistent_indices_and_takes_an_idle_ring() {
+    let (b1, mut g) = pair(LAYOUT).unwrap();
+    let mem = Arc::clone(b1.mem());
+    drop(b1);
+    let (b2, r) = BackendRing::resume(Arc::clone(&mem), LAYOUT).unwrap();
+    assert_eq!(
+        r,
+        Resumed {
+            answered: 0,
+            pending: 0
+        }
+    );
+    assert!(b2.peek_pending().is_empty());
+    drop(b2);
+    g.set_req_prod(LAYOUT.ring_entries() + 1);
+    assert!(matches!(
+        BackendRing::resume(mem, LAYOUT),
+        Err(RingError::Overflow { .. })
+    ));
+}
+
+/// A request whose reserved word looks like an answer mark (only a hostile guest writes one)
+/// is "answered" with what it says: the guest fools only itself.
+#[test]
+fn a_forged_mark_only_answers_the_forger() {
+    let (b1, mut g) = pair(LAYOUT).unwrap();
+    let mem = Arc::clone(b1.mem());
+    drop(b1);
+    let mut forged = put(9, 0).to_bytes();
+    forged[56..64].copy_from_slice(&crate::backend::answer_mark(1, 0).to_le_bytes());
+    g.push_bytes(&forged);
+    g.push(&put(10, 1));
+    g.publish();
+    let (mut b2, r) = BackendRing::resume(mem, LAYOUT).unwrap();
+    assert_eq!((r.answered, r.pending), (1, 1));
+    let got = batch(&mut b2, 8).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, 10);
+}
+
+/// Whatever a guest (or a dead backend) left in the ring, taking it over is bounded and never
+/// panics: an error, or at most a ring's worth of answered and pending requests, after which
+/// the ring serves as usual.
+#[test]
+fn resume_over_arbitrary_ring_contents_is_bounded() {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let size = LAYOUT.ring_entries();
+    for _ in 0..500 {
+        let (b1, mut g) = pair(LAYOUT).unwrap();
+        let mem = Arc::clone(b1.mem());
+        drop(b1);
+        for i in 0..size {
+            let mut e = [0u8; 64];
+            for c in e.chunks_exact_mut(8) {
+                let w = next();
+                // Often a valid answer mark, so long answered prefixes happen too.
+                let w = if w % 3 == 0 {
+                    crate::backend::answer_mark(w as i32, (w >> 40) as u32 & 1)
+                } else {
+                    w
+                };
+                c.copy_from_slice(&w.to_le_bytes());
+            }
+            g.write_entry_bytes(i, &e);
+        }
+        let rsp = next() as u32;
+        let req = if next() % 2 == 0 {
+            rsp.wrapping_add((next() % u64::from(size + 1)) as u32)
+        } else {
+            next() as u32
+        };
+        g.set_req_prod(req);
+        // The response producer the dead backend left.
+        RingMem::new(Arc::clone(&mem), LAYOUT)
+            .unwrap()
+            .index(Index::RspProd)
+            .store(rsp, std::sync::atomic::Ordering::SeqCst);
+        let (mut b, r) = match BackendRing::resume(mem, LAYOUT) {
+            Ok(x) => x,
+            Err(e) => {
+                assert!(req.wrapping_sub(rsp) > size, "{e}");
+                continue;
+            }
+        };
+        assert_eq!(r.answered + r.pending, req.wrapping_sub(rsp));
+        assert!(b.peek_pending().len() as u32 <= r.pending);
+        b.publish();
+        assert_eq!(g.rsp_prod(), rsp.wrapping_add(r.answered));
+        let mut v = Vec::new();
+        let _ = b.next_batch(64, &mut v);
+        assert!(v.len() as u32 <= r.pending);
+    }
+}

@@ -5,6 +5,8 @@
 TMEMD_LOG=/var/log/tmemd.log
 CONSOLE_DIR=/var/log/xen/console
 CONTROL_SOCK=/run/tmemd/control.sock
+# Where tmemd keeps page memory by default (a tmpfs: it survives tmemd, not a reboot).
+PAGE_DIR=/run/tmemd-pages
 : > /run/txq-relays
 
 say() { echo "[scenario $(now)] $*"; }
@@ -185,6 +187,8 @@ txq_cleanup() {
         kill -KILL "$_pid" 2>/dev/null
         rm -f /run/txq-tmemd.pid
     fi
+    # Page memory outlives tmemd by design; the next scenario starts from an empty one.
+    rm -rf "$PAGE_DIR"
     sleep 0.5
     for p in $(cat /run/txq-relays 2>/dev/null); do
         pkill -P "$p" 2>/dev/null; kill "$p" 2>/dev/null

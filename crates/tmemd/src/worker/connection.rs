@@ -128,7 +128,20 @@ impl GuestConn {
         ))
     }
 
-    pub(super) fn new(
+    /// Wrap a Xen guest whose ring was taken over from a previous tmemd
+    /// ([`BackendRing::resume`]); its event channel is bound again.
+    pub fn from_xen_ring(
+        client: ClientId,
+        domid: u32,
+        name: String,
+        ring: BackendRing<GuestMem>,
+        port: BoundPort,
+        kill: Arc<AtomicBool>,
+    ) -> GuestConn {
+        GuestConn::new(client, domid, name, ring, Link::Xen { port }, kill)
+    }
+
+    pub(crate) fn new(
         client: ClientId,
         domid: u32,
         name: String,

@@ -456,3 +456,25 @@ fn a_worker_that_dies_releases_its_guests_and_is_noticed() {
     // Withdrawn from the watchdog: the daemon's own check (no live worker) stops it instead.
     assert!(shared.health.check(Duration::from_millis(1)).is_ok());
 }
+
+/// Serve `ring` for `client` as a worker's serve steps do, until no request is left (for
+/// tests of a ring taken over after a restart). Returns how many requests were served.
+pub(crate) fn serve_until_idle(
+    store: &Store,
+    client: ClientId,
+    domid: u32,
+    ring: BackendRing<GuestMem>,
+) -> usize {
+    let kick = tmem_local::new_eventfd().unwrap();
+    let (stream, _peer) = UnixStream::pair().unwrap();
+    let link = Link::Local { kick, stream };
+    let kill = Arc::new(AtomicBool::new(false));
+    let mut g = GuestConn::new(client, domid, "test".into(), ring, link, kill);
+    let mut n = 0;
+    loop {
+        match super::dispatch::serve(store, &mut g).unwrap() {
+            0 => return n,
+            k => n += k,
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! The per-domain state machine of the Xen backend (see `docs/protocol.md` §3).
 //!
-//! At start-up every existing backend directory is reset (`InitWait`), so connected frontends
-//! of a previous tmemd redo the handshake, and those of vanished domains are removed. Frontend
+//! At start-up a frontend a previous tmemd left connected is resumed in place where it can be
+//! (its grants mapped and event channel bound again, its recovered store client resumed:
+//! [`super::attach`]); every other existing backend directory is reset (`InitWait`), so
+//! those frontends redo the handshake, and those of vanished domains are removed. Frontend
 //! `Initialised` connects ([`super::attach`]), `Closing`/`Closed` tears the connection down
 //! (persistent pools kept for a reattach), domain release destroys the client. Everything a
 //! guest wrote is parsed by `tmem_xen::xenbus` (strict, bounded).
@@ -393,8 +395,12 @@ impl XenBackend {
         Ok(())
     }
 
-    /// Offer the device (directories, permissions, limits, InitWait) and watch the frontend.
+    /// Offer the device (directories, permissions, limits, InitWait) and watch the frontend;
+    /// or carry on the connection a previous tmemd left, if it can be resumed.
     fn admit(&mut self, d: u32, name: String) -> Result<(), XsError> {
+        if self.try_resume(d, &name)? {
+            return Ok(());
+        }
         xenbus::offer_device(&mut self.xs, BACKEND_DOMID, d, &self.limits)?;
         info!(domid = d, name = %name, "tmem device offered to domain (InitWait)");
         self.domains.insert(
@@ -409,6 +415,78 @@ impl XenBackend {
             },
         );
         xenbus::watch_frontend_state(&mut self.xs, d, &frontend_token(d))
+    }
+
+    /// A domain we do not track yet whose frontend and backend both say Connected: a
+    /// previous tmemd served it and died or was stopped without closing it (a SIGKILL, a
+    /// crash, an exec into a new build). Carry the connection on in place: the frontend never
+    /// notices. True if resumed; false (having logged why) if the device is to be offered
+    /// afresh, which resets the backend state and makes the frontend reconnect.
+    fn try_resume(&mut self, d: u32, name: &str) -> Result<bool, XsError> {
+        if xenbus::frontend_state(&mut self.xs, d)? != Some(state::CONNECTED)
+            || xenbus::backend_state(&mut self.xs, BACKEND_DOMID, d)? != Some(state::CONNECTED)
+        {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let fe = frontend_path(d);
+        let limits = self.limits;
+        // The same parser, bounds and limits as a fresh connect.
+        let keys = match xenbus::read_frontend_keys(&mut self.xs, Tx::NONE, &fe, &limits) {
+            Ok(k) => k,
+            Err(xenbus::KeyError::Xs(e)) => return Err(e),
+            Err(e) => {
+                self.resume_refused(d, &e.to_string());
+                return Ok(false);
+            }
+        };
+        self.domains.insert(
+            d,
+            Dom {
+                name: name.to_owned(),
+                be_state: state::CONNECTED,
+                live: None,
+                pending: false,
+                pace: Pace::new(Instant::now()),
+                log: DomLog::default(),
+            },
+        );
+        match self.resume(d, keys) {
+            Ok((live, resumed)) => {
+                let client = live.client;
+                if let Some(dom) = self.domains.get_mut(&d) {
+                    dom.live = Some(live);
+                }
+                info!(
+                    domid = d,
+                    name,
+                    client = client.0,
+                    answered = resumed.answered,
+                    pending = resumed.pending,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "Xen guest resumed in place after a tmemd restart (same grants, event \
+                     channel and pool ids; requests in flight answered)"
+                );
+                xenbus::watch_frontend_state(&mut self.xs, d, &frontend_token(d))?;
+                Ok(true)
+            }
+            Err(msg) => {
+                self.domains.remove(&d);
+                self.resume_refused(d, &msg);
+                Ok(false)
+            }
+        }
+    }
+
+    fn resume_refused(&mut self, d: u32, msg: &str) {
+        if let Some(suppressed) = self.log.allow() {
+            info!(
+                domid = d,
+                suppressed,
+                "cannot resume the Xen guest's connection in place: {msg}; offering the device \
+                 afresh (the guest reconnects)"
+            );
+        }
     }
 
     /// The domain is gone: close its connection, destroy its pools, remove the backend.

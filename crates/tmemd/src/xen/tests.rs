@@ -7,6 +7,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tmem_abi::xenstore::{backend_path, frontend_path};
+use tmem_abi::{cmd, status, Oid, Page, PageKey, PoolKind, RequestEntry, PAGE_SIZE};
+use tmem_ring::mock::MockGuest;
+use tmem_ring::BackendRing;
 use tmem_xen::fake::FakeXenstore;
 use tmem_xen::wire::ty;
 use tmem_xen::Xs;
@@ -14,7 +17,7 @@ use tmem_xen::Xs;
 use super::*;
 use crate::config::{Args, Config, FileConfig};
 use crate::health::Health;
-use crate::worker::{Shared, WorkerHandle, WorkerMsg};
+use crate::worker::{GuestMem, Shared, WorkerHandle, WorkerMsg};
 
 /// A store and one worker, as the daemon has them.
 struct Daemon {
@@ -27,7 +30,12 @@ struct Daemon {
 impl Daemon {
     fn new() -> Daemon {
         let config = Config::merge(Args::default(), FileConfig::default()).unwrap();
-        let shared = Arc::new(Shared::new(tmem_store::Store::new(config.store.clone())));
+        let store = tmem_store::Store::new(config.store.clone());
+        Daemon::with_store(config, store)
+    }
+
+    fn with_store(config: Config, store: tmem_store::Store) -> Daemon {
+        let shared = Arc::new(Shared::new(store));
         let (w, join) = crate::worker::spawn(0, shared.clone(), Duration::from_micros(50)).unwrap();
         Daemon {
             config,
@@ -522,5 +530,213 @@ fn a_xenstore_failure_at_start_up_is_retried_on_the_thread() {
     assert!(!fx.exists("/local/domain/0/backend/tmem/9"), "reconciled");
     watches(&fx, 3);
     plane.stop().unwrap();
+    d.stop();
+}
+
+// ---- resuming a frontend a dead tmemd left connected -----------------------------------------
+
+const RLAYOUT: tmem_ring::Layout = tmem_ring::Layout {
+    ring_pages: 1,
+    data_slots: 4,
+};
+const UUID: [u64; 2] = [0x7a, 0x7b];
+
+fn durable_store() -> tmem_store::Store {
+    let cfg = tmem_store::StoreConfig {
+        mem_limit_bytes: 256 * PAGE_SIZE as u64,
+        default_persistent_share_percent: 0,
+        ..tmem_store::StoreConfig::default()
+    };
+    let file = tmem_store::PageFile::memfd("xen-resume").unwrap();
+    tmem_store::Store::open_durable(cfg, file).unwrap().0
+}
+
+/// The store as a tmemd killed now leaves it and the next one opens it.
+fn restart(s: tmem_store::Store) -> tmem_store::Store {
+    let fd = s.page_file().unwrap().try_clone_fd().unwrap();
+    let cfg = s.config();
+    drop(s);
+    let file = tmem_store::PageFile::from_fd(fd, "xen-resume");
+    tmem_store::Store::open_durable(cfg, file).unwrap().0
+}
+
+/// The guest's ring pages (a memfd standing in for its grants) and a way to map them again,
+/// as each tmemd maps the grants for itself.
+struct GuestPages {
+    theirs: tmem_local::MemfdRegion,
+}
+
+impl GuestPages {
+    fn new() -> (GuestPages, MockGuest<tmem_local::MemfdRegion>) {
+        let len = RLAYOUT.total_bytes();
+        let theirs = tmem_local::MemfdRegion::create("xen-guest", len).unwrap();
+        let again = tmem_local::MemfdRegion::map(theirs.fd().try_clone_to_owned().unwrap(), len);
+        let mock = MockGuest::new(again.unwrap(), RLAYOUT).unwrap();
+        (GuestPages { theirs }, mock)
+    }
+    fn map(&self) -> GuestMem {
+        let fd = self.theirs.fd().try_clone_to_owned().unwrap();
+        GuestMem::Memfd(tmem_local::MemfdRegion::map(fd, RLAYOUT.total_bytes()).unwrap())
+    }
+}
+
+fn page_of(b: u8) -> Page {
+    let mut p = [b; PAGE_SIZE];
+    p[0] = !b;
+    p
+}
+
+fn op(id: u64, cmd: u32, pool: u32, index: u32, slot: u32) -> RequestEntry {
+    RequestEntry::page_op(id, cmd, pool as i32, [1, 2, 3], index, slot)
+}
+
+/// tmemd is killed while a guest's requests are in every state: answered and published,
+/// carried out and answered but not published, consumed but not carried out, not consumed.
+/// The next tmemd takes the ring over: the guest gets every answer, each request takes
+/// effect once, the persistent page put before the kill is read back byte for byte, and
+/// every pool keeps its id.
+#[test]
+fn a_ring_taken_over_after_a_kill_answers_every_request_in_flight() {
+    let s1 = durable_store();
+    let (c, _) = s1.attach_client(3, 42, "web").unwrap();
+    let (pp, _) = s1.new_pool(c, UUID, PoolKind::PrivatePersistent).unwrap();
+    let (ep, _) = s1.new_pool(c, [0, 0], PoolKind::PrivateEphemeral).unwrap();
+    let (pages, mut g) = GuestPages::new();
+    let (a, b) = (page_of(0xa1), page_of(0xb2));
+    g.write_slot(0, &a);
+    g.write_slot(1, &b);
+    g.push(&op(1, cmd::PUT_PAGE, pp, 0, 0));
+    g.push(&op(2, cmd::PUT_PAGE, pp, 1, 1));
+    g.push(&op(3, cmd::GET_PAGE, pp, 0, 2));
+    g.push(&op(4, cmd::FLUSH_PAGE, pp, 1, 0));
+    g.publish();
+
+    // The first tmemd: carries out 1 and 2, publishes only 1's answer, consumed 3 and 4.
+    let mut b1 = BackendRing::new(pages.map(), RLAYOUT).unwrap();
+    let mut got = Vec::new();
+    b1.next_batch(8, &mut got).unwrap();
+    assert_eq!(got.len(), 4);
+    let key = |i| PageKey {
+        oid: Oid([1, 2, 3]),
+        index: i,
+    };
+    s1.put(c, pp, key(0), &b1.slot_source(0)).unwrap();
+    b1.push_response(1, status::SUCCESS, 0).unwrap();
+    b1.publish();
+    s1.put(c, pp, key(1), &b1.slot_source(1)).unwrap();
+    b1.push_response(2, status::SUCCESS, 0).unwrap();
+    // SIGKILL.
+    drop(b1);
+    let s2 = restart(s1);
+    assert_eq!(g.rsp_prod(), 1);
+
+    let (c2, ring, r) = attach::take_over(&s2, 3, 42, "web", pages.map(), RLAYOUT).unwrap();
+    assert_eq!((r.answered, r.pending), (1, 2));
+    assert_eq!(
+        g.rsp_prod(),
+        2,
+        "the dead tmemd's answer to request 2 is published"
+    );
+    assert_eq!(
+        crate::worker::tests::serve_until_idle(&s2, c2, 3, ring),
+        2,
+        "requests 3 and 4 are served"
+    );
+    let answers: Vec<(u64, i32)> = g
+        .responses_from(0)
+        .iter()
+        .map(|r| (r.id, r.status))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            (1, status::SUCCESS),
+            (2, status::SUCCESS),
+            (3, status::SUCCESS),
+            (4, status::SUCCESS)
+        ]
+    );
+    let mut read = [0u8; PAGE_SIZE];
+    g.read_slot(2, &mut read);
+    assert_eq!(read, a, "the page put before the kill, byte for byte");
+    assert_eq!(s2.get(c2, pp, key(1), &mut read), Ok(false), "flushed once");
+    assert_eq!(s2.get(c2, pp, key(0), &mut read), Ok(true));
+    assert_eq!(read, a);
+    // The ephemeral pool is there under its old id, empty and usable.
+    s2.put(c2, ep, key(5), &b).unwrap();
+    assert_eq!(s2.get(c2, ep, key(5), &mut read), Ok(true));
+    assert_eq!(read, b);
+}
+
+/// Each reason not to resume in place: nothing recovered (a heap store, another instance) or
+/// a pool operation in flight (not safe to run twice). The recovered client stays for the
+/// guest's reconnect.
+#[test]
+fn a_ring_is_not_taken_over_without_its_client_or_with_a_pool_op_in_flight() {
+    let s1 = durable_store();
+    let (c, _) = s1.attach_client(3, 42, "web").unwrap();
+    s1.new_pool(c, UUID, PoolKind::PrivatePersistent).unwrap();
+    let s = restart(s1);
+    let (pages, mut g) = GuestPages::new();
+    let heap = tmem_store::Store::new(s.config());
+    let e = attach::take_over(&heap, 3, 42, "web", pages.map(), RLAYOUT).unwrap_err();
+    assert!(e.contains("no client"), "{e}");
+    let e = attach::take_over(&s, 3, 43, "web", pages.map(), RLAYOUT).unwrap_err();
+    assert!(e.contains("no client of this domain instance (43)"), "{e}");
+    g.push(&RequestEntry::new_pool(9, UUID, 1 << 24 | 1));
+    g.publish();
+    let e = attach::take_over(&s, 3, 42, "web", pages.map(), RLAYOUT).unwrap_err();
+    assert!(e.contains("pool was being created or destroyed"), "{e}");
+    // The guest reconnects: its persistent pool comes back reattached.
+    let (c, how) = s.attach_client(3, 42, "web").unwrap();
+    assert_eq!(how, tmem_store::Attach::Reattached);
+    let (_, reattached) = s.new_pool(c, UUID, PoolKind::PrivatePersistent).unwrap();
+    assert!(reattached);
+}
+
+/// At start-up a frontend both of whose states say Connected is tried for a resume; when it
+/// cannot be (here: no grant device), the device is offered afresh so the guest reconnects,
+/// and its recovered client waits for that reconnect. A frontend whose backend was closed
+/// (a SIGTERM) is simply offered the device.
+#[test]
+fn start_up_resumes_or_resets_frontends_left_connected() {
+    let fx = FakeXenstore::new();
+    fx.introduce(0, "Domain-0");
+    fx.introduce(3, "web");
+    fx.introduce(4, "db");
+    publish_keys(&fx, 3);
+    publish_keys(&fx, 4);
+    let (fe3, be3, fe4, be4) = (
+        frontend_path(3),
+        backend_path(0, 3),
+        frontend_path(4),
+        backend_path(0, 4),
+    );
+    fx.write(&format!("{fe3}/state"), "4");
+    fx.write(&format!("{be3}/state"), "4");
+    fx.write(&format!("{fe4}/state"), "4");
+    fx.write(&format!("{be4}/state"), "6");
+
+    let s1 = durable_store();
+    let (c, _) = s1.attach_client(3, 42, "web").unwrap();
+    s1.new_pool(c, UUID, PoolKind::PrivatePersistent).unwrap();
+    let store = restart(s1);
+    let config = Config::merge(Args::default(), FileConfig::default()).unwrap();
+    let d = Daemon::with_store(config, store);
+    let (xs, _srv) = fx.connect();
+    let mut x = d.backend(xs);
+    x.init().unwrap();
+    for be in [&be3, &be4] {
+        assert_eq!(
+            state_of(&fx, be).as_deref(),
+            Some("2"),
+            "{be} offered afresh"
+        );
+    }
+    assert_eq!(d.shared.connected.load(Ordering::Relaxed), 0);
+    let rec = d.shared.store.recovered_clients();
+    assert_eq!(rec.len(), 1, "the client waits for the guest's reconnect");
+    let (_, how) = d.shared.store.attach_client(3, 42, "web").unwrap();
+    assert_eq!(how, tmem_store::Attach::Reattached);
     d.stop();
 }
