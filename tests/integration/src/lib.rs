@@ -218,7 +218,10 @@ impl Daemon {
                     lines[lines.len().saturating_sub(20)..].join("\n")
                 );
             }
-            UnixStream::connect(&control).ok()
+            // Serving, not only bound: the control socket is bound before the page memory
+            // is opened, so a connect alone can succeed while tmemd is still formatting or
+            // recovering its page file.
+            try_control_request(&control, &tmem_control::Op::Status)
         });
     }
 
@@ -312,6 +315,16 @@ fn pass_fds(cmd: &mut Command, fds: Vec<OwnedFd>) -> Vec<OwnedFd> {
 }
 
 /// Send one request to a control socket and read one reply.
+/// [`control_request`], or `None` if tmemd does not answer (yet) within a second.
+pub fn try_control_request(path: &Path, op: &tmem_control::Op) -> Option<tmem_control::Reply> {
+    let mut s = UnixStream::connect(path).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(&tmem_control::encode_request(op)).ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    tmem_control::decode_reply(line.trim_end().as_bytes()).ok()
+}
+
 pub fn control_request(path: &Path, op: &tmem_control::Op) -> tmem_control::Reply {
     let mut s = UnixStream::connect(path).expect("connect control socket");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
