@@ -91,7 +91,8 @@ impl PageSink for Probe {
 }
 
 fn is_zero(p: &Page) -> bool {
-    p.iter().all(|&b| b == 0)
+    // A slice comparison (memcmp), several times faster than a byte loop.
+    p[..] == [0u8; PAGE_SIZE][..]
 }
 
 /// The store and the spill file of one disk, and where each page may be.
