@@ -73,8 +73,7 @@ impl Bench {
         };
         let dir = match place {
             Where::Spill(d) => {
-                std::env::set_var("TMPDIR", d);
-                Some(TempDir::new("bench").expect("spill directory"))
+                Some(TempDir::new_in(std::path::Path::new(d), "bench").expect("spill directory"))
             }
             Where::Memory => None,
         };

@@ -44,11 +44,15 @@ pub struct TempDir(pub std::path::PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> std::io::Result<TempDir> {
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// A new directory inside `base` (e.g. a tmpfs).
+    pub fn new_in(base: &std::path::Path, tag: &str) -> std::io::Result<TempDir> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let p =
-            std::env::temp_dir().join(format!("tmem-swapdisk-{tag}-{}-{n}", std::process::id()));
+        let p = base.join(format!("tmem-swapdisk-{tag}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&p)?;
         Ok(TempDir(p))
     }

@@ -189,3 +189,58 @@ impl SpillSync {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock::TempDir;
+
+    #[test]
+    fn pages_holes_scan_and_sync() {
+        for base in ["/dev/shm", "/tmp"] {
+            if !Path::new(base).is_dir() {
+                continue;
+            }
+            let dir = TempDir::new_in(Path::new(base), "spill").unwrap();
+            let path = dir.0.join("t.spill");
+            let (f, found) = SpillFile::open(&path, 200, false).unwrap();
+            assert_eq!(found, Found::New);
+            let mut a = [0u8; PAGE_SIZE];
+            a[100] = 7;
+            for p in [3, 4, 100, 199] {
+                f.write(p, &a).unwrap();
+            }
+            assert!(f.dirty());
+            f.punch(4..5).unwrap();
+            f.punch(199..400).unwrap(); // clipped to the file
+            let mut got = [1u8; PAGE_SIZE];
+            f.read(4, &mut got).unwrap();
+            assert_eq!(got, [0; PAGE_SIZE], "a punched page reads zeroes ({base})");
+            f.read(100, &mut got).unwrap();
+            assert_eq!(got, a);
+            let mut bits = Bits::new(200);
+            f.scan(&mut bits).unwrap();
+            // A file system may report more as data than was written, never less.
+            assert!(bits.get(3) && bits.get(100), "{base}");
+            if base == "/dev/shm" {
+                assert_eq!(bits.ones(), 2, "tmpfs reports holes per page");
+            }
+            let sync = f.syncer();
+            sync.sync().unwrap();
+            assert!(!sync.pending() && !f.dirty());
+            drop(f);
+            let (f, found) = SpillFile::open(&path, 200, false).unwrap();
+            assert_eq!(found, Found::Existing);
+            f.read(3, &mut got).unwrap();
+            assert_eq!(got, a);
+            assert!(matches!(
+                SpillFile::open(&path, 201, false),
+                Err(crate::OpenError::SpillSize { have, want, .. }) if have == 200 * PS && want == 201 * PS
+            ));
+            let (f, found) = SpillFile::open(&path, 201, true).unwrap();
+            assert_eq!(found, Found::New);
+            f.read(3, &mut got).unwrap();
+            assert_eq!(got, [0; PAGE_SIZE], "a fresh file is empty");
+        }
+    }
+}
