@@ -431,6 +431,7 @@ impl SwapDisk {
         req: &BlkRequest,
         io: &mut impl SegmentIo,
     ) -> Result<Done, DiskError> {
+        self.check_range(req)?;
         match req {
             BlkRequest::Read(t) => {
                 self.b.stats.reads += 1;
@@ -470,6 +471,22 @@ impl SwapDisk {
             self.syncer().sync().map_err(DiskError::Sync)?;
         }
         Ok(())
+    }
+
+    /// The parser checked the request against the disk's size; this disk must be the same
+    /// size (a request checked against other parameters is refused, not executed).
+    fn check_range(&self, req: &BlkRequest) -> Result<(), DiskError> {
+        let (sector, n) = match req {
+            BlkRequest::Read(t) | BlkRequest::Write { io: t, .. } => (t.sector(), t.sectors()),
+            BlkRequest::Discard {
+                sector, nr_sectors, ..
+            } => (*sector, *nr_sectors),
+            BlkRequest::Flush => return Ok(()),
+        };
+        match sector.checked_add(n) {
+            Some(end) if end <= self.sectors => Ok(()),
+            _ => Err(DiskError::OutOfRange { sector, sectors: n }),
+        }
     }
 
     fn after(&self, flush: bool) -> Done {

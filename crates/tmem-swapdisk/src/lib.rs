@@ -133,6 +133,8 @@ pub enum DiskError {
         #[source]
         source: std::io::Error,
     },
+    #[error("sectors {sector}+{sectors} are not on this disk")]
+    OutOfRange { sector: u64, sectors: u64 },
     #[error("flushing the spill file to disk failed")]
     Sync(#[source] std::io::Error),
     /// Test hook only: the simulated kill point was reached (`SwapDisk::crash_after`).
