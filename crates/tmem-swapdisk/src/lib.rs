@@ -29,6 +29,8 @@ mod disk;
 pub mod mock;
 mod serve;
 mod spill;
+#[cfg(test)]
+mod tests;
 
 pub use disk::{DiskStats, Done, OpenReport, SwapDisk};
 pub use serve::{serve_batch, Served};

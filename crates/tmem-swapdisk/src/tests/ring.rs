@@ -2,13 +2,13 @@
 //! into a ring in a memfd and data into granted pages in another; `serve_batch` takes them
 //! off the `BlkBackend`, executes them on a `SwapDisk` and answers.
 
+use crate::mock::{GrantIo, TestDisk};
+use crate::serve_batch;
 use std::collections::HashMap;
 use tmem_blkif::abi::{op, status};
 use tmem_blkif::mock::{full_page, pair, MockGrantPages};
 use tmem_blkif::{DiskParams, Segment};
 use tmem_store::{StoreConfig, PAGE_SIZE};
-use tmem_swapdisk::mock::{GrantIo, TestDisk};
-use tmem_swapdisk::serve_batch;
 
 const SECTORS: u64 = 256 * 8;
 

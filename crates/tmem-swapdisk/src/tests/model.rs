@@ -10,13 +10,13 @@
 //! request touched must hold its old or its new content, every other page exactly its
 //! model content. The model then takes what was read.
 
+use crate::mock::{GrantIo, TestDisk};
+use crate::{DiskError, DiskStats};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use tmem_blkif::mock::MockGrantPages;
 use tmem_blkif::{BlkRequest, Segment, Transfer};
 use tmem_store::{StoreConfig, PAGE_SIZE};
-use tmem_swapdisk::mock::{GrantIo, TestDisk};
-use tmem_swapdisk::{DiskError, DiskStats};
 
 const PAGES: u64 = 96;
 const SECTORS: u64 = PAGES * 8;

@@ -6,6 +6,8 @@
 //!
 //! (The kills *between* a store write and a spill-file write are `tests/model.rs`'s.)
 
+use crate::mock::{GrantIo, TempDir, TestDisk, TEST_DEVID, TEST_DOMID, TEST_INSTANCE};
+use crate::{open_pool, DiskConfig, SwapDisk};
 use std::cell::RefCell;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
@@ -14,8 +16,6 @@ use std::sync::Arc;
 use tmem_blkif::mock::{full_page, MockGrantPages};
 use tmem_blkif::{BlkRequest, Segment, Transfer};
 use tmem_store::{PageFile, Store, StoreConfig, PAGE_SIZE};
-use tmem_swapdisk::mock::{GrantIo, TempDir, TestDisk, TEST_DEVID, TEST_DOMID, TEST_INSTANCE};
-use tmem_swapdisk::{open_pool, DiskConfig, SwapDisk};
 
 const PAGES: u64 = 96;
 const SECTORS: u64 = PAGES * 8;

@@ -1,13 +1,14 @@
-//! Two guests' disks on one small store, driven by two threads at once: memory runs out
-//! under both (pages spill and come back, and rewrites race for the frames a durable store
-//! keeps for them), yet each disk reads exactly what its own guest wrote, never the other's.
+//! Two guests' disks on one store smaller than what either keeps in use, driven by two
+//! threads at once: memory runs out under both (pages spill and come back; with no frames
+//! kept for rewrites in so small a store, rewrites are refused too), yet each disk reads
+//! exactly what its own guest wrote, never the other's.
 
+use crate::mock::{GrantIo, TempDir};
+use crate::{open_pool, DiskConfig, DiskId, DiskStats, SwapDisk};
 use std::sync::Arc;
 use tmem_blkif::mock::{full_page, MockGrantPages};
 use tmem_blkif::{BlkRequest, Transfer};
 use tmem_store::{Identity, PageFile, Store, StoreConfig, PAGE_SIZE};
-use tmem_swapdisk::mock::{GrantIo, TempDir};
-use tmem_swapdisk::{open_pool, DiskConfig, DiskId, DiskStats, SwapDisk};
 
 const PAGES: u64 = 80;
 const DEVID: u32 = 51712;
@@ -86,7 +87,7 @@ fn guest(store: Arc<Store>, domid: u32, dir: std::path::PathBuf) -> DiskStats {
 #[test]
 fn two_guests_share_memory_and_never_see_each_other() {
     let cfg = StoreConfig {
-        mem_limit_bytes: 96 * PAGE_SIZE as u64,
+        mem_limit_bytes: 32 * PAGE_SIZE as u64,
         default_persistent_share_percent: 100,
         ..StoreConfig::default()
     };
@@ -103,7 +104,7 @@ fn two_guests_share_memory_and_never_see_each_other() {
     let stats: Vec<DiskStats> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     for s in &stats {
         eprintln!("{s:?}");
-        assert!(s.store_writes > 100 && s.spill_writes > 100, "{s:?}");
+        assert!(s.store_writes > 100 && s.spill_writes > 20, "{s:?}");
     }
     let files = std::fs::read_dir(&dir.0).unwrap().count();
     assert_eq!(files, 2, "one spill file per guest");
