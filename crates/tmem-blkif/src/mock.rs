@@ -12,7 +12,9 @@ use crate::shm::{Index, RingMem};
 use crate::{BlkBackend, DiskParams, RingSetupError, Segment, SharedMem, PAGE_SIZE};
 use std::sync::atomic::Ordering;
 
+mod grants;
 mod memfd;
+pub use grants::{BadGrant, MockGrantPages};
 pub use memfd::MemfdMem;
 
 /// A fake blkfront over shared memory that a [`BlkBackend`] also maps.
