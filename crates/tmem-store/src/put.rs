@@ -16,7 +16,22 @@ impl Store {
         key: PageKey,
         src: &S,
     ) -> Result<(), TmemError> {
-        let r = self.put_inner(c, pool, key, src);
+        let r = self.put_inner(c, pool, key, src, false);
+        self.count(r)
+    }
+
+    /// [`Store::put`], except that a duplicate that cannot be stored leaves the old copy in
+    /// place and answers `NoMemory`, for a caller that will store the page elsewhere and then
+    /// flush this copy (a swap disk spilling to a file): a kill in between then leaves the
+    /// old contents, never none.
+    pub fn put_keeping_old<S: PageSource + ?Sized>(
+        &self,
+        c: ClientId,
+        pool: u32,
+        key: PageKey,
+        src: &S,
+    ) -> Result<(), TmemError> {
+        let r = self.put_inner(c, pool, key, src, true);
         self.count(r)
     }
 
@@ -26,6 +41,7 @@ impl Store {
         pool: u32,
         key: PageKey,
         src: &S,
+        keep_old: bool,
     ) -> Result<(), TmemError> {
         // Fast path: fill a free frame before taking the metadata lock, so that the lock is
         // taken once and never held during the copy. If the put turns out to need anything
@@ -98,6 +114,10 @@ impl Store {
                             self.free_frames(fr.as_slice());
                             return Ok(());
                         }
+                    }
+                    if keep_old {
+                        m.pool_mut(gid).c.no_mem_puts += 1;
+                        return Err(TmemError::NoMemory);
                     }
                     let fr = m.remove_page(found.obj, found.node);
                     m.pool_mut(gid).c.dup_puts_flushed += 1;

@@ -20,10 +20,9 @@
 //!
 //! Hence, after a kill at any instant: a page with no write in flight reads its last
 //! acknowledged content; a page with a write in flight reads its old or its new content.
-//! One exception, which needs a store that is full of persistent pages to the last frame
-//! (including the frames a durable store keeps for rewrites): a rewrite of a page held in
-//! memory that the store answers with `DupPutFlushed` (old copy dropped, new one refused) is
-//! written to the spill file next, and a kill between the two leaves that page reading zeroes.
+//! That holds when the store is full to the last frame too: a rewrite it cannot take is
+//! refused with the old copy kept (`Store::put_keeping_old`), written to the spill file, and
+//! only then is the store's copy flushed.
 //!
 //! # Concurrency
 //! One disk is driven by one thread at a time (`&mut self`), one request after the other:
@@ -189,7 +188,12 @@ impl Backing {
             return self.drop_page(page);
         }
         self.step()?;
-        let refused = match self.store.put(self.client, self.pool, self.key(page), data) {
+        // A rewrite the store cannot take keeps the old copy (NoMemory), so a kill before the
+        // spill write below leaves the old contents.
+        let refused = match self
+            .store
+            .put_keeping_old(self.client, self.pool, self.key(page), data)
+        {
             Ok(()) => {
                 self.in_store.set(page);
                 self.stats.store_writes += 1;

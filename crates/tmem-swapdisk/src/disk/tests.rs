@@ -214,15 +214,18 @@ fn cap_and_freeze_send_pages_to_the_spill_file() {
 }
 
 #[test]
-fn a_dropped_old_copy_is_rewritten_to_the_spill_file() {
-    // Under 64 frames a durable store keeps no frame for rewrites: a full store drops the
-    // old copy of a rewritten page (DupPutFlushed); the new data must land in the spill file.
+fn a_rewrite_a_full_store_cannot_take_goes_to_the_spill_file() {
+    // Under 64 frames a durable store keeps no frame for rewrites: a full store refuses a
+    // rewritten page, keeping the old copy (NoMemory) until the new data is in the spill
+    // file, then the old copy goes.
     let mut t = TestDisk::new(store_cfg(8), SECTORS, None);
     for p in 0..9 {
         write_page(&mut t, p, &pattern(p as u8));
     }
+    let before = t.disk().stats().no_memory;
     write_page(&mut t, 2, &pattern(77));
-    assert_eq!(t.disk().stats().dup_put_flushed, 1);
+    assert_eq!(t.disk().stats().no_memory, before + 1);
+    assert_eq!(t.disk().stats().dup_put_flushed, 0);
     assert_eq!(read_page(&mut t, 2), pattern(77));
     t.restart();
     assert_eq!(read_page(&mut t, 2), pattern(77));

@@ -102,10 +102,18 @@ fn two_guests_share_memory_and_never_see_each_other() {
         })
         .collect();
     let stats: Vec<DiskStats> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    // Both paths ran for each guest (how the memory splits between the two threads
+    // depends on scheduling, so the bounds are loose per guest and firmer in total).
     for s in &stats {
         eprintln!("{s:?}");
-        assert!(s.store_writes > 100 && s.spill_writes > 20, "{s:?}");
+        assert!(s.store_writes > 0 && s.spill_writes > 0, "{s:?}");
     }
+    let total = |f: fn(&DiskStats) -> u64| stats.iter().map(f).sum::<u64>();
+    assert!(
+        total(|s| s.store_writes) > 100 && total(|s| s.spill_writes) > 40,
+        "{stats:?}"
+    );
+    assert!(total(|s| s.promotions) > 0, "{stats:?}");
     let files = std::fs::read_dir(&dir.0).unwrap().count();
     assert_eq!(files, 2, "one spill file per guest");
 }
