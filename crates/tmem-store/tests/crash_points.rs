@@ -560,3 +560,25 @@ fn ephemeral_pool_records_never_take_the_last_quarter_from_persistent_pools() {
     let (_, rec) = reopen(&cfg, &read_all(&fd));
     assert_eq!((rec.pools, rec.pages), (3, 3));
 }
+
+#[test]
+fn a_rewrite_a_full_store_cannot_take_keeps_the_old_copy_only_when_asked() {
+    // 8 frames (no frame kept back for rewrites below 64), all holding persistent pages.
+    let r = rig(8);
+    let pa = r.pools[&UUID_A];
+    for i in 0..8 {
+        r.store.put(r.c, pa, key(1, i), &page(i as u8 + 1)).unwrap();
+    }
+    let mut buf = [0u8; PAGE_SIZE];
+    assert_eq!(
+        r.store.put_keeping_old(r.c, pa, key(1, 3), &page(50)),
+        Err(TmemError::NoMemory)
+    );
+    assert_eq!(r.store.get(r.c, pa, key(1, 3), &mut buf), Ok(true));
+    assert_eq!(buf, page(4), "the old copy is kept");
+    assert_eq!(
+        r.store.put(r.c, pa, key(1, 3), &page(50)),
+        Err(TmemError::DupPutFlushed)
+    );
+    assert_eq!(r.store.get(r.c, pa, key(1, 3), &mut buf), Ok(false));
+}
