@@ -146,12 +146,19 @@ fn client_lines(out: &mut String, c: &ClientStats, long: bool) {
     ];
     out.push_str(&line("C", &short, long.then_some(&long_part[..])));
     for p in &c.pools {
+        // Xen kept a uuid only for shared pools and printed 0 for private ones, whatever
+        // the guest passed; tmemd stores what the guest passed, so zero it here.
+        let uuid = if p.kind.ends_with('S') {
+            p.uuid
+        } else {
+            [0, 0]
+        };
         let short = [
             ("CI", n(c.domid.into())),
             ("PI", n(p.pool_id.into())),
             ("PT", pool_type(&p.kind)),
-            ("U0", format!("{:x}", p.uuid[0])),
-            ("U1", format!("{:x}", p.uuid[1])),
+            ("U0", format!("{:x}", uuid[0])),
+            ("U1", format!("{:x}", uuid[1])),
         ];
         let lp = pool_long(&p.counters);
         out.push_str(&line("P", &short, long.then_some(&lp[..])));
