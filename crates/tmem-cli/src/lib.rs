@@ -94,7 +94,7 @@ pub fn reply_json(reply: &OkReply) -> String {
     let mut v = serde_json::to_value(reply).expect("replies always serialise");
     if let Some(o) = v.as_object_mut() {
         // The reply's tag says which reply it is; the command already says that.
-        o.remove("kind");
+        o.shift_remove("kind");
     }
     pretty(&v)
 }
@@ -148,5 +148,45 @@ pub fn run(inv: Invocation, out: &mut dyn Write) -> Result<(), CliError> {
             generate::write_completions(shell, &mut buf);
             write_out(out, &String::from_utf8_lossy(&buf))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_for_scripts_has_no_number_a_double_cannot_hold() {
+        let mut stats = render::tests::sample();
+        stats.clients[0].instance = u64::MAX - 1;
+        stats.clients[0].pools[2].uuid = [u64::MAX, 1 << 60];
+        let v = stats_json(&stats);
+        assert_eq!(v["clients"][0]["instance"], "18446744073709551614");
+        assert_eq!(
+            v["clients"][0]["pools"][2]["uuid"],
+            tmem_control::format_uuid([u64::MAX, 1 << 60])
+        );
+        assert_eq!(
+            v["shared_pools"][0]["uuid"],
+            tmem_control::format_uuid([0x2, 0xabcdef])
+        );
+        // Walk everything: no number above 2^53 is left.
+        fn walk(v: &serde_json::Value) {
+            match v {
+                serde_json::Value::Number(n) => {
+                    assert!(n.as_u64().is_some_and(|n| n < 1 << 53), "{n}")
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(walk),
+                serde_json::Value::Object(o) => o.values().for_each(walk),
+                _ => {}
+            }
+        }
+        walk(&v);
+    }
+
+    #[test]
+    fn status_and_freeable_as_json() {
+        let j = reply_json(&OkReply::Freeable { pages: 3, kib: 12 });
+        assert_eq!(j, "{\n  \"pages\": 3,\n  \"kib\": 12\n}\n");
     }
 }

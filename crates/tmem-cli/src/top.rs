@@ -370,7 +370,14 @@ mod screen {
     }
 
     fn draw(text: &str, opts: &TopOptions) -> Result<(), CliError> {
-        let (cols, rows) = terminal::size().unwrap_or((80, 24));
+        // A terminal that reports no size (0) is not cut.
+        let (cols, rows) = match terminal::size() {
+            Ok((c, r)) => (
+                if c == 0 { usize::MAX } else { usize::from(c) },
+                if r == 0 { usize::MAX } else { usize::from(r) },
+            ),
+            Err(_) => (usize::MAX, usize::MAX),
+        };
         let footer = format!("(every {:.1}s; q to quit)", opts.interval.as_secs_f64());
         let mut out = std::io::stdout().lock();
         let err = io("cannot write to the terminal");
@@ -381,9 +388,9 @@ mod screen {
         )
         .map_err(&err)?;
         let body: Vec<&str> = text.lines().collect();
-        let room = usize::from(rows).saturating_sub(2);
+        let room = rows.saturating_sub(2);
         for line in body.iter().take(room).copied().chain(["", footer.as_str()]) {
-            let cut: String = line.chars().take(usize::from(cols)).collect();
+            let cut: String = line.chars().take(cols).collect();
             queue!(out, style::Print(cut), cursor::MoveToNextLine(1)).map_err(&err)?;
         }
         out.flush().map_err(&err)
