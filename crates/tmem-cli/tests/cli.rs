@@ -69,7 +69,6 @@ fn usage_fails(control: &Path, args: &[&str]) -> String {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "tmem {args:?}: {err:?}");
     assert!(err.starts_with("error: "), "{err:?}");
-    assert!(err.contains("Usage: tmem"), "{err:?}");
     assert!(err.contains("--help"), "{err:?}");
     err
 }
@@ -359,7 +358,8 @@ fn destroy_drops_the_guests_pools_and_disconnects_it() {
         "other guests are untouched"
     );
     fails(&d.control, &["destroy", "nobody"], 1);
-    fails(&d.control, &["destroy", "-a"], 2);
+    let e = usage_fails(&d.control, &["destroy", "-a"]);
+    assert!(e.contains("unexpected argument '-a'"), "{e}");
 }
 
 #[test]
