@@ -321,7 +321,13 @@ pub fn render_metrics(m: &MetricsSnapshot) -> String {
                 let mut l = client_labels(c);
                 l.push(("pool", p.pool_id.to_string()));
                 l.push(("kind", p.kind.clone()));
-                l.push(("uuid", String::new()));
+                // A private pool's uuid names the guest's filesystem when it sent one.
+                let uuid = if p.uuid == [0, 0] {
+                    String::new()
+                } else {
+                    format_uuid(p.uuid)
+                };
+                l.push(("uuid", uuid));
                 w.sample(name, &l, value(&p.counters));
             }
         }

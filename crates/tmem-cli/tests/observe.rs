@@ -357,7 +357,8 @@ fn a_read_only_peer_reads_everything_changes_nothing_and_every_change_is_logged(
         freeze[0]
     );
     assert!(
-        log.contains("administrative request refused: read-only peer") && log.contains("uid=65534"),
+        log.contains("administrative request refused: uid 65534 (pid ")
+            && log.contains("has read-only access: freeze all clients"),
         "{log}"
     );
 }

@@ -445,11 +445,12 @@ fn handle_line(
     if let Err(message) = permit(&op, &peer, role) {
         if let Some(suppressed) = refusal_log.allow() {
             warn!(
-                uid = peer.uid,
-                pid = peer.pid,
                 op = op.name(),
                 suppressed,
-                "administrative request refused: read-only peer"
+                "administrative request refused: uid {} (pid {}) has read-only access: {}",
+                peer.uid,
+                peer.pid,
+                describe(&op)
             );
         }
         return Reply::Error {
@@ -460,11 +461,10 @@ fn handle_line(
     let what = describe(&op);
     let name = op.name();
     let outcome = execute(op, ctx);
-    // The audit line: one per administrative action, whatever its outcome.
+    // The audit line: one per administrative action, whatever its outcome. Who and what are
+    // in the message (what journalctl shows); `op` is also a field (TMEMD_OP in the journal).
     match &outcome {
         Ok(ok) => info!(
-            uid = peer.uid,
-            pid = peer.pid,
             op = name,
             "administrative action by uid {} (pid {}): {what}: {}",
             peer.uid,
@@ -472,8 +472,6 @@ fn handle_line(
             result_text(ok)
         ),
         Err((kind, message)) => warn!(
-            uid = peer.uid,
-            pid = peer.pid,
             op = name,
             "administrative action by uid {} (pid {}): {what}: failed ({kind:?}): {message}",
             peer.uid,

@@ -121,7 +121,7 @@ mod tests {
     }
 
     /// What measuring costs per request: one clock read and one record. Printed for the
-    /// record (`cargo test -p tmemd --release -- --nocapture latency_cost`); the assertion
+    /// record (`cargo test -p tmemd --release -- --nocapture recording_costs`); the assertion
     /// only catches a gross regression (a lock or a syscall on the hot path).
     #[test]
     fn recording_costs_a_clock_read_and_two_atomic_adds() {
