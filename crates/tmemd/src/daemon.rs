@@ -42,7 +42,9 @@ pub enum DaemonError {
     #[error(transparent)]
     ControlSocket(tmem_local::listen::BindError),
     #[error(
-        "cannot give the control socket {path} to group {gid} (control_socket_group): {source}"
+        "cannot give the control socket {path} to group {gid} (control_socket_group): {source}; \
+         tmemd must be a member of that group (SupplementaryGroups= in its unit) or have \
+         CAP_CHOWN"
     )]
     ShareControlSocket {
         path: std::path::PathBuf,
@@ -76,11 +78,13 @@ pub enum DaemonError {
 
 impl DaemonError {
     /// The exit status: [`pagemem::EXIT_PAGE_MEMORY`] when page memory cannot be used, 2
-    /// for saved settings that cannot be read (like a bad config file), 1 otherwise.
+    /// for saved settings that cannot be read or a control socket group that cannot be
+    /// given (like a bad config file), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::PageMemory(_) => pagemem::EXIT_PAGE_MEMORY,
-            DaemonError::Settings(_) => 2,
+            // Like a bad configuration: restarting fails the same way.
+            DaemonError::Settings(_) | DaemonError::ShareControlSocket { .. } => 2,
             _ => 1,
         }
     }
