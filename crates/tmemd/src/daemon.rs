@@ -421,8 +421,12 @@ impl Watchdog {
 /// each may do is still decided by its credentials at accept). Widened after bind: the
 /// socket exists with mode 0600 first, never wider than configured.
 fn share_control_socket(path: &std::path::Path, gid: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::os::unix::fs::chown(path, None, Some(gid))?;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // No chown when the socket has the group already (tmemd runs with that group): the
+    // unit's system-call filter may forbid chown.
+    if std::fs::metadata(path)?.gid() != gid {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
 }
 
