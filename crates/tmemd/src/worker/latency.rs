@@ -1,8 +1,9 @@
 //! Request service times, measured in the workers for `tmem metrics`.
 //!
 //! Each worker owns one [`Latency`]: per request kind, [`LATENCY_BUCKETS`] log2 buckets and a
-//! sum, all relaxed atomics written only by that worker, so recording is two uncontended
-//! `fetch_add`s and no lock; the control thread reads and sums every worker's copy. A
+//! sum, all relaxed atomics written only by that worker, so recording is two plain loads and
+//! stores (no locked instruction, no lock); the control thread reads and sums every worker's
+//! copy. A
 //! request's time runs from the end of the previous answer (or the start of the batch, or a
 //! notification sent to the guest) to the end of its own execution, so one clock read per
 //! request covers it.
@@ -62,9 +63,14 @@ impl Latency {
     pub fn record(&self, kind: usize, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         if let Some(k) = self.kinds.get(kind) {
-            // Only this worker writes: relaxed is enough, readers want eventual totals.
-            k.buckets[bucket(ns)].fetch_add(1, Ordering::Relaxed);
-            k.sum_ns.fetch_add(ns, Ordering::Relaxed);
+            // Only the owning worker writes, so a plain load and store (no locked
+            // read-modify-write) cannot lose an update; readers want eventual totals.
+            let b = &k.buckets[bucket(ns)];
+            b.store(b.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+            k.sum_ns.store(
+                k.sum_ns.load(Ordering::Relaxed).wrapping_add(ns),
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -124,7 +130,7 @@ mod tests {
     /// record (`cargo test -p tmemd --release -- --nocapture recording_costs`); the assertion
     /// only catches a gross regression (a lock or a syscall on the hot path).
     #[test]
-    fn recording_costs_a_clock_read_and_two_atomic_adds() {
+    fn recording_costs_a_clock_read_and_two_relaxed_stores() {
         let l = Latency::default();
         let n = 1_000_000u32;
         let t0 = Instant::now();
@@ -135,7 +141,18 @@ mod tests {
             last = now;
         }
         let per = t0.elapsed() / n;
-        println!("latency_cost: {per:?} per request (clock read + record)");
+        // The clock read alone, for comparison: what the record adds is the difference.
+        let t1 = Instant::now();
+        let mut sink = Duration::ZERO;
+        for _ in 0..n {
+            let now = Instant::now();
+            sink += now - t1;
+        }
+        let clock = t1.elapsed() / n;
+        std::hint::black_box(sink);
+        println!(
+            "latency_cost: {per:?} per request (clock read + record), {clock:?} the clock alone"
+        );
         assert!(per < Duration::from_micros(2), "{per:?} per record");
         assert_eq!(
             Latency::sum([&l]).iter().map(|h| h.count()).sum::<u64>(),
