@@ -330,6 +330,25 @@ mod tests {
     }
 
     #[test]
+    fn private_pools_print_uuid_zero_as_xen_did() {
+        let mut stats = sample();
+        // A guest may send a filesystem uuid for a private pool; Xen printed 0 all the same.
+        stats.clients[0].pools[0].uuid = [0x1234, 0x5678];
+        let recs = parse_all(&render_xen(&stats, false, true));
+        let pools: Vec<_> = recs.iter().filter(|r| r.record == "P").collect();
+        assert_eq!(pools[0].get("PT"), Some("EP"));
+        assert_eq!(
+            (pools[0].get("U0"), pools[0].get("U1")),
+            (Some("0"), Some("0"))
+        );
+        assert_eq!(pools[2].get("PT"), Some("ES"));
+        assert_eq!(
+            (pools[2].get("U0"), pools[2].get("U1")),
+            (Some("2"), Some("abcdef"))
+        );
+    }
+
+    #[test]
     fn constants_match_the_spec_format_strings() {
         assert_eq!(tags_of(SPEC_G_SHORT, None), G_SHORT);
         assert_eq!(tags_of(SPEC_G_LONG, None), G_LONG);
