@@ -159,6 +159,16 @@ const POOL_METRICS: &[(&str, &str, &str, PoolValue)] = &[
 pub fn render_metrics(m: &MetricsSnapshot) -> String {
     let mut w = Writer::default();
     let g = &m.stats.global;
+    w.family(
+        "tmem_build_info",
+        "gauge",
+        "Always 1; the version label is tmemd's version.",
+    );
+    w.sample(
+        "tmem_build_info",
+        &[("version", m.daemon_version.clone())],
+        1,
+    );
     w.single(
         "tmem_uptime_seconds",
         "gauge",
@@ -396,6 +406,7 @@ mod tests {
             uptime_secs: 42,
             guests_connected: 1,
             page_memory: None,
+            daemon_version: "0.1.0".into(),
             latency: vec![LatencyHistogram {
                 op: "put".into(),
                 buckets,
@@ -432,6 +443,7 @@ mod tests {
             }
         }
         assert!(text.contains("tmem_memory_limit_bytes 67108864\n"));
+        assert!(text.contains("tmem_build_info{version=\"0.1.0\"} 1\n"));
         assert!(text.contains("tmem_client_get_hits_total{client=\"1\",name=\"web\"} 1150\n"));
         // Shared pools once, private pools under their client.
         assert_eq!(text.matches("tmem_pool_pages{client=\"shared\"").count(), 1);

@@ -169,6 +169,9 @@ fn metrics_parse_with_the_prometheus_parser_and_equal_list_json() {
         assert_eq!(sample(&s, metric, &[]), u(&g[field]), "{metric}");
     }
     assert_eq!(sample(&s, "tmem_guests_connected", &[]), 2);
+    let status: Value = serde_json::from_str(&ok(&d.control, &["status", "--json"])).unwrap();
+    let version = status["daemon_version"].as_str().unwrap();
+    assert_eq!(sample(&s, "tmem_build_info", &[("version", version)]), 1);
     assert_eq!(
         sample(&s, "tmem_page_memory_durable", &[("origin", "path")]),
         1

@@ -246,6 +246,9 @@ pub struct MetricsSnapshot {
     pub guests_connected: u32,
     pub page_memory: Option<PageMemoryStatus>,
     pub latency: Vec<LatencyHistogram>,
+    /// tmemd's version.
+    #[serde(default)]
+    pub daemon_version: String,
 }
 
 /// Where the daemon keeps page memory, for `tmem status`.
