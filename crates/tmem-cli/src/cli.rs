@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "tmem",
     version,
+    disable_help_subcommand = true,
     about = "Administer tmemd, the transcendent-memory daemon for Xen guests",
     after_help = "Exit status: 0 success, 1 the operation failed, 2 usage error, \
                   3 tmemd unreachable or busy, 4 permission denied, 5 protocol mismatch."
@@ -49,17 +50,19 @@ pub enum CliCommand {
     /// Authorise or de-authorise a domain for a shared pool uuid.
     SharedAuth(SharedAuthArgs),
     /// Show how much ephemeral memory could be given back now.
-    Freeable,
+    Freeable(JsonArgs),
     /// Evict ephemeral pages until at least this much memory is released.
     Flush(FlushArgs),
     /// Drop every pool of a domain and disconnect it.
     Destroy(DestroyArgs),
-    /// Show the daemon's version, uptime and connected guests.
-    Status,
+    /// Show the daemon's version, uptime, connected guests and page memory.
+    Status(JsonArgs),
+    /// Print every counter, gauge and request-latency histogram in the Prometheus text format.
+    Metrics,
     /// Live view of the busiest clients and pools.
     Top(TopArgs),
     /// Generate man pages or shell completions.
-    #[command(subcommand)]
+    #[command(subcommand, disable_help_subcommand = true)]
     Generate(GenerateCommand),
 }
 
@@ -94,6 +97,14 @@ pub enum ListFormat {
     Json,
 }
 
+/// `--json` of `status` and `freeable`.
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print the answer as JSON, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// A DOMAIN or `-a`, exactly one of them.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
@@ -126,7 +137,7 @@ pub struct SetArgs {
         allow_hyphen_values = true
     )]
     pub weight: Option<String>,
-    /// Page cap: a number of pages, or a size such as 64M or 1G; 0 removes the cap.
+    /// Page cap: a number of pages, or a size such as 64M, 64MiB or 1G; 0 removes the cap.
     #[arg(
         short = 'c',
         long = "cap",

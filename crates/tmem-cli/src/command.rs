@@ -32,6 +32,10 @@ pub enum Command {
     },
     /// One request whose reply is printed as a short confirmation.
     Simple(Op),
+    /// `status` or `freeable`, printed as text or JSON.
+    Query { op: Op, json: bool },
+    /// `tmem metrics`.
+    Metrics,
     /// The live view.
     Top(TopOptions),
     /// Write man pages.
@@ -101,7 +105,10 @@ impl TryFrom<CliCommand> for Command {
                 uuid: parse_uuid(&a.uuid).map_err(CliError::Usage)?,
                 allow: flag("-A", &a.auth)?,
             }),
-            CliCommand::Freeable => Command::Simple(Op::Freeable),
+            CliCommand::Freeable(a) => Command::Query {
+                op: Op::Freeable,
+                json: a.json,
+            },
             CliCommand::Flush(a) => {
                 let kib = number_u64("--kib", &a.kib)?;
                 if kib == 0 {
@@ -112,7 +119,11 @@ impl TryFrom<CliCommand> for Command {
             CliCommand::Destroy(a) => Command::Simple(Op::Destroy {
                 target: domain(&a.domain)?,
             }),
-            CliCommand::Status => Command::Simple(Op::Status),
+            CliCommand::Status(a) => Command::Query {
+                op: Op::Status,
+                json: a.json,
+            },
+            CliCommand::Metrics => Command::Metrics,
             CliCommand::Top(a) => {
                 let secs: f64 = a.interval.trim().parse().map_err(|_| {
                     CliError::Usage(format!(
@@ -194,39 +205,20 @@ fn flag(what: &str, s: &str) -> Result<bool, CliError> {
     }
 }
 
-/// A cap: a page count, or a size with a K/M/G/T suffix (bytes, powers of 1024) rounded
-/// down to whole pages.
+/// A cap: a page count (a plain number), or a size in tmemd's syntax
+/// ([`tmem_control::parse_size`]: `64M`, `64MiB`, `1G`, `512B`) rounded down to whole pages.
 pub fn cap_pages(s: &str) -> Result<u64, CliError> {
     let t = s.trim();
-    let (digits, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => {
-                    return Err(CliError::Usage(format!(
-                        "bad cap '{s}': expected pages (e.g. 25600) or a size (e.g. 100M, 2G)"
-                    )))
-                }
-            };
-            (&t[..i], Some(m))
-        }
-        _ => (t, None),
-    };
-    let n = number_u64("-c", digits).map_err(|_| {
-        CliError::Usage(format!(
-            "bad cap '{s}': expected pages (e.g. 25600) or a size (e.g. 100M, 2G)"
-        ))
-    })?;
-    match mult {
-        None => Ok(n),
-        Some(m) => n
-            .checked_mul(m)
-            .map(|b| b / PAGE_BYTES)
-            .ok_or_else(|| CliError::Usage(format!("bad cap '{s}': too large"))),
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
+        return number_u64("-c", t);
     }
+    tmem_control::parse_size(t)
+        .map(|bytes| bytes / PAGE_BYTES)
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "bad cap '{s}': expected pages (e.g. 25600) or a size (e.g. 100M, 2GiB): {e}"
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -412,7 +404,21 @@ mod tests {
     fn socket_option_and_default() {
         let inv = parse(&["--socket", "/tmp/c.sock", "status"]).unwrap();
         assert_eq!(inv.socket, PathBuf::from("/tmp/c.sock"));
-        assert_eq!(inv.command, Command::Simple(Op::Status));
+        assert_eq!(
+            inv.command,
+            Command::Query {
+                op: Op::Status,
+                json: false
+            }
+        );
+        assert_eq!(
+            cmd(&["freeable", "--json"]),
+            Command::Query {
+                op: Op::Freeable,
+                json: true
+            }
+        );
+        assert_eq!(cmd(&["metrics"]), Command::Metrics);
         // The global option also works after the subcommand.
         let inv = parse(&["freeable", "--socket", "/tmp/d.sock"]).unwrap();
         assert_eq!(inv.socket, PathBuf::from("/tmp/d.sock"));
@@ -424,6 +430,9 @@ mod tests {
         assert_eq!(cap_pages("4k").unwrap(), 1);
         assert_eq!(cap_pages("6K").unwrap(), 1);
         assert_eq!(cap_pages("1G").unwrap(), 262_144);
+        assert_eq!(cap_pages("64MiB").unwrap(), 16_384);
+        assert_eq!(cap_pages("64 MiB").unwrap(), 16_384);
+        assert_eq!(cap_pages("8192B").unwrap(), 2);
         assert!(cap_pages("M").is_err());
         assert!(cap_pages("99999999999999T").is_err());
     }

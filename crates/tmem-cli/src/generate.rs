@@ -16,10 +16,7 @@ pub fn write_man_pages(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
     let cmd = Cli::command();
     let mut written = Vec::new();
     let mut pages = vec![("tmem".to_string(), cmd.clone())];
-    for sub in cmd.get_subcommands() {
-        let name = format!("tmem-{}", sub.get_name());
-        pages.push((name.clone(), sub.clone().name(name)));
-    }
+    add_subcommand_pages(&cmd, "tmem", &mut pages);
     for (name, page) in pages {
         let path = dir.join(format!("{name}.1"));
         let mut buf = Vec::new();
@@ -30,6 +27,23 @@ pub fn write_man_pages(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
         written.push(path);
     }
     Ok(written)
+}
+
+/// One page per subcommand, nested ones too (`tmem-generate-man`), since a page links to a
+/// page for each of its subcommands. The page is named `tmem-list` but its synopsis says
+/// `tmem list`, which is what one types.
+fn add_subcommand_pages(
+    cmd: &clap::Command,
+    typed: &str,
+    pages: &mut Vec<(String, clap::Command)>,
+) {
+    for sub in cmd.get_subcommands() {
+        let typed = format!("{typed} {}", sub.get_name());
+        let name = typed.replace(' ', "-");
+        let page = sub.clone().name(name.clone()).bin_name(typed.clone());
+        add_subcommand_pages(sub, &typed, pages);
+        pages.push((name, page));
+    }
 }
 
 /// Write the completion script for `shell` to `out`.
@@ -66,6 +80,25 @@ mod tests {
         }
         let list = std::fs::read_to_string(dir.join("tmem-list.1")).unwrap();
         assert!(list.contains(".TH"), "not a man page");
+        // The synopsis is what one types.
+        assert!(list.contains("\\fBtmem list\\fR"), "{list}");
+        // Every page another page links to exists.
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            for word in text.split(|c: char| c.is_whitespace() || c == ',') {
+                if let Some(page) = word.strip_suffix("(1)") {
+                    let page = page
+                        .replace("\\-", "-")
+                        .replace("\\fB", "")
+                        .replace("\\fR", "");
+                    assert!(
+                        dir.join(format!("{page}.1")).exists(),
+                        "{} links to {page}(1), which was not written",
+                        f.display()
+                    );
+                }
+            }
+        }
         assert!(list.contains("xen"), "format values documented");
         let _ = std::fs::remove_dir_all(dir);
     }

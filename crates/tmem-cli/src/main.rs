@@ -9,18 +9,11 @@ use tmem_cli::error::{CliError, EXIT_USAGE};
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
-            std::process::exit(0);
-        }
         Err(e) => {
-            // clap's message is several lines (usage, hints); keep the first.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("tmem: {first} (see `tmem --help`)");
-            std::process::exit(EXIT_USAGE);
+            // clap's whole message: what is wrong (which argument is missing), the usage
+            // line and where to read more. --help and --version go to stdout, status 0.
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
     let result =

@@ -536,6 +536,7 @@ pub fn render_reply(op: &Op, reply: &OkReply) -> String {
         ),
         (_, OkReply::Done { clients }) => format!("done ({})\n", clients_text(*clients)),
         (_, OkReply::Stats(_)) => "statistics received\n".into(),
+        (_, OkReply::Metrics(_)) => "metrics received\n".into(),
     }
 }
 

@@ -1,6 +1,8 @@
 //! `tmem top`: rates computed from two successive statistics snapshots, the busiest clients
 //! and pools first. The frame is a pure function of the two snapshots; the loop around it
-//! only fetches, sleeps and prints (clearing the screen first when stdout is a terminal).
+//! only fetches, waits and prints: plain frames one after another when stdout is not a
+//! terminal, a full-screen view (crossterm) that quits on `q` when it is. Either way, when
+//! tmemd stops or restarts it says so and waits for it.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -13,9 +15,6 @@ use crate::client::Client;
 use crate::command::TopOptions;
 use crate::error::CliError;
 use crate::render::{columns, human_bytes, percent, PAGE_BYTES};
-
-/// Clear the screen and home the cursor.
-const CLEAR: &str = "\x1b[H\x1b[2J";
 
 type ClientKey = (tmem_store::Identity, u64);
 
@@ -136,8 +135,10 @@ pub fn render_top(prev: &StoreStats, cur: &StoreStats, elapsed: Duration, rows: 
 
     let g = &cur.global;
     let pg = &prev.global;
+    // Two short header lines: one long one wrapped at 120 columns.
     let mut out = format!(
-        "tmem top: {} clients, {} pools | {} ops/s, {} errors/s, {} evictions/s | data {} of {} ({}) | {} pages freeable\n\n",
+        "tmem top: {} clients, {} pools | {} ops/s, {} errors/s, {} evictions/s\n\
+         memory: data {} of {} ({}) | {} pages freeable\n\n",
         cur.clients.len(),
         pools.len(),
         fmt_rate(rate(g.total_ops, pg.total_ops, secs)),
@@ -208,32 +209,191 @@ fn snapshot(client: &Client) -> Result<StoreStats, CliError> {
     }
 }
 
-/// Run the live view until interrupted or `iterations` frames have been shown.
-pub fn run_top(client: &Client, opts: &TopOptions, out: &mut dyn Write) -> Result<(), CliError> {
-    let tty = !opts.plain && std::io::stdout().is_terminal();
-    let mut prev = snapshot(client)?;
-    let mut prev_at = Instant::now();
-    let mut shown = 0u64;
-    loop {
-        std::thread::sleep(opts.interval);
-        let cur = snapshot(client)?;
-        let now = Instant::now();
-        let frame = render_top(&prev, &cur, now - prev_at, opts.rows);
-        let text = if tty {
-            format!(
-                "{CLEAR}{frame}\n(every {:.1}s; Ctrl-C to quit)\n",
-                opts.interval.as_secs_f64()
-            )
-        } else {
-            format!("{frame}\n")
-        };
-        crate::write_out(out, &text)?;
-        shown += 1;
-        if opts.iterations.is_some_and(|n| shown >= n) {
-            return Ok(());
+/// What one refresh has to show.
+#[derive(Debug, PartialEq)]
+enum View {
+    /// Rates over the last interval.
+    Frame(String),
+    /// tmemd cannot be reached (stopped, restarting): waiting for it.
+    Waiting(String),
+    /// The first snapshot after a (re)connect: rates need a second one.
+    Collecting,
+}
+
+/// The refresh loop's state: the last snapshot, forgotten when tmemd goes away (a restarted
+/// tmemd counts from zero again).
+#[derive(Debug, Default)]
+struct Refresher {
+    prev: Option<(StoreStats, Instant)>,
+}
+
+impl Refresher {
+    fn step(&mut self, client: &Client, rows: usize) -> Result<View, CliError> {
+        match snapshot(client) {
+            Ok(cur) => {
+                let now = Instant::now();
+                let view = match self.prev.take() {
+                    Some((prev, at)) => View::Frame(render_top(&prev, &cur, now - at, rows)),
+                    None => View::Collecting,
+                };
+                self.prev = Some((cur, now));
+                Ok(view)
+            }
+            Err(e @ (CliError::NotRunning { .. } | CliError::Unreachable { .. })) => {
+                self.prev = None;
+                Ok(View::Waiting(format!(
+                    "waiting for tmemd to come back: {}",
+                    e.one_line()
+                )))
+            }
+            Err(e) => Err(e),
         }
-        prev = cur;
-        prev_at = now;
+    }
+}
+
+/// Run the live view until `q` (on a terminal), an interrupt, or `iterations` frames.
+/// When tmemd stops or restarts, wait for it and go on.
+pub fn run_top(client: &Client, opts: &TopOptions, out: &mut dyn Write) -> Result<(), CliError> {
+    if !opts.plain && std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+        return screen::run(client, opts);
+    }
+    let mut r = Refresher::default();
+    let mut shown = 0u64;
+    let mut waiting = false;
+    loop {
+        match r.step(client, opts.rows)? {
+            View::Frame(frame) => {
+                waiting = false;
+                crate::write_out(out, &format!("{frame}\n"))?;
+                shown += 1;
+                if opts.iterations.is_some_and(|n| shown >= n) {
+                    return Ok(());
+                }
+            }
+            View::Waiting(why) => {
+                // Once per outage, not every interval.
+                if !waiting {
+                    crate::write_out(out, &format!("tmem top: {why}\n"))?;
+                }
+                waiting = true;
+            }
+            View::Collecting => {}
+        }
+        std::thread::sleep(opts.interval);
+    }
+}
+
+/// The full-screen view on a terminal (crossterm): alternate screen, raw keys, every line
+/// cut to the terminal's width so nothing wraps.
+mod screen {
+    use std::io::Write;
+    use std::time::Instant;
+
+    use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+    use crossterm::{cursor, queue, style, terminal};
+
+    use super::{Refresher, View};
+    use crate::client::Client;
+    use crate::command::TopOptions;
+    use crate::error::CliError;
+
+    /// Puts the terminal back however the view ends (error included).
+    struct Restore;
+
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let mut out = std::io::stdout();
+            let _ = crossterm::execute!(out, cursor::Show, terminal::LeaveAlternateScreen);
+            let _ = terminal::disable_raw_mode();
+        }
+    }
+
+    fn io(what: &'static str) -> impl Fn(std::io::Error) -> CliError {
+        move |source| CliError::Output {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub(super) fn run(client: &Client, opts: &TopOptions) -> Result<(), CliError> {
+        terminal::enable_raw_mode().map_err(io("cannot set up the terminal"))?;
+        let _restore = Restore;
+        crossterm::execute!(
+            std::io::stdout(),
+            terminal::EnterAlternateScreen,
+            cursor::Hide
+        )
+        .map_err(io("cannot set up the terminal"))?;
+        let mut r = Refresher::default();
+        let mut text = String::from("collecting statistics ...");
+        let mut shown = 0u64;
+        loop {
+            match r.step(client, opts.rows)? {
+                View::Frame(frame) => {
+                    text = frame;
+                    shown += 1;
+                }
+                View::Waiting(why) => text = why,
+                View::Collecting => {}
+            }
+            draw(&text, opts)?;
+            if opts.iterations.is_some_and(|n| shown >= n) {
+                return Ok(());
+            }
+            // Sleep until the next refresh, answering keys and resizes meanwhile.
+            let until = Instant::now() + opts.interval;
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                if !event::poll(left).map_err(io("cannot read the terminal"))? {
+                    break;
+                }
+                match event::read().map_err(io("cannot read the terminal"))? {
+                    Event::Key(k) if quits(&k) => return Ok(()),
+                    Event::Resize(..) => draw(&text, opts)?,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// `q`, Esc and Ctrl-C quit (raw mode turns Ctrl-C into a key).
+    fn quits(k: &KeyEvent) -> bool {
+        k.kind != KeyEventKind::Release
+            && match k.code {
+                KeyCode::Char('q') | KeyCode::Char('Q') | KeyCode::Esc => true,
+                KeyCode::Char('c') => k.modifiers.contains(KeyModifiers::CONTROL),
+                _ => false,
+            }
+    }
+
+    fn draw(text: &str, opts: &TopOptions) -> Result<(), CliError> {
+        // A terminal that reports no size (0) is not cut.
+        let (cols, rows) = match terminal::size() {
+            Ok((c, r)) => (
+                if c == 0 { usize::MAX } else { usize::from(c) },
+                if r == 0 { usize::MAX } else { usize::from(r) },
+            ),
+            Err(_) => (usize::MAX, usize::MAX),
+        };
+        let footer = format!("(every {:.1}s; q to quit)", opts.interval.as_secs_f64());
+        let mut out = std::io::stdout().lock();
+        let err = io("cannot write to the terminal");
+        queue!(
+            out,
+            terminal::Clear(terminal::ClearType::All),
+            cursor::MoveTo(0, 0)
+        )
+        .map_err(&err)?;
+        let body: Vec<&str> = text.lines().collect();
+        let room = rows.saturating_sub(2);
+        for line in body.iter().take(room).copied().chain(["", footer.as_str()]) {
+            let cut: String = line.chars().take(cols).collect();
+            queue!(out, style::Print(cut), cursor::MoveToNextLine(1)).map_err(&err)?;
+        }
+        out.flush().map_err(&err)
     }
 }
 
@@ -258,15 +418,17 @@ mod tests {
         let lines: Vec<&str> = f.lines().collect();
         assert!(lines[0].contains("150 ops/s"), "{f}");
         assert!(lines[0].contains("2 clients, 4 pools"), "{f}");
+        // No line wraps at 120 columns, headers included.
+        assert!(lines.iter().all(|l| l.len() <= 120), "{f}");
         assert_eq!(
-            lines[3],
+            lines[4],
             "1      web   up          1500   5.9 MiB  100     50.0    25.0    50.0%  0"
         );
         // The idle client comes second.
-        assert!(lines[4].starts_with("7      db    det,frozen"), "{f}");
+        assert!(lines[5].starts_with("7      db    det,frozen"), "{f}");
         // Busiest pool first.
         assert_eq!(
-            lines[7],
+            lines[8],
             "1      0     EP    1000   100     50.0    25.0    50.0%  0"
         );
     }
@@ -278,9 +440,9 @@ mod tests {
         let f = render_top(&prev, &cur, Duration::from_secs(1), 1);
         let lines: Vec<&str> = f.lines().collect();
         // web: 3500 puts in 1 s.
-        assert!(lines[3].contains("3500"), "{f}");
+        assert!(lines[4].contains("3500"), "{f}");
         // One client row and one pool row only.
-        assert_eq!(lines.len(), 2 + 2 + 1 + 2);
+        assert_eq!(lines.len(), 3 + 2 + 1 + 2);
     }
 
     #[test]

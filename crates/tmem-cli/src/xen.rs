@@ -146,12 +146,19 @@ fn client_lines(out: &mut String, c: &ClientStats, long: bool) {
     ];
     out.push_str(&line("C", &short, long.then_some(&long_part[..])));
     for p in &c.pools {
+        // Xen kept a uuid only for shared pools and printed 0 for private ones, whatever
+        // the guest passed; tmemd stores what the guest passed, so zero it here.
+        let uuid = if p.kind.ends_with('S') {
+            p.uuid
+        } else {
+            [0, 0]
+        };
         let short = [
             ("CI", n(c.domid.into())),
             ("PI", n(p.pool_id.into())),
             ("PT", pool_type(&p.kind)),
-            ("U0", format!("{:x}", p.uuid[0])),
-            ("U1", format!("{:x}", p.uuid[1])),
+            ("U0", format!("{:x}", uuid[0])),
+            ("U1", format!("{:x}", uuid[1])),
         ];
         let lp = pool_long(&p.counters);
         out.push_str(&line("P", &short, long.then_some(&lp[..])));
@@ -320,6 +327,25 @@ mod tests {
         text.lines()
             .map(|l| parse_xen_line(l).unwrap_or_else(|e| panic!("{e}")))
             .collect()
+    }
+
+    #[test]
+    fn private_pools_print_uuid_zero_as_xen_did() {
+        let mut stats = sample();
+        // A guest may send a filesystem uuid for a private pool; Xen printed 0 all the same.
+        stats.clients[0].pools[0].uuid = [0x1234, 0x5678];
+        let recs = parse_all(&render_xen(&stats, false, true));
+        let pools: Vec<_> = recs.iter().filter(|r| r.record == "P").collect();
+        assert_eq!(pools[0].get("PT"), Some("EP"));
+        assert_eq!(
+            (pools[0].get("U0"), pools[0].get("U1")),
+            (Some("0"), Some("0"))
+        );
+        assert_eq!(pools[2].get("PT"), Some("ES"));
+        assert_eq!(
+            (pools[2].get("U0"), pools[2].get("U1")),
+            (Some("2"), Some("abcdef"))
+        );
     }
 
     #[test]

@@ -98,6 +98,39 @@ pub enum Op {
     Destroy {
         target: Target,
     },
+    /// Everything `tmem metrics` exports, in one snapshot.
+    Metrics,
+}
+
+impl Op {
+    /// Whether the op only reads: the ops a read-only peer (a monitoring agent) may send.
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            Op::Status | Op::List { .. } | Op::Freeable | Op::Metrics => true,
+            Op::Freeze { .. }
+            | Op::Thaw { .. }
+            | Op::Set { .. }
+            | Op::SharedAuth { .. }
+            | Op::Flush { .. }
+            | Op::Destroy { .. } => false,
+        }
+    }
+
+    /// The op's name as `tmem` spells the command, for messages and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Status => "status",
+            Op::List { .. } => "list",
+            Op::Freeze { .. } => "freeze",
+            Op::Thaw { .. } => "thaw",
+            Op::Set { .. } => "set",
+            Op::SharedAuth { .. } => "shared-auth",
+            Op::Freeable => "freeable",
+            Op::Flush { .. } => "flush",
+            Op::Destroy { .. } => "destroy",
+            Op::Metrics => "metrics",
+        }
+    }
 }
 
 /// A request line.
@@ -163,6 +196,59 @@ pub enum OkReply {
     Flushed {
         kib: u64,
     },
+    Metrics(Box<MetricsSnapshot>),
+}
+
+/// The guest request kinds whose service time tmemd measures, in histogram order.
+pub const REQUEST_KINDS: [&str; 7] = [
+    "new_pool",
+    "destroy_pool",
+    "put",
+    "get",
+    "flush_page",
+    "flush_object",
+    "refused",
+];
+
+/// Buckets of a [`LatencyHistogram`]: bucket `k` counts durations of `k` significant bits,
+/// i.e. below `2^k` ns (bucket 0: 0 ns); the last bucket also takes everything longer.
+pub const LATENCY_BUCKETS: usize = 32;
+
+/// Service times of one request kind, summed over the workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyHistogram {
+    /// One of [`REQUEST_KINDS`].
+    pub op: String,
+    /// Non-cumulative counts per bucket ([`LATENCY_BUCKETS`] entries).
+    pub buckets: Vec<u64>,
+    /// Sum of all durations, in nanoseconds.
+    pub sum_ns: u64,
+}
+
+impl LatencyHistogram {
+    /// Requests counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// The upper bound of bucket `k`, in nanoseconds (`None` for the last, open bucket).
+    pub fn bucket_bound_ns(k: usize) -> Option<u64> {
+        (k + 1 < LATENCY_BUCKETS).then(|| 1u64 << k)
+    }
+}
+
+/// What `tmem metrics` exports: the statistics of `tmem list`, the figures of `tmem status`
+/// and the request latency histograms, taken together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    pub stats: StoreStats,
+    pub uptime_secs: u64,
+    pub guests_connected: u32,
+    pub page_memory: Option<PageMemoryStatus>,
+    pub latency: Vec<LatencyHistogram>,
+    /// tmemd's version.
+    #[serde(default)]
+    pub daemon_version: String,
 }
 
 /// Where the daemon keeps page memory, for `tmem status`.
@@ -272,6 +358,39 @@ pub fn decode_reply(line: &[u8]) -> Result<Reply, String> {
         ));
     }
     Ok(r.reply)
+}
+
+/// Parse a byte size as administrators write it, for `tmemd --mem-limit` and `tmem set -c`
+/// alike: a whole number with an optional unit K, M, G or T (powers of 1024; `KiB`, `KB`, `k`
+/// and a space before the unit are accepted), or `B` for bytes. `4096`, `64M`, `64MiB`, `1G`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!("bad size '{s}': expected a number with K, M, G or T (e.g. 4096, 64M, 64MiB, 1G)")
+    };
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit
+        .strip_suffix("IB")
+        .or_else(|| unit.strip_suffix('B'))
+        .unwrap_or(&unit);
+    let shift = match unit {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(bad()),
+    };
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size '{s}' is too large"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size '{s}' is too large"))
 }
 
 /// Parse a uuid in its usual text form (32 hex digits, dashes anywhere), as `blkid` prints a
@@ -398,6 +517,59 @@ mod tests {
                 .0,
             ErrorKind::Malformed
         );
+    }
+
+    #[test]
+    fn one_size_syntax_for_daemon_and_cli() {
+        for (text, bytes) in [
+            ("4096", 4096),
+            ("64M", 64 << 20),
+            ("64MiB", 64 << 20),
+            ("64 MiB", 64 << 20),
+            ("64mb", 64 << 20),
+            ("4k", 4096),
+            ("1G", 1 << 30),
+            ("2GiB", 2 << 30),
+            ("1T", 1 << 40),
+            ("512B", 512),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "M", "12Q", "-1", "1.5G", "64MiBs", "99999999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn read_only_ops_are_exactly_the_ones_that_change_nothing() {
+        let t = || Target::All;
+        let ro = [
+            Op::Status,
+            Op::List { target: t() },
+            Op::Freeable,
+            Op::Metrics,
+        ];
+        let rw = [
+            Op::Freeze { target: t() },
+            Op::Thaw { target: t() },
+            Op::Set {
+                target: t(),
+                weight: Some(1),
+                cap_pages: None,
+                compress: None,
+            },
+            Op::SharedAuth {
+                target: t(),
+                uuid: [0, 0],
+                allow: true,
+            },
+            Op::Flush { kib: 1 },
+            Op::Destroy {
+                target: Target::DomId(1),
+            },
+        ];
+        assert!(ro.iter().all(Op::is_read_only));
+        assert!(!rw.iter().any(Op::is_read_only));
     }
 
     #[test]

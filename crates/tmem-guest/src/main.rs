@@ -164,18 +164,11 @@ struct BenchArgs {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
         Err(e) => {
-            // clap's message spans several lines (usage, hints); keep the one that says why.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("tmem-guest: {first} (see `tmem-guest --help`)");
-            return ExitCode::from(2);
+            // clap's whole message: what is wrong, the usage line, where to read more.
+            // --help and --version go to stdout with status 0.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
     workload::stop_on_signals();

@@ -105,6 +105,13 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// Non-root user ids (besides the daemon's own) allowed on the control socket.
     pub control_uids: Option<Vec<u32>>,
+    /// User ids allowed on the control socket for reading only (list, status, metrics, ...).
+    pub control_readonly_uids: Option<Vec<u32>>,
+    /// Group ids (the peer's effective group) allowed on the control socket for reading only.
+    pub control_readonly_gids: Option<Vec<u32>>,
+    /// Group (name or id) that owns the control socket, which is then made 0660 so that its
+    /// members can connect; the credential check still decides what they may do.
+    pub control_socket_group: Option<String>,
     /// Serve Xen guests when running in a Xen dom0 (default true).
     pub xen: Option<bool>,
     /// Xen domains that get a tmem device: ids or names (default: all but dom0).
@@ -152,6 +159,11 @@ pub struct Config {
     pub reattach_grace: Duration,
     pub log_level: String,
     pub control_uids: Vec<u32>,
+    /// Peers with one of these uids, or effective gid in `control_readonly_gids`, may only read.
+    pub control_readonly_uids: Vec<u32>,
+    pub control_readonly_gids: Vec<u32>,
+    /// The group given the control socket (mode 0660), if any.
+    pub control_socket_gid: Option<u32>,
     pub store: StoreConfig,
     /// Try the Xen transport (it still needs a Xen dom0 to start).
     pub xen: bool,
@@ -312,6 +324,10 @@ impl Config {
                 )));
             }
         }
+        let control_socket_gid = match file.control_socket_group.as_deref() {
+            None => None,
+            Some(g) => Some(group_id(g)?),
+        };
         let settings =
             declared_settings(file.shared_auth_required, file.guest.unwrap_or_default())?;
         Ok(Config {
@@ -338,6 +354,9 @@ impl Config {
             log_level,
             allow_overcommit: args.allow_overcommit || file.allow_overcommit.unwrap_or(false),
             control_uids: file.control_uids.unwrap_or_default(),
+            control_readonly_uids: file.control_readonly_uids.unwrap_or_default(),
+            control_readonly_gids: file.control_readonly_gids.unwrap_or_default(),
+            control_socket_gid,
             store,
         })
     }
@@ -483,33 +502,23 @@ fn check_range(name: &str, v: u64, lo: u64, hi: u64) -> Result<(), ConfigError> 
     Ok(())
 }
 
-/// Parse a byte size: a number with an optional K, M, G or T suffix (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (t, 1u64),
-        Some((i, _)) => {
-            let unit = t[i..].trim().to_ascii_uppercase();
-            let unit = unit
-                .strip_suffix("IB")
-                .or(unit.strip_suffix('B'))
-                .unwrap_or(&unit);
-            let mult = match unit {
-                "" => 1,
-                "K" => 1 << 10,
-                "M" => 1 << 20,
-                "G" => 1 << 30,
-                "T" => 1 << 40,
-                _ => return Err(format!("bad size '{s}': use a number with K, M, G or T")),
-            };
-            (&t[..i], mult)
-        }
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("bad size '{s}': use a number with K, M, G or T"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size '{s}' is too large"))
+/// Byte sizes: the one parser `tmem` uses too, so `64MiB` means the same to both.
+pub use tmem_control::parse_size;
+
+/// A group given by id or name.
+fn group_id(g: &str) -> Result<u32, ConfigError> {
+    if let Ok(gid) = g.trim().parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(g.trim()) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(invalid(format!(
+            "control_socket_group {g:?} is not a group on this host"
+        ))),
+        Err(e) => Err(invalid(format!(
+            "control_socket_group {g:?}: cannot look the group up: {e}"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -559,6 +568,32 @@ mod tests {
             ..Args::default()
         };
         assert!(Config::merge(args, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn read_only_control_peers_and_the_socket_group() {
+        let f: FileConfig = toml::from_str(
+            "control_readonly_uids = [65534]\ncontrol_readonly_gids = [4242]\n\
+             control_socket_group = \"0\"\n",
+        )
+        .unwrap();
+        let c = Config::merge(Args::default(), f).unwrap();
+        assert_eq!(c.control_readonly_uids, vec![65534]);
+        assert_eq!(c.control_readonly_gids, vec![4242]);
+        assert_eq!(c.control_socket_gid, Some(0));
+        let f: FileConfig = toml::from_str("control_socket_group = \"root\"\n").unwrap();
+        assert_eq!(
+            Config::merge(Args::default(), f)
+                .unwrap()
+                .control_socket_gid,
+            Some(0)
+        );
+        let f: FileConfig =
+            toml::from_str("control_socket_group = \"no-such-group-here\"\n").unwrap();
+        let e = Config::merge(Args::default(), f).unwrap_err().to_string();
+        assert!(e.contains("is not a group on this host"), "{e}");
+        let c = Config::merge(Args::default(), FileConfig::default()).unwrap();
+        assert!(c.control_readonly_uids.is_empty() && c.control_socket_gid.is_none());
     }
 
     #[test]

@@ -3,7 +3,11 @@
 //! Connections are non-blocking and served from the main thread: a client that sends
 //! nothing, sends garbage or never reads can only time out or be closed; it cannot hold
 //! up the daemon or other administrators. Peers are checked once, at accept, by their
-//! credentials (root, the daemon's own user, or configured uids).
+//! kernel-reported credentials: root, the daemon's own user and `control_uids` administer;
+//! `control_readonly_uids` and `control_readonly_gids` (a monitoring agent) may only read
+//! (`Op::is_read_only`), and are told so, with the command they tried, when they ask more.
+//! Every administrative action is logged once, at info, with the peer's uid and pid, what
+//! it asked and what came of it.
 //!
 //! The administrator must always get in, even when other processes hold every connection:
 //! - a connection is idle from its last *complete* request (a byte now and then does not
@@ -26,8 +30,8 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use tmem_control::{
-    decode_request, encode_reply, ErrorKind as Kind, OkReply, Op, Reply, Target, CONTROL_VERSION,
-    MAX_REQUEST_BYTES,
+    decode_request, encode_reply, ErrorKind as Kind, MetricsSnapshot, OkReply, Op, Reply, Target,
+    CONTROL_VERSION, MAX_REQUEST_BYTES,
 };
 use tmem_store::{ClientId, Identity};
 use tracing::{debug, info, warn};
@@ -35,6 +39,7 @@ use tracing::{debug, info, warn};
 use crate::daemon::{read_some, write_some};
 use crate::ratelimit::RateLimiter;
 use crate::settings::Keeper;
+use crate::worker::latency::Latency;
 use crate::worker::{lock, Shared, WorkerHandle};
 
 /// A connection with no complete request for this long is closed.
@@ -55,6 +60,10 @@ pub struct Context {
     pub workers: Arc<Vec<WorkerHandle>>,
     pub started: Instant,
     pub allowed_uids: Vec<u32>,
+    /// Peers with these uids may only read.
+    pub readonly_uids: Vec<u32>,
+    /// Peers whose effective gid is one of these may only read.
+    pub readonly_gids: Vec<u32>,
     /// The transports serving guests, as reported by `tmem status`.
     pub transports: Vec<&'static str>,
     /// Where page memory is and what the start recovered, as reported by `tmem status`.
@@ -116,22 +125,23 @@ impl ControlServer {
     }
 
     fn admit(&mut self, stream: UnixStream, registry: &Registry, ctx: &Context) {
-        let uid = match peer_uid(&stream) {
-            Ok(uid) => uid,
+        let peer = match peer_credentials(&stream) {
+            Ok(peer) => peer,
             Err(e) => {
                 debug!("control connection dropped: {e}");
                 return;
             }
         };
-        if !ctx.allowed_uids.contains(&uid) {
+        let uid = peer.uid;
+        let Some(role) = role(&peer, ctx) else {
             self.log_refusal(uid, "not allowed");
             refuse(
                 &stream,
                 Kind::PermissionDenied,
-                format!("user id {uid} may not administer tmemd; run tmem as root"),
+                format!("user id {uid} may not use tmemd's control socket; run tmem as root"),
             );
             return;
-        }
+        };
         if let Err(why) = self.make_room(uid, registry) {
             self.log_refusal(uid, why);
             refuse(
@@ -143,7 +153,7 @@ impl ControlServer {
         }
         let token = self.next_token;
         self.next_token += 1;
-        match ControlConn::new(stream, uid) {
+        match ControlConn::new(stream, peer, role) {
             Ok(mut conn) => {
                 if conn.register(registry, Token(token)).is_ok() {
                     self.conns.insert(token, conn);
@@ -194,7 +204,7 @@ impl ControlServer {
     /// Handle readiness of the connection behind `token`.
     pub fn on_ready(&mut self, token: Token, registry: &Registry, ctx: &Context) {
         if let Some(conn) = self.conns.get_mut(&token.0) {
-            if !conn.on_ready(ctx) {
+            if !conn.on_ready(ctx, &mut self.refusal_log) {
                 conn.deregister(registry);
                 self.conns.remove(&token.0);
             }
@@ -271,9 +281,44 @@ fn admission(uid: u32, is_admin: impl Fn(u32) -> bool, open: &[OpenConn]) -> Adm
     Admission::Admit
 }
 
-fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+/// Who is on the other end of a control connection, as the kernel says (`SO_PEERCRED`, taken
+/// at connect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    /// Effective gid (supplementary groups are not reported by `SO_PEERCRED`).
+    pub gid: u32,
+    pub pid: i32,
+}
+
+/// What a peer may do on the control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every request.
+    Admin,
+    /// Only requests that change nothing (`Op::is_read_only`).
+    ReadOnly,
+}
+
+/// The role of a peer, `None` when it may not use the control socket at all. An
+/// administrator uid keeps its rights even if it is also listed as read-only.
+pub fn role(peer: &Peer, ctx: &Context) -> Option<Role> {
+    if ctx.allowed_uids.contains(&peer.uid) {
+        Some(Role::Admin)
+    } else if ctx.readonly_uids.contains(&peer.uid) || ctx.readonly_gids.contains(&peer.gid) {
+        Some(Role::ReadOnly)
+    } else {
+        None
+    }
+}
+
+fn peer_credentials(stream: &UnixStream) -> std::io::Result<Peer> {
     nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
-        .map(|c| c.uid())
+        .map(|c| Peer {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+        })
         .map_err(std::io::Error::from)
 }
 
@@ -288,6 +333,8 @@ fn refuse(stream: &UnixStream, kind: Kind, message: String) {
 pub struct ControlConn {
     stream: UnixStream,
     uid: u32,
+    peer: Peer,
+    role: Role,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     /// When the last complete request arrived (or the connection was accepted): idleness
@@ -298,11 +345,13 @@ pub struct ControlConn {
 }
 
 impl ControlConn {
-    fn new(stream: UnixStream, uid: u32) -> std::io::Result<ControlConn> {
+    fn new(stream: UnixStream, peer: Peer, role: Role) -> std::io::Result<ControlConn> {
         stream.set_nonblocking(true)?;
         Ok(ControlConn {
             stream,
-            uid,
+            uid: peer.uid,
+            peer,
+            role,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
             last_request: Instant::now(),
@@ -327,7 +376,7 @@ impl ControlConn {
     }
 
     /// Handle readiness; returns false when the connection should be dropped.
-    fn on_ready(&mut self, ctx: &Context) -> bool {
+    fn on_ready(&mut self, ctx: &Context, refusal_log: &mut RateLimiter) -> bool {
         if !self.closing {
             match read_some(&mut self.stream, &mut self.inbuf, MAX_REQUEST_BYTES) {
                 Ok(None) => self.closing = true,
@@ -340,7 +389,13 @@ impl ControlConn {
             while let Some(pos) = self.inbuf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.inbuf.drain(..=pos).collect();
                 self.last_request = Instant::now();
-                let reply = handle_line(&line[..line.len() - 1], ctx);
+                let reply = handle_line(
+                    &line[..line.len() - 1],
+                    ctx,
+                    self.peer,
+                    self.role,
+                    refusal_log,
+                );
                 self.outbuf.extend(encode_reply(reply));
                 if self.outbuf.len() > MAX_PENDING_OUT {
                     return false;
@@ -369,16 +424,141 @@ impl ControlConn {
     }
 }
 
-fn handle_line(line: &[u8], ctx: &Context) -> Reply {
-    match decode_request(line) {
-        Ok(op) => {
-            debug!(?op, "control request");
-            match execute(op, ctx) {
-                Ok(ok) => Reply::Ok(ok),
-                Err((kind, message)) => Reply::Error { kind, message },
-            }
+fn handle_line(
+    line: &[u8],
+    ctx: &Context,
+    peer: Peer,
+    role: Role,
+    refusal_log: &mut RateLimiter,
+) -> Reply {
+    let op = match decode_request(line) {
+        Ok(op) => op,
+        Err((kind, message)) => return Reply::Error { kind, message },
+    };
+    debug!(?op, uid = peer.uid, pid = peer.pid, "control request");
+    if op.is_read_only() {
+        return match execute(op, ctx) {
+            Ok(ok) => Reply::Ok(ok),
+            Err((kind, message)) => Reply::Error { kind, message },
+        };
+    }
+    if let Err(message) = permit(&op, &peer, role) {
+        if let Some(suppressed) = refusal_log.allow() {
+            warn!(
+                op = op.name(),
+                suppressed,
+                "administrative request refused: uid {} (pid {}) has read-only access: {}",
+                peer.uid,
+                peer.pid,
+                describe(&op)
+            );
         }
+        return Reply::Error {
+            kind: Kind::PermissionDenied,
+            message,
+        };
+    }
+    let what = describe(&op);
+    let name = op.name();
+    let outcome = execute(op, ctx);
+    // The audit line: one per administrative action, whatever its outcome. Who and what are
+    // in the message (what journalctl shows); `op` is also a field (TMEMD_OP in the journal).
+    match &outcome {
+        Ok(ok) => info!(
+            op = name,
+            "administrative action by uid {} (pid {}): {what}: {}",
+            peer.uid,
+            peer.pid,
+            result_text(ok)
+        ),
+        Err((kind, message)) => warn!(
+            op = name,
+            "administrative action by uid {} (pid {}): {what}: failed ({kind:?}): {message}",
+            peer.uid,
+            peer.pid
+        ),
+    }
+    match outcome {
+        Ok(ok) => Reply::Ok(ok),
         Err((kind, message)) => Reply::Error { kind, message },
+    }
+}
+
+/// Whether a peer with `role` may send `op`; `Err` is the message it gets.
+pub fn permit(op: &Op, peer: &Peer, role: Role) -> Result<(), String> {
+    if role == Role::Admin || op.is_read_only() {
+        return Ok(());
+    }
+    Err(format!(
+        "user id {} has read-only access to tmemd: `tmem {}` needs an administrator \
+         (root, or a uid in control_uids)",
+        peer.uid,
+        op.name()
+    ))
+}
+
+/// An administrative request in words, for the audit line.
+fn describe(op: &Op) -> String {
+    let target = |t: &Target| match t {
+        Target::All => "all clients".to_string(),
+        Target::DomId(d) => format!("domain {d}"),
+        Target::Local { uid, label } => format!("local:{uid}:{label}"),
+        Target::Name(n) => format!("domain named {n:?}"),
+    };
+    match op {
+        Op::Freeze { target: t } => format!("freeze {}", target(t)),
+        Op::Thaw { target: t } => format!("thaw {}", target(t)),
+        Op::Set {
+            target: t,
+            weight,
+            cap_pages,
+            compress,
+        } => {
+            let mut what = Vec::new();
+            if let Some(w) = weight {
+                what.push(format!("weight={w}"));
+            }
+            if let Some(c) = cap_pages {
+                what.push(format!("cap_pages={c}"));
+            }
+            if let Some(p) = compress {
+                what.push(format!("compress={}", u8::from(*p)));
+            }
+            format!("set {} on {}", what.join(" "), target(t))
+        }
+        Op::SharedAuth {
+            target: Target::All,
+            allow,
+            ..
+        } => format!(
+            "shared-auth for all: authorisation {}",
+            if *allow {
+                "no longer required"
+            } else {
+                "required"
+            }
+        ),
+        Op::SharedAuth {
+            target: t,
+            uuid,
+            allow,
+        } => format!(
+            "shared-auth {} {} for shared pool {}",
+            if *allow { "allow" } else { "deny" },
+            target(t),
+            tmem_control::format_uuid(*uuid)
+        ),
+        Op::Flush { kib } => format!("flush {kib} KiB"),
+        Op::Destroy { target: t } => format!("destroy {}", target(t)),
+        other => other.name().to_string(),
+    }
+}
+
+fn result_text(ok: &OkReply) -> String {
+    match ok {
+        OkReply::Done { clients } => format!("done ({clients} client(s))"),
+        OkReply::Flushed { kib } => format!("flushed {kib} KiB"),
+        other => format!("{other:?}"),
     }
 }
 
@@ -493,6 +673,14 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
                 }
             }
         }),
+        Op::Metrics => Ok(OkReply::Metrics(Box::new(MetricsSnapshot {
+            stats: store.stats(),
+            uptime_secs: ctx.started.elapsed().as_secs(),
+            guests_connected: ctx.shared.connected.load(Ordering::Relaxed),
+            page_memory: Some(ctx.page_memory.clone()),
+            latency: Latency::sum(ctx.workers.iter().map(|w| &*w.latency)),
+            daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+        }))),
         Op::Freeable => {
             let pages = store.freeable_pages();
             Ok(OkReply::Freeable {
@@ -520,7 +708,6 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
                         let _ = w.waker.wake();
                     }
                 }
-                info!(client = c.0, "client destroyed by administrator");
             }
             Ok(OkReply::Done {
                 clients: ids.len() as u32,
@@ -674,6 +861,8 @@ mod tests {
             workers: Arc::new(Vec::new()),
             started: Instant::now(),
             allowed_uids: vec![0],
+            readonly_uids: vec![65534],
+            readonly_gids: vec![4242],
             transports: vec!["local"],
             page_memory: tmem_control::PageMemoryStatus {
                 origin: "heap".into(),
@@ -744,6 +933,67 @@ mod tests {
         assert_eq!(e.0, Kind::Refused);
         assert!(e.1.contains("will not survive a restart"), "{}", e.1);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn read_only_peers_may_read_and_nothing_else() {
+        let ctx = context(crate::settings::Backing::Memory);
+        let peer = |uid, gid| Peer { uid, gid, pid: 1 };
+        assert_eq!(role(&peer(0, 0), &ctx), Some(Role::Admin));
+        assert_eq!(role(&peer(65534, 65534), &ctx), Some(Role::ReadOnly));
+        assert_eq!(role(&peer(1000, 4242), &ctx), Some(Role::ReadOnly));
+        assert_eq!(role(&peer(1000, 1000), &ctx), None);
+        // Listed as both: the administrator's rights win.
+        let mut both = context(crate::settings::Backing::Memory);
+        both.readonly_uids.push(0);
+        assert_eq!(role(&peer(0, 0), &both), Some(Role::Admin));
+
+        let ro = peer(65534, 65534);
+        let mut log = RateLimiter::new(5, Duration::from_secs(10));
+        ctx.shared.store.attach_client(3, 1, "web").unwrap();
+        for op in [
+            Op::Status,
+            Op::List {
+                target: Target::All,
+            },
+            Op::Freeable,
+            Op::Metrics,
+        ] {
+            let line = tmem_control::encode_request(&op);
+            let r = handle_line(&line[..line.len() - 1], &ctx, ro, Role::ReadOnly, &mut log);
+            assert!(matches!(r, Reply::Ok(_)), "{op:?}: {r:?}");
+        }
+        let freeze = Op::Freeze {
+            target: Target::DomId(3),
+        };
+        let line = tmem_control::encode_request(&freeze);
+        match handle_line(&line[..line.len() - 1], &ctx, ro, Role::ReadOnly, &mut log) {
+            Reply::Error { kind, message } => {
+                assert_eq!(kind, Kind::PermissionDenied);
+                assert_eq!(
+                    message,
+                    "user id 65534 has read-only access to tmemd: `tmem freeze` needs an \
+                     administrator (root, or a uid in control_uids)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !ctx.shared.store.stats().clients[0].frozen,
+            "nothing changed"
+        );
+        let r = handle_line(
+            &line[..line.len() - 1],
+            &ctx,
+            peer(0, 0),
+            Role::Admin,
+            &mut log,
+        );
+        assert!(
+            matches!(r, Reply::Ok(OkReply::Done { clients: 1 })),
+            "{r:?}"
+        );
+        assert!(ctx.shared.store.stats().clients[0].frozen);
     }
 
     #[test]

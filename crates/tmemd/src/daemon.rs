@@ -41,6 +41,17 @@ pub enum DaemonError {
     GuestSocket(#[from] tmem_local::LocalError),
     #[error(transparent)]
     ControlSocket(tmem_local::listen::BindError),
+    #[error(
+        "cannot give the control socket {path} to group {gid} (control_socket_group): {source}; \
+         tmemd must be a member of that group (SupplementaryGroups= in its unit) or have \
+         CAP_CHOWN"
+    )]
+    ShareControlSocket {
+        path: std::path::PathBuf,
+        gid: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot set up signal handling: {0}")]
     Signals(nix::errno::Errno),
     #[error("cannot start the event loop: {0}")]
@@ -67,11 +78,13 @@ pub enum DaemonError {
 
 impl DaemonError {
     /// The exit status: [`pagemem::EXIT_PAGE_MEMORY`] when page memory cannot be used, 2
-    /// for saved settings that cannot be read (like a bad config file), 1 otherwise.
+    /// for saved settings that cannot be read or a control socket group that cannot be
+    /// given (like a bad config file), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::PageMemory(_) => pagemem::EXIT_PAGE_MEMORY,
-            DaemonError::Settings(_) => 2,
+            // Like a bad configuration: restarting fails the same way.
+            DaemonError::Settings(_) | DaemonError::ShareControlSocket { .. } => 2,
             _ => 1,
         }
     }
@@ -101,6 +114,15 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         &tmem_local::listen::CONTROL_SOCKET,
     )
     .map_err(DaemonError::ControlSocket)?;
+    if let Some(gid) = config.control_socket_gid {
+        share_control_socket(&config.control_socket, gid).map_err(|source| {
+            DaemonError::ShareControlSocket {
+                path: config.control_socket.clone(),
+                gid,
+                source,
+            }
+        })?;
+    }
     guest_listener
         .set_nonblocking(true)
         .map_err(DaemonError::Poll)?;
@@ -197,6 +219,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         workers: workers.clone(),
         started,
         allowed_uids: allowed_control_uids(&config),
+        readonly_uids: config.control_readonly_uids.clone(),
+        readonly_gids: config.control_readonly_gids.clone(),
         transports: if xen.is_some() {
             vec!["local", "xen"]
         } else {
@@ -391,6 +415,19 @@ impl Watchdog {
             }
         }
     }
+}
+
+/// Give the control socket to `gid`, mode 0660, so that group's members can connect (what
+/// each may do is still decided by its credentials at accept). Widened after bind: the
+/// socket exists with mode 0600 first, never wider than configured.
+fn share_control_socket(path: &std::path::Path, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // No chown when the socket has the group already (tmemd runs with that group): the
+    // unit's system-call filter may forbid chown.
+    if std::fs::metadata(path)?.gid() != gid {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
 }
 
 fn allowed_control_uids(config: &Config) -> Vec<u32> {

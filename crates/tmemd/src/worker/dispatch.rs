@@ -1,12 +1,15 @@
 //! Serving one guest's ring: take a bounded batch of validated requests, carry each out
 //! against the store, answer, and notify the guest.
 
+use std::time::Instant;
+
 use tmem_abi::{rsp_flags, status, Request};
 use tmem_ring::{BackendRing, Incoming};
 use tmem_store::{ClientId, Store};
 use tracing::warn;
 
 use super::connection::{GuestConn, GuestMem, Link};
+use super::latency::{kind_of, Latency, REFUSED};
 
 /// Requests taken from one guest's ring before the worker turns to the next guest.
 pub const BATCH: usize = 64;
@@ -14,7 +17,7 @@ pub const BATCH: usize = 64;
 const PUBLISH_EVERY: usize = 16;
 
 /// Serve up to [`BATCH`] requests of one guest. An error means: disconnect this guest.
-pub(super) fn serve(store: &Store, g: &mut GuestConn) -> Result<usize, String> {
+pub(super) fn serve(store: &Store, g: &mut GuestConn, latency: &Latency) -> Result<usize, String> {
     #[cfg(test)]
     super::tests::inject(store, g);
     g.batch.clear();
@@ -25,32 +28,40 @@ pub(super) fn serve(store: &Store, g: &mut GuestConn) -> Result<usize, String> {
     if n == 0 {
         return Ok(0);
     }
+    // One clock read per request: each request's time starts where the previous one's
+    // ended (answer included), or after a notification sent to the guest.
+    let mut since = Instant::now();
     for i in 0..n {
         let Incoming { id, req } = g.batch[i];
-        let (status, flags) = match req {
-            Ok(req) => execute(store, g.client, &mut g.ring, req),
+        let (kind, (status, flags)) = match req {
+            Ok(req) => (kind_of(&req), execute(store, g.client, &mut g.ring, req)),
             Err(refusal) => {
                 if let Some(suppressed) = g.log.refused.allow() {
                     warn!(domid = g.domid, suppressed, "refused request: {refusal}");
                 }
-                (refusal.status(), 0)
+                (REFUSED, (refusal.status(), 0))
             }
         };
+        let done = Instant::now();
+        latency.record(kind, done.saturating_duration_since(since));
+        since = done;
         g.ring
             .push_response(id, status, flags)
             .map_err(|e| format!("cannot answer request: {e}"))?;
         // Publish in small groups, not once per batch: a guest polling for its first answers
         // can consume them and refill the ring while we work on the rest.
-        if (i + 1) % PUBLISH_EVERY == 0 || i + 1 == n {
-            publish(g)?;
+        if ((i + 1) % PUBLISH_EVERY == 0 || i + 1 == n) && publish(g)? {
+            since = Instant::now();
         }
     }
     Ok(n)
 }
 
-/// Make pushed responses visible, and notify the guest if it asked to be woken.
-fn publish(g: &mut GuestConn) -> Result<(), String> {
-    if g.ring.publish() {
+/// Make pushed responses visible, and notify the guest if it asked to be woken; returns
+/// whether a notification was sent.
+fn publish(g: &mut GuestConn) -> Result<bool, String> {
+    let notify = g.ring.publish();
+    if notify {
         match &g.link {
             Link::Local { stream, .. } => {
                 tmem_local::notify_peer(stream).map_err(|e| format!("cannot notify guest: {e}"))?
@@ -60,7 +71,7 @@ fn publish(g: &mut GuestConn) -> Result<(), String> {
                 .map_err(|e| format!("cannot notify guest's event channel: {e}"))?,
         }
     }
-    Ok(())
+    Ok(notify)
 }
 
 /// Carry out one validated request against the store; returns (status, response flags).

@@ -23,6 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use super::connection::{GuestConn, Link};
 use super::dispatch::serve;
+use super::latency::Latency;
 use super::state::{End, Shared};
 use crate::health::Heartbeat;
 use crate::ratelimit::RateLimiter;
@@ -55,6 +56,8 @@ pub struct WorkerHandle {
     pub load: Arc<AtomicU32>,
     /// Cleared when the worker thread ends, however it ends.
     pub alive: Arc<AtomicBool>,
+    /// Service times of the requests this worker served.
+    pub latency: Arc<Latency>,
 }
 
 /// A message could not be delivered: the worker has ended.
@@ -96,6 +99,7 @@ pub struct Worker {
     shared: Arc<Shared>,
     load: Arc<AtomicU32>,
     alive: Arc<AtomicBool>,
+    latency: Arc<Latency>,
     heartbeat: Heartbeat,
     poll_window: Duration,
     guests: Vec<Option<GuestConn>>,
@@ -128,6 +132,7 @@ pub fn spawn(
     let (tx, rx) = std::sync::mpsc::channel();
     let load = Arc::new(AtomicU32::new(0));
     let alive = Arc::new(AtomicBool::new(true));
+    let latency = Arc::new(Latency::default());
     let heartbeat = shared.health.register(worker_name(index));
     let worker = Worker {
         index,
@@ -136,6 +141,7 @@ pub fn spawn(
         shared,
         load: load.clone(),
         alive: alive.clone(),
+        latency: latency.clone(),
         heartbeat,
         poll_window,
         guests: Vec::new(),
@@ -160,6 +166,7 @@ pub fn spawn(
             waker,
             load,
             alive,
+            latency,
         },
         join,
     ))
@@ -295,7 +302,8 @@ impl Worker {
         #[cfg(test)]
         super::tests::inject_outside(g);
         let store = &self.shared.store;
-        let outcome = catch_unwind(AssertUnwindSafe(|| serve(store, g)));
+        let latency = &*self.latency;
+        let outcome = catch_unwind(AssertUnwindSafe(|| serve(store, g, latency)));
         match outcome {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(reason)) => {

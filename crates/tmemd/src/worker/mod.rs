@@ -3,11 +3,13 @@
 //! - [`state`]: what every thread shares, and the one register/release path of connections;
 //! - [`connection`]: one guest connection (ring, memory, notification link, log limits);
 //! - [`dispatch`]: serving one guest's ring against the store;
-//! - [`event_loop`]: the worker thread, its epoll loop, panic containment and heartbeat.
+//! - [`event_loop`]: the worker thread, its epoll loop, panic containment and heartbeat;
+//! - [`latency`]: per-worker request service-time histograms.
 
 mod connection;
 mod dispatch;
 mod event_loop;
+pub mod latency;
 mod state;
 #[cfg(test)]
 pub(crate) mod tests;
