@@ -2,9 +2,10 @@
 //! (`tmem-pmem`), rebuilt by a scan when tmemd starts again.
 //!
 //! What is kept: private persistent pools with a uuid (the pools a guest can reattach) and
-//! their pages. Ephemeral and shared pools, and their pages, are not (their owners start
-//! them empty after a restart anyway); nor are uuid-less persistent pools, which a guest
-//! cannot name again.
+//! their pages; and, best effort, each client's membership of its ephemeral and shared pools,
+//! without their pages (so that a Xen frontend that stayed connected keeps its pool ids;
+//! their owners start them empty after a restart anyway). Not uuid-less persistent pools,
+//! which a guest cannot name again.
 //!
 //! Write order (see docs/persistence.md for why each step is safe against a kill):
 //! * a new persistent pool: its pool record is written before its id is returned;
@@ -500,8 +501,7 @@ impl Store {
             }
             let key = (r.pool_slot, Oid(r.oid), r.index);
             match best.get(&key) {
-                Some(&(seq, old, old_x)) if seq > r.seq => {
-                    let _ = (old, old_x);
+                Some(&(seq, _, _)) if seq > r.seq => {
                     rep.superseded += 1;
                     clear(slot, xrec);
                 }

@@ -307,12 +307,6 @@ impl Store {
         }
     }
 
-    /// Free frames now (free list and never used).
-    fn free_count(&self) -> u64 {
-        let f = lock(&self.free);
-        f.list.len() as u64 + (self.nframes - f.fresh) as u64
-    }
-
     /// Get a frame for a put: free list, a never-used frame, or eviction (`m` is the locked
     /// metadata).
     ///

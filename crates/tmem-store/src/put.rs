@@ -7,8 +7,9 @@ use crate::meta::{Meta, EXTRA};
 use crate::{lock, ClientId, PageKey, PageSource, Reserve, Store, TmemError, PAGE_SIZE};
 
 impl Store {
-    /// Store a page. Duplicate puts replace the data in place (allowed while frozen); if a
-    /// duplicate cannot be stored the old copy is removed and `DupPutFlushed` returned.
+    /// Store a page. Duplicate puts replace the data (allowed while frozen; in place on heap
+    /// frames, in a new frame on a durable pool); if a duplicate cannot be stored the old copy
+    /// is removed and `DupPutFlushed` returned.
     pub fn put<S: PageSource + ?Sized>(
         &self,
         c: ClientId,
@@ -47,20 +48,20 @@ impl Store {
         // taken once and never held during the copy. If the put turns out to need anything
         // unusual (frozen, cap, no such pool) the frame goes back and the general path below
         // runs under the same lock acquisition.
-        let pre = self.take_free_frame().map(|f| {
+        let pre = self.take_free_frame().map(|(f, left)| {
             let mut g = self.frames.lock(f);
             src.read_page(&mut g);
-            (f, is_zero(&g))
+            (f, is_zero(&g), left)
         });
         let mut m = self.meta();
-        if let Some((f, _)) = pre {
+        if let Some((f, _, _)) = pre {
             // A never-used frame gets its node now, before it can reach the free list.
             m.ensure_data_links(f);
         }
         let gid = match m.resolve(c, pool) {
             Ok(g) => g,
             Err(e) => {
-                if let Some((f, _)) = pre {
+                if let Some((f, _, _)) = pre {
                     self.free_frames(&[f]);
                 }
                 return Err(e);
@@ -68,8 +69,8 @@ impl Store {
         };
         let gen = m.pool(gid).gen;
         m.pool_mut(gid).c.total_puts += 1;
-        if let Some((f, zero)) = pre {
-            if let Some(to_free) = self.link_prefilled(&mut m, c, gid, &key, f, zero) {
+        if let Some((f, zero, left)) = pre {
+            if let Some(to_free) = self.link_prefilled(&mut m, c, gid, &key, f, zero, left) {
                 drop(m);
                 self.free_frames(&to_free);
                 return Ok(());
@@ -187,25 +188,28 @@ impl Store {
 
     /// A frame from the free list (or a never-used one) without touching the metadata, for
     /// a put that fills it before taking the metadata lock. `None` when memory is full: the
-    /// caller then reserves under the metadata lock, evicting if needed.
-    fn take_free_frame(&self) -> Option<u32> {
+    /// caller then reserves under the metadata lock, evicting if needed. With the frame, how
+    /// many were left free after taking it.
+    fn take_free_frame(&self) -> Option<(u32, u64)> {
         let mut f = lock(&self.free);
-        if let Some(x) = f.list.pop() {
-            return Some(x);
-        }
-        if f.fresh < self.nframes {
-            let x = f.fresh;
-            f.fresh += 1;
-            return Some(x);
-        }
-        None
+        let x = match f.list.pop() {
+            Some(x) => x,
+            None if f.fresh < self.nframes => {
+                f.fresh += 1;
+                f.fresh - 1
+            }
+            None => return None,
+        };
+        Some((x, f.list.len() as u64 + (self.nframes - f.fresh) as u64))
     }
 
     /// Link the already-filled frame `f` as the page `key` of pool `gid` if that needs no
     /// eviction and no refusal: a duplicate (replaced by the new frame; a data duplicate
     /// thereby behaves like the in-place refill of the general path) or a new handle of an
     /// unfrozen client within its cap. Returns the frames to free, or `None` (nothing changed)
-    /// to leave the put to the general path.
+    /// to leave the put to the general path. `left`: the frames that were free after `f` was
+    /// taken.
+    #[allow(clippy::too_many_arguments)]
     fn link_prefilled(
         &self,
         m: &mut Meta,
@@ -214,6 +218,7 @@ impl Store {
         key: &PageKey,
         f: u32,
         zero: bool,
+        left: u64,
     ) -> Option<Vec<u32>> {
         let found = m.lookup(gid, key);
         if found.is_none() {
@@ -223,7 +228,7 @@ impl Store {
                 return None;
             }
             // `f` may be one of the frames kept for duplicates (see `Store::reserve`).
-            if m.durable_pool(gid) && self.free_count() < self.dup_reserve() {
+            if m.durable_pool(gid) && left < self.dup_reserve() {
                 return None;
             }
         }

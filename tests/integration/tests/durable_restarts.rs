@@ -479,6 +479,16 @@ fn formatted_page_file(path: &std::path::Path) -> Vec<u8> {
     bytes
 }
 
+/// A 16 MiB tmemd on the page file at `path`.
+fn small_daemon_args(path: &std::path::Path) -> Vec<String> {
+    vec![
+        "--mem-limit".into(),
+        "16M".into(),
+        "--page-file".into(),
+        path.to_string_lossy().into_owned(),
+    ]
+}
+
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter()
         .zip(b)
@@ -491,12 +501,7 @@ fn a_page_file_of_another_major_format_is_refused_and_left_untouched() {
     let _one_at_a_time = serial();
     let dir = TempDir::new("upgrade");
     let path = dir.page_file();
-    let args: Vec<String> = vec![
-        "--mem-limit".into(),
-        "16M".into(),
-        "--page-file".into(),
-        path.to_string_lossy().into_owned(),
-    ];
+    let args = small_daemon_args(&path);
     let mut daemon = Daemon::start(&dir, &args);
 
     // Persistent pages with known bytes, from a guest that stays up across everything below.
@@ -622,12 +627,7 @@ fn a_page_file_whose_formatting_was_cut_short_is_formatted_again() {
     let _one_at_a_time = serial();
     let dir = TempDir::new("format-cut");
     let path = dir.page_file();
-    let args: Vec<String> = vec![
-        "--mem-limit".into(),
-        "16M".into(),
-        "--page-file".into(),
-        path.to_string_lossy().into_owned(),
-    ];
+    let args = small_daemon_args(&path);
     let mut daemon = Daemon::start(&dir, &args);
     daemon.signal(Signal::SIGTERM);
     let st = daemon.wait(Duration::from_secs(20));

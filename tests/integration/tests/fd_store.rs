@@ -92,6 +92,18 @@ impl FakeSystemd {
 
     /// Every notification up to READY=1; `FDSTORE=1` fds go to the store as systemd keeps
     /// them. Panics with the daemon's log if READY does not come.
+    /// tmemd with `ARGS`: under this fake systemd (page memory in its fd store) and ready,
+    /// or plainly (page memory in a file).
+    fn start_daemon(&mut self, dir: &TempDir, via_fd_store: bool) -> Daemon {
+        if via_fd_store {
+            let d = self.start(dir, ARGS);
+            self.until_ready(&d);
+            d
+        } else {
+            Daemon::start(dir, ARGS)
+        }
+    }
+
     fn until_ready(&mut self, daemon: &Daemon) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut texts = Vec::new();
@@ -286,16 +298,7 @@ fn persistent_pages_survive_sigkill_in_a_page_file() {
 fn pages_survive_sigkill(via_fd_store: bool) {
     let dir = TempDir::new("fdpages");
     let mut systemd = FakeSystemd::new(&dir);
-    let start = |systemd: &mut FakeSystemd| {
-        if via_fd_store {
-            let d = systemd.start(&dir, ARGS);
-            systemd.until_ready(&d);
-            d
-        } else {
-            Daemon::start(&dir, ARGS)
-        }
-    };
-    let mut d = start(&mut systemd);
+    let mut d = systemd.start_daemon(&dir, via_fd_store);
     let guest = client(&dir, 11);
     let swap = Frontswap::new(guest.clone());
     swap.init(0).expect("swap pool");
@@ -309,7 +312,7 @@ fn pages_survive_sigkill(via_fd_store: bool) {
 
     kill9(&mut d);
     assert!(guest.wait_disconnected(T), "the guest sees tmemd go");
-    let d = start(&mut systemd);
+    let d = systemd.start_daemon(&dir, via_fd_store);
     assert!(guest.wait_mapped(T), "the guest reattaches");
     let st = d.status();
     let want_origin = if via_fd_store { "fd_store" } else { "path" };
@@ -351,16 +354,7 @@ fn settings_set_with_tmem_survive_sigkill() {
     for via_fd_store in [false, true] {
         let dir = TempDir::new("settings");
         let mut systemd = FakeSystemd::new(&dir);
-        let start = |systemd: &mut FakeSystemd| {
-            if via_fd_store {
-                let d = systemd.start(&dir, ARGS);
-                systemd.until_ready(&d);
-                d
-            } else {
-                Daemon::start(&dir, ARGS)
-            }
-        };
-        let mut d = start(&mut systemd);
+        let mut d = systemd.start_daemon(&dir, via_fd_store);
         let g = client(&dir, 5);
         let who = format!("local:{}:5", uid());
         let ally = format!("local:{}:1", uid());
@@ -378,7 +372,7 @@ fn settings_set_with_tmem_survive_sigkill() {
 
         kill9(&mut d);
         assert!(g.wait_disconnected(T));
-        let d = start(&mut systemd);
+        let d = systemd.start_daemon(&dir, via_fd_store);
         assert!(g.wait_mapped(T), "guest 5 comes back");
         let after = client_stats(&d, 5);
         for (k, v) in [

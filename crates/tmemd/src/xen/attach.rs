@@ -222,6 +222,9 @@ pub(super) fn take_over(
 ) -> Result<(ClientId, BackendRing<GuestMem>, Resumed), String> {
     let (mut ring, resumed) =
         BackendRing::resume(mem, layout).map_err(|e| format!("ring cannot be taken over: {e}"))?;
+    // A look at requests the worker will read (and validate) again when it serves them: a
+    // guest that rewrites one in between can only make its own NEW_POOL run (a pool of its
+    // own, within its limit, as any NEW_POOL it sends), so this check needs no single copy.
     let pool_op = ring.peek_pending().into_iter().any(|r| {
         matches!(
             r,
