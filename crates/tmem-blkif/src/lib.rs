@@ -26,9 +26,10 @@ pub mod ring;
 pub mod sectors;
 mod shm;
 
+pub use abi::RawRequest;
 pub use abi::{PAGE_SIZE, SECTOR_SIZE};
 pub use parse::{parse_request, BlkRequest, DiskParams, Refusal, Segment, Transfer};
-pub use ring::{BlkBackend, Incoming};
+pub use ring::{BlkBackend, Incoming, ResumeError};
 pub use shm::MAX_RING_PAGES;
 pub use tmem_ring::SharedMem;
 

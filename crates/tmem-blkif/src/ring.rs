@@ -1,10 +1,10 @@
 //! The backend end of a blkif ring: consumes requests, produces responses.
 
-use crate::abi::Response;
+use crate::abi::{RawRequest, Response};
 use crate::parse::{parse_request, BlkRequest, DiskParams, Refusal};
 use crate::shm::{Index, RingMem};
 use crate::{RingError, RingSetupError};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{fence, Ordering};
 use tmem_ring::SharedMem;
 
@@ -16,6 +16,29 @@ pub struct Incoming {
     pub id: u64,
     pub operation: u8,
     pub req: Result<BlkRequest, Refusal>,
+    /// The ring index it was taken from, and the bytes as copied out (what a journal keeps,
+    /// so that a restarted backend can run it again: see [`BlkBackend::resume`]).
+    pub index: u32,
+    pub raw: RawRequest,
+}
+
+/// Why a ring cannot be taken over by [`BlkBackend::resume`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    #[error(transparent)]
+    Setup(#[from] RingSetupError),
+    #[error(
+        "ring indexes do not fit the journal (requests produced {req_prod}, responses {rsp_prod}, \
+         consumed {consumed}, ring of {size})"
+    )]
+    Indexes {
+        req_prod: u32,
+        rsp_prod: u32,
+        consumed: u32,
+        size: u32,
+    },
+    #[error("the journal has no copy of request {0}")]
+    Missing(u32),
 }
 
 /// The daemon's end of one guest's blkif ring.
@@ -32,6 +55,9 @@ pub struct BlkBackend<M: SharedMem> {
     rsp_published: u32,
     /// Id → operation of each request in flight (the operation is echoed in the response).
     in_flight: HashMap<u64, u8>,
+    /// Requests a previous backend consumed (their slots may hold its responses by now),
+    /// taken again from its journal: handed out before anything new.
+    replay: VecDeque<(u32, RawRequest)>,
     broken: Option<RingError>,
 }
 
@@ -49,8 +75,52 @@ impl<M: SharedMem> BlkBackend<M> {
             rsp_prod_pvt: 0,
             rsp_published: 0,
             in_flight: HashMap::with_capacity(entries),
+            replay: VecDeque::new(),
             broken: None,
         })
+    }
+
+    /// Take over a ring another backend served (a tmemd killed or restarted while the
+    /// frontend stayed connected). `consumed` is the request index up to which the previous
+    /// backend's journal says it took requests, and `journaled(i)` that journal's copy of
+    /// request `i`: a slot whose request was consumed may since hold a response, so its copy
+    /// is taken from the journal, never from the ring.
+    ///
+    /// Every request the guest has not seen answered (`rsp_prod .. req_prod`) is handed out
+    /// again by [`BlkBackend::next_batch`], those before `consumed` first: block requests may
+    /// be carried out twice (a write writes the same bytes, a read reads them, a discard or
+    /// flush repeats), and answers the previous backend wrote but did not publish are simply
+    /// written again. Returns the backend and how many requests come from the journal.
+    pub fn resume(
+        mem: M,
+        ring_pages: u32,
+        disk: DiskParams,
+        consumed: u32,
+        mut journaled: impl FnMut(u32) -> Option<RawRequest>,
+    ) -> Result<(Self, usize), ResumeError> {
+        let mut b = Self::new(mem, ring_pages, disk)?;
+        let size = b.ring.entries();
+        let req_prod = b.ring.index(Index::ReqProd).load(Ordering::Acquire);
+        let rsp_prod = b.ring.index(Index::RspProd).load(Ordering::Acquire);
+        let ahead = req_prod.wrapping_sub(rsp_prod);
+        let owned = consumed.wrapping_sub(rsp_prod);
+        if ahead > size || owned > ahead {
+            return Err(ResumeError::Indexes {
+                req_prod,
+                rsp_prod,
+                consumed,
+                size,
+            });
+        }
+        for k in 0..owned {
+            let i = rsp_prod.wrapping_add(k);
+            let raw = journaled(i).ok_or(ResumeError::Missing(i))?;
+            b.replay.push_back((i, raw));
+        }
+        b.req_cons = consumed;
+        b.rsp_prod_pvt = rsp_prod;
+        b.rsp_published = rsp_prod;
+        Ok((b, owned as usize))
     }
 
     /// Request slots in the ring.
@@ -79,7 +149,8 @@ impl<M: SharedMem> BlkBackend<M> {
     /// Cheap check whether the guest has produced requests we have not consumed.
     pub fn has_requests(&self) -> bool {
         self.broken.is_none()
-            && self.ring.index(Index::ReqProd).load(Ordering::Acquire) != self.req_cons
+            && (!self.replay.is_empty()
+                || self.ring.index(Index::ReqProd).load(Ordering::Acquire) != self.req_cons)
     }
 
     /// Read `req_prod` once (acquire), check it, and copy out and parse up to `max`
@@ -90,6 +161,14 @@ impl<M: SharedMem> BlkBackend<M> {
     pub fn next_batch(&mut self, max: usize, out: &mut Vec<Incoming>) -> Result<(), RingError> {
         if let Some(e) = self.broken {
             return Err(e);
+        }
+        let mut max = max;
+        while max > 0 {
+            let Some((index, raw)) = self.replay.pop_front() else {
+                break;
+            };
+            self.take(index, raw, out)?;
+            max -= 1;
         }
         let size = self.ring.entries();
         let req_prod = self.ring.index(Index::ReqProd).load(Ordering::Acquire);
@@ -107,19 +186,33 @@ impl<M: SharedMem> BlkBackend<M> {
         }
         let n = ((ahead - owned) as usize).min(max);
         for _ in 0..n {
-            let raw = self.ring.read_request(self.req_cons);
-            let (id, operation) = (raw.id(), raw.operation());
-            if self.in_flight.contains_key(&id) {
-                return Err(self.fail(RingError::DuplicateId(id)));
-            }
-            self.in_flight.insert(id, operation);
+            let index = self.req_cons;
+            let raw = self.ring.read_request(index);
+            self.take(index, raw, out)?;
             self.req_cons = self.req_cons.wrapping_add(1);
-            out.push(Incoming {
-                id,
-                operation,
-                req: parse_request(&raw, &self.disk),
-            });
         }
+        Ok(())
+    }
+
+    /// One request copied out: refuse a duplicate id, else record it in flight and parse it.
+    fn take(
+        &mut self,
+        index: u32,
+        raw: RawRequest,
+        out: &mut Vec<Incoming>,
+    ) -> Result<(), RingError> {
+        let (id, operation) = (raw.id(), raw.operation());
+        if self.in_flight.contains_key(&id) {
+            return Err(self.fail(RingError::DuplicateId(id)));
+        }
+        self.in_flight.insert(id, operation);
+        out.push(Incoming {
+            id,
+            operation,
+            req: parse_request(&raw, &self.disk),
+            index,
+            raw,
+        });
         Ok(())
     }
 

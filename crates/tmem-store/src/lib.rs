@@ -87,7 +87,9 @@ mod stats;
 pub use config::{Attach, AttachRefused, ClientId, StoreConfig};
 pub use durable::{page_file_len, Recovery};
 pub use identity::Identity;
-pub use stats::{ClientStats, GlobalStats, PoolCounters, PoolStats, SharedPoolStats, StoreStats};
+pub use stats::{
+    ClientStats, GlobalStats, PoolCounters, PoolStats, SharedPoolStats, StoreStats, SwapDiskStats,
+};
 pub use tmem_abi::{Oid, Page, PageKey, PageSink, PageSource, PoolKind, TmemError, PAGE_SIZE};
 pub use tmem_pmem::{OpenError as PageFileError, Origin as PageFileOrigin, PageFile};
 

@@ -16,6 +16,40 @@ pub struct StoreStats {
     pub clients: Vec<ClientStats>,
     /// One entry per shared pool (Xen's `S=` records).
     pub shared_pools: Vec<SharedPoolStats>,
+    /// tmemd's swap disks (filled in by the daemon, which owns them; the store only holds
+    /// their pages, in each domain's persistent pool tagged "tmemswap").
+    #[serde(default)]
+    pub swap_disks: Vec<SwapDiskStats>,
+}
+
+/// One swap disk (a Xen PV block device served from a domain's persistent tmem pages).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SwapDiskStats {
+    pub domid: u32,
+    pub name: String,
+    /// The guest's device name (`xvdz`) and blkif device number.
+    pub device: String,
+    pub devid: u32,
+    pub sectors: u64,
+    /// `offered` (waiting for the frontend), `connected`, `closed`, or `refused`.
+    pub state: String,
+    /// The store client and pool holding its pages (absent until connected).
+    pub client_id: Option<u64>,
+    pub pool_id: Option<u32>,
+    /// Disk pages held in tmem memory (the pool's page count) and in the spill file.
+    pub pages_in_memory: u64,
+    pub pages_spilled: u64,
+    pub reads: u64,
+    pub writes: u64,
+    pub flushes: u64,
+    pub discards: u64,
+    /// Writes that went to the spill file because the store refused them, and spilled
+    /// pages a later write moved back into memory.
+    pub spill_writes: u64,
+    pub promotions: u64,
+    /// Requests answered with an error (refused by the parser, or failed).
+    pub errors: u64,
 }
 
 /// Store-wide counters and memory figures.
@@ -310,6 +344,7 @@ impl Store {
             },
             clients,
             shared_pools,
+            swap_disks: Vec::new(),
         }
     }
 

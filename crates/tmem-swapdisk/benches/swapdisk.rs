@@ -128,7 +128,15 @@ impl Bench {
                 self.next = (self.next + 1) % DISK_PAGES;
             }
             front.publish();
-            serve_batch(&mut back, self.t.disk(), &mut io, usize::MAX, &mut batch).unwrap();
+            serve_batch(
+                &mut back,
+                self.t.disk(),
+                &mut io,
+                usize::MAX,
+                &mut batch,
+                None,
+            )
+            .unwrap();
             for r in front.take_responses() {
                 assert_eq!(r.status, status::OKAY);
                 n += 1;

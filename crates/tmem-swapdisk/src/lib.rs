@@ -25,6 +25,7 @@
 
 mod bits;
 mod disk;
+mod journal;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;
 mod serve;
@@ -33,7 +34,8 @@ mod spill;
 mod tests;
 
 pub use disk::{DiskStats, Done, OpenReport, SwapDisk};
-pub use serve::{serve_batch, Served};
+pub use journal::{ring_identity, JournalState, RingJournal};
+pub use serve::{serve_batch, ServeError, Served};
 pub use spill::SpillSync;
 pub use tmem_blkif::{BlkRequest, Segment, PAGE_SIZE, SECTOR_SIZE};
 pub use tmem_store::Page;
@@ -56,11 +58,35 @@ pub struct DiskId {
 impl DiskId {
     /// The spill file's name (no directory): `swap-<who>-<instance>-<devid>.spill`.
     pub fn spill_name(&self) -> String {
+        format!("{}.spill", self.file_stem())
+    }
+
+    /// The ring journal's name (no directory), beside the spill file.
+    pub fn journal_name(&self) -> String {
+        format!("{}.ring", self.file_stem())
+    }
+
+    fn file_stem(&self) -> String {
         let who = match self.identity {
             Identity::Xen { domid } => format!("dom{domid}"),
             Identity::Local { uid, label } => format!("local{uid}.{label}"),
         };
-        format!("swap-{who}-{:016x}-{}.spill", self.instance, self.devid)
+        format!("swap-{who}-{:016x}-{}", self.instance, self.devid)
+    }
+
+    /// Read back a file name made by [`DiskId::spill_name`] or [`DiskId::journal_name`]
+    /// for a Xen domain: `(domid, instance, devid)`.
+    pub fn parse_xen_file_name(name: &str) -> Option<(u32, u64, u32)> {
+        let stem = name
+            .strip_suffix(".spill")
+            .or_else(|| name.strip_suffix(".ring"))?;
+        let rest = stem.strip_prefix("swap-dom")?;
+        let mut parts = rest.splitn(3, '-');
+        let domid = parts.next()?.parse().ok()?;
+        let instance = parts.next().filter(|s| s.len() == 16)?;
+        let instance = u64::from_str_radix(instance, 16).ok()?;
+        let devid = parts.next()?.parse().ok()?;
+        Some((domid, instance, devid))
     }
 }
 
