@@ -200,7 +200,49 @@ pub fn render_table(stats: &StoreStats, all: bool) -> String {
         out.push('\n');
         out.push_str(&columns(&srow));
     }
+    if !stats.swap_disks.is_empty() {
+        out.push('\n');
+        out.push_str(&swap_disk_table(&stats.swap_disks));
+    }
     out
+}
+
+/// The swap disks: where each one's pages are, and what it served.
+fn swap_disk_table(disks: &[tmem_control::SwapDiskStats]) -> String {
+    let mut rows = vec![[
+        "SWAP DISK", "NAME", "DEVICE", "SIZE", "STATE", "IN MEMORY", "SPILLED", "READS",
+        "WRITES", "DISCARDS", "ERRORS",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for d in disks {
+        rows.push(vec![
+            format!("dom{}", d.domid),
+            if d.name.is_empty() {
+                "-".into()
+            } else {
+                d.name.clone()
+            },
+            d.device.clone(),
+            human_bytes(d.sectors * 512),
+            d.state.clone(),
+            format!(
+                "{} ({})",
+                d.pages_in_memory,
+                human_bytes(d.pages_in_memory * PAGE_BYTES)
+            ),
+            format!(
+                "{} ({})",
+                d.pages_spilled,
+                human_bytes(d.pages_spilled * PAGE_BYTES)
+            ),
+            d.reads.to_string(),
+            d.writes.to_string(),
+            d.discards.to_string(),
+            d.errors.to_string(),
+        ]);
+    }
+    columns(&rows)
 }
 
 fn kv_block(out: &mut String, title: &str, items: &[(&str, String)]) {
@@ -691,6 +733,7 @@ pub(crate) mod tests {
                 weight: 100,
                 counters: counters(100),
             }],
+            swap_disks: Vec::new(),
         }
     }
 

@@ -18,6 +18,11 @@ pub const DEFAULT_CONTROL_SOCKET: &str = tmem_control::DEFAULT_CONTROL_SOCKET;
 /// Outside the unit's `RuntimeDirectory=` (/run/tmemd), which systemd removes when tmemd
 /// stops; /run is a tmpfs, so this lasts until the host reboots.
 pub const DEFAULT_PAGE_FILE: &str = "/run/tmemd-pages/pages";
+/// Where swap disks spill pages that memory (or the guest's cap) cannot take.
+pub const DEFAULT_SWAP_SPILL_DIR: &str = "/var/lib/tmemd/swap";
+/// The device name a swap disk gets in the guest unless configured: the last short-form
+/// name, far from the disks a domain configuration usually names.
+pub const DEFAULT_SWAP_DEVICE: &str = "xvdz";
 
 /// tmemd: transcendent memory for Xen guests, as a dom0 daemon.
 #[derive(Debug, Parser, Default)]
@@ -128,6 +133,22 @@ pub struct FileConfig {
     pub shared_auth_required: Option<bool>,
     /// Per-guest settings: `[[guest]]` tables.
     pub guest: Option<Vec<GuestConfig>>,
+    /// Directory of the swap disks' spill files (default [`DEFAULT_SWAP_SPILL_DIR`]).
+    pub swap_spill_dir: Option<PathBuf>,
+    /// Which domains get a swap disk: `[[swap_disk]]` tables (none: no swap disks).
+    pub swap_disk: Option<Vec<SwapDiskFile>>,
+}
+
+/// One `[[swap_disk]]` table: the domains it gives a swap disk, and the disk.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwapDiskFile {
+    /// Domain ids or names; `"*"` is every domain tmemd admits.
+    pub domains: Vec<String>,
+    /// Size, e.g. "2GiB" (a whole number of 4 KiB pages).
+    pub size: String,
+    /// The guest's device name (default [`DEFAULT_SWAP_DEVICE`]).
+    pub device: Option<String>,
 }
 
 /// One `[[guest]]` table: a Xen domain (`domid`) or a local client (`uid` and `label`), and
@@ -179,6 +200,93 @@ pub struct Config {
     pub durable: bool,
     /// Administrator settings the config file declares (the baseline; see [`crate::settings`]).
     pub settings: Settings,
+    /// Swap disks (Xen PV block devices served from tmem memory).
+    pub swap: SwapConfig,
+}
+
+/// The validated `[[swap_disk]]` tables and spill directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwapConfig {
+    pub spill_dir: PathBuf,
+    /// In file order; the first rule that names a domain gives it its disk.
+    pub rules: Vec<SwapRule>,
+}
+
+/// One domain's swap disk, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwapRule {
+    /// Domain ids or names, or `"*"`.
+    pub domains: Vec<String>,
+    /// Size in 512-byte sectors (a multiple of 8).
+    pub sectors: u64,
+    /// Device name in the guest (`xvdz`) and its blkif device number.
+    pub device: String,
+    pub devid: u32,
+}
+
+impl SwapConfig {
+    /// The disk domain `domid` named `name` gets, if any (dom0 never gets one).
+    pub fn disk_for(&self, domid: u32, name: &str) -> Option<&SwapRule> {
+        if domid == 0 {
+            return None;
+        }
+        self.rules.iter().find(|r| {
+            r.domains.iter().any(|e| {
+                e == "*" || e.parse::<u32>() == Ok(domid) || (!name.is_empty() && e == name)
+            })
+        })
+    }
+}
+
+/// Check the `[[swap_disk]]` tables.
+fn swap_config(dir: Option<PathBuf>, tables: Vec<SwapDiskFile>) -> Result<SwapConfig, ConfigError> {
+    let spill_dir = dir.unwrap_or_else(|| DEFAULT_SWAP_SPILL_DIR.into());
+    if !spill_dir.is_absolute() {
+        return Err(invalid(format!(
+            "swap_spill_dir {:?} must be an absolute path (e.g. {DEFAULT_SWAP_SPILL_DIR})",
+            spill_dir.display().to_string()
+        )));
+    }
+    let mut rules = Vec::new();
+    for (i, t) in tables.into_iter().enumerate() {
+        let n = i + 1;
+        if t.domains.is_empty() {
+            return Err(invalid(format!(
+                "[[swap_disk]] number {n} names no domains: list domain names or ids, or \"*\""
+            )));
+        }
+        for e in &t.domains {
+            let ok = !e.is_empty() && e.len() <= 64 && e.chars().all(|c| c.is_ascii_graphic());
+            if !ok {
+                return Err(invalid(format!(
+                    "[[swap_disk]] number {n}: {e:?} is not a domain id or name"
+                )));
+            }
+        }
+        let bytes = parse_size(&t.size)
+            .map_err(|e| invalid(format!("[[swap_disk]] number {n}: size: {e}")))?;
+        let page = tmem_abi::PAGE_SIZE as u64;
+        if bytes < page || bytes % page != 0 || bytes / page > 1 << 32 {
+            return Err(invalid(format!(
+                "[[swap_disk]] number {n}: size {:?} must be a whole number of 4 KiB pages, \
+                 from 4 KiB to 16 TiB",
+                t.size
+            )));
+        }
+        let device = t.device.unwrap_or_else(|| DEFAULT_SWAP_DEVICE.into());
+        let devid = tmem_xen::blkback::device_number(&device).map_err(|e| {
+            invalid(format!(
+                "[[swap_disk]] number {n}: device {device:?}: {e} (use a name like xvdz)"
+            ))
+        })?;
+        rules.push(SwapRule {
+            domains: t.domains,
+            sectors: bytes / 512,
+            device,
+            devid,
+        });
+    }
+    Ok(SwapConfig { spill_dir, rules })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -330,7 +438,9 @@ impl Config {
         };
         let settings =
             declared_settings(file.shared_auth_required, file.guest.unwrap_or_default())?;
+        let swap = swap_config(file.swap_spill_dir, file.swap_disk.unwrap_or_default())?;
         Ok(Config {
+            swap,
             page_file: args.page_file.or(file.page_file),
             durable: !args.no_durable && file.durable.unwrap_or(true),
             settings,

@@ -577,11 +577,16 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
         }),
         Op::List { target } => {
             let mut stats = store.stats();
+            stats.swap_disks = swap_disks(ctx, &stats);
             if target != Target::All {
                 let ids = resolve(ctx, &target)?;
                 stats
                     .clients
                     .retain(|c| ids.contains(&ClientId(c.client_id)));
+                stats.swap_disks.retain(|s| {
+                    s.client_id
+                        .is_some_and(|c| ids.iter().any(|i| u64::from(i.0) == c))
+                });
             }
             Ok(OkReply::Stats(Box::new(stats)))
         }
@@ -720,6 +725,28 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
 /// gets either the old settings and then the change, or the new ones), then save them: a
 /// change that is in effect but could not be saved is reported, since it would not survive
 /// a restart.
+/// The swap disks as their threads last reported them, with the pages each holds in memory
+/// (its pool's page count in this snapshot).
+fn swap_disks(ctx: &Context, stats: &tmem_store::StoreStats) -> Vec<tmem_store::SwapDiskStats> {
+    let disks: Vec<_> = lock(&ctx.shared.swap_disks).values().cloned().collect();
+    disks
+        .iter()
+        .map(|d| {
+            let mut s = lock(d).clone();
+            s.pages_in_memory = match (s.client_id, s.pool_id) {
+                (Some(c), Some(p)) => stats
+                    .clients
+                    .iter()
+                    .find(|x| u64::from(x.client_id) == c)
+                    .and_then(|x| x.pools.iter().find(|q| q.pool_id == p))
+                    .map_or(0, |q| q.counters.pages),
+                _ => 0,
+            };
+            s
+        })
+        .collect()
+}
+
 fn administer(ctx: &Context, f: impl FnOnce(&mut Keeper) -> OpResult) -> OpResult {
     let mut keeper = lock(&ctx.shared.settings);
     let outcome = f(&mut keeper);

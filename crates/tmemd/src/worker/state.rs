@@ -7,12 +7,12 @@
 //! counter, and the store's detach or destroy, all in one place. A [`Reservation`] dropped on
 //! an error path gives its slot back, so no error path can leak one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tmem_store::{ClientId, Identity, Store};
+use tmem_store::{ClientId, Identity, Store, SwapDiskStats};
 use tracing::info;
 
 use crate::health::Health;
@@ -22,7 +22,8 @@ use crate::sync::lock;
 /// State shared by the accept paths, the workers and the control socket.
 #[derive(Debug)]
 pub struct Shared {
-    pub store: Store,
+    /// Shared with the swap disks' threads, which each hold one.
+    pub store: Arc<Store>,
     /// Connected guests, by client, so the control socket can disconnect one.
     pub guests: Mutex<HashMap<ClientId, GuestHandle>>,
     /// Clients whose connection was lost: destroyed once the grace period ends.
@@ -33,6 +34,9 @@ pub struct Shared {
     pub health: Health,
     /// Administrator settings, given to each client as it attaches and saved on change.
     pub settings: Mutex<Keeper>,
+    /// Swap disks by (domid, devid): what `tmem list` shows of each, kept current by the
+    /// Xen control plane and each disk's thread.
+    pub swap_disks: Mutex<BTreeMap<(u32, u32), Arc<Mutex<SwapDiskStats>>>>,
 }
 
 /// What the control side holds on a connected guest.
@@ -93,7 +97,8 @@ impl Shared {
 
     pub fn with_settings(store: Store, settings: Keeper) -> Shared {
         Shared {
-            store,
+            store: Arc::new(store),
+            swap_disks: Mutex::new(BTreeMap::new()),
             guests: Mutex::new(HashMap::new()),
             detached: Mutex::new(HashMap::new()),
             connected: AtomicU32::new(0),

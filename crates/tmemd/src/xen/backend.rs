@@ -27,8 +27,9 @@ use tracing::{debug, info, warn};
 
 use super::pace::{DomLog, Pace, Pass};
 use super::policy::Policy;
+use super::vbd::VbdDom;
 use super::BACKEND_DOMID;
-use crate::config::Config;
+use crate::config::{Config, SwapConfig};
 use crate::ratelimit::RateLimiter;
 use crate::worker::{lock, Shared, WorkerHandle};
 
@@ -86,6 +87,12 @@ pub struct XenBackend {
     reconciled: bool,
     /// For guest-triggerable lines of a domain we no longer (or not yet) track.
     pub(super) log: RateLimiter,
+    /// Swap disks: the configuration, whether the spill directory is usable, the largest
+    /// ring offered (as a page order), and each domain's disk (`vbd.rs`).
+    pub(super) swap: SwapConfig,
+    pub(super) swap_usable: bool,
+    pub(super) swap_ring_order: u32,
+    pub(super) vbds: BTreeMap<u32, VbdDom>,
 }
 
 fn frontend_token(d: u32) -> String {
@@ -122,6 +129,10 @@ impl XenBackend {
             last_housekeeping: Instant::now(),
             reconciled: false,
             log: RateLimiter::new(20, Duration::from_secs(1)),
+            swap: config.swap.clone(),
+            swap_usable: false,
+            swap_ring_order: 4,
+            vbds: BTreeMap::new(),
         }
     }
 
@@ -160,11 +171,16 @@ impl XenBackend {
 
     /// The earliest instant a paced domain's pending change may be acted on.
     pub fn next_due(&self) -> Option<Instant> {
-        self.domains
+        let tmem = self
+            .domains
             .values()
             .filter(|d| d.pending)
             .map(|d| d.pace.not_before())
-            .min()
+            .min();
+        match (tmem, self.vbd_next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// One bounded round of work: read xenstore, take up to [`MAX_EVENTS_PER_ROUND`] events,
@@ -183,6 +199,8 @@ impl XenBackend {
                 if let Some(dom) = self.domains.get_mut(&d) {
                     dom.pending = true;
                 }
+            } else if let Some(d) = Self::vbd_token_domid(&ev.token) {
+                self.vbd_event(d);
             }
         }
         if self.xs.take_events_dropped() {
@@ -197,6 +215,7 @@ impl XenBackend {
             for dom in self.domains.values_mut() {
                 dom.pending = true;
             }
+            self.vbd_mark_all_pending();
         }
         if rescan {
             self.rescan()?;
@@ -204,8 +223,10 @@ impl XenBackend {
         if self.last_housekeeping.elapsed() >= HOUSEKEEPING {
             self.last_housekeeping = Instant::now();
             self.close_dropped()?;
+            self.vbd_close_ended()?;
         }
-        self.act_on_pending()
+        self.act_on_pending()?;
+        self.vbd_act_on_pending()
     }
 
     /// Act on every pending domain whose pace allows, each at most once per round.
@@ -290,6 +311,7 @@ impl XenBackend {
     /// Orderly stop: close every connection and, if xenstore is reachable, tell the frontends
     /// (`Closed`), so they drop to fake handles and wait for the next tmemd.
     pub fn shutdown(&mut self, xenstore_up: bool) {
+        self.vbd_shutdown();
         let doms: Vec<u32> = self.domains.keys().copied().collect();
         for d in doms {
             self.teardown(d);
@@ -330,6 +352,7 @@ impl XenBackend {
             // Fires once at once, so the frontend's current state is looked at again.
             xenbus::watch_frontend_state(&mut self.xs, d, &frontend_token(d))?;
         }
+        self.vbd_rewatch()?;
         self.rescan()
     }
 
@@ -344,12 +367,14 @@ impl XenBackend {
                 xenbus::remove_device(&mut self.xs, BACKEND_DOMID, domid)?;
             }
         }
+        self.swap_startup();
+        self.swap_reconcile()?;
         self.rescan()?;
         self.reconciled = true;
         Ok(())
     }
 
-    fn domain_alive(&mut self, domid: u32) -> Result<bool, XsError> {
+    pub(super) fn domain_alive(&mut self, domid: u32) -> Result<bool, XsError> {
         if self
             .xs
             .read(Tx::NONE, &format!("/local/domain/{domid}"))?
@@ -375,8 +400,14 @@ impl XenBackend {
                 self.release(d)?;
             }
         }
+        let known: Vec<u32> = self.vbds.keys().copied().collect();
+        for d in known {
+            if !listed.contains(&d) || !self.domain_alive(d)? {
+                self.vbd_release(d)?;
+            }
+        }
         for d in listed {
-            if d == BACKEND_DOMID || self.domains.contains_key(&d) {
+            if d == BACKEND_DOMID || self.domains.contains_key(&d) || self.vbds.contains_key(&d) {
                 continue;
             }
             let name = self
@@ -388,6 +419,12 @@ impl XenBackend {
                 continue;
             }
             if !self.xs.is_domain_introduced(d)? {
+                continue;
+            }
+            if let Some(rule) = self.swap_rule_for(d, &name) {
+                // One store client per domain: a domain with a swap disk is not offered the
+                // tmem device as well (see vbd.rs).
+                self.swap_admit(d, name, rule)?;
                 continue;
             }
             self.admit(d, name)?;

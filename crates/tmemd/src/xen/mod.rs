@@ -25,10 +25,13 @@
 
 mod attach;
 mod backend;
+mod disk_thread;
 mod pace;
+mod grant_io;
 mod policy;
 #[cfg(test)]
 mod tests;
+mod vbd;
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;

@@ -740,3 +740,116 @@ fn start_up_resumes_or_resets_frontends_left_connected() {
     assert_eq!(how, tmem_store::Attach::Reattached);
     d.stop();
 }
+
+/// Swap disks against a fake xenstored: stale spill files removed at start; a configured
+/// domain offered a vbd (and not the tmem device) with the keys and permissions blkfront
+/// needs; a collision with a disk from the domain's configuration refused; a connect that
+/// fails cleanly (no grant device here) closes the device with a reason; hostile frontend
+/// keys refused; domain death removes every entry tmemd made and the disk's files.
+#[test]
+fn swap_disk_lifecycle_against_a_fake_xenstored() {
+    let dir = std::env::temp_dir().join(format!("tmemd-vbd-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stale = dir.join("swap-dom9-00000000000000aa-51712.spill");
+    std::fs::write(&stale, b"old").unwrap();
+    let unrelated = dir.join("notes.txt");
+    std::fs::write(&unrelated, b"keep").unwrap();
+
+    let fx = FakeXenstore::new();
+    fx.introduce(0, "Domain-0");
+    fx.introduce(5, "swapper");
+    fx.write("/local/domain/5/vm", "/vm/00000000-0000-0000-0000-000000000005");
+    fx.introduce(6, "plain");
+    fx.introduce(7, "clash");
+    fx.write("/local/domain/7/vm", "/vm/00000000-0000-0000-0000-000000000007");
+    let xvdz = 268_441_856u32;
+    fx.write(
+        &format!("/local/domain/7/device/vbd/{xvdz}/backend"),
+        "/local/domain/0/backend/vbd/7/268441856",
+    );
+
+    let file: FileConfig = toml::from_str(&format!(
+        "swap_spill_dir = {:?}\n[[swap_disk]]\ndomains = [\"swapper\", \"clash\"]\nsize = \"64MiB\"\n",
+        dir.display().to_string()
+    ))
+    .unwrap();
+    let config = Config::merge(Args::default(), file).unwrap();
+    let store = tmem_store::Store::new(config.store.clone());
+    let d = Daemon::with_store(config, store);
+    let (xs, _srv) = fx.connect();
+    let mut x = d.backend(xs);
+    x.init().unwrap();
+
+    assert!(!stale.exists(), "a spill file no recovered guest owns is removed");
+    assert!(unrelated.exists(), "other files are left alone");
+    let be = format!("/local/domain/0/backend/tmemblk/5/{xvdz}");
+    let fe = format!("/local/domain/5/device/vbd/{xvdz}");
+    let st = |p: &str| fx.read(&format!("{p}/state"));
+    assert_eq!(st(&be).as_deref(), Some("2"));
+    assert_eq!(st(&fe).as_deref(), Some("1"));
+    assert_eq!(fx.perms(&be).unwrap(), ["n0", "r5"]);
+    assert_eq!(fx.perms(&fe).unwrap(), ["n5", "r0"]);
+    assert_eq!(fx.read(&format!("{fe}/backend")).as_deref(), Some(be.as_str()));
+    assert_eq!(fx.read(&format!("{fe}/virtual-device")).as_deref(), Some("268441856"));
+    assert_eq!(fx.read(&format!("{be}/sectors")).as_deref(), Some("131072"));
+    assert_eq!(fx.read(&format!("{be}/sector-size")).as_deref(), Some("512"));
+    assert_eq!(fx.read(&format!("{be}/feature-discard")).as_deref(), Some("1"));
+    assert_eq!(fx.read(&format!("{be}/feature-flush-cache")).as_deref(), Some("1"));
+    assert!(
+        !fx.exists(&backend_path(0, 5)),
+        "a domain with a swap disk is not offered the tmem device"
+    );
+    assert_eq!(st(&backend_path(0, 6)).as_deref(), Some("2"), "others are");
+    assert!(
+        !fx.exists(&format!("/local/domain/0/backend/tmemblk/7")),
+        "a device number in use by a configured disk is refused"
+    );
+    let disks = |d: &Daemon| -> Vec<(u32, String)> {
+        crate::sync::lock(&d.shared.swap_disks)
+            .values()
+            .map(|s| {
+                let s = crate::sync::lock(s);
+                (s.domid, s.state.clone())
+            })
+            .collect()
+    };
+    assert_eq!(
+        disks(&d),
+        [(5, "offered".to_string()), (7, "refused".to_string())]
+    );
+
+    // Hostile keys: refused with a reason, device closed.
+    for (k, v) in [("ring-page-order", "9"), ("ring-ref0", "8"), ("event-channel", "5")] {
+        fx.write(&format!("{fe}/{k}"), v);
+    }
+    fx.write(&format!("{fe}/state"), "3");
+    until(&mut x, "refusal", || st(&be).as_deref() == Some("6"));
+    let err = fx.read(&format!("{be}/error")).unwrap();
+    assert!(err.contains("ring-page-order"), "{err}");
+
+    // The frontend resets; well-formed keys; the connect fails cleanly (no grant device).
+    fx.write(&format!("{fe}/state"), "1");
+    until(&mut x, "reset", || st(&be).as_deref() == Some("2"));
+    fx.rm(&format!("{fe}/ring-page-order"));
+    fx.rm(&format!("{fe}/ring-ref0"));
+    fx.write(&format!("{fe}/ring-ref"), "8");
+    fx.write(&format!("{fe}/protocol"), "x86_64-abi");
+    fx.write(&format!("{fe}/state"), "3");
+    until(&mut x, "connect refused", || st(&be).as_deref() == Some("6"));
+    let err = fx.read(&format!("{be}/error")).unwrap();
+    assert!(err.contains("grant device"), "{err}");
+
+    // The domain dies: every entry tmemd made goes, and the disk's files with it.
+    fx.release(5);
+    until(&mut x, "removal", || {
+        !fx.exists("/local/domain/0/backend/tmemblk/5") && !fx.exists(&fe)
+    });
+    assert_eq!(disks(&d), [(7, "refused".to_string())]);
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["notes.txt"]);
+    d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
