@@ -16,7 +16,7 @@ pub mod xs;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fake;
 
-pub use sys::{BoundPort, Drained, Evtchn, Gntdev, GrantMapping, GrantShare};
+pub use sys::{BoundPort, CopyError, CopySeg, Drained, Evtchn, Gntdev, GrantMapping, GrantShare};
 pub use xs::{Tx, WatchEvent, Xs, XsError};
 
 use std::time::Duration;
