@@ -238,6 +238,13 @@ impl Gntdev {
         }))
     }
 
+    /// For tests: a `Gntdev` over any file, e.g. `/dev/null`, where every ioctl fails with
+    /// `ENOTTY` (so a test sees which calls reach the kernel).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn from_file(file: File) -> Arc<Gntdev> {
+        Arc::new(Gntdev { file })
+    }
+
     /// Map grants `refs` of domain `domid` as one contiguous area, in order. Fails if any
     /// grant is invalid (the whole mapping is then released).
     pub fn map(
