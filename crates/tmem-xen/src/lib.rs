@@ -8,6 +8,7 @@
 //! `sys.rs`). It must never trust a value a guest wrote: xenstore values are parsed strictly
 //! and bounded here, and grant-mapped memory is only exposed through [`tmem_ring::SharedMem`].
 
+pub mod blkback;
 pub mod sys;
 pub mod wire;
 pub mod xenbus;
