@@ -8,8 +8,8 @@
 //!
 //! libxl neither knows nor touches these devices, so tmemd must refuse a device id the domain
 //! already uses ([`vbd_in_use`]) and remove its own entries when it is done ([`remove_vbd`]).
-//! The key order and permissions follow what was observed necessary on real Xen with Linux's
-//! blkfront (docs/swap-disk.md, "Offering the device").
+//! The key order and permissions follow what was observed necessary on real Xen 4.17 with
+//! Linux 6.1's blkfront (see [`offer_vbd`]).
 //!
 //! Everything read from the frontend directory is guest-written: it is parsed here only
 //! ([`read_blkfront_keys`], [`vbd_frontend_state`]), strictly and with bounded lengths.
