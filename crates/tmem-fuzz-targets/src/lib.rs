@@ -17,7 +17,7 @@ pub use abi::abi_request;
 pub use control::control_request;
 pub use local::local_hello;
 pub use ring::ring_backend;
-pub use xen::{xen_frontend_keys, xen_wire};
+pub use xen::{xen_blkfront_keys, xen_frontend_keys, xen_wire};
 
 /// The body of one fuzz target: arbitrary bytes in, a panic only on a broken invariant.
 pub type Target = fn(&[u8]);
@@ -29,5 +29,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("local_hello", local_hello),
     ("xen_wire", xen_wire),
     ("xen_frontend_keys", xen_frontend_keys),
+    ("xen_blkfront_keys", xen_blkfront_keys),
     ("control_request", control_request),
 ];

@@ -1,6 +1,6 @@
-//! Targets `xen_wire` and `xen_frontend_keys`: the xenstore wire decoder and client (a watch
-//! event's path is chosen by whoever wrote the node, a guest included), and the keys a domU
-//! writes into its frontend directory.
+//! Targets `xen_wire`, `xen_frontend_keys` and `xen_blkfront_keys`: the xenstore wire decoder
+//! and client (a watch event's path is chosen by whoever wrote the node, a guest included), and
+//! the keys a domU writes into its frontend directory of the `tmem` device and of a swap disk.
 
 use crate::input::Input;
 use std::collections::HashMap;
@@ -8,6 +8,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use tmem_abi::xenstore::key;
+use tmem_xen::blkback::{self, blkif_key};
 use tmem_xen::wire::{self, check_path, parse_u32, split_nul, Decoder, Message, Perm};
 use tmem_xen::xenbus::{self, Limits, MAX_RING_PAGE_ORDER, REFS_PER_DIR_PAGE};
 use tmem_xen::{Xs, XsError};
@@ -177,4 +178,82 @@ pub fn xen_frontend_keys(data: &[u8]) {
     for be in 0..=8 {
         let _ = xenbus::backend_step(fe_state, be, failing & 1 == 1);
     }
+}
+
+/// Names of every key blkfront may write, by index (the input picks keys by number).
+fn blkfront_key_name(i: u8) -> String {
+    match i % 8 {
+        0 => blkif_key::RING_PAGE_ORDER.to_owned(),
+        1 => format!("{}{}", blkif_key::RING_REF, (i / 8) % 32),
+        2 => blkif_key::RING_REF.to_owned(),
+        3 => blkif_key::EVENT_CHANNEL.to_owned(),
+        4 => blkif_key::PROTOCOL.to_owned(),
+        5 => blkif_key::MULTI_QUEUE_NUM_QUEUES.to_owned(),
+        6 => key::STATE.to_owned(),
+        _ => format!("{}{}", blkif_key::RING_REF, i / 8),
+    }
+}
+
+pub fn xen_blkfront_keys(data: &[u8]) {
+    let mut inp = Input::new(data);
+    let max_order = u32::from(inp.u8() % 10);
+    // A node whose read fails as a transport error (the xenstore connection broke).
+    let failing = inp.u8();
+    let count = inp.u8();
+    let fe = blkback::vbd_frontend_path(7, 51728);
+    let mut tree: HashMap<String, Vec<u8>> = HashMap::new();
+    for _ in 0..count {
+        let name = blkfront_key_name(inp.u8());
+        let len = usize::from(inp.u8() % 80);
+        tree.insert(format!("{fe}/{name}"), inp.bytes(len).to_vec());
+    }
+    // Common case made easy: every ring-ref a ring may need, written by a well-behaved guest.
+    if inp.bool() {
+        for i in 0..(1u32 << MAX_RING_PAGE_ORDER) {
+            let k = format!("{fe}/{}{i}", blkif_key::RING_REF);
+            tree.entry(k)
+                .or_insert_with(|| (i + 8).to_string().into_bytes());
+        }
+    }
+    let node = |k: &str| tree.get(&format!("{fe}/{k}"));
+    let failing_key = format!("{fe}/{}", blkfront_key_name(failing));
+    let mut reads = 0usize;
+    let res = blkback::parse_blkfront_keys(
+        &mut |path| {
+            reads += 1;
+            if failing != 0 && path == failing_key {
+                return Err(XsError::Closed);
+            }
+            Ok(tree.get(path).cloned())
+        },
+        &fe,
+        max_order,
+    );
+    // Bounded: queues, protocol, order, its ring-refs, channel.
+    let bound = 3 + (1 << MAX_RING_PAGE_ORDER) + 1;
+    assert!(reads <= bound, "{reads} reads for one connection");
+    match res {
+        Ok(k) => {
+            let n = k.ring_refs.len();
+            match node(blkif_key::RING_PAGE_ORDER) {
+                None => assert_eq!(n, 1, "no ring-page-order: one ring-ref"),
+                Some(_) => {
+                    assert!(n.is_power_of_two());
+                    assert!(n <= 1 << max_order.min(MAX_RING_PAGE_ORDER));
+                }
+            }
+            assert_ne!(k.event_channel, 0);
+            if let Some(p) = node(blkif_key::PROTOCOL) {
+                assert_eq!(&p[..], blkback::PROTOCOL_X86_64.as_bytes());
+            }
+            if let Some(q) = node(blkif_key::MULTI_QUEUE_NUM_QUEUES) {
+                assert_eq!(&q[..], b"1");
+            }
+        }
+        Err(e) => {
+            // What reaches the log is bounded whatever the guest wrote.
+            assert!(e.to_string().len() < 512, "unbounded error text: {e}");
+        }
+    }
+    let _ = xenbus::parse_state(node(key::STATE).map(|v| &v[..]));
 }

@@ -1,13 +1,15 @@
 //! Xen plumbing for tmem, in pure Rust over the stable kernel interfaces: the xenstore wire
 //! protocol ([`xs`], over xenstored's socket or `/dev/xen/xenbus`), grant mapping and sharing
-//! (`/dev/xen/gntdev`, `/dev/xen/gntalloc`) and event channels (`/dev/xen/evtchn`), plus the
-//! `tmem` device's xenstore protocol ([`xenbus`]). No Xen library is linked, so one binary
-//! runs on a Xen host and on plain Linux, where [`probe`] says why Xen is absent.
+//! (`/dev/xen/gntdev`, `/dev/xen/gntalloc`, and gntdev's grant copy) and event channels
+//! (`/dev/xen/evtchn`), plus the `tmem` device's xenstore protocol ([`xenbus`]) and the swap
+//! disk's blkif one ([`blkback`]). No Xen library is linked, so one binary runs on a Xen host
+//! and on plain Linux, where [`probe`] says why Xen is absent.
 //!
 //! This crate is the only home of the Xen transport's FFI and ioctl `unsafe` (all of it in
 //! `sys.rs`). It must never trust a value a guest wrote: xenstore values are parsed strictly
 //! and bounded here, and grant-mapped memory is only exposed through [`tmem_ring::SharedMem`].
 
+pub mod blkback;
 pub mod sys;
 pub mod wire;
 pub mod xenbus;
@@ -16,7 +18,7 @@ pub mod xs;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fake;
 
-pub use sys::{BoundPort, Drained, Evtchn, Gntdev, GrantMapping, GrantShare};
+pub use sys::{BoundPort, CopyError, CopySeg, Drained, Evtchn, Gntdev, GrantMapping, GrantShare};
 pub use xs::{Tx, WatchEvent, Xs, XsError};
 
 use std::time::Duration;

@@ -47,6 +47,63 @@ const IOCTL_GNTDEV_MAP_GRANT_REF: libc::c_ulong =
 const IOCTL_GNTDEV_UNMAP_GRANT_REF: libc::c_ulong =
     ioc_none(b'G', 1, std::mem::size_of::<GntdevUnmapGrantRef>());
 
+/// The `{ref, offset, domid}` arm of `gntdev_grant_copy_segment`'s source/dest union.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GntCopyForeign {
+    gref: u32,
+    offset: u16,
+    domid: u16,
+}
+/// One end of a grant copy: a local buffer (`virt`) or a peer's grant (`foreign`), as the
+/// segment's `GNTCOPY_*_gref` flags say. Both arms are 8 bytes, so every byte is defined.
+#[repr(C)]
+#[derive(Clone, Copy)]
+union GntCopyPtr {
+    virt: *mut u8,
+    foreign: GntCopyForeign,
+}
+/// `struct gntdev_grant_copy_segment`; `pad` makes the C struct's tail padding explicit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GntdevGrantCopySegment {
+    source: GntCopyPtr,
+    dest: GntCopyPtr,
+    len: u16,
+    flags: u16,
+    status: i16,
+    pad: u16,
+}
+/// `struct ioctl_gntdev_grant_copy`.
+#[repr(C)]
+struct GntdevGrantCopy {
+    count: u32,
+    segments: *mut GntdevGrantCopySegment,
+}
+const GNTCOPY_SOURCE_GREF: u16 = 1 << 0;
+const GNTCOPY_DEST_GREF: u16 = 1 << 1;
+const IOCTL_GNTDEV_GRANT_COPY: libc::c_ulong =
+    ioc_none(b'G', 8, std::mem::size_of::<GntdevGrantCopy>());
+
+// Layout of the grant-copy structs as the kernel (64-bit) lays them out.
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<GntCopyForeign>() == 8);
+    assert!(offset_of!(GntCopyForeign, offset) == 4);
+    assert!(offset_of!(GntCopyForeign, domid) == 6);
+    assert!(size_of::<GntCopyPtr>() == 8);
+    assert!(size_of::<GntdevGrantCopySegment>() == 24);
+    assert!(offset_of!(GntdevGrantCopySegment, source) == 0);
+    assert!(offset_of!(GntdevGrantCopySegment, dest) == 8);
+    assert!(offset_of!(GntdevGrantCopySegment, len) == 16);
+    assert!(offset_of!(GntdevGrantCopySegment, flags) == 18);
+    assert!(offset_of!(GntdevGrantCopySegment, status) == 20);
+    assert!(size_of::<GntdevGrantCopy>() == 16);
+    assert!(offset_of!(GntdevGrantCopy, segments) == 8);
+    assert!(IOCTL_GNTDEV_GRANT_COPY == 0x0010_4708);
+};
+
 // gntalloc.h
 #[repr(C)]
 struct GntallocAllocGref {
@@ -181,6 +238,13 @@ impl Gntdev {
         }))
     }
 
+    /// For tests: a `Gntdev` over any file, e.g. `/dev/null`, where every ioctl fails with
+    /// `ENOTTY` (so a test sees which calls reach the kernel).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn from_file(file: File) -> Arc<Gntdev> {
+        Arc::new(Gntdev { file })
+    }
+
     /// Map grants `refs` of domain `domid` as one contiguous area, in order. Fails if any
     /// grant is invalid (the whole mapping is then released).
     pub fn map(
@@ -289,6 +353,256 @@ impl GrantMapping {
         // concurrently, which only makes the copied values arbitrary (they are validated).
         unsafe { std::ptr::copy_nonoverlapping(self.addr, v.as_mut_ptr(), self.len) };
         v
+    }
+}
+
+// ---- gntdev grant copy: the hypervisor copies between a peer's grants and our buffers -----
+
+/// Page size of a grant (a Xen page, whatever the local page size).
+const GRANT_PAGE: usize = 4096;
+
+/// Most segments in one grant copy call (a blkif request has at most 11; the bound keeps the
+/// ioctl's segment array on the stack).
+pub const MAX_COPY_SEGMENTS: usize = 64;
+
+/// First domain id that names no real domain (`DOMID_FIRST_RESERVED`: `DOMID_SELF` and up).
+const DOMID_FIRST_RESERVED: u32 = 0x7ff0;
+
+/// A byte range of one page a peer granted: `len` bytes at `offset` of grant `gref`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopySeg {
+    pub gref: u32,
+    pub offset: u16,
+    pub len: u16,
+}
+
+/// A grant copy that failed. Nothing is known about what was copied, in either direction.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// Refused before the ioctl (`InvalidInput`: too many segments, a buffer count or length
+    /// that does not match, a reserved domain id), or the ioctl itself failed.
+    #[error("grant copy failed: {0}")]
+    Io(#[source] std::io::Error),
+    /// Segment `index` is empty or leaves its 4096-byte grant; refused before the ioctl.
+    #[error("grant copy segment {index}: {len} bytes at offset {offset} do not fit in one 4096-byte page")]
+    Range { index: usize, offset: u16, len: u16 },
+    /// Xen refused segment `index` with a `GNTST_*` status (e.g. a bad grant reference).
+    #[error("grant copy of segment {index} failed: {} ({status})", gntst_name(*status))]
+    Segment { index: usize, status: i16 },
+}
+
+impl CopyError {
+    /// The segment this error is about, if it is about one.
+    pub fn segment(&self) -> Option<usize> {
+        match self {
+            CopyError::Io(_) => None,
+            CopyError::Range { index, .. } | CopyError::Segment { index, .. } => Some(*index),
+        }
+    }
+}
+
+/// The name of a `GNTST_*` status (`xen/include/public/grant_table.h`).
+pub fn gntst_name(status: i16) -> &'static str {
+    match status {
+        0 => "okay",
+        -1 => "general error",
+        -2 => "bad domain",
+        -3 => "bad grant reference",
+        -4 => "bad handle",
+        -5 => "bad virtual address",
+        -6 => "bad device address",
+        -7 => "no device space",
+        -8 => "permission denied",
+        -9 => "bad page",
+        -10 => "bad copy argument",
+        -11 => "address too big",
+        -12 => "try again",
+        -13 => "no space",
+        _ => "unknown status",
+    }
+}
+
+fn invalid_input(why: String) -> CopyError {
+    CopyError::Io(std::io::Error::new(ErrorKind::InvalidInput, why))
+}
+
+/// Which way a grant copy goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyDir {
+    FromGuest,
+    ToGuest,
+}
+
+const EMPTY_COPY_SEGMENT: GntdevGrantCopySegment = GntdevGrantCopySegment {
+    source: GntCopyPtr {
+        foreign: GntCopyForeign {
+            gref: 0,
+            offset: 0,
+            domid: 0,
+        },
+    },
+    dest: GntCopyPtr {
+        foreign: GntCopyForeign {
+            gref: 0,
+            offset: 0,
+            domid: 0,
+        },
+    },
+    len: 0,
+    flags: 0,
+    status: 0,
+    pad: 0,
+};
+
+/// Fill `out[..segs.len()]` with the ioctl's segments, refusing everything the kernel would
+/// refuse (or should never see) first. `local(i)` is buffer `i`: its address and length.
+fn build_copy(
+    domid: u32,
+    dir: CopyDir,
+    segs: &[CopySeg],
+    nbufs: usize,
+    mut local: impl FnMut(usize) -> (*mut u8, usize),
+    out: &mut [GntdevGrantCopySegment; MAX_COPY_SEGMENTS],
+) -> Result<(), CopyError> {
+    if segs.len() > MAX_COPY_SEGMENTS {
+        return Err(invalid_input(format!(
+            "{} segments in one grant copy (at most {MAX_COPY_SEGMENTS})",
+            segs.len()
+        )));
+    }
+    if nbufs != segs.len() {
+        return Err(invalid_input(format!(
+            "{} buffers for {} grant copy segments",
+            nbufs,
+            segs.len()
+        )));
+    }
+    if domid >= DOMID_FIRST_RESERVED {
+        return Err(invalid_input(format!(
+            "domain id {domid} is reserved: no grants to copy"
+        )));
+    }
+    for (i, (s, o)) in segs.iter().zip(out.iter_mut()).enumerate() {
+        if s.len == 0 || usize::from(s.offset) + usize::from(s.len) > GRANT_PAGE {
+            return Err(CopyError::Range {
+                index: i,
+                offset: s.offset,
+                len: s.len,
+            });
+        }
+        let (ptr, len) = local(i);
+        if len != usize::from(s.len) {
+            return Err(invalid_input(format!(
+                "grant copy buffer {i} is {len} bytes for a {}-byte segment",
+                s.len
+            )));
+        }
+        let foreign = GntCopyPtr {
+            foreign: GntCopyForeign {
+                gref: s.gref,
+                offset: s.offset,
+                domid: domid as u16, // < DOMID_FIRST_RESERVED, checked above
+            },
+        };
+        let virt = GntCopyPtr { virt: ptr };
+        let (source, dest, flags) = match dir {
+            CopyDir::FromGuest => (foreign, virt, GNTCOPY_SOURCE_GREF),
+            CopyDir::ToGuest => (virt, foreign, GNTCOPY_DEST_GREF),
+        };
+        *o = GntdevGrantCopySegment {
+            source,
+            dest,
+            len: s.len,
+            flags,
+            // Not "okay" until the kernel says so.
+            status: -1,
+            pad: 0,
+        };
+    }
+    Ok(())
+}
+
+/// The first segment whose status is not `GNTST_okay`, as an error.
+fn copy_status(ops: &[GntdevGrantCopySegment]) -> Result<(), CopyError> {
+    match ops.iter().position(|o| o.status != 0) {
+        None => Ok(()),
+        Some(index) => Err(CopyError::Segment {
+            index,
+            status: ops[index].status,
+        }),
+    }
+}
+
+impl Gntdev {
+    /// Guest → local: for each `i`, copy `segs[i]` (`len` bytes at `offset` of grant `gref`
+    /// of `domid`) into `bufs[i]`, which must be exactly `segs[i].len` bytes. One ioctl for
+    /// all segments; every segment's status is checked.
+    pub fn copy_from_guest(
+        &self,
+        domid: u32,
+        segs: &[CopySeg],
+        bufs: &mut [&mut [u8]],
+    ) -> Result<(), CopyError> {
+        let mut ops = [EMPTY_COPY_SEGMENT; MAX_COPY_SEGMENTS];
+        build_copy(
+            domid,
+            CopyDir::FromGuest,
+            segs,
+            bufs.len(),
+            |i| (bufs[i].as_mut_ptr(), bufs[i].len()),
+            &mut ops,
+        )?;
+        // The kernel writes into `bufs` through the pointers taken above; `bufs` stays
+        // mutably borrowed (unused by us) until the call returns.
+        self.grant_copy(&mut ops[..segs.len()])
+    }
+
+    /// Local → guest: for each `i`, copy `bufs[i]` (exactly `segs[i].len` bytes) to `len`
+    /// bytes at `offset` of grant `gref` of `domid`. One ioctl; every status is checked.
+    pub fn copy_to_guest(
+        &self,
+        domid: u32,
+        segs: &[CopySeg],
+        bufs: &[&[u8]],
+    ) -> Result<(), CopyError> {
+        let mut ops = [EMPTY_COPY_SEGMENT; MAX_COPY_SEGMENTS];
+        // The kernel only reads a source buffer (no FOLL_WRITE), so the `*mut` is never
+        // written through.
+        build_copy(
+            domid,
+            CopyDir::ToGuest,
+            segs,
+            bufs.len(),
+            |i| (bufs[i].as_ptr().cast_mut(), bufs[i].len()),
+            &mut ops,
+        )?;
+        self.grant_copy(&mut ops[..segs.len()])
+    }
+
+    /// Run one `IOCTL_GNTDEV_GRANT_COPY` over segments [`build_copy`] checked.
+    fn grant_copy(&self, ops: &mut [GntdevGrantCopySegment]) -> Result<(), CopyError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut arg = GntdevGrantCopy {
+            count: ops.len() as u32, // <= MAX_COPY_SEGMENTS
+            segments: ops.as_mut_ptr(),
+        };
+        // SAFETY: `arg` points at `count` initialised segments that live across the call; the
+        // kernel writes only their `status`. Each local address is a live buffer of exactly
+        // `len` bytes borrowed by our caller for the call (written only for `dest` buffers,
+        // which come from `&mut` slices); each grant range was checked to stay in its page.
+        let r = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                IOCTL_GNTDEV_GRANT_COPY,
+                &mut arg as *mut GntdevGrantCopy,
+            )
+        };
+        if r < 0 {
+            return Err(CopyError::Io(errno()));
+        }
+        copy_status(ops)
     }
 }
 
@@ -664,6 +978,209 @@ mod drain_tests {
                 ports: 0,
                 more: false
             }
+        );
+    }
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::*;
+
+    /// A `Gntdev` whose file is not gntdev: any ioctl that reaches it fails with ENOTTY, so a
+    /// test tells "refused before the ioctl" from "went to the kernel".
+    fn not_gntdev() -> Gntdev {
+        Gntdev {
+            file: File::open("/dev/null").unwrap(),
+        }
+    }
+
+    fn reached_the_ioctl(e: &CopyError) -> bool {
+        matches!(e, CopyError::Io(io) if io.raw_os_error() == Some(libc::ENOTTY))
+    }
+
+    fn seg_bytes(o: &GntdevGrantCopySegment) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        // SAFETY: the segment is 24 bytes (asserted at compile time) with no implicit padding
+        // (`pad` is a field; both union arms are 8 bytes and one was written whole).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (o as *const GntdevGrantCopySegment).cast::<u8>(),
+                b.as_mut_ptr(),
+                24,
+            )
+        };
+        b
+    }
+
+    #[test]
+    fn segments_are_laid_out_as_the_kernel_reads_them() {
+        let mut buf = [0u8; 512];
+        let addr = buf.as_mut_ptr() as u64;
+        let mut ops = [EMPTY_COPY_SEGMENT; MAX_COPY_SEGMENTS];
+        let seg = CopySeg {
+            gref: 0x1234_5678,
+            offset: 3584,
+            len: 512,
+        };
+        build_copy(
+            0x7ef,
+            CopyDir::FromGuest,
+            &[seg],
+            1,
+            |_| (buf.as_mut_ptr(), 512),
+            &mut ops,
+        )
+        .unwrap();
+        let mut want = [0u8; 24];
+        want[0..4].copy_from_slice(&0x1234_5678u32.to_le_bytes());
+        want[4..6].copy_from_slice(&3584u16.to_le_bytes());
+        want[6..8].copy_from_slice(&0x7efu16.to_le_bytes());
+        want[8..16].copy_from_slice(&addr.to_le_bytes());
+        want[16..18].copy_from_slice(&512u16.to_le_bytes());
+        want[18..20].copy_from_slice(&GNTCOPY_SOURCE_GREF.to_le_bytes());
+        want[20..22].copy_from_slice(&(-1i16).to_le_bytes());
+        assert_eq!(seg_bytes(&ops[0]), want);
+
+        // The other way: the grant is the destination.
+        build_copy(
+            0x7ef,
+            CopyDir::ToGuest,
+            &[seg],
+            1,
+            |_| (buf.as_mut_ptr(), 512),
+            &mut ops,
+        )
+        .unwrap();
+        let b = seg_bytes(&ops[0]);
+        assert_eq!(b[0..8], want[8..16], "source is our buffer");
+        assert_eq!(b[8..16], want[0..8], "dest is the grant");
+        assert_eq!(b[18..20], GNTCOPY_DEST_GREF.to_le_bytes());
+    }
+
+    #[test]
+    fn bad_ranges_are_refused_before_the_ioctl() {
+        let g = not_gntdev();
+        for (offset, len) in [
+            (0u16, 0u16),
+            (4095, 2),
+            (0, 4097),
+            (4096, 1),
+            (65535, 65535),
+        ] {
+            let seg = CopySeg {
+                gref: 9,
+                offset,
+                len,
+            };
+            let mut page = vec![0u8; usize::from(len)];
+            let e = g
+                .copy_from_guest(1, &[seg, seg], &mut [&mut page[..], &mut [][..]])
+                .unwrap_err();
+            assert!(
+                matches!(e, CopyError::Range { index: 0, offset: o, len: l } if o == offset && l == len),
+                "{offset}+{len}: {e}"
+            );
+            let e = g.copy_to_guest(1, &[seg], &[&page[..]]).unwrap_err();
+            assert!(matches!(e, CopyError::Range { index: 0, .. }), "{e}");
+        }
+        // The second segment is the bad one.
+        let ok = CopySeg {
+            gref: 1,
+            offset: 0,
+            len: 4096,
+        };
+        let bad = CopySeg {
+            gref: 2,
+            offset: 512,
+            len: 3585,
+        };
+        let (mut a, mut b) = ([0u8; 4096], [0u8; 3585]);
+        let e = g
+            .copy_from_guest(1, &[ok, bad], &mut [&mut a[..], &mut b[..]])
+            .unwrap_err();
+        assert!(matches!(e, CopyError::Range { index: 1, .. }), "{e}");
+        assert_eq!(e.segment(), Some(1));
+        assert!(e.to_string().contains("3585 bytes at offset 512"), "{e}");
+        // A whole page and a last sector fit.
+        let last = CopySeg {
+            gref: 3,
+            offset: 3584,
+            len: 512,
+        };
+        let mut c = [0u8; 512];
+        let e = g
+            .copy_from_guest(1, &[ok, last], &mut [&mut a[..], &mut c[..]])
+            .unwrap_err();
+        assert!(reached_the_ioctl(&e), "{e}");
+    }
+
+    #[test]
+    fn calls_that_do_not_add_up_are_refused_before_the_ioctl() {
+        let g = not_gntdev();
+        let seg = CopySeg {
+            gref: 1,
+            offset: 0,
+            len: 512,
+        };
+        let mut a = [0u8; 512];
+        let invalid = |e: CopyError| {
+            assert!(
+                matches!(&e, CopyError::Io(io) if io.kind() == ErrorKind::InvalidInput),
+                "{e}"
+            );
+            e.to_string()
+        };
+        // Too many segments.
+        let segs = vec![seg; MAX_COPY_SEGMENTS + 1];
+        let bufs: Vec<&[u8]> = vec![&a[..]; MAX_COPY_SEGMENTS + 1];
+        let m = invalid(g.copy_to_guest(1, &segs, &bufs).unwrap_err());
+        assert!(m.contains("65 segments"), "{m}");
+        // Buffer count and length.
+        let m = invalid(g.copy_to_guest(1, &[seg, seg], &[&a[..]]).unwrap_err());
+        assert!(m.contains("1 buffers for 2"), "{m}");
+        let m = invalid(
+            g.copy_from_guest(1, &[seg], &mut [&mut a[..511]])
+                .unwrap_err(),
+        );
+        assert!(m.contains("511 bytes for a 512-byte"), "{m}");
+        // Reserved domain ids (DOMID_SELF and up) and ids that do not fit a domid_t.
+        for d in [0x7ff0, 0x7ff2, 0x1_0000, u32::MAX] {
+            let m = invalid(g.copy_from_guest(d, &[seg], &mut [&mut a[..]]).unwrap_err());
+            assert!(m.contains("reserved"), "{m}");
+        }
+        // Nothing to copy: no ioctl at all.
+        g.copy_from_guest(1, &[], &mut []).unwrap();
+        // The largest accepted call reaches the kernel.
+        let segs = vec![seg; MAX_COPY_SEGMENTS];
+        let bufs: Vec<&[u8]> = vec![&a[..]; MAX_COPY_SEGMENTS];
+        assert!(reached_the_ioctl(
+            &g.copy_to_guest(0x7fef, &segs, &bufs).unwrap_err()
+        ));
+    }
+
+    #[test]
+    fn the_first_failed_segment_is_reported() {
+        let mut ops = [EMPTY_COPY_SEGMENT; 4];
+        for o in &mut ops {
+            o.status = 0;
+        }
+        copy_status(&ops).unwrap();
+        ops[2].status = -3;
+        ops[3].status = -1;
+        let e = copy_status(&ops).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CopyError::Segment {
+                    index: 2,
+                    status: -3
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "grant copy of segment 2 failed: bad grant reference (-3)"
         );
     }
 }

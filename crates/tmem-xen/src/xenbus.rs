@@ -54,7 +54,7 @@ pub enum KeyError {
     Xs(#[from] XsError),
 }
 
-fn invalid(key: &str, value: &str, why: &'static str) -> KeyError {
+pub(crate) fn invalid(key: &str, value: &str, why: &'static str) -> KeyError {
     // Bound what a guest can make us log.
     let value: String = value.chars().take(32).collect();
     KeyError::Invalid {
@@ -73,17 +73,30 @@ pub fn read_u32(xs: &mut Xs, tx: Tx, dir: &str, k: &str) -> Result<u32, KeyError
 /// through one so that its parsing can be fuzzed without a xenstored.
 pub type ReadNode<'a> = dyn FnMut(&str) -> Result<Option<Vec<u8>>, XsError> + 'a;
 
-fn key_u32(read: &mut ReadNode<'_>, dir: &str, k: &str) -> Result<u32, KeyError> {
+pub(crate) fn key_u32(read: &mut ReadNode<'_>, dir: &str, k: &str) -> Result<u32, KeyError> {
     let v = key_string(read, dir, k)?;
     parse_u32(&v).ok_or_else(|| invalid(k, &v, "not a decimal u32"))
 }
 
-fn key_string(read: &mut ReadNode<'_>, dir: &str, k: &str) -> Result<String, KeyError> {
-    let raw = read(&format!("{dir}/{k}"))?.ok_or_else(|| KeyError::Missing(k.to_owned()))?;
+pub(crate) fn key_string(read: &mut ReadNode<'_>, dir: &str, k: &str) -> Result<String, KeyError> {
+    key_opt_string(read, dir, k)?.ok_or_else(|| KeyError::Missing(k.to_owned()))
+}
+
+/// An optional key: `Ok(None)` if absent; present, it is bounded and UTF-8 like any other.
+pub(crate) fn key_opt_string(
+    read: &mut ReadNode<'_>,
+    dir: &str,
+    k: &str,
+) -> Result<Option<String>, KeyError> {
+    let Some(raw) = read(&format!("{dir}/{k}"))? else {
+        return Ok(None);
+    };
     if raw.len() > 64 {
         return Err(invalid(k, "", "longer than 64 bytes"));
     }
-    String::from_utf8(raw).map_err(|_| invalid(k, "", "not UTF-8"))
+    String::from_utf8(raw)
+        .map(Some)
+        .map_err(|_| invalid(k, "", "not UTF-8"))
 }
 
 /// Strict decimal u64 (no sign, no leading zeros, no spaces).
@@ -352,7 +365,7 @@ pub fn offer_device(xs: &mut Xs, backend: u32, domid: u32, limits: &Limits) -> R
 }
 
 /// `/a/b/c` → `/a/b` (paths here are always absolute and built by this module).
-fn parent_of(path: &str) -> &str {
+pub(crate) fn parent_of(path: &str) -> &str {
     &path[..path.rfind('/').unwrap_or(0)]
 }
 
