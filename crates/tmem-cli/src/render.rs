@@ -210,8 +210,17 @@ pub fn render_table(stats: &StoreStats, all: bool) -> String {
 /// The swap disks: where each one's pages are, and what it served.
 fn swap_disk_table(disks: &[tmem_control::SwapDiskStats]) -> String {
     let mut rows = vec![[
-        "SWAP DISK", "NAME", "DEVICE", "SIZE", "STATE", "IN MEMORY", "SPILLED", "READS",
-        "WRITES", "DISCARDS", "ERRORS",
+        "SWAP DISK",
+        "NAME",
+        "DEVICE",
+        "SIZE",
+        "STATE",
+        "IN MEMORY",
+        "SPILLED",
+        "READS",
+        "WRITES",
+        "DISCARDS",
+        "ERRORS",
     ]
     .map(String::from)
     .to_vec()];

@@ -36,8 +36,11 @@ pub struct Shared {
     pub settings: Mutex<Keeper>,
     /// Swap disks by (domid, devid): what `tmem list` shows of each, kept current by the
     /// Xen control plane and each disk's thread.
-    pub swap_disks: Mutex<BTreeMap<(u32, u32), Arc<Mutex<SwapDiskStats>>>>,
+    pub swap_disks: Mutex<BTreeMap<(u32, u32), SwapDiskStatus>>,
 }
+
+/// One swap disk's figures, written by its thread and the control plane, read by `tmem list`.
+pub type SwapDiskStatus = Arc<Mutex<SwapDiskStats>>;
 
 /// What the control side holds on a connected guest.
 #[derive(Debug, Clone)]

@@ -22,6 +22,7 @@ use tmem_xen::{BoundPort, GrantMapping};
 use tracing::{error, warn};
 
 use super::grant_io::GrantCopyIo;
+use crate::ratelimit::RateLimiter;
 use crate::sync::lock;
 
 /// Requests taken per round (one ring of one page holds 32).
@@ -69,7 +70,8 @@ impl DiskThread {
                 ),
                 Err(_) => error!(
                     domid,
-                    devid, "swap disk thread panicked; closing the device (other guests are not affected)"
+                    devid,
+                    "swap disk thread panicked; closing the device (other guests are not affected)"
                 ),
             }
             e.store(true, Ordering::Release);
@@ -112,6 +114,8 @@ impl Drop for DiskThread {
 fn serve(run: &mut DiskRun, stop: &AtomicBool) -> Result<(), String> {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut errors = 0u64;
+    // Failed requests are the guest's doing (bad grants): a few lines, then a count.
+    let mut log = RateLimiter::new(5, Duration::from_secs(10));
     // A resumed ring may already hold requests, and the guest may be asleep waiting.
     let _ = run.port.notify();
     loop {
@@ -144,7 +148,18 @@ fn serve(run: &mut DiskRun, stop: &AtomicBool) -> Result<(), String> {
                 .map_err(|e| format!("cannot notify the guest's event channel: {e}"))?;
         }
         if served.answered > 0 {
-            errors += served.errors as u64;
+            if served.errors > 0 {
+                errors += served.errors as u64;
+                if let Some(cause) = run.io.take_last_error() {
+                    if let Some(suppressed) = log.allow() {
+                        warn!(
+                            domid = run.domid,
+                            suppressed,
+                            "swap disk request failed: copying the guest's data: {cause}"
+                        );
+                    }
+                }
+            }
             publish_status(run, errors);
             continue;
         }

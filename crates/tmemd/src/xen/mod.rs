@@ -26,8 +26,8 @@
 mod attach;
 mod backend;
 mod disk_thread;
-mod pace;
 mod grant_io;
+mod pace;
 mod policy;
 #[cfg(test)]
 mod tests;

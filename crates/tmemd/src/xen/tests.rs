@@ -758,10 +758,16 @@ fn swap_disk_lifecycle_against_a_fake_xenstored() {
     let fx = FakeXenstore::new();
     fx.introduce(0, "Domain-0");
     fx.introduce(5, "swapper");
-    fx.write("/local/domain/5/vm", "/vm/00000000-0000-0000-0000-000000000005");
+    fx.write(
+        "/local/domain/5/vm",
+        "/vm/00000000-0000-0000-0000-000000000005",
+    );
     fx.introduce(6, "plain");
     fx.introduce(7, "clash");
-    fx.write("/local/domain/7/vm", "/vm/00000000-0000-0000-0000-000000000007");
+    fx.write(
+        "/local/domain/7/vm",
+        "/vm/00000000-0000-0000-0000-000000000007",
+    );
     let xvdz = 268_441_856u32;
     fx.write(
         &format!("/local/domain/7/device/vbd/{xvdz}/backend"),
@@ -780,7 +786,10 @@ fn swap_disk_lifecycle_against_a_fake_xenstored() {
     let mut x = d.backend(xs);
     x.init().unwrap();
 
-    assert!(!stale.exists(), "a spill file no recovered guest owns is removed");
+    assert!(
+        !stale.exists(),
+        "a spill file no recovered guest owns is removed"
+    );
     assert!(unrelated.exists(), "other files are left alone");
     let be = format!("/local/domain/0/backend/tmemblk/5/{xvdz}");
     let fe = format!("/local/domain/5/device/vbd/{xvdz}");
@@ -789,19 +798,34 @@ fn swap_disk_lifecycle_against_a_fake_xenstored() {
     assert_eq!(st(&fe).as_deref(), Some("1"));
     assert_eq!(fx.perms(&be).unwrap(), ["n0", "r5"]);
     assert_eq!(fx.perms(&fe).unwrap(), ["n5", "r0"]);
-    assert_eq!(fx.read(&format!("{fe}/backend")).as_deref(), Some(be.as_str()));
-    assert_eq!(fx.read(&format!("{fe}/virtual-device")).as_deref(), Some("268441856"));
+    assert_eq!(
+        fx.read(&format!("{fe}/backend")).as_deref(),
+        Some(be.as_str())
+    );
+    assert_eq!(
+        fx.read(&format!("{fe}/virtual-device")).as_deref(),
+        Some("268441856")
+    );
     assert_eq!(fx.read(&format!("{be}/sectors")).as_deref(), Some("131072"));
-    assert_eq!(fx.read(&format!("{be}/sector-size")).as_deref(), Some("512"));
-    assert_eq!(fx.read(&format!("{be}/feature-discard")).as_deref(), Some("1"));
-    assert_eq!(fx.read(&format!("{be}/feature-flush-cache")).as_deref(), Some("1"));
+    assert_eq!(
+        fx.read(&format!("{be}/sector-size")).as_deref(),
+        Some("512")
+    );
+    assert_eq!(
+        fx.read(&format!("{be}/feature-discard")).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        fx.read(&format!("{be}/feature-flush-cache")).as_deref(),
+        Some("1")
+    );
     assert!(
         !fx.exists(&backend_path(0, 5)),
         "a domain with a swap disk is not offered the tmem device"
     );
     assert_eq!(st(&backend_path(0, 6)).as_deref(), Some("2"), "others are");
     assert!(
-        !fx.exists(&format!("/local/domain/0/backend/tmemblk/7")),
+        !fx.exists("/local/domain/0/backend/tmemblk/7"),
         "a device number in use by a configured disk is refused"
     );
     let disks = |d: &Daemon| -> Vec<(u32, String)> {
@@ -819,7 +843,11 @@ fn swap_disk_lifecycle_against_a_fake_xenstored() {
     );
 
     // Hostile keys: refused with a reason, device closed.
-    for (k, v) in [("ring-page-order", "9"), ("ring-ref0", "8"), ("event-channel", "5")] {
+    for (k, v) in [
+        ("ring-page-order", "9"),
+        ("ring-ref0", "8"),
+        ("event-channel", "5"),
+    ] {
         fx.write(&format!("{fe}/{k}"), v);
     }
     fx.write(&format!("{fe}/state"), "3");
@@ -835,7 +863,9 @@ fn swap_disk_lifecycle_against_a_fake_xenstored() {
     fx.write(&format!("{fe}/ring-ref"), "8");
     fx.write(&format!("{fe}/protocol"), "x86_64-abi");
     fx.write(&format!("{fe}/state"), "3");
-    until(&mut x, "connect refused", || st(&be).as_deref() == Some("6"));
+    until(&mut x, "connect refused", || {
+        st(&be).as_deref() == Some("6")
+    });
     let err = fx.read(&format!("{be}/error")).unwrap();
     assert!(err.contains("grant device"), "{err}");
 

@@ -16,7 +16,6 @@
 //! - **Clean-up is ours.** libxl knows nothing of the device: the frontend and backend
 //!   directories, the spill file and the ring journal are removed when the domain dies.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -25,7 +24,7 @@ use tmem_abi::xenstore::state;
 use tmem_blkif::{BlkBackend, DiskParams};
 use tmem_store::{Attach, Identity, SwapDiskStats};
 use tmem_swapdisk::{open_pool, ring_identity, DiskConfig, DiskId, RingJournal, SwapDisk};
-use tmem_xen::blkback::{self, BlkfrontKeys, VbdOffer};
+use tmem_xen::blkback::{self, BlkfrontKeys, OfferError, VbdOffer};
 use tmem_xen::wire::parse_u32;
 use tmem_xen::xenbus::{self, KeyError, Step};
 use tmem_xen::{BoundPort, Evtchn, Tx, XsError};
@@ -35,7 +34,7 @@ use super::backend::XenBackend;
 use super::disk_thread::{DiskRun, DiskThread};
 use super::grant_io::GrantCopyIo;
 use super::pace::{DomLog, Pace, Pass};
-use crate::config::{SwapConfig, SwapRule};
+use crate::config::SwapRule;
 use crate::worker::{lock, End};
 
 pub(super) const TOKEN_VBD: &str = "tmemd-vbd-";
@@ -78,10 +77,6 @@ impl VbdDom {
 }
 
 impl XenBackend {
-    pub(super) fn swap_config(&self) -> &SwapConfig {
-        &self.swap
-    }
-
     fn disk_id(&self, d: u32, v: &VbdDom) -> DiskId {
         DiskId {
             identity: Identity::Xen { domid: d },
@@ -130,7 +125,9 @@ impl XenBackend {
             };
             if !recovered.contains(&(domid, instance)) {
                 match std::fs::remove_file(e.path()) {
-                    Ok(()) => info!(file = %name, "removed a swap disk file no recovered guest owns"),
+                    Ok(()) => {
+                        info!(file = %name, "removed a swap disk file no recovered guest owns")
+                    }
                     Err(err) => warn!(file = %name, "cannot remove a stale swap disk file: {err}"),
                 }
             }
@@ -141,7 +138,10 @@ impl XenBackend {
     pub(super) fn swap_reconcile(&mut self) -> Result<(), XsError> {
         for (domid, devid) in blkback::list_vbds(&mut self.xs)? {
             if !self.domain_alive(domid)? {
-                info!(domid, devid, "removing the swap disk of a domain that is gone");
+                info!(
+                    domid,
+                    devid, "removing the swap disk of a domain that is gone"
+                );
                 blkback::remove_vbd(&mut self.xs, domid, devid)?;
             }
         }
@@ -155,7 +155,12 @@ impl XenBackend {
 
     /// A newly seen domain with a swap disk: carry on a disk a previous tmemd left connected,
     /// or offer it afresh.
-    pub(super) fn swap_admit(&mut self, d: u32, name: String, rule: SwapRule) -> Result<(), XsError> {
+    pub(super) fn swap_admit(
+        &mut self,
+        d: u32,
+        name: String,
+        rule: SwapRule,
+    ) -> Result<(), XsError> {
         let status = Arc::new(Mutex::new(SwapDiskStats {
             domid: d,
             name: name.clone(),
@@ -189,7 +194,10 @@ impl XenBackend {
             return Ok(());
         }
         if vm.is_empty() {
-            warn!(domid = d, "domain has no vm path in xenstore; its swap disk is not offered");
+            warn!(
+                domid = d,
+                "domain has no vm path in xenstore; its swap disk is not offered"
+            );
             v.refused = true;
             v.set_status("refused");
             self.vbds.insert(d, v);
@@ -216,12 +224,17 @@ impl XenBackend {
         self.vbds.insert(d, v);
         if ours == Some(state::CONNECTED) && fe == Some(state::CONNECTED) {
             match self.vbd_resume(d) {
-                Ok(()) => return blkback::watch_vbd_frontend(&mut self.xs, d, devid, &vbd_token(d)),
+                Ok(()) => {
+                    return blkback::watch_vbd_frontend(&mut self.xs, d, devid, &vbd_token(d))
+                }
                 Err(VbdFail::Xs(e)) => return Err(e),
                 Err(VbdFail::Refuse(msg)) => {
                     // The guest's disk cannot be carried on: close it, so the guest sees a
                     // dead disk instead of one that silently lost its pages.
-                    warn!(domid = d, "cannot carry on the swap disk after a restart: {msg}; closing it");
+                    warn!(
+                        domid = d,
+                        "cannot carry on the swap disk after a restart: {msg}; closing it"
+                    );
                     blkback::set_vbd_error(&mut self.xs, d, devid, &msg)?;
                     self.vbd_set_state(d, state::CLOSING)?;
                     return blkback::watch_vbd_frontend(&mut self.xs, d, devid, &vbd_token(d));
@@ -238,11 +251,20 @@ impl XenBackend {
             sectors: v.rule.sectors,
             max_ring_page_order: self.swap_ring_order,
         };
-        if ours.is_some() {
-            // Ours from an earlier tmemd, not connected: start it over.
-            blkback::remove_vbd(&mut self.xs, d, devid)?;
+        // Ours from an earlier tmemd and not connected, or new: (re)written from scratch.
+        match blkback::offer_vbd(&mut self.xs, &offer) {
+            Ok(()) => {}
+            Err(OfferError::Xs(e)) => return Err(e),
+            Err(e @ OfferError::InUse { .. }) => {
+                // A disk hot-plugged in the meantime.
+                warn!(domid = d, "swap disk not offered: {e}");
+                if let Some(v) = self.vbds.get_mut(&d) {
+                    v.refused = true;
+                    v.set_status("refused");
+                }
+                return Ok(());
+            }
         }
-        blkback::offer_vbd(&mut self.xs, &offer)?;
         info!(domid = d, device = %offer.dev_name, sectors = offer.sectors, "swap disk offered to domain (InitWait)");
         blkback::watch_vbd_frontend(&mut self.xs, d, devid, &vbd_token(d))
     }
@@ -314,7 +336,13 @@ impl XenBackend {
         let devid = v.rule.devid;
         let fe = blkback::vbd_frontend_state(&mut self.xs, d, devid)?;
         let step = xenbus::backend_step(fe, v.be_state, v.live.is_some());
-        debug!(domid = d, ?fe, be_state = v.be_state, ?step, "block frontend state changed");
+        debug!(
+            domid = d,
+            ?fe,
+            be_state = v.be_state,
+            ?step,
+            "block frontend state changed"
+        );
         match step {
             Step::Nothing => Ok(()),
             Step::Close => {
@@ -334,7 +362,10 @@ impl XenBackend {
                 Err(VbdFail::Refuse(msg)) => {
                     if let Some(v) = self.vbds.get_mut(&d) {
                         if let Some(suppressed) = v.log.allow("refuse") {
-                            warn!(domid = d, suppressed, "refusing the guest's swap disk: {msg}");
+                            warn!(
+                                domid = d,
+                                suppressed, "refusing the guest's swap disk: {msg}"
+                            );
                         }
                         v.set_status("refused");
                     }
@@ -357,8 +388,12 @@ impl XenBackend {
     /// Connect a frontend that says Initialised: attach the domain's client, open the disk,
     /// map the ring, start a journal, bind the event channel, start the disk's thread.
     fn vbd_connect(&mut self, d: u32) -> Result<(), VbdFail> {
-        self.vbd_teardown(d);
         let keys = self.vbd_keys(d)?;
+        let live = self.vbds.get(&d).and_then(|v| v.live.as_ref());
+        if live.is_some_and(|l| l.keys == keys && !l.has_ended()) {
+            return Ok(()); // the ring we already serve
+        }
+        self.vbd_teardown(d);
         self.vbd_start(d, keys, None)
     }
 
@@ -367,13 +402,20 @@ impl XenBackend {
     fn vbd_resume(&mut self, d: u32) -> Result<(), VbdFail> {
         let started = Instant::now();
         let keys = self.vbd_keys(d)?;
-        let v = self.vbds.get(&d).ok_or_else(|| VbdFail::Refuse("no such disk".into()))?;
+        let v = self
+            .vbds
+            .get(&d)
+            .ok_or_else(|| VbdFail::Refuse("no such disk".into()))?;
         let path = self.spill_dir().join(self.disk_id(d, v).journal_name());
         let journal = RingJournal::read(&path)
             .map_err(|e| VbdFail::Refuse(format!("cannot read the ring journal: {e}")))?
-            .ok_or_else(|| VbdFail::Refuse("there is no ring journal to take the ring over from".into()))?;
+            .ok_or_else(|| {
+                VbdFail::Refuse("there is no ring journal to take the ring over from".into())
+            })?;
         if journal.ident != ring_identity(&keys.ring_refs, keys.event_channel) {
-            return Err(VbdFail::Refuse("the ring journal belongs to another ring".into()));
+            return Err(VbdFail::Refuse(
+                "the ring journal belongs to another ring".into(),
+            ));
         }
         self.vbd_start(d, keys, Some(journal))?;
         if let Some(v) = self.vbds.get_mut(&d) {
@@ -413,7 +455,10 @@ impl XenBackend {
             .clone()
             .ok_or_else(|| refuse("the grant device is not available".into()))?;
         let (name, rule, instance, status) = {
-            let v = self.vbds.get(&d).ok_or_else(|| refuse("no such disk".into()))?;
+            let v = self
+                .vbds
+                .get(&d)
+                .ok_or_else(|| refuse("no such disk".into()))?;
             (v.name.clone(), v.rule.clone(), v.instance, v.status.clone())
         };
         let id = DiskId {
@@ -433,7 +478,12 @@ impl XenBackend {
         };
         let (pool, reattached) = match open_pool(&store, client, rule.devid) {
             Ok(p) => p,
-            Err(e) => return Err(fail(&self.shared, format!("cannot open the disk's pool: {e}"))),
+            Err(e) => {
+                return Err(fail(
+                    &self.shared,
+                    format!("cannot open the disk's pool: {e}"),
+                ))
+            }
         };
         if resume.is_some() && (attach != Attach::Reattached || !reattached) {
             return Err(fail(
@@ -455,7 +505,12 @@ impl XenBackend {
         let ring_pages = keys.ring_refs.len() as u32;
         let mem = match gntdev.map(d, &keys.ring_refs, true) {
             Ok(m) => m,
-            Err(e) => return Err(fail(&self.shared, format!("cannot map the ring grants: {e}"))),
+            Err(e) => {
+                return Err(fail(
+                    &self.shared,
+                    format!("cannot map the ring grants: {e}"),
+                ))
+            }
         };
         let params = DiskParams::swap_disk(rule.sectors);
         let jpath = self.spill_dir().join(id.journal_name());
@@ -470,10 +525,17 @@ impl XenBackend {
                 (back, j, 0)
             }
             Some(state) => {
-                let r = BlkBackend::resume(mem, ring_pages, params, state.consumed, |i| state.request(i));
+                let r = BlkBackend::resume(mem, ring_pages, params, state.consumed, |i| {
+                    state.request(i)
+                });
                 let (back, replayed) = match r {
                     Ok(x) => x,
-                    Err(e) => return Err(fail(&self.shared, format!("the ring cannot be taken over: {e}"))),
+                    Err(e) => {
+                        return Err(fail(
+                            &self.shared,
+                            format!("the ring cannot be taken over: {e}"),
+                        ))
+                    }
                 };
                 let j = RingJournal::reopen(&jpath, back.entries());
                 (back, j, replayed)
@@ -501,7 +563,10 @@ impl XenBackend {
                 ))
             }
         };
-        let port = BoundPort { evtchn, port: local };
+        let port = BoundPort {
+            evtchn,
+            port: local,
+        };
         {
             let mut s = lock(&status);
             s.client_id = Some(u64::from(client.0));
@@ -521,7 +586,12 @@ impl XenBackend {
         };
         let thread = match DiskThread::spawn(run, client, keys) {
             Ok(t) => t,
-            Err(e) => return Err(fail(&self.shared, format!("cannot start the disk's thread: {e}"))),
+            Err(e) => {
+                return Err(fail(
+                    &self.shared,
+                    format!("cannot start the disk's thread: {e}"),
+                ))
+            }
         };
         if let Some(v) = self.vbds.get_mut(&d) {
             v.live = Some(thread);
@@ -601,7 +671,10 @@ impl XenBackend {
         self.vbds.remove(&d);
         blkback::unwatch_vbd_frontend(&mut self.xs, d, devid, &vbd_token(d))?;
         blkback::remove_vbd(&mut self.xs, d, devid)?;
-        info!(domid = d, "domain gone; swap disk, its pages and its spill file removed");
+        info!(
+            domid = d,
+            "domain gone; swap disk, its pages and its spill file removed"
+        );
         Ok(())
     }
 
