@@ -7,6 +7,7 @@
 //! test is broken (that is the bug report); refusals and errors are expected outcomes.
 
 mod abi;
+mod blkif;
 mod control;
 mod input;
 mod local;
@@ -14,6 +15,7 @@ mod ring;
 mod xen;
 
 pub use abi::abi_request;
+pub use blkif::blkif_ring;
 pub use control::control_request;
 pub use local::local_hello;
 pub use ring::ring_backend;
@@ -26,6 +28,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("abi_request", abi_request),
     ("ring_backend", ring_backend),
+    ("blkif_ring", blkif_ring),
     ("local_hello", local_hello),
     ("xen_wire", xen_wire),
     ("xen_frontend_keys", xen_frontend_keys),
