@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use tmem_control::{format_uuid, LatencyHistogram, MetricsSnapshot, LATENCY_BUCKETS};
-use tmem_store::{ClientStats, PoolCounters};
+use tmem_store::{ClientStats, PoolCounters, SwapDiskStats};
 
 use crate::render::PAGE_BYTES;
 
@@ -353,6 +353,19 @@ pub fn render_metrics(m: &MetricsSnapshot) -> String {
         }
     }
 
+    for (name, kind, help, value) in SWAP_DISK_METRICS {
+        w.family(name, kind, help);
+        for d in &m.stats.swap_disks {
+            let l = vec![
+                ("domid", d.domid.to_string()),
+                ("name", d.name.clone()),
+                ("device", d.device.clone()),
+                ("state", d.state.clone()),
+            ];
+            w.sample(name, &l, value(d));
+        }
+    }
+
     let name = "tmem_request_duration_seconds";
     w.family(
         name,
@@ -364,6 +377,71 @@ pub fn render_metrics(m: &MetricsSnapshot) -> String {
     }
     w.out
 }
+
+type SwapDiskMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SwapDiskStats) -> u64,
+);
+
+/// One sample per swap disk, labelled by domain, name, device and state.
+const SWAP_DISK_METRICS: [SwapDiskMetric; 9] = [
+    (
+        "tmem_swap_disk_size_bytes",
+        "gauge",
+        "Size of the swap disk.",
+        |d| d.sectors * 512,
+    ),
+    (
+        "tmem_swap_disk_memory_pages",
+        "gauge",
+        "Swap disk pages held in tmem memory.",
+        |d| d.pages_in_memory,
+    ),
+    (
+        "tmem_swap_disk_spilled_pages",
+        "gauge",
+        "Swap disk pages in the spill file (memory or the cap said no).",
+        |d| d.pages_spilled,
+    ),
+    (
+        "tmem_swap_disk_reads_total",
+        "counter",
+        "READ requests served.",
+        |d| d.reads,
+    ),
+    (
+        "tmem_swap_disk_writes_total",
+        "counter",
+        "WRITE requests served.",
+        |d| d.writes,
+    ),
+    (
+        "tmem_swap_disk_discards_total",
+        "counter",
+        "DISCARD requests served.",
+        |d| d.discards,
+    ),
+    (
+        "tmem_swap_disk_flushes_total",
+        "counter",
+        "FLUSH requests served.",
+        |d| d.flushes,
+    ),
+    (
+        "tmem_swap_disk_spill_writes_total",
+        "counter",
+        "Pages written to the spill file because the store refused them.",
+        |d| d.spill_writes,
+    ),
+    (
+        "tmem_swap_disk_errors_total",
+        "counter",
+        "Requests answered with an error.",
+        |d| d.errors,
+    ),
+];
 
 fn histogram(w: &mut Writer, name: &str, h: &LatencyHistogram) {
     let bucket = format!("{name}_bucket");
@@ -397,6 +475,18 @@ mod tests {
     fn snapshot() -> MetricsSnapshot {
         let mut stats = sample();
         stats.clients[1].name = "db \"main\"\\\nx".into();
+        stats.swap_disks.push(SwapDiskStats {
+            domid: 7,
+            name: "db".into(),
+            device: "xvdz".into(),
+            devid: 268_441_856,
+            sectors: 1 << 21,
+            state: "connected".into(),
+            pages_in_memory: 300,
+            pages_spilled: 12,
+            writes: 400,
+            ..SwapDiskStats::default()
+        });
         let mut buckets = vec![0; LATENCY_BUCKETS];
         buckets[3] = 2; // below the first bound written
         buckets[9] = 5; // 256..512 ns
@@ -423,6 +513,20 @@ mod tests {
             text.contains("tmem_client_pages{client=\"7\",name=\"db \\\"main\\\"\\\\\\nx\"} 0\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn swap_disks_are_labelled_by_domain_and_device() {
+        let text = render_metrics(&snapshot());
+        let l = "{domid=\"7\",name=\"db\",device=\"xvdz\",state=\"connected\"}";
+        for line in [
+            format!("tmem_swap_disk_size_bytes{l} 1073741824\n"),
+            format!("tmem_swap_disk_memory_pages{l} 300\n"),
+            format!("tmem_swap_disk_spilled_pages{l} 12\n"),
+            format!("tmem_swap_disk_writes_total{l} 400\n"),
+        ] {
+            assert!(text.contains(&line), "missing {line} in {text}");
+        }
     }
 
     #[test]

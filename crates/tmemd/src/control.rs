@@ -679,7 +679,11 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
             }
         }),
         Op::Metrics => Ok(OkReply::Metrics(Box::new(MetricsSnapshot {
-            stats: store.stats(),
+            stats: {
+                let mut stats = store.stats();
+                stats.swap_disks = swap_disks(ctx, &stats);
+                stats
+            },
             uptime_secs: ctx.started.elapsed().as_secs(),
             guests_connected: ctx.shared.connected.load(Ordering::Relaxed),
             page_memory: Some(ctx.page_memory.clone()),
