@@ -14,7 +14,6 @@
 # check their completions when installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
 BUILD_ARGS=()
 case "${1:-}" in
     --no-build) BUILD_ARGS=(--no-build) ;;
@@ -36,7 +35,7 @@ TMP=$(mktemp -d /tmp/tmem-test-deb.XXXXXX)
 SHM=/dev/shm/tmem-test-deb.$$
 DAEMON_PID=""
 cleanup() {
-    [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null || true
+    if [ -n "$DAEMON_PID" ]; then kill "$DAEMON_PID" 2>/dev/null || true; fi
     rm -rf "$TMP" "$SHM"
 }
 trap cleanup EXIT
@@ -248,7 +247,7 @@ check "upgrade: dpkg says installed $V2" test "$(state)" = "install ok installed
 check "upgrade: the administrator's edit of the conffile is kept" \
     grep -q 'edited by the administrator' "$R/etc/tmemd/tmemd.toml"
 check "upgrade: no .dpkg-dist or .dpkg-old (unchanged conffile, no prompt)" \
-    test -z "$(ls "$R/etc/tmemd" | grep -v '^tmemd.toml$' || true)"
+    test -z "$(find "$R/etc/tmemd" -mindepth 1 ! -name tmemd.toml)"
 check "upgrade: a unit the administrator disabled stays disabled" test ! -e "$WANTS"
 systemctl --root="$R" --quiet enable tmemd.service
 "${DPKG[@]}" -i "$DEB2" >"$TMP/dpkg.out" 2>&1 || { cat "$TMP/dpkg.out" >&2; die "reinstall of $V2 failed"; }
