@@ -204,9 +204,9 @@ pub struct TopArgs {
 /// `tmem generate`.
 #[derive(Debug, Subcommand)]
 pub enum GenerateCommand {
-    /// Write man pages (tmem.1 and one per subcommand) into DIR.
+    /// Write man pages (tmem.8 and one per subcommand) into DIR.
     Man {
-        /// Directory to write into, e.g. /usr/local/share/man/man1.
+        /// Directory to write into, e.g. /usr/local/share/man/man8.
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },

@@ -139,7 +139,7 @@ pub fn run(inv: Invocation, out: &mut dyn Write) -> Result<(), CliError> {
         },
         Command::Top(opts) => top::run_top(&client, &opts, out),
         Command::GenerateMan(dir) => {
-            let files = generate::write_man_pages(&dir)?;
+            let files = generate::write_man_pages(&dir, &generate::tmem_man_pages(""))?;
             let list: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
             write_out(out, &format!("wrote {}\n", list.join(" ")))
         }

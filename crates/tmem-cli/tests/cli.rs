@@ -626,10 +626,10 @@ fn a_daemon_speaking_another_protocol_version_is_reported() {
 #[test]
 fn generated_man_pages_and_completions() {
     let dir = TempDir::new("cli-gen");
-    let man = dir.path().join("man1");
+    let man = dir.path().join("man8");
     let out = ok(&dir.control(), &["generate", "man", man.to_str().unwrap()]);
-    assert!(out.contains("tmem.1"), "{out}");
-    let page = std::fs::read_to_string(man.join("tmem-shared-auth.1")).unwrap();
+    assert!(out.contains("tmem.8"), "{out}");
+    let page = std::fs::read_to_string(man.join("tmem-shared-auth.8")).unwrap();
     assert!(page.contains("uuid") || page.contains("UUID"), "{page}");
     for shell in ["bash", "zsh", "fish"] {
         let s = ok(&dir.control(), &["generate", "completions", shell]);

@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Build the Debian package: target/debian/tmemd_<version>_amd64.deb (Debian 12 layout).
+#
+#   scripts/build-deb.sh [--version VERSION] [--no-build] [--out DIR]
+#
+# --version   the package version (default: the workspace version, Debian revision 1)
+# --no-build  package the release binaries already in the target dir (no cargo run)
+# --out DIR   where the package (and its staging tree) goes (default: target/debian)
+#
+# Plain dpkg-deb, no debhelper or cargo-deb: the package is a handful of files, and every
+# one of them (binaries, unit, conffile, man pages, completions, copyright, maintainer
+# scripts) is put in place here where it can be read. Needs cargo, dpkg-deb and gzip;
+# dpkg-shlibdeps (dpkg-dev) computes Depends when installed.
+set -euo pipefail
+die() { echo "build-deb: $*" >&2; exit 1; }
+
+VERSION="" BUILD=1 OUT=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --version) VERSION=${2:?--version needs a value}; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        --out) OUT=$(realpath -m -- "${2:?--out needs a directory}"); shift 2 ;;
+        *) die "unknown argument '$1'; usage: scripts/build-deb.sh [--version VERSION] [--no-build] [--out DIR]" ;;
+    esac
+done
+cd "$(dirname "$0")/.."
+REPO=$PWD
+upstream=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
+[ -n "$upstream" ] || die "no version in Cargo.toml's [workspace.package]"
+VERSION=${VERSION:-$upstream-1}
+case $VERSION in
+    [0-9]*-[0-9A-Za-z]*) ;;
+    *) die "version '$VERSION' needs a Debian revision, e.g. $upstream-1" ;;
+esac
+ARCH=amd64
+[ "$(uname -m)" = x86_64 ] || die "only amd64 is packaged (this machine is $(uname -m))"
+for tool in dpkg-deb gzip; do
+    command -v "$tool" >/dev/null || die "$tool is missing (apt install dpkg gzip)"
+done
+
+# One date for every timestamp, so that two builds of one commit give the same package.
+if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
+    SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || date +%s)
+fi
+export SOURCE_DATE_EPOCH
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+BIN=$TARGET/release
+OUT=${OUT:-$TARGET/debian}
+mkdir -p "$OUT"
+ROOT=$OUT/root
+GEN=$OUT/generated
+DEB=$OUT/tmemd_${VERSION}_${ARCH}.deb
+
+if [ "$BUILD" = 1 ]; then
+    cargo build --release --locked -p tmemd -p tmem-cli -p tmem-gen-docs
+fi
+for b in tmemd tmem tmem-gen-docs; do
+    [ -x "$BIN/$b" ] || die "$BIN/$b is missing; run without --no-build"
+done
+
+rm -rf "$ROOT" "$GEN"
+mkdir -p "$ROOT/DEBIAN" "$GEN"
+
+# Binaries, stripped as dh_strip would (the release profile keeps line tables for profiling).
+install -d "$ROOT/usr/sbin"
+for b in tmemd tmem; do
+    install -m 0755 "$BIN/$b" "$ROOT/usr/sbin/$b"
+    strip --strip-unneeded --remove-section=.comment --remove-section=.note "$ROOT/usr/sbin/$b"
+done
+
+# Units. The metrics timer is shipped but not enabled: it needs a node_exporter and a
+# read-only group first (operations.md, "Metrics").
+install -d "$ROOT/lib/systemd/system"
+install -m 0644 systemd/tmemd.service systemd/tmem-metrics.service systemd/tmem-metrics.timer \
+    "$ROOT/lib/systemd/system/"
+
+# The configuration: a conffile, valid as shipped (every setting commented at its default).
+install -d "$ROOT/etc/tmemd"
+install -m 0644 xen-config/tmemd.toml "$ROOT/etc/tmemd/tmemd.toml"
+
+# Man pages and completions, generated from the parsers.
+date=$(date -u -d "@$SOURCE_DATE_EPOCH" +%F)
+"$BIN/tmem-gen-docs" "$GEN" --date "$date" >/dev/null
+install -d "$ROOT/usr/share/man/man8"
+for page in "$GEN"/man8/*.8; do
+    gzip -9n <"$page" >"$ROOT/usr/share/man/man8/$(basename "$page").gz"
+done
+install -D -m 0644 -t "$ROOT/usr/share/bash-completion/completions" "$GEN"/completions/bash/*
+install -D -m 0644 -t "$ROOT/usr/share/zsh/vendor-completions" "$GEN"/completions/zsh/*
+install -D -m 0644 -t "$ROOT/usr/share/fish/vendor_completions.d" "$GEN"/completions/fish/*
+
+# Documentation. operations.md stays uncompressed: the units link to it by file: URL.
+DOC=$ROOT/usr/share/doc/tmemd
+install -d "$DOC"
+install -m 0644 docs/operations.md "$DOC/operations.md"
+install -m 0644 xen-config/README.md "$DOC/xen-dom0.md"
+install -D -m 0644 packaging/debian/lintian-overrides "$ROOT/usr/share/lintian/overrides/tmemd"
+maintainer=${DEBFULLNAME:+$DEBFULLNAME <${DEBEMAIL:-}>}
+maintainer=${maintainer:-$(git log -1 --format='%an <%ae>' 2>/dev/null || true)}
+[ -n "$maintainer" ] || die "no maintainer: set DEBFULLNAME and DEBEMAIL"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+{
+    printf 'tmemd (%s) unstable; urgency=medium\n\n' "$VERSION"
+    printf '  * Built from the tmemd source tree, commit %s.\n\n' "$commit"
+    printf ' -- %s  %s\n' "$maintainer" "$(LC_ALL=C date -u -R -d "@$SOURCE_DATE_EPOCH")"
+} | gzip -9n >"$DOC/changelog.Debian.gz"
+
+# Copyright (machine-readable format). The workspace is "MIT OR Apache-2.0"; the binaries
+# also link the crates listed below, each under its own licence.
+license=$(sed -n '/^\[workspace.package\]/,/^\[/s/^license *= *"\(.*\)"/\1/p' Cargo.toml)
+[ "$license" = "MIT OR Apache-2.0" ] || die "licence '$license' changed: update the copyright text in $0"
+year=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y)
+crates=$(cargo tree --locked --offline -p tmemd -p tmem-cli -e normal --prefix none \
+            --format '{p}|{l}' 2>/dev/null | grep -v -e '(/' -e '(proc-macro)' | sed 's/ (\*)$//' |
+            grep . | sort -u | sed 's/^\([^ ]*\) v\([^|]*\)|\(.*\)$/ \1 \2: \3/') ||
+    die "cargo tree failed: the crate list for the copyright file needs the registry cache"
+cat >"$DOC/copyright" <<EOF
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: tmemd
+Comment: The binaries are statically linked with these Rust crates from
+ crates.io (name version: licence, as each crate declares it):
+$crates
+
+Files: *
+Copyright: $year the tmemd contributors
+License: Expat or Apache-2.0
+
+License: Expat
+ Permission is hereby granted, free of charge, to any person obtaining a copy
+ of this software and associated documentation files (the "Software"), to deal
+ in the Software without restriction, including without limitation the rights
+ to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+ copies of the Software, and to permit persons to whom the Software is
+ furnished to do so, subject to the following conditions:
+ .
+ The above copyright notice and this permission notice shall be included in
+ all copies or substantial portions of the Software.
+ .
+ THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+ IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+ FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+ AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+ LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+ OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+ SOFTWARE.
+
+License: Apache-2.0
+ On Debian systems the full text of the Apache License, Version 2.0, is in
+ /usr/share/common-licenses/Apache-2.0.
+EOF
+chmod 0644 "$DOC/copyright"
+
+# Depends: from the libraries the binaries link, as dpkg-shlibdeps sees them; without
+# dpkg-dev, the highest glibc symbol version the binaries use (libgcc_s is needed for
+# unwinding and has been at 4.2 since long before glibc 2.34).
+if command -v dpkg-shlibdeps >/dev/null; then
+    shl=$OUT/shlibdeps
+    rm -rf "$shl" && mkdir -p "$shl/debian"
+    printf 'Source: tmemd\n\nPackage: tmemd\nArchitecture: any\n' >"$shl/debian/control"
+    depends=$(cd "$shl" && dpkg-shlibdeps -O "$ROOT/usr/sbin/tmemd" "$ROOT/usr/sbin/tmem" 2>/dev/null |
+                  sed -n 's/^shlibs:Depends=//p')
+else
+    glibc=$(readelf --dyn-syms -W "$ROOT"/usr/sbin/* | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' |
+                sort -V | tail -1)
+    depends="libc6 (>= ${glibc:?no glibc version found}), libgcc-s1 (>= 4.2)"
+fi
+[ -n "$depends" ] || die "could not compute Depends"
+
+# Maintainer scripts (packaging/debian/: enable, start on install, try-restart on upgrade,
+# stop on remove, clean up on purge) and the conffile list.
+install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm \
+    "$ROOT/DEBIAN/"
+echo /etc/tmemd/tmemd.toml >"$ROOT/DEBIAN/conffiles"
+
+installed_size=$(du -sk --exclude=DEBIAN "$ROOT" | cut -f1)
+cat >"$ROOT/DEBIAN/control" <<EOF
+Package: tmemd
+Version: $VERSION
+Architecture: $ARCH
+Maintainer: $maintainer
+Installed-Size: $installed_size
+Depends: $depends
+Suggests: prometheus-node-exporter
+Section: admin
+Priority: optional
+Description: transcendent memory for Xen guests, as a dom0 daemon
+ tmemd keeps pages that Xen guests can afford to lose (clean page cache) or
+ must get back (swap) in otherwise idle dom0 memory, and serves each guest over
+ a shared-memory ring negotiated in xenstore, as Xen's in-hypervisor tmem did
+ before it was removed. Persistent pages survive a restart or an upgrade of the
+ daemon through systemd's file-descriptor store.
+ .
+ This package contains the daemon tmemd with its systemd unit, and tmem, the
+ administration command in the spirit of xl tmem-*.
+EOF
+(cd "$ROOT" && find . -type f ! -path './DEBIAN/*' -printf '%P\0' | LC_ALL=C sort -z |
+     xargs -0 md5sum) >"$ROOT/DEBIAN/md5sums"
+chmod 0644 "$ROOT/DEBIAN/control" "$ROOT/DEBIAN/conffiles" "$ROOT/DEBIAN/md5sums"
+
+find "$ROOT" -type d -exec chmod 0755 {} +
+find "$ROOT" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+rm -f "$DEB"
+dpkg-deb --root-owner-group -Zxz --build "$ROOT" "$DEB" >/dev/null
+echo "$DEB"
