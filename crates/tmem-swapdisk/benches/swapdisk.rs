@@ -62,10 +62,12 @@ struct Bench {
     grants: MockGrantPages,
     next: u64,
     id: u64,
+    /// Journal each batch as tmemd's disk threads do (in the disk's spill directory).
+    journal: bool,
 }
 
 impl Bench {
-    fn new(place: Where) -> Bench {
+    fn new(place: Where, journal: bool) -> Bench {
         let cfg = StoreConfig {
             mem_limit_bytes: 2 * DISK_PAGES * PAGE_SIZE as u64,
             default_persistent_share_percent: 100,
@@ -96,6 +98,7 @@ impl Bench {
             grants,
             next: 0,
             id: 0,
+            journal,
         }
     }
 
@@ -119,6 +122,10 @@ impl Bench {
         let mut io = GrantIo {
             pages: &self.grants,
         };
+        let mut journal = self.journal.then(|| {
+            let path = self.t.dir.0.join("bench.ring");
+            tmem_swapdisk::RingJournal::create(&path, 1, entries, 0).expect("ring journal")
+        });
         let mut n = 0u64;
         let start = thread_cpu();
         while pages.map_or(thread_cpu() - start < RUN, |p| n < p) {
@@ -134,7 +141,7 @@ impl Bench {
                 &mut io,
                 usize::MAX,
                 &mut batch,
-                None,
+                journal.as_mut(),
             )
             .unwrap();
             for r in front.take_responses() {
@@ -155,15 +162,16 @@ fn summary(mut v: Vec<f64>) -> (f64, f64, f64) {
 fn main() {
     let shm = "/dev/shm";
     let tmp = "/tmp";
-    let cases: [(&str, Where); 3] = [
-        ("memory (durable store)", Where::Memory),
-        ("spill file on tmpfs", Where::Spill(shm)),
-        ("spill file on /tmp", Where::Spill(tmp)),
+    let cases: [(&str, Where, bool); 4] = [
+        ("memory (durable store)", Where::Memory, false),
+        ("memory + ring journal", Where::Memory, true),
+        ("spill file on tmpfs", Where::Spill(shm), false),
+        ("spill file on /tmp", Where::Spill(tmp), false),
     ];
     let mut copy = Vec::new();
     let mut rows = Vec::new();
-    for (name, place) in cases {
-        let mut b = Bench::new(place);
+    for (name, place, journal) in cases {
+        let mut b = Bench::new(place, journal);
         // Fill the disk once so that reads find every page where the case puts it.
         b.fill();
         let (mut w, mut r) = (Vec::new(), Vec::new());
@@ -184,7 +192,7 @@ fn main() {
         c / 1e6,
         cmin / 1e6,
         cmax / 1e6,
-        RUNS * 3
+        RUNS * 4
     );
     println!("one-page requests through ring + backend + swap disk, {RUNS} runs each:");
     for (name, what, (m, lo, hi)) in rows {
