@@ -1,7 +1,10 @@
 //! `cargo bench -p tmem-store`: put, get and flush rates of the store over a working set much
 //! larger than the CPU caches (1 GiB of pages by default, random order), with 1 and 2 threads,
 //! next to a plain copy of the same pages in the same order timed just before each op, plus the
-//! metadata bytes per stored page. Set `TMEM_BENCH_MIB` to change the working set.
+//! metadata bytes per stored page. Set `TMEM_BENCH_MIB` to change the working set, and
+//! `TMEM_BENCH_CONTENT` what the pages hold: `sparse` (default: a number in the first and last
+//! 8 bytes, zeroes between), `random` (random bytes), or `same` (each page one 8-byte word
+//! repeated, stored without a data frame).
 
 use std::time::Instant;
 use tmem_store::*;
@@ -45,10 +48,30 @@ fn main() {
     let n = mib * 256;
     println!("tmem-store benchmark: {n} pages ({mib} MiB), {PAGES_PER_OBJECT} pages per object, random order");
     // Source (guest) pages and destination pages, faulted in before any timing.
+    let content = std::env::var("TMEM_BENCH_CONTENT").unwrap_or_else(|_| "sparse".into());
+    println!("page content: {content}");
     let mut src: Vec<Page> = vec![[0u8; PAGE_SIZE]; n as usize];
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
     for (i, p) in src.iter_mut().enumerate() {
-        p[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-        p[4088..].copy_from_slice(&(i as u64 ^ 0x5a5a).to_le_bytes());
+        match content.as_str() {
+            "random" => {
+                for w in p.chunks_exact_mut(8) {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    w.copy_from_slice(&rng.to_le_bytes());
+                }
+            }
+            "same" => {
+                for w in p.chunks_exact_mut(8) {
+                    w.copy_from_slice(&(i as u64 + 1).to_le_bytes());
+                }
+            }
+            _ => {
+                p[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+                p[4088..].copy_from_slice(&(i as u64 ^ 0x5a5a).to_le_bytes());
+            }
+        }
     }
     let dst: Vec<std::sync::Mutex<Page>> = (0..n)
         .map(|_| std::sync::Mutex::new([1u8; PAGE_SIZE]))
