@@ -282,6 +282,8 @@ pub struct RecoveryStatus {
     pub pools: u32,
     pub pages: u64,
     pub zero_pages: u64,
+    /// Same-filled pages (one 8-byte word repeated, no frame), zero pages included.
+    pub same_filled_pages: u64,
     /// Older copies of a page whose duplicate put was cut short, dropped.
     pub superseded: u64,
     /// Pages of pools that no longer exist, dropped.
@@ -463,6 +465,16 @@ mod tests {
             assert_eq!(line.last(), Some(&b'\n'));
             assert_eq!(decode_request(&line[..line.len() - 1]), Ok(op));
         }
+    }
+
+    #[test]
+    fn stats_of_a_tmemd_without_same_filled_pages_still_decode() {
+        let mut v = serde_json::to_value(StoreStats::default()).unwrap();
+        let g = v["global"].as_object_mut().unwrap();
+        assert!(g.remove("same_filled_pages").is_some());
+        g.insert("zero_pages".into(), 4.into());
+        let st: StoreStats = serde_json::from_value(v).unwrap();
+        assert_eq!((st.global.zero_pages, st.global.same_filled_pages), (4, 0));
     }
 
     #[test]
