@@ -461,10 +461,9 @@ pub fn page_memory_text(pm: &tmem_control::PageMemoryStatus) -> String {
             out.push_str("recovered at start: nothing (new page memory)\n");
         } else {
             out.push_str(&format!(
-                "recovered at start: {} pages ({} same-filled incl. {} zero) in {} pools of {} \
-                 clients; dropped {} torn, {} orphan, {} superseded; scan {} ms, rebuild {} ms\n",
+                "recovered at start: {} pages ({} zero) in {} pools of {} clients; dropped {} \
+                 torn, {} orphan, {} superseded; scan {} ms, rebuild {} ms\n",
                 r.pages,
-                r.same_filled_pages,
                 r.zero_pages,
                 r.pools,
                 r.clients,
@@ -767,7 +766,6 @@ pub(crate) mod tests {
                 pools: 3,
                 pages: 4096,
                 zero_pages: 7,
-                same_filled_pages: 9,
                 superseded: 1,
                 orphans: 2,
                 torn: 3,
@@ -789,8 +787,8 @@ pub(crate) mod tests {
             "tmemd 0.1.0 (control protocol 1), up 1m 5s, 2 guest(s) connected, transports: local\n\
              page memory: memfd in systemd's fd store (handed back at this start); persistent \
              pages survive a restart of tmemd\n\
-             recovered at start: 4096 pages (9 same-filled incl. 7 zero) in 3 pools of 2 \
-             clients; dropped 3 torn, 2 orphan, 1 superseded; scan 11 ms, rebuild 5 ms\n\
+             recovered at start: 4096 pages (7 zero) in 3 pools of 2 clients; dropped 3 torn, \
+             2 orphan, 1 superseded; scan 11 ms, rebuild 5 ms\n\
              settings changed with tmem are kept in: fd \"tmemd-settings\" in the fd store\n"
         );
         pm.origin = "heap".into();

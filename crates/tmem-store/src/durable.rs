@@ -121,6 +121,16 @@ fn decode_identity(tag: u8, a: u32, b: u32) -> Option<Identity> {
     }
 }
 
+/// Recovery: the record that holds a page so far (of two, the higher sequence number wins).
+struct Winner {
+    seq: u64,
+    /// Its frame, or its metadata record slot (`xrec`).
+    slot: u32,
+    xrec: bool,
+    /// The word of a same-filled page.
+    fill: u64,
+}
+
 /// Durable bookkeeping, kept under the metadata lock.
 #[derive(Debug)]
 pub(crate) struct Dur {
@@ -492,8 +502,7 @@ impl Store {
         m.next_gen = m.next_gen.max(max_gen + 1);
 
         // Pages: of two records for one page the higher sequence number wins.
-        // Key -> (sequence number, frame or metadata record slot, is a metadata record, word).
-        let mut best: HashMap<(u32, Oid, u32), (u64, u32, bool, u64)> = HashMap::new();
+        let mut best: HashMap<(u32, Oid, u32), Winner> = HashMap::new();
         let candidates = scan
             .frames
             .into_iter()
@@ -524,25 +533,34 @@ impl Store {
             } else {
                 0
             };
+            let new = Winner {
+                seq: r.seq,
+                slot,
+                xrec,
+                fill,
+            };
             match best.get(&key) {
-                Some(&(seq, _, _, _)) if seq > r.seq => {
+                Some(w) if w.seq > r.seq => {
                     rep.superseded += 1;
                     clear(slot, xrec);
                 }
-                Some(&(_, old, old_x, _)) => {
+                Some(w) => {
                     rep.superseded += 1;
-                    clear(old, old_x);
-                    best.insert(key, (r.seq, slot, xrec, fill));
+                    clear(w.slot, w.xrec);
+                    best.insert(key, new);
                 }
                 None => {
-                    best.insert(key, (r.seq, slot, xrec, fill));
+                    best.insert(key, new);
                 }
             }
         }
         let nframes = pm.geometry().nframes;
         let mut frame_used = vec![false; nframes as usize];
         let mut xrec_used = vec![false; pm.geometry().nxrecs as usize];
-        for ((pslot, oid, index), (_, slot, xrec, fill)) in best {
+        for ((pslot, oid, index), w) in best {
+            let Winner {
+                slot, xrec, fill, ..
+            } = w;
             let gid = gid_of_slot[&pslot];
             let key = PageKey { oid, index };
             let node = if xrec {

@@ -439,7 +439,6 @@ pub fn status(
             pools: r.pools,
             pages: r.pages,
             zero_pages: r.zero_pages,
-            same_filled_pages: r.same_filled_pages,
             superseded: r.superseded,
             orphans: r.orphans,
             torn: r.torn,
