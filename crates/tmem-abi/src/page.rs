@@ -24,6 +24,26 @@ pub trait PageSink {
     fn write_zero_page(&mut self) {
         self.write_page(&[0u8; PAGE_SIZE]);
     }
+    /// Fill the destination with one 8-byte word repeated: `word.to_le_bytes()` at every
+    /// 8-byte offset (the store keeps no data for same-filled pages). A sink that can write
+    /// the pattern straight into its destination should, saving a copy.
+    fn write_filled_page(&mut self, word: u64) {
+        if word == 0 {
+            self.write_zero_page();
+        } else {
+            let mut p = [0u8; PAGE_SIZE];
+            fill_page(&mut p, word);
+            self.write_page(&p);
+        }
+    }
+}
+
+/// Fill `p` with `word.to_le_bytes()` repeated.
+pub fn fill_page(p: &mut Page, word: u64) {
+    let b = word.to_le_bytes();
+    for w in p.chunks_exact_mut(8) {
+        w.copy_from_slice(&b);
+    }
 }
 
 impl PageSource for Page {
@@ -38,5 +58,38 @@ impl PageSink for Page {
     }
     fn write_zero_page(&mut self) {
         self.fill(0);
+    }
+    fn write_filled_page(&mut self, word: u64) {
+        fill_page(self, word);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that only has `write_page`, to check the provided methods.
+    struct Plain(Page);
+    impl PageSink for Plain {
+        fn write_page(&mut self, src: &Page) {
+            self.0.copy_from_slice(src);
+        }
+    }
+
+    #[test]
+    fn filled_pages_repeat_the_word_in_little_endian_order() {
+        let word = 0x0807_0605_0403_0201u64;
+        let mut a = [0xaau8; PAGE_SIZE];
+        a.write_filled_page(word);
+        let mut b = Plain([0xaa; PAGE_SIZE]);
+        b.write_filled_page(word);
+        for p in [&a, &b.0] {
+            for (i, &x) in p.iter().enumerate() {
+                assert_eq!(x, (i % 8) as u8 + 1, "byte {i}");
+            }
+        }
+        b.write_filled_page(0);
+        a.write_filled_page(0);
+        assert!(a.iter().chain(b.0.iter()).all(|&x| x == 0));
     }
 }

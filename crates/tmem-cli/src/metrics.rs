@@ -230,6 +230,12 @@ pub fn render_metrics(m: &MetricsSnapshot) -> String {
         g.zero_pages,
     );
     w.single(
+        "tmem_same_filled_pages",
+        "gauge",
+        "Pages stored as one 8-byte word repeated (no data frame), zero pages included.",
+        g.same_filled_pages,
+    );
+    w.single(
         "tmem_freeable_pages",
         "gauge",
         "Ephemeral pages whose eviction would release memory now.",
@@ -547,6 +553,8 @@ mod tests {
             }
         }
         assert!(text.contains("tmem_memory_limit_bytes 67108864\n"));
+        assert!(text.contains("tmem_zero_pages 3\n"));
+        assert!(text.contains("tmem_same_filled_pages 5\n"));
         assert!(text.contains("tmem_build_info{version=\"0.1.0\"} 1\n"));
         assert!(text.contains("tmem_client_get_hits_total{client=\"1\",name=\"web\"} 1150\n"));
         // Shared pools once, private pools under their client.

@@ -101,9 +101,10 @@ pub fn render_table(stats: &StoreStats, all: bool) -> String {
         );
         let _ = writeln!(
             out,
-            "pages: {} stored ({} ephemeral, {} zero), {} freeable; shared pools need authorisation: {}",
+            "pages: {} stored ({} ephemeral, {} same-filled incl. {} zero), {} freeable; shared pools need authorisation: {}",
             g.pages,
             g.eph_pages,
+            g.same_filled_pages,
             g.zero_pages,
             g.freeable_pages,
             if g.shared_auth_required { "yes" } else { "no" },
@@ -327,6 +328,10 @@ pub fn render_long(stats: &StoreStats, all: bool) -> String {
                     format!("{}/{}", g.eph_pages, g.eph_pages_max),
                 ),
                 ("zero pages", g.zero_pages.to_string()),
+                (
+                    "same-filled pages (incl. zero)",
+                    g.same_filled_pages.to_string(),
+                ),
                 (
                     "objects (now/max)",
                     format!("{}/{}", g.objects, g.objects_max),
@@ -658,6 +663,7 @@ pub(crate) mod tests {
                 pages: 1600,
                 pages_max: 2000,
                 zero_pages: 3,
+                same_filled_pages: 5,
                 good_eph_puts: 40_000,
                 mem_limit_bytes: 64 << 20,
                 data_bytes: 1597 * 4096,
@@ -814,7 +820,7 @@ pub(crate) mod tests {
         let t = render_table(&sample(), true);
         let expected = "\
 memory: 6.2 MiB of 64.0 MiB page data in use (9.7%), 1.8 MiB pre-faulted and free, ~293.0 KiB metadata
-pages: 1600 stored (1100 ephemeral, 3 zero), 1097 freeable; shared pools need authorisation: yes
+pages: 1600 stored (1100 ephemeral, 5 same-filled incl. 3 zero), 1097 freeable; shared pools need authorisation: yes
 
 DOMID  NAME  STATE            WEIGHT  CAP   PAGES  MEMORY   PUTS  GETS  HITS  HIT%
 1      web   attached         100     -     1500   5.9 MiB  3500  2000  1150  57.5%
@@ -849,6 +855,7 @@ SHARED UUID                           KIND  SHARERS  PAGES  PUTS  GETS  HITS  HI
         for needle in [
             "operations (total/errored)       123456/12",
             "evictions (done/attempted)       4096/4100",
+            "same-filled pages (incl. zero)   5",
             "client domid 7 'db' (instance 3, store id 2)",
             "state                      detached,frozen",
             "cap (pages)                2560",

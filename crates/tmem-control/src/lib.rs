@@ -466,6 +466,16 @@ mod tests {
     }
 
     #[test]
+    fn stats_of_a_tmemd_without_same_filled_pages_still_decode() {
+        let mut v = serde_json::to_value(StoreStats::default()).unwrap();
+        let g = v["global"].as_object_mut().unwrap();
+        assert!(g.remove("same_filled_pages").is_some());
+        g.insert("zero_pages".into(), 4.into());
+        let st: StoreStats = serde_json::from_value(v).unwrap();
+        assert_eq!((st.global.zero_pages, st.global.same_filled_pages), (4, 0));
+    }
+
+    #[test]
     fn status_without_page_memory_still_decodes_and_with_it_round_trips() {
         // What a tmemd from before durable memory sends.
         let old = br#"{"version":1,"ok":{"kind":"status","daemon_version":"0.1.0","control_version":1,"uptime_secs":5,"guests_connected":0,"transports":["local"]}}"#;

@@ -421,3 +421,35 @@ fn many_threads_with_remaps_in_the_middle_never_see_stale_bytes() {
     assert!(c.counters().map.connects >= 4);
     b.kill();
 }
+
+#[test]
+fn same_filled_pages_cross_the_ring_with_every_byte() {
+    // Stored without a frame and written straight into the ring slot on a load.
+    let b = Backend::new(true);
+    let c = client(&b, 9);
+    let fswap = Frontswap::new(Arc::clone(&c));
+    fswap.init(0).unwrap();
+    assert!(c.wait_mapped(T));
+    let words = [0u64, u64::MAX, 0x0102_0304_0506_0708, 1 << 63];
+    for (i, w) in words.iter().enumerate() {
+        let mut p = [0u8; PAGE_SIZE];
+        for ch in p.chunks_exact_mut(8) {
+            ch.copy_from_slice(&w.to_le_bytes());
+        }
+        assert!(fswap.store(0, i as u64, &p));
+        let mut out = [0xaau8; PAGE_SIZE];
+        assert_eq!(fswap.load(0, i as u64, &mut out), LoadOutcome::Loaded);
+        assert_eq!(out, p, "word {w:#x}");
+    }
+    // A page that differs only in its last byte is a page of data.
+    let mut last = [0u8; PAGE_SIZE];
+    last[PAGE_SIZE - 1] = 1;
+    assert!(fswap.store(0, 10, &last));
+    let mut out = [0xaau8; PAGE_SIZE];
+    assert_eq!(fswap.load(0, 10, &mut out), LoadOutcome::Loaded);
+    assert_eq!(out, last);
+    let g = b.store.lock().unwrap().stats().global;
+    assert_eq!((g.same_filled_pages, g.zero_pages), (4, 1));
+    assert_eq!(g.data_bytes, PAGE_SIZE as u64);
+    b.kill();
+}

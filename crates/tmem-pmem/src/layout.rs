@@ -6,7 +6,8 @@
 //! pools             npools   × 64-byte pool records
 //! frame headers     nframes  × 64-byte page records, record f describes data frame f
 //! metadata records  nxrecs   × 64-byte page records for pages stored without a frame
-//!                   (all-zero persistent pages)
+//!                   (same-filled persistent pages: one 8-byte word repeated, kept in the
+//!                   record's last word)
 //! data              nframes  × 4 KiB page frames
 //! ```
 //!
@@ -23,7 +24,13 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"TMEMPGS1");
 /// Incompatible layout changes bump the major version: a tmemd refuses any other major.
 pub const FORMAT_MAJOR: u32 = 1;
 /// Compatible additions bump the minor version (readers of the same major accept any minor).
-pub const FORMAT_MINOR: u32 = 0;
+///
+/// * 0: the first durable format.
+/// * 1: metadata records may describe a same-filled page of any word ([`page_flags::SAME`],
+///   the word in [`PageRecord::fill`], record word 7). A 1.0 reader drops such records as
+///   pages of an unknown kind (the page is lost, never misread); zero pages are written as
+///   1.0 wrote them.
+pub const FORMAT_MINOR: u32 = 1;
 
 pub(crate) const RECORD: usize = 64;
 pub(crate) const WORDS: usize = RECORD / 8;
@@ -116,12 +123,18 @@ pub struct PageRecord {
     pub index: u32,
     /// Global write order: of two records for one page, the higher wins.
     pub seq: u64,
+    /// Metadata records with [`page_flags::SAME`]: the 8-byte word the page repeats (its
+    /// first 8 bytes, read little-endian). 0 everywhere else, as format 1.0 wrote it.
+    pub fill: u64,
 }
 
 /// Bits of [`PageRecord::flags`].
 pub mod page_flags {
     /// An all-zero page, kept without a frame (metadata records only).
     pub const ZERO: u32 = 1;
+    /// A page that is one 8-byte word repeated, [`PageRecord::fill`], kept without a frame
+    /// (metadata records only; format 1.1 on; the store writes [`ZERO`] for the word 0).
+    pub const SAME: u32 = 2;
 }
 
 impl PageRecord {
@@ -133,7 +146,7 @@ impl PageRecord {
             self.oid[2],
             self.index as u64,
             self.seq,
-            0,
+            self.fill,
         ]
     }
     pub(crate) fn decode(w: &[u64; WORDS - 1]) -> PageRecord {
@@ -143,6 +156,7 @@ impl PageRecord {
             oid: [w[1], w[2], w[3]],
             index: w[4] as u32,
             seq: w[5],
+            fill: w[6],
         }
     }
 }
@@ -206,8 +220,20 @@ mod tests {
             oid: [1, u64::MAX, 3],
             index: u32::MAX,
             seq: 99,
+            fill: 0,
         };
         assert_eq!(PageRecord::decode(&p.encode()), p);
+        let same = PageRecord {
+            flags: page_flags::SAME,
+            fill: 0x0102_0304_0506_0708,
+            ..p
+        };
+        assert_eq!(PageRecord::decode(&same.encode()), same);
+        // The fill word is covered by the seal like every other field.
+        assert_ne!(
+            seal(SEED_PAGE, &same.encode()),
+            seal(SEED_PAGE, &PageRecord { fill: 1, ..same }.encode())
+        );
         let r = PoolRecord {
             owner_tag: 2,
             owner_a: u32::MAX,

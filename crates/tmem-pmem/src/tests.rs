@@ -18,6 +18,7 @@ fn page_rec(slot: u32, index: u32, seq: u64) -> PageRecord {
         oid: [1, 2, 3],
         index,
         seq,
+        fill: 0,
     }
 }
 
@@ -176,20 +177,7 @@ fn a_newer_minor_format_is_read() {
     m.publish_frame(3, &page_rec(0, 1, 1));
     let file = reopen(&m);
     drop(m);
-    let mut f = std::fs::File::from(file.try_clone_fd().unwrap());
-    let mut sb = [0u64; 8];
-    let mut buf = [0u8; 64];
-    f.seek(SeekFrom::Start(0)).unwrap();
-    f.read_exact(&mut buf).unwrap();
-    for (i, w) in sb.iter_mut().enumerate() {
-        *w = u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap());
-    }
-    sb[1] = (FORMAT_MAJOR as u64) << 32 | (FORMAT_MINOR as u64 + 1);
-    sb[7] = layout::seal(layout::SEED_SUPER, &sb[1..7]);
-    f.seek(SeekFrom::Start(0)).unwrap();
-    for w in sb {
-        f.write_all(&w.to_le_bytes()).unwrap();
-    }
+    set_minor(&file, FORMAT_MINOR + 1);
     let (m, how) = PageMemory::open(file, GEO).unwrap();
     assert_eq!(
         how,
@@ -259,4 +247,71 @@ fn a_page_file_in_use_by_another_process_is_refused() {
     drop(m);
     assert!(PageMemory::open(again, GEO).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Rewrite the superblock's version as `minor` (resealed), as a tmemd of that format wrote it.
+fn set_minor(file: &PageFile, minor: u32) {
+    let mut f = std::fs::File::from(file.try_clone_fd().unwrap());
+    let mut sb = [0u64; 8];
+    let mut buf = [0u8; 64];
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    for (i, w) in sb.iter_mut().enumerate() {
+        *w = u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap());
+    }
+    sb[1] = (FORMAT_MAJOR as u64) << 32 | minor as u64;
+    sb[7] = layout::seal(layout::SEED_SUPER, &sb[1..7]);
+    f.seek(SeekFrom::Start(0)).unwrap();
+    for w in sb {
+        f.write_all(&w.to_le_bytes()).unwrap();
+    }
+}
+
+#[test]
+fn a_format_1_0_zero_page_record_reads_as_word_0_and_same_filled_records_keep_their_word() {
+    let (m, _) = PageMemory::open(PageFile::memfd("t").unwrap(), GEO).unwrap();
+    let file = reopen(&m);
+    drop(m);
+    set_minor(&file, 0);
+    // A metadata record exactly as format 1.0 wrote a zero page, word by word (seal; pool
+    // slot | ZERO flag << 32; oid; index; seq; 0), written behind the crate's back.
+    let words = [2u64 | 1 << 32, 1, 2, 3, 78, 5, 0];
+    let mut f = std::fs::File::from(file.try_clone_fd().unwrap());
+    f.seek(SeekFrom::Start(
+        layout::Layout::new(GEO).xrecs as u64 + 3 * 64,
+    ))
+    .unwrap();
+    f.write_all(&layout::seal(layout::SEED_PAGE, &words).to_le_bytes())
+        .unwrap();
+    for w in words {
+        f.write_all(&w.to_le_bytes()).unwrap();
+    }
+    let (m, how) = PageMemory::open(file, GEO).unwrap();
+    assert_eq!(how, Opened::Existing { minor: 0 });
+    let s = m.scan();
+    assert_eq!(
+        s.xrecs,
+        vec![(
+            3,
+            PageRecord {
+                flags: page_flags::ZERO,
+                ..page_rec(2, 78, 5)
+            }
+        )]
+    );
+    assert_eq!(s.xrecs[0].1.fill, 0);
+
+    // A same-filled record of this format keeps its word across a reopen.
+    let same = PageRecord {
+        flags: page_flags::SAME,
+        fill: 0xfeed_f00d_dead_beef,
+        ..page_rec(2, 79, m.next_seq())
+    };
+    m.publish_xrec(4, &same);
+    let file = reopen(&m);
+    drop(m);
+    let (m, _) = PageMemory::open(file, GEO).unwrap();
+    let s = m.scan();
+    assert_eq!(s.xrecs.len(), 2);
+    assert_eq!(s.xrecs[1], (4, same));
 }

@@ -375,4 +375,15 @@ impl PageSink for SlotSink<'_> {
             unsafe { std::ptr::write_bytes(p.as_ptr(), 0, PAGE_SIZE) }
         }
     }
+    fn write_filled_page(&mut self, word: u64) {
+        let Some(p) = self.ptr else { return };
+        // Straight into the slot: one pass over it, no page-sized buffer to copy from.
+        let w = u64::from_ne_bytes(word.to_le_bytes());
+        for i in 0..PAGE_SIZE / 8 {
+            let dst = p.as_ptr().wrapping_add(i * 8).cast::<u64>();
+            // SAFETY: as in write_page; `i * 8 + 8 <= PAGE_SIZE` keeps every store inside the
+            // slot, and `write_unaligned` assumes nothing about the slot's alignment.
+            unsafe { dst.write_unaligned(w) }
+        }
+    }
 }

@@ -267,7 +267,26 @@ fn slot_out_of_range_is_refused_and_slot_io_never_panics() {
     assert!(!sink.is_valid());
     sink.write_page(&[9u8; 4096]);
     sink.write_zero_page();
+    sink.write_filled_page(0x1234);
     assert_eq!(g.snapshot(), before);
+}
+
+#[test]
+fn a_filled_page_is_written_into_its_slot_only() {
+    let (mut b, g) = pair(LAYOUT).unwrap();
+    let before = g.snapshot();
+    b.slot_sink(2).write_filled_page(0x0807_0605_0403_0201);
+    let mut p = [0u8; 4096];
+    g.read_slot(2, &mut p);
+    for (i, &x) in p.iter().enumerate() {
+        assert_eq!(x, (i % 8) as u8 + 1, "byte {i}");
+    }
+    // Nothing outside the slot changed.
+    let off = LAYOUT.slot_offset(2).unwrap();
+    let after = g.snapshot();
+    assert_eq!(after[off..off + 4096], p[..]);
+    assert_eq!(after[..off], before[..off]);
+    assert_eq!(after[off + 4096..], before[off + 4096..]);
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub struct StoreConfig {
     /// Shared-pool uuids one domain may be authorised for (default 64).
     pub max_auth_per_domain: u32,
     /// Page cap given to new clients; 0 = none beyond memory. Counts the client's private
-    /// ephemeral and persistent pages, zero pages included.
+    /// ephemeral and persistent pages, same-filled (frameless) pages included.
     pub default_cap_pages: u64,
     /// Eviction weight given to new clients and to shared pools (default 1).
     pub default_weight: u32,

@@ -40,9 +40,13 @@ pub struct Recovery {
     pub clients: u32,
     /// Persistent pools rebuilt.
     pub pools: u32,
-    /// Persistent pages recovered (with a frame, and all-zero ones kept as records).
+    /// Persistent pages recovered (with a frame, and same-filled ones kept as records).
     pub pages: u64,
+    /// Of those, all-zero pages.
     pub zero_pages: u64,
+    /// Of those, same-filled pages (one 8-byte word repeated), all-zero ones included.
+    #[serde(default)]
+    pub same_filled_pages: u64,
     /// Of two records for one page (a duplicate put cut short), the older, dropped.
     pub superseded: u64,
     /// Page records whose pool no longer exists (a destroy cut short), dropped; and pool
@@ -117,6 +121,16 @@ fn decode_identity(tag: u8, a: u32, b: u32) -> Option<Identity> {
     }
 }
 
+/// Recovery: the record that holds a page so far (of two, the higher sequence number wins).
+struct Winner {
+    seq: u64,
+    /// Its frame, or its metadata record slot (`xrec`).
+    slot: u32,
+    xrec: bool,
+    /// The word of a same-filled page.
+    fill: u64,
+}
+
 /// Durable bookkeeping, kept under the metadata lock.
 #[derive(Debug)]
 pub(crate) struct Dur {
@@ -176,18 +190,24 @@ impl Meta {
         self.dur.is_some() && self.pool(gid).rec != NIL
     }
 
-    /// Whether a zero page of pool `gid` may be kept without a frame now.
-    pub(crate) fn can_zero(&self, gid: u32) -> bool {
-        self.g.zero_pages < self.max_zero
-            && match &self.dur {
-                Some(d) if self.pool(gid).rec != NIL => d.xrec_available(),
-                _ => true,
-            }
+    /// Whether a same-filled page of pool `gid` may be kept without a frame now (else it is
+    /// stored in a frame like any other page).
+    pub(crate) fn can_same(&self, gid: u32) -> bool {
+        self.g.same_pages < self.max_same && self.record_room(gid)
+    }
+
+    /// Whether a page of pool `gid` kept without a frame can have its record now (always,
+    /// for a pool whose pages are not in the page file).
+    pub(crate) fn record_room(&self, gid: u32) -> bool {
+        match &self.dur {
+            Some(d) if self.pool(gid).rec != NIL => d.xrec_available(),
+            _ => true,
+        }
     }
 
     /// Record in the page file that `node` now holds page `key` of pool `gid`: called after
-    /// its data is in place and before any older copy of the page is removed. A zero-page
-    /// node must have passed [`Meta::can_zero`] under the same lock.
+    /// its data is in place and before any older copy of the page is removed. A same-filled
+    /// node must have passed [`Meta::can_same`] under the same lock.
     pub(crate) fn publish(&mut self, gid: u32, key: &PageKey, node: u32) {
         let rec = self.pool(gid).rec;
         let Some(d) = self.dur.as_mut().filter(|_| rec != NIL) else {
@@ -199,18 +219,25 @@ impl Meta {
             oid: key.oid.0,
             index: key.index,
             seq: d.pm.next_seq(),
+            fill: 0,
         };
         if node & EXTRA == 0 {
             d.pm.publish_frame(node, &r);
-        } else if let Some(slot) = d.take_xrec() {
+            return;
+        }
+        let fill = self.fill_of(node);
+        let Some(d) = self.dur.as_mut() else { return };
+        if let Some(slot) = d.take_xrec() {
             d.set_xrec(node, slot);
-            d.pm.publish_xrec(
-                slot,
-                &PageRecord {
-                    flags: page_flags::ZERO,
-                    ..r
-                },
-            );
+            // Zero pages exactly as format 1.0 wrote them, so that a 1.0 tmemd still reads
+            // them; other words with the flag a 1.0 tmemd does not know (it drops the page
+            // rather than taking it for a zero page).
+            let flags = if fill == 0 {
+                page_flags::ZERO
+            } else {
+                page_flags::SAME
+            };
+            d.pm.publish_xrec(slot, &PageRecord { flags, fill, ..r });
         }
     }
 
@@ -475,7 +502,7 @@ impl Store {
         m.next_gen = m.next_gen.max(max_gen + 1);
 
         // Pages: of two records for one page the higher sequence number wins.
-        let mut best: HashMap<(u32, Oid, u32), (u64, u32, bool)> = HashMap::new();
+        let mut best: HashMap<(u32, Oid, u32), Winner> = HashMap::new();
         let candidates = scan
             .frames
             .into_iter()
@@ -490,7 +517,7 @@ impl Store {
         };
         for (slot, r, xrec) in candidates {
             let ok_kind = if xrec {
-                r.flags == page_flags::ZERO
+                r.flags == page_flags::ZERO || r.flags == page_flags::SAME
             } else {
                 r.flags == 0
             };
@@ -500,34 +527,52 @@ impl Store {
                 continue;
             }
             let key = (r.pool_slot, Oid(r.oid), r.index);
+            // A ZERO record (format 1.0's only kind) is the word 0 whatever its last word.
+            let fill = if r.flags == page_flags::SAME {
+                r.fill
+            } else {
+                0
+            };
+            let new = Winner {
+                seq: r.seq,
+                slot,
+                xrec,
+                fill,
+            };
             match best.get(&key) {
-                Some(&(seq, _, _)) if seq > r.seq => {
+                Some(w) if w.seq > r.seq => {
                     rep.superseded += 1;
                     clear(slot, xrec);
                 }
-                Some(&(_, old, old_x)) => {
+                Some(w) => {
                     rep.superseded += 1;
-                    clear(old, old_x);
-                    best.insert(key, (r.seq, slot, xrec));
+                    clear(w.slot, w.xrec);
+                    best.insert(key, new);
                 }
                 None => {
-                    best.insert(key, (r.seq, slot, xrec));
+                    best.insert(key, new);
                 }
             }
         }
         let nframes = pm.geometry().nframes;
         let mut frame_used = vec![false; nframes as usize];
         let mut xrec_used = vec![false; pm.geometry().nxrecs as usize];
-        for ((pslot, oid, index), (_, slot, xrec)) in best {
+        for ((pslot, oid, index), w) in best {
+            let Winner {
+                slot, xrec, fill, ..
+            } = w;
             let gid = gid_of_slot[&pslot];
             let key = PageKey { oid, index };
             let node = if xrec {
-                let x = m.alloc_extra();
+                let x = m.alloc_same(fill);
                 if let Some(d) = m.dur.as_mut() {
                     d.set_xrec(x, slot);
                 }
                 xrec_used[slot as usize] = true;
-                rep.zero_pages += 1;
+                rep.same_filled_pages += 1;
+                if fill == 0 {
+                    rep.zero_pages += 1;
+                }
                 x
             } else {
                 m.ensure_data_links(slot);

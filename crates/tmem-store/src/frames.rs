@@ -91,10 +91,19 @@ impl Frames {
     }
 }
 
-/// Whether a page is all zeroes (exits at the first non-zero 64-byte block).
-pub(crate) fn is_zero(p: &Page) -> bool {
+/// The word a *same-filled* page repeats: `Some(w)` if every 8 bytes of `p` are
+/// `w.to_le_bytes()` (zram's rule; `Some(0)` is an all-zero page), else `None`.
+///
+/// Runs on every put, right after the copy into the frame (the first line is in cache): a
+/// page that is not same-filled is almost always told by its first 64 bytes, so the scan goes
+/// by 64-byte blocks (eight word compares folded into one test, which the compiler
+/// vectorises) and stops at the first block with a word that differs.
+pub(crate) fn same_fill(p: &Page) -> Option<u64> {
+    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+    let w = word(&p[..8]);
     p.chunks_exact(64)
-        .all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+        .all(|block| block.chunks_exact(8).fold(0, |acc, c| acc | (word(c) ^ w)) == 0)
+        .then_some(w)
 }
 
 /// Where page frames live: the heap (nothing survives the process) or a mapped page file
@@ -159,5 +168,69 @@ impl FrameMem {
                     + (g.nxrecs as u64 + g.npools as u64) * 64
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filled(w: u64) -> Page {
+        let mut p = [0u8; PAGE_SIZE];
+        tmem_abi::page::fill_page(&mut p, w);
+        p
+    }
+
+    #[test]
+    fn same_filled_pages_of_every_word_class_are_recognised() {
+        for w in [
+            0,
+            u64::MAX,
+            0x0102_0304_0506_0708,
+            0x8000_0000_0000_0001,
+            1,
+            0xabab_abab_abab_abab,
+        ] {
+            assert_eq!(same_fill(&filled(w)), Some(w), "word {w:#x}");
+        }
+        assert_eq!(same_fill(&[0xff; PAGE_SIZE]), Some(u64::MAX));
+        // The word is the page's first 8 bytes read little-endian.
+        let mut p = [0u8; PAGE_SIZE];
+        for (i, b) in p.iter_mut().enumerate() {
+            *b = (i % 8) as u8 + 1;
+        }
+        assert_eq!(same_fill(&p), Some(0x0807_0605_0403_0201));
+    }
+
+    #[test]
+    fn a_page_that_differs_anywhere_is_not_same_filled() {
+        for w in [0, u64::MAX, 0x0102_0304_0506_0708] {
+            // Every byte position, in every word of the first and last block, and a few in
+            // between: one flipped bit is enough.
+            for at in (0..128)
+                .chain(PAGE_SIZE - 128..PAGE_SIZE)
+                .chain([1000, 2048, 3333])
+            {
+                let mut p = filled(w);
+                p[at] ^= 0x10;
+                assert_eq!(same_fill(&p), None, "word {w:#x}, byte {at} changed");
+            }
+        }
+        // Only the last byte differs (what a scan that stopped early would miss).
+        let mut p = [0u8; PAGE_SIZE];
+        p[PAGE_SIZE - 1] = 1;
+        assert_eq!(same_fill(&p), None);
+        // A repeated 4-byte pattern is a repeated 8-byte word too; a repeated 16-byte one
+        // whose halves differ is not.
+        let mut p = [0u8; PAGE_SIZE];
+        for (i, c) in p.chunks_exact_mut(8).enumerate() {
+            c.copy_from_slice(&(if i % 2 == 0 { 5u64 } else { 6 }).to_le_bytes());
+        }
+        assert_eq!(same_fill(&p), None);
+        let mut p = [0u8; PAGE_SIZE];
+        for c in p.chunks_exact_mut(4) {
+            c.copy_from_slice(&0xdead_beefu32.to_le_bytes());
+        }
+        assert_eq!(same_fill(&p), Some(0xdead_beef_dead_beef));
     }
 }

@@ -54,6 +54,11 @@ impl Store {
         let node = found.node;
         match kind {
             PoolKind::PrivateEphemeral => {
+                let fill = if node & EXTRA != 0 {
+                    m.fill_of(node)
+                } else {
+                    0
+                };
                 let frame = m.remove_page(found.obj, node);
                 match frame {
                     Some(f) => {
@@ -65,7 +70,7 @@ impl Store {
                     }
                     None => {
                         drop(m);
-                        dst.write_zero_page();
+                        dst.write_filled_page(fill);
                     }
                 }
             }
@@ -74,8 +79,9 @@ impl Store {
                     touch(&mut m, gid, node);
                 }
                 if node & EXTRA != 0 {
+                    let fill = m.fill_of(node);
                     drop(m);
-                    dst.write_zero_page();
+                    dst.write_filled_page(fill);
                 } else {
                     let g = self.frames.lock(node);
                     drop(m);

@@ -55,7 +55,10 @@ impl Meta {
             }
         }
         if node & EXTRA != 0 {
-            self.g.zero_pages += 1;
+            self.g.same_pages += 1;
+            if self.fill_of(node) == 0 {
+                self.g.zero_pages += 1;
+            }
         }
         self.g.pages += 1;
         self.g.pages_max = self.g.pages_max.max(self.g.pages);
@@ -142,7 +145,10 @@ impl Meta {
             }
         }
         if node & EXTRA != 0 {
-            self.g.zero_pages -= 1;
+            self.g.same_pages -= 1;
+            if self.fill_of(node) == 0 {
+                self.g.zero_pages -= 1;
+            }
             self.free_extra(node);
             None
         } else {

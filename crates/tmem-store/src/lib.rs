@@ -12,8 +12,9 @@
 //!   ([`Store::open_durable`], `durable.rs`: persistent pages and the records to find them
 //!   again outlive tmemd; see docs/persistence.md). The number of frames is the configured
 //!   memory limit divided by [`PAGE_SIZE`], so page data can never exceed the limit.
-//! * A stored page is a *node*. A page with data is the node whose id equals its frame; an
-//!   all-zero page (and an LRU list head) is an "extra" node with the top bit set and no frame.
+//! * A stored page is a *node*. A page with data is the node whose id equals its frame; a
+//!   same-filled page (one 8-byte word repeated, all-zero pages included) and an LRU list head
+//!   are "extra" nodes with the top bit set and no frame, the page's word kept beside them.
 //!   Per-node metadata is one 16-byte struct (LRU `prev`/`next`, `obj`, `index`) plus a `u32`
 //!   LRU stamp.
 //! * Each pool maps an [`Oid`] to an object slot (keyed hash, see `hash.rs`); each object maps
@@ -183,9 +184,11 @@ impl Store {
             acct_free: Vec::new(),
             dl: Links::default(),
             xl: Links::default(),
+            xfill: Vec::new(),
             x_free: Vec::new(),
-            // Zero pages cost only metadata; bound them anyway (guest-driven allocation).
-            max_zero: (nframes as u64).max(1 << 16),
+            // Same-filled pages cost only metadata; bound them anyway (guest-driven
+            // allocation).
+            max_same: (nframes as u64).max(1 << 16),
             stamp: 0,
             g: Global::default(),
             dur,
@@ -346,7 +349,7 @@ impl Store {
                 return Reserve::Frame(x);
             }
         }
-        // Evicted zero pages free no frame: bound the walk so that a guest's pile of them
+        // Evicted same-filled pages free no frame: bound the walk so that a guest's pile of them
         // cannot hold the lock (this put then fails; the next one goes on from there).
         for _ in 0..REAP_CHUNK {
             if m.g.eph_data == 0 {

@@ -123,7 +123,7 @@ pub(crate) struct Client {
     pub(crate) pools: Vec<Option<Slot>>,
     pub(crate) account: u32,
     pub(crate) pages: u64,
-    /// Pages in its private persistent pools (zero pages included).
+    /// Pages in its private persistent pools (same-filled pages included).
     pub(crate) pers_pages: u64,
     /// Limit on `pers_pages` (0 = none): the default share until an administrator sets a cap.
     pub(crate) pers_cap: u64,
@@ -149,6 +149,8 @@ pub(crate) struct Global {
     pub(crate) objects_max: u64,
     pub(crate) pages: u64,
     pub(crate) pages_max: u64,
+    /// Pages kept without a frame (same-filled, zero ones included) and the all-zero ones.
+    pub(crate) same_pages: u64,
     pub(crate) zero_pages: u64,
     pub(crate) good_eph_puts: u64,
 }
@@ -184,8 +186,13 @@ pub(crate) struct Meta {
     pub(crate) acct_free: Vec<u32>,
     pub(crate) dl: Links,
     pub(crate) xl: Links,
+    /// The word each frameless (same-filled) page repeats, by extra-node index; 0 for LRU
+    /// heads and free extra nodes.
+    pub(crate) xfill: Vec<u64>,
     pub(crate) x_free: Vec<u32>,
-    pub(crate) max_zero: u64,
+    /// Most same-filled pages kept without a frame, store-wide: they cost only metadata, but
+    /// a guest drives how many there are.
+    pub(crate) max_same: u64,
     pub(crate) stamp: u32,
     pub(crate) g: Global,
     /// Durable bookkeeping, for a store on a page file.
@@ -237,13 +244,40 @@ impl Meta {
         }
         let x = self.xl.len() as u32 | EXTRA;
         self.xl.push();
+        self.xfill.push(0);
         x
+    }
+    /// An extra node for a same-filled page of `word` (not linked yet).
+    pub(crate) fn alloc_same(&mut self, word: u64) -> u32 {
+        let x = self.alloc_extra();
+        self.xfill[(x & !EXTRA) as usize] = word;
+        x
+    }
+    /// The word extra node `x` repeats.
+    pub(crate) fn fill_of(&self, x: u32) -> u64 {
+        self.xfill.get((x & !EXTRA) as usize).copied().unwrap_or(0)
+    }
+    /// Change the word of linked same-filled page `x` in place (heap pools only: a durable
+    /// page's record names its word, so it is replaced by a new node instead).
+    pub(crate) fn set_fill(&mut self, x: u32, word: u64) {
+        let Some(f) = self.xfill.get_mut((x & !EXTRA) as usize) else {
+            return;
+        };
+        let old = std::mem::replace(f, word);
+        match (old == 0, word == 0) {
+            (true, false) => self.g.zero_pages -= 1,
+            (false, true) => self.g.zero_pages += 1,
+            _ => {}
+        }
     }
     pub(crate) fn free_extra(&mut self, x: u32) {
         let (l, i) = self.lm(x);
         l.n[i].prev = NIL;
         l.n[i].next = NIL;
         l.n[i].obj = NIL;
+        if let Some(f) = self.xfill.get_mut(i) {
+            *f = 0;
+        }
         self.x_free.push(x);
     }
 

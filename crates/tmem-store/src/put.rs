@@ -1,7 +1,7 @@
 //! Put: the fast path (a frame filled before the metadata lock) and the general path
 //! (reserve under the lock, fill outside it, link in after).
 
-use crate::frames::is_zero;
+use crate::frames::same_fill;
 use crate::lru::touch;
 use crate::meta::{Meta, EXTRA};
 use crate::{lock, ClientId, PageKey, PageSource, Reserve, Store, TmemError, PAGE_SIZE};
@@ -51,7 +51,7 @@ impl Store {
         let pre = self.take_free_frame().map(|(f, left)| {
             let mut g = self.frames.lock(f);
             src.read_page(&mut g);
-            (f, is_zero(&g), left)
+            (f, same_fill(&g), left)
         });
         let mut m = self.meta();
         if let Some((f, _, _)) = pre {
@@ -69,8 +69,8 @@ impl Store {
         };
         let gen = m.pool(gid).gen;
         m.pool_mut(gid).c.total_puts += 1;
-        if let Some((f, zero, left)) = pre {
-            if let Some(to_free) = self.link_prefilled(&mut m, c, gid, &key, f, zero, left) {
+        if let Some((f, fill, left)) = pre {
+            if let Some(to_free) = self.link_prefilled(&mut m, c, gid, &key, f, fill, left) {
                 drop(m);
                 self.free_frames(&to_free);
                 return Ok(());
@@ -83,14 +83,15 @@ impl Store {
                 let mut g = self.frames.lock(found.node);
                 drop(m);
                 src.read_page(&mut g);
-                let zero = is_zero(&g);
+                let fill = same_fill(&g);
                 drop(g);
                 let mut m = self.meta();
-                self.finish_dup(&mut m, c, pool, gid, gen, &key, found.node, zero);
+                self.finish_dup(&mut m, c, pool, gid, gen, &key, found.node, fill);
                 return Ok(());
             }
-            // Duplicate of a zero page, or of a durable page (never refilled in place: a kill
-            // midway would leave a mix of old and new): it needs a new frame (unless zero).
+            // Duplicate of a same-filled page, or of a durable page (never refilled in place:
+            // a kill midway would leave a mix of old and new): it needs a new frame (unless
+            // same-filled).
             return match self.reserve(&mut m, false) {
                 Reserve::Frame(f) => {
                     drop(m);
@@ -99,14 +100,25 @@ impl Store {
                 Reserve::NoneEvictable => {
                     let mut scratch = [0u8; PAGE_SIZE];
                     src.read_page(&mut scratch);
-                    if is_zero(&scratch) {
-                        if found.node & EXTRA != 0 {
+                    if let Some(w) = same_fill(&scratch) {
+                        let old_same = found.node & EXTRA != 0;
+                        if old_same && (m.fill_of(found.node) == w || !m.durable_pool(gid)) {
+                            // Same-filled over same-filled: a new word is set in place
+                            // (a durable page's record names its word: it takes a new one).
+                            m.set_fill(found.node, w);
                             self.count_put_ok(&mut m, c, gid, true);
                             touch(&mut m, gid, found.node);
                             return Ok(());
                         }
-                        if m.can_zero(gid) {
-                            let x = m.alloc_extra();
+                        // Replacing a frameless page by one adds none, but a durable one
+                        // needs a second record until the old one is cleared.
+                        let room = if old_same {
+                            m.record_room(gid)
+                        } else {
+                            m.can_same(gid)
+                        };
+                        if room {
+                            let x = m.alloc_same(w);
                             m.publish(gid, &key, x);
                             let fr = m.remove_page(found.obj, found.node);
                             m.insert_page(gid, &key, x);
@@ -173,8 +185,8 @@ impl Store {
             Reserve::NoneEvictable => {
                 let mut scratch = [0u8; PAGE_SIZE];
                 src.read_page(&mut scratch);
-                if is_zero(&scratch) && m.can_zero(gid) {
-                    let x = m.alloc_extra();
+                if let Some(w) = same_fill(&scratch).filter(|_| m.can_same(gid)) {
+                    let x = m.alloc_same(w);
                     m.publish(gid, &key, x);
                     m.insert_page(gid, &key, x);
                     self.count_put_ok(&mut m, c, gid, false);
@@ -217,7 +229,7 @@ impl Store {
         gid: u32,
         key: &PageKey,
         f: u32,
-        zero: bool,
+        fill: Option<u64>,
         left: u64,
     ) -> Option<Vec<u32>> {
         let found = m.lookup(gid, key);
@@ -233,11 +245,12 @@ impl Store {
             }
         }
         let mut to_free = Vec::new();
-        let node = if zero && m.can_zero(gid) {
-            to_free.push(f);
-            m.alloc_extra()
-        } else {
-            f
+        let node = match fill {
+            Some(w) if m.can_same(gid) => {
+                to_free.push(f);
+                m.alloc_same(w)
+            }
+            _ => f,
         };
         // Durable: the new copy is recorded before the old one's record goes.
         m.publish(gid, key, node);
@@ -268,10 +281,10 @@ impl Store {
         f: u32,
         was_dup: bool,
     ) -> Result<(), TmemError> {
-        let zero = {
+        let fill = {
             let mut g = self.frames.lock(f);
             src.read_page(&mut g);
-            is_zero(&g)
+            same_fill(&g)
         };
         let mut m = self.meta();
         // The pool may have gone while the metadata lock was dropped.
@@ -295,11 +308,12 @@ impl Store {
                 return Err(TmemError::OverCap);
             }
         }
-        let node = if zero && m.can_zero(gid) {
-            to_free.push(f);
-            m.alloc_extra()
-        } else {
-            f
+        let node = match fill {
+            Some(w) if m.can_same(gid) => {
+                to_free.push(f);
+                m.alloc_same(w)
+            }
+            _ => f,
         };
         // Durable: the new copy is recorded before the old one (whatever is there now) goes.
         m.publish(gid, &key, node);
@@ -325,7 +339,7 @@ impl Store {
         gen: u64,
         key: &PageKey,
         node: u32,
-        zero: bool,
+        fill: Option<u64>,
     ) {
         if !(m.resolve(c, pool) == Ok(gid) && m.pool(gid).gen == gen) {
             return;
@@ -337,10 +351,11 @@ impl Store {
         if found.node != node {
             return;
         }
-        if zero && m.g.zero_pages < m.max_zero {
-            // Turn it into a zero page: give the frame back.
+        // Heap frames only (a durable page is never refilled in place): no record to write.
+        if let Some(w) = fill.filter(|_| m.g.same_pages < m.max_same) {
+            // Turn it into a same-filled page: give the frame back.
             if let Some(f) = m.remove_page(found.obj, node) {
-                let x = m.alloc_extra();
+                let x = m.alloc_same(w);
                 m.insert_page(gid, key, x);
                 self.free_frames(&[f]);
             }

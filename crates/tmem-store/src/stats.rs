@@ -63,7 +63,7 @@ pub struct GlobalStats {
     pub evictions: u64,
     /// Eviction attempts, successful or not (`Ea`).
     pub evict_attempts: u64,
-    /// Ephemeral pages stored now, zero pages included (`Ec`).
+    /// Ephemeral pages stored now, same-filled pages included (`Ec`).
     pub eph_pages: u64,
     /// Highest `eph_pages` seen (`Em`).
     pub eph_pages_max: u64,
@@ -71,12 +71,17 @@ pub struct GlobalStats {
     pub objects: u64,
     /// Highest `objects` seen (`Om`).
     pub objects_max: u64,
-    /// Pages stored now, all kinds, zero pages included (`Pc`).
+    /// Pages stored now, all kinds, same-filled pages included (`Pc`).
     pub pages: u64,
     /// Highest `pages` seen (`Pm`).
     pub pages_max: u64,
     /// Pages stored as all-zero (metadata only, no data frame).
     pub zero_pages: u64,
+    /// Pages stored as one 8-byte word repeated (metadata only, no data frame), all-zero
+    /// pages included (as zram's `same_pages`): `same_filled_pages - zero_pages` are the
+    /// non-zero ones.
+    #[serde(default)]
+    pub same_filled_pages: u64,
     /// Successful ephemeral puts (`Ep`).
     pub good_eph_puts: u64,
     /// Configured limit on page-data bytes.
@@ -119,7 +124,7 @@ pub struct ClientStats {
     pub compress: bool,
     /// Frozen: puts of new handles refused (`fr`).
     pub frozen: bool,
-    /// Pages charged to this client (its private pools, ephemeral and persistent, zero pages included).
+    /// Pages charged to this client (its private pools, ephemeral and persistent, same-filled pages included).
     pub pages: u64,
     /// Ephemeral pages in its private pools now (`Ec`).
     pub eph_pages: u64,
@@ -333,6 +338,7 @@ impl Store {
                 pages: m.g.pages,
                 pages_max: m.g.pages_max,
                 zero_pages: m.g.zero_pages,
+                same_filled_pages: m.g.same_pages,
                 good_eph_puts: m.g.good_eph_puts,
                 mem_limit_bytes: self.nframes as u64 * PAGE_SIZE as u64,
                 data_bytes: used * PAGE_SIZE as u64,
@@ -360,7 +366,7 @@ impl Store {
             (buckets * (entry + 1) + 16) as u64
         }
         let mut b = m.dl.bytes() + m.xl.bytes() + self.frames.overhead_bytes();
-        b += 4 * free_cap + 4 * m.x_free.capacity() as u64;
+        b += 4 * free_cap + 4 * m.x_free.capacity() as u64 + 8 * m.xfill.capacity() as u64;
         b += (m.objs.capacity() * std::mem::size_of::<Option<Obj>>()) as u64;
         b += 4 * m.obj_free.capacity() as u64;
         b += m.obj_heap_bytes;

@@ -937,3 +937,278 @@ fn a_poisoned_store_fails_stop_instead_of_recovering() {
         "a call on a poisoned store went on: {later:?}"
     );
 }
+
+// ---- same-filled pages -------------------------------------------------------------------
+
+/// A page that repeats `w.to_le_bytes()`.
+fn same(w: u64) -> Page {
+    let mut p = [0u8; PAGE_SIZE];
+    tmem_abi::page::fill_page(&mut p, w);
+    p
+}
+
+/// Words of every class: zero, all ones, bytes that differ inside the word, one bit.
+const WORDS: [u64; 4] = [0, u64::MAX, 0x0102_0304_0506_0708, 1 << 63];
+
+/// A durable store on a new memfd, `frames` frames, no persistent share.
+fn durable_pages(frames: u64) -> Store {
+    let cfg = StoreConfig {
+        mem_limit_bytes: frames * PAGE_SIZE as u64,
+        default_persistent_share_percent: 0,
+        ..StoreConfig::default()
+    };
+    Store::open_durable(cfg, PageFile::memfd("same").unwrap())
+        .unwrap()
+        .0
+}
+
+/// The store a tmemd restarted on `s`'s page file serves (its client reattached), with
+/// what the recovery found.
+fn restart(s: Store) -> (Store, Recovery, ClientId, u32) {
+    let fd = s.page_file().unwrap().try_clone_fd().unwrap();
+    let cfg = s.config();
+    drop(s);
+    let (s, rec) = Store::open_durable(cfg, PageFile::from_fd(fd, "same")).unwrap();
+    let c = client(&s, 1);
+    let (p, re) = s.new_pool(c, U1, PP).unwrap();
+    assert!(re, "the persistent pool comes back");
+    (s, rec, c, p)
+}
+
+#[test]
+fn same_filled_pages_of_any_word_store_no_data_and_read_back_exactly() {
+    let s = store_pages(16);
+    s.set_shared_auth_required(false);
+    let c = client(&s, 1);
+    let mut last_byte = [0u8; PAGE_SIZE];
+    last_byte[PAGE_SIZE - 1] = 1;
+    let mut first_byte = same(u64::MAX);
+    first_byte[0] = 0xfe;
+    for kind in [PP, ES, EP] {
+        let uuid = if kind == ES { U2 } else { [0, 0] };
+        let (p, _) = s.new_pool(c, uuid, kind).unwrap();
+        for (i, w) in WORDS.iter().enumerate() {
+            s.put(c, p, key(1, i as u32), &same(*w)).unwrap();
+        }
+        // Not same-filled: these take frames.
+        s.put(c, p, key(2, 0), &last_byte).unwrap();
+        s.put(c, p, key(2, 1), &first_byte).unwrap();
+        let g = s.stats().global;
+        assert_eq!(g.data_bytes, 2 * PAGE_SIZE as u64, "{kind:?}");
+        assert_eq!((g.same_filled_pages, g.zero_pages), (4, 1), "{kind:?}");
+        for (i, w) in WORDS.iter().enumerate() {
+            assert_eq!(
+                get(&s, c, p, key(1, i as u32)),
+                Ok(Some(same(*w))),
+                "{w:#x}"
+            );
+        }
+        assert_eq!(get(&s, c, p, key(2, 0)), Ok(Some(last_byte)));
+        assert_eq!(get(&s, c, p, key(2, 1)), Ok(Some(first_byte)));
+        // Private ephemeral gets took their pages; the others are flushed here.
+        s.flush_object(c, p, Oid([1, 0, 0])).unwrap();
+        s.flush_object(c, p, Oid([2, 0, 0])).unwrap();
+        let g = s.stats().global;
+        assert_eq!(
+            (g.pages, g.data_bytes, g.same_filled_pages, g.zero_pages),
+            (0, 0, 0, 0)
+        );
+    }
+}
+
+#[test]
+fn duplicate_puts_move_between_same_filled_and_data_pages() {
+    for durable in [false, true] {
+        let s = if durable {
+            durable_pages(16)
+        } else {
+            store_pages(16)
+        };
+        let c = client(&s, 1);
+        let (p, _) = s.new_pool(c, U1, PP).unwrap();
+        let k = key(1, 0);
+        // (page, frames in use, same-filled pages, zero pages) after each duplicate put.
+        let steps = [
+            (page(1), 1, 0, 0),
+            (same(WORDS[2]), 0, 1, 0),
+            (same(WORDS[1]), 0, 1, 0),
+            (same(0), 0, 1, 1),
+            (same(WORDS[3]), 0, 1, 0),
+            (page(2), 1, 0, 0),
+            (same(0), 0, 1, 1),
+            (page(3), 1, 0, 0),
+        ];
+        let mut s = s;
+        let (mut c, mut p) = (c, p);
+        for (n, (pg, frames, same_n, zero_n)) in steps.into_iter().enumerate() {
+            s.put(c, p, k, &pg).unwrap();
+            let g = s.stats().global;
+            let what = format!("durable {durable}, step {n}");
+            assert_eq!(g.data_bytes, frames * PAGE_SIZE as u64, "{what}");
+            assert_eq!(
+                (g.same_filled_pages, g.zero_pages),
+                (same_n, zero_n),
+                "{what}"
+            );
+            assert_eq!(g.pages, 1, "{what}");
+            assert_eq!(get(&s, c, p, k), Ok(Some(pg)), "{what}");
+            if durable {
+                let (s2, rec, c2, p2) = restart(s);
+                assert_eq!(
+                    (
+                        rec.pages,
+                        rec.same_filled_pages,
+                        rec.zero_pages,
+                        rec.superseded
+                    ),
+                    (1, same_n, zero_n, 0),
+                    "{what}"
+                );
+                assert_eq!(get(&s2, c2, p2, k), Ok(Some(pg)), "{what}, after a restart");
+                (s, c, p) = (s2, c2, p2);
+            }
+        }
+    }
+}
+
+#[test]
+fn same_filled_puts_into_full_memory() {
+    for durable in [false, true] {
+        // 8 frames (no frame kept back for duplicates below 64), all holding data.
+        let s = if durable {
+            durable_pages(8)
+        } else {
+            store_pages(8)
+        };
+        let c = client(&s, 1);
+        let (p, _) = s.new_pool(c, U1, PP).unwrap();
+        for i in 0..8 {
+            s.put(c, p, key(1, i), &page(i as u64 + 10)).unwrap();
+        }
+        let what = format!("durable {durable}");
+        assert_eq!(s.put(c, p, key(2, 0), &page(1)), Err(TmemError::NoMemory));
+        // A new same-filled page fits with memory full.
+        s.put(c, p, key(2, 0), &same(WORDS[2])).unwrap();
+        // Same-filled over same-filled, another word: in place, or a new record.
+        s.put(c, p, key(2, 0), &same(WORDS[1])).unwrap();
+        s.put(c, p, key(2, 0), &same(WORDS[1])).unwrap();
+        assert_eq!(get(&s, c, p, key(2, 0)), Ok(Some(same(WORDS[1]))), "{what}");
+        // Data over a same-filled page needs a frame that does not exist: the put fails,
+        // keeping the old copy only when asked to.
+        assert_eq!(
+            s.put_keeping_old(c, p, key(2, 0), &page(2)),
+            Err(TmemError::NoMemory)
+        );
+        assert_eq!(get(&s, c, p, key(2, 0)), Ok(Some(same(WORDS[1]))), "{what}");
+        assert_eq!(
+            s.put(c, p, key(2, 0), &page(2)),
+            Err(TmemError::DupPutFlushed)
+        );
+        assert_eq!(get(&s, c, p, key(2, 0)), Ok(None), "{what}");
+        // Same-filled over data gives the frame back.
+        s.put(c, p, key(1, 3), &same(WORDS[3])).unwrap();
+        let g = s.stats().global;
+        assert_eq!(g.frames_free, 1, "{what}");
+        assert_eq!((g.same_filled_pages, g.zero_pages), (1, 0), "{what}");
+        s.put(c, p, key(1, 4), &same(0)).unwrap();
+        assert_eq!(s.stats().global.frames_free, 2, "{what}");
+        for i in [0, 1, 2, 5, 6, 7] {
+            assert_eq!(get(&s, c, p, key(1, i)), Ok(Some(page(i as u64 + 10))));
+        }
+        if durable {
+            let (s, rec, c, p) = restart(s);
+            assert_eq!(
+                (rec.pages, rec.same_filled_pages, rec.zero_pages),
+                (8, 2, 1)
+            );
+            assert_eq!(get(&s, c, p, key(1, 3)), Ok(Some(same(WORDS[3]))));
+            assert_eq!(get(&s, c, p, key(1, 4)), Ok(Some(same(0))));
+            assert_eq!(get(&s, c, p, key(1, 5)), Ok(Some(page(15))));
+        }
+    }
+}
+
+#[test]
+fn the_frameless_limit_counts_every_same_filled_page() {
+    let s = store_pages(16);
+    s.meta().max_same = 3;
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    for (i, w) in WORDS.iter().enumerate() {
+        s.put(c, p, key(1, i as u32), &same(*w)).unwrap();
+    }
+    // Three kept without a frame, the fourth in a frame: still served exactly.
+    let g = s.stats().global;
+    assert_eq!((g.same_filled_pages, g.data_bytes), (3, PAGE_SIZE as u64));
+    for (i, w) in WORDS.iter().enumerate() {
+        assert_eq!(get(&s, c, p, key(1, i as u32)), Ok(Some(same(*w))));
+    }
+    // A duplicate refilled in place stays in its frame at the limit, and leaves it below.
+    s.put(c, p, key(1, 3), &same(7)).unwrap();
+    assert_eq!(s.stats().global.data_bytes, PAGE_SIZE as u64);
+    s.flush_page(c, p, key(1, 0)).unwrap();
+    s.put(c, p, key(1, 3), &same(8)).unwrap();
+    let g = s.stats().global;
+    assert_eq!((g.same_filled_pages, g.data_bytes), (3, 0));
+    assert_eq!(get(&s, c, p, key(1, 3)), Ok(Some(same(8))));
+}
+
+#[test]
+fn durable_same_filled_pages_are_bounded_by_their_records() {
+    // 8 frames: 8 metadata records. The ninth same-filled persistent page takes a frame.
+    let s = durable_pages(8);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, U1, PP).unwrap();
+    for i in 0..9u32 {
+        s.put(c, p, key(1, i), &same(i as u64 * 0x0101_0101_0101_0101))
+            .unwrap();
+    }
+    let g = s.stats().global;
+    assert_eq!((g.same_filled_pages, g.data_bytes), (8, PAGE_SIZE as u64));
+    let (s, rec, c, p) = restart(s);
+    assert_eq!(
+        (rec.pages, rec.same_filled_pages, rec.zero_pages),
+        (9, 8, 1)
+    );
+    for i in 0..9u32 {
+        assert_eq!(
+            get(&s, c, p, key(1, i)),
+            Ok(Some(same(i as u64 * 0x0101_0101_0101_0101)))
+        );
+    }
+}
+
+#[test]
+fn a_zero_flagged_record_is_the_word_0_whatever_its_last_word() {
+    // Format 1.0 wrote zero pages as ZERO records with a 0 last word; a ZERO record means
+    // the word 0 even if that word were not 0, and only SAME records carry another word.
+    let s = durable_pages(16);
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, U1, PP).unwrap();
+    s.put(c, p, key(1, 0), &same(0)).unwrap();
+    s.put(c, p, key(1, 1), &same(WORDS[2])).unwrap();
+    let fd = s.page_file().unwrap().try_clone_fd().unwrap();
+    let cfg = s.config();
+    drop(s);
+    let geo = crate::durable::geometry(&cfg);
+    let (pm, _) =
+        tmem_pmem::PageMemory::open(PageFile::from_fd(fd.try_clone().unwrap(), "same"), geo)
+            .unwrap();
+    let scan = pm.scan();
+    assert_eq!(scan.xrecs.len(), 2);
+    for (slot, r) in scan.xrecs {
+        if r.index == 0 {
+            assert_eq!((r.flags, r.fill), (tmem_pmem::page_flags::ZERO, 0));
+            pm.publish_xrec(slot, &tmem_pmem::PageRecord { fill: 0xdead, ..r });
+        } else {
+            assert_eq!((r.flags, r.fill), (tmem_pmem::page_flags::SAME, WORDS[2]));
+        }
+    }
+    drop(pm);
+    let (s, rec) = Store::open_durable(cfg, PageFile::from_fd(fd, "same")).unwrap();
+    assert_eq!((rec.same_filled_pages, rec.zero_pages), (2, 1));
+    let c = client(&s, 1);
+    let (p, _) = s.new_pool(c, U1, PP).unwrap();
+    assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(same(0))));
+    assert_eq!(get(&s, c, p, key(1, 1)), Ok(Some(same(WORDS[2]))));
+}

@@ -36,9 +36,16 @@ fn key(o: u64, i: u32) -> PageKey {
     }
 }
 
+/// Seed 0: the zero page; below [`SAME`]: a page of data; from [`SAME`] on: a same-filled
+/// page (stored without a frame) of a word whose bytes all differ, and 255: all ones.
 fn page(seed: u8) -> Page {
     let mut p = [0u8; PAGE_SIZE];
-    if seed != 0 {
+    if seed >= SAME {
+        let word: [u8; 8] = std::array::from_fn(|i| seed ^ i as u8);
+        for c in p.chunks_exact_mut(8) {
+            c.copy_from_slice(if seed == 255 { &[0xff; 8] } else { &word });
+        }
+    } else if seed != 0 {
         for (i, b) in p.iter_mut().enumerate() {
             *b = (i as u8).wrapping_mul(13).wrapping_add(seed);
         }
@@ -46,6 +53,8 @@ fn page(seed: u8) -> Page {
     }
     p
 }
+
+const SAME: u8 = 100;
 
 type Snaps = Rc<RefCell<Vec<Vec<u8>>>>;
 
@@ -177,6 +186,7 @@ fn describe(p: Option<&Page>) -> String {
     match p {
         None => "absent".into(),
         Some(p) if p.iter().all(|&b| b == 0) => "zero page".into(),
+        Some(p) if *p == page(p[0]) && p[0] >= SAME => format!("same-filled page {}", p[0]),
         Some(p) if *p == page(p[0]) => format!("page seeded {}", p[0]),
         Some(p) => format!(
             "a mix (first byte {}, last byte {})",
@@ -256,8 +266,15 @@ fn model(a: &[((u64, u32), u8)], b: &[((u64, u32), u8)]) -> Model {
 
 #[test]
 fn a_kill_during_any_write_recovers_the_old_or_the_new_page_never_a_mix() {
-    let base_a = [((1, 0), 1), ((1, 1), 2), ((1, 2), 0), ((2, 0), 3)];
-    let base_b = [((1, 0), 9), ((5, 7), 8)];
+    let base_a = [
+        ((1, 0), 1),
+        ((1, 1), 2),
+        ((1, 2), 0),
+        ((2, 0), 3),
+        ((1, 3), 150),
+        ((2, 1), 255),
+    ];
+    let base_b = [((1, 0), 9), ((5, 7), 8), ((5, 8), 160)];
     let before = model(&base_a, &base_b);
     let with = |changes: &[((u64, u32), Option<u8>)]| {
         let mut m = before.clone();
@@ -308,6 +325,65 @@ fn a_kill_during_any_write_recovers_the_old_or_the_new_page_never_a_mix() {
                     .unwrap()
             },
         ),
+        (
+            "new put of a same-filled page",
+            vec![((3, 2), Some(170))],
+            |r, s| {
+                r.store
+                    .put(r.c, r.pools[&UUID_A], key(3, 2), &r.torn(page(170), s))
+                    .unwrap()
+            },
+        ),
+        (
+            "duplicate put: data to same-filled",
+            vec![((1, 0), Some(180))],
+            |r, s| {
+                r.store
+                    .put(r.c, r.pools[&UUID_A], key(1, 0), &r.torn(page(180), s))
+                    .unwrap()
+            },
+        ),
+        (
+            "duplicate put: same-filled to data",
+            vec![((1, 3), Some(7))],
+            |r, s| {
+                r.store
+                    .put(r.c, r.pools[&UUID_A], key(1, 3), &r.torn(page(7), s))
+                    .unwrap()
+            },
+        ),
+        (
+            "duplicate put: same-filled to another word",
+            vec![((1, 3), Some(190))],
+            |r, s| {
+                r.store
+                    .put(r.c, r.pools[&UUID_A], key(1, 3), &r.torn(page(190), s))
+                    .unwrap()
+            },
+        ),
+        (
+            "duplicate put: zero to same-filled",
+            vec![((1, 2), Some(200))],
+            |r, s| {
+                r.store
+                    .put(r.c, r.pools[&UUID_A], key(1, 2), &r.torn(page(200), s))
+                    .unwrap()
+            },
+        ),
+        (
+            "duplicate put: same-filled to zero",
+            vec![((2, 1), Some(0))],
+            |r, s| {
+                r.store
+                    .put(r.c, r.pools[&UUID_A], key(2, 1), &r.torn(page(0), s))
+                    .unwrap()
+            },
+        ),
+        ("flush same-filled page", vec![((1, 3), None)], |r, _| {
+            r.store
+                .flush_page(r.c, r.pools[&UUID_A], key(1, 3))
+                .unwrap()
+        }),
         ("flush page", vec![((1, 1), None)], |r, _| {
             r.store
                 .flush_page(r.c, r.pools[&UUID_A], key(1, 1))
@@ -320,7 +396,12 @@ fn a_kill_during_any_write_recovers_the_old_or_the_new_page_never_a_mix() {
         }),
         (
             "flush object",
-            vec![((1, 0), None), ((1, 1), None), ((1, 2), None)],
+            vec![
+                ((1, 0), None),
+                ((1, 1), None),
+                ((1, 2), None),
+                ((1, 3), None),
+            ],
             |r, _| {
                 r.store
                     .flush_object(r.c, r.pools[&UUID_A], key(1, 0).oid)
@@ -372,9 +453,58 @@ fn a_duplicate_put_into_full_memory_takes_a_new_frame_and_keeps_old_or_new() {
 }
 
 #[test]
+fn same_filled_duplicates_into_full_memory_keep_old_or_new() {
+    // 8 frames, all holding persistent pages, plus same-filled pages that hold none: every
+    // duplicate below finds no free frame and takes the memory-full path.
+    type Op = (&'static str, (u64, u32), u8);
+    let ops: [Op; 4] = [
+        ("data to same-filled, memory full", (1, 2), 130),
+        ("same-filled to another word, memory full", (2, 0), 140),
+        ("same-filled to the same word, memory full", (2, 0), 120),
+        ("zero to same-filled, memory full", (2, 1), 255),
+    ];
+    let mut total = 0;
+    for (name, k, seed) in ops {
+        let r = rig(8);
+        let before = model(
+            &[
+                ((1, 0), 1),
+                ((1, 1), 2),
+                ((1, 2), 3),
+                ((1, 3), 4),
+                ((2, 0), 120),
+                ((2, 1), 0),
+            ],
+            &[((1, 0), 5), ((1, 1), 6), ((1, 2), 7), ((1, 3), 8)],
+        );
+        r.fill(&before);
+        assert_eq!(r.store.stats().global.frames_free, 0);
+        let snaps: Snaps = Rc::default();
+        let states = r.crash_states(&snaps, || {
+            r.store
+                .put(
+                    r.c,
+                    r.pools[&UUID_A],
+                    key(k.0, k.1),
+                    &r.torn(page(seed), &snaps),
+                )
+                .unwrap()
+        });
+        let mut after = before.clone();
+        after.get_mut(&UUID_A).unwrap().insert(k, page(seed));
+        // (A rewrite of the same word changes nothing: every state must be the model.)
+        total += check(name, &r.cfg, &states, &before, &after);
+    }
+    println!("{total} crash states checked");
+}
+
+#[test]
 fn a_kill_during_a_destroy_keeps_the_whole_pool_or_none_of_it() {
     let r = rig(64);
-    let before = model(&[((1, 0), 1), ((1, 1), 0), ((4, 4), 2)], &[((1, 0), 3)]);
+    let before = model(
+        &[((1, 0), 1), ((1, 1), 0), ((4, 4), 2), ((4, 5), 222)],
+        &[((1, 0), 3)],
+    );
     r.fill(&before);
     let snaps: Snaps = Rc::default();
     let states = r.crash_states(&snaps, || {
@@ -385,11 +515,11 @@ fn a_kill_during_a_destroy_keeps_the_whole_pool_or_none_of_it() {
     let n = check("destroy pool", &r.cfg, &states, &before, &after);
     // All or nothing: check() allows any mix per page; a destroy must not be half-seen.
     for bytes in &states {
-        let (got, _) = recover(&r.cfg, bytes, &[(1, 0), (1, 1), (4, 4)]);
+        let (got, _) = recover(&r.cfg, bytes, &[(1, 0), (1, 1), (4, 4), (4, 5)]);
         let a = got.get(&UUID_A).map_or(0, BTreeMap::len);
         assert!(
-            a == 0 || a == 3,
-            "half a destroyed pool came back: {a} of 3 pages"
+            a == 0 || a == 4,
+            "half a destroyed pool came back: {a} of 4 pages"
         );
     }
     assert!(n > 2);

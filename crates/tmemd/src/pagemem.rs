@@ -399,6 +399,7 @@ fn log_recovery(placement: &Placement, r: &Recovery) {
         pools = r.pools,
         pages = r.pages,
         zero_pages = r.zero_pages,
+        same_filled_pages = r.same_filled_pages,
         superseded = r.superseded,
         orphans = r.orphans,
         torn = r.torn,
