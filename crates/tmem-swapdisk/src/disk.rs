@@ -87,6 +87,7 @@ struct Probe;
 impl PageSink for Probe {
     fn write_page(&mut self, _src: &Page) {}
     fn write_zero_page(&mut self) {}
+    fn write_filled_page(&mut self, _word: u64) {}
 }
 
 fn is_zero(p: &Page) -> bool {
