@@ -82,7 +82,8 @@ swap_job() {
         discard=none
         swapon "/dev/$dev" || { echo "TXQ-GUEST-WARN swapon /dev/$dev failed"; return 23; }
     fi
-    echo "TXQ-GUEST-SWAP on dev=$dev size=$size discard=$discard"
+    # 0 here means the device offers no discard: swap cannot give freed pages back.
+    echo "TXQ-GUEST-SWAP on dev=$dev size=$size discard=$discard discard_max_bytes=$(cat "/sys/block/$dev/queue/discard_max_bytes" 2>/dev/null)"
     echo "TXQ-GUEST-MEM MemTotal=$(meminfo MemTotal)kB MemAvailable=$(meminfo MemAvailable)kB SwapTotal=$(meminfo SwapTotal)kB"
     in0=$(vmstat pswpin) out0=$(vmstat pswpout) oom0=$(vmstat oom_kill)
     # shellcheck disable=SC2086

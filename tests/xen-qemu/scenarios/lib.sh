@@ -236,14 +236,14 @@ SWAP_UUID_TAG=8097884942629170548
 
 # swap_guest_start NAME DEV [MEMHOG-ARGS...]: a domU running the swap job on /dev/DEV ("zram":
 # zram0 of SWAP_MIB with lz4), memhog with these args (default SWAP_MEMHOG). SWAP_WAIT: how
-# long it waits for the device (s, default 300); it stays up 1200 s after the job (dom0
-# destroys it). GUEST_DISK and GUEST_PAUSED pass through.
+# long it waits for the device (s, default 300); it stays up to an hour after the job, for
+# dom0's checks (dom0 destroys it). GUEST_DISK and GUEST_PAUSED pass through.
 swap_guest_start() {
     _sname=$1 _sdev=$2
     shift 2
     [ $# -gt 0 ] || set -- $SWAP_MEMHOG
     GUEST_MEMORY=$SWAP_GUEST_MIB \
-        GUEST_EXTRA="tmemxq.mode=swap tmemxq.swapdev=$_sdev tmemxq.swapsize=${SWAP_MIB}M tmemxq.swapwait=${SWAP_WAIT:-300} tmemxq.hold=1200" \
+        GUEST_EXTRA="tmemxq.mode=swap tmemxq.swapdev=$_sdev tmemxq.swapsize=${SWAP_MIB}M tmemxq.swapwait=${SWAP_WAIT:-300} tmemxq.hold=3600" \
         guest_start "$_sname" "$@"
 }
 

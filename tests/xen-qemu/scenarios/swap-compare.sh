@@ -11,7 +11,7 @@
 # txq-timeout: 3000
 
 KINDS=${TXQ_SWAP_KINDS:-phy zram tmem}
-JOB_LIMIT=${TXQ_SWAP_JOB_TIMEOUT:-900}
+JOB_LIMIT=${TXQ_SWAP_JOB_TIMEOUT:-1800}
 : > /tmp/swap-results
 say "memhog $SWAP_MEMHOG in a ${SWAP_GUEST_MIB} MiB domU, swap ${SWAP_MIB} MiB; kinds: $KINDS"
 
