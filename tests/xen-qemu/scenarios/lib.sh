@@ -233,6 +233,13 @@ SWAP_MIB=${TXQ_SWAP_MIB:-512}
 # The uuid half that marks a swap disk's pool: ASCII "tmemswap", little-endian (jq reads it
 # as a double, which compares equal to the same literal).
 SWAP_UUID_TAG=8097884942629170548
+# swap_pool_is DEVID: a jq test on a pool: the persistent pool of swap disk DEVID. tmem list
+# prints a uuid as [u64, u64] or as its 16 bytes in the usual text form; both are accepted.
+swap_pool_is() {
+    _le=$(printf '%016x' "$1" | sed 's/../& /g' | awk '{for (i = NF; i > 0; i--) printf "%s", $i}')
+    _text="746d656d-7377-6170-$(echo "$_le" | cut -c1-4)-$(echo "$_le" | cut -c5-16)"
+    echo "(.kind == \"PP\" and (.uuid | if type == \"string\" then . == \"$_text\" else .[0] == $SWAP_UUID_TAG and .[1] == $1 end))"
+}
 
 # swap_guest_start NAME DEV [MEMHOG-ARGS...]: a domU running the swap job on /dev/DEV ("zram":
 # zram0 of SWAP_MIB with lz4), memhog with these args (default SWAP_MEMHOG). SWAP_WAIT: how

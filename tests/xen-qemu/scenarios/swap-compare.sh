@@ -3,7 +3,8 @@
 #   phy:  a sparse disk image in dom0's tmpfs on a loop device, attached the ordinary way
 #         (xl `disk = ['phy:/dev/loopN,xvdb,w']`, dom0's xen-blkback, the guest's blkfront);
 #   zram: zram0 inside the domU, lz4;
-#   tmem: tmemd's swap disk (xvdz), with enough --mem-limit that nothing spills.
+#   tmem: tmemd's swap disk (xvdz), with enough --mem-limit and no per-guest share limit
+#         (default_persistent_share_percent = 0), so that nothing spills.
 # One kind after another in this boot, so each runs alone. Every run must verify every byte,
 # overcommit the domU's RAM at least 2x and see no OOM kill. RESULT lines give the runtime and
 # pages/s of each pass. TXQ_SWAP_KINDS picks and orders the kinds (default "phy zram tmem";
@@ -42,6 +43,7 @@ run_tmem() {
     mkdir -p /var/lib/tmemd/swap
     cat > /etc/tmemd-swap-compare.toml <<EOF
 swap_spill_dir = "/var/lib/tmemd/swap"
+default_persistent_share_percent = 0
 [[swap_disk]]
 domains = ["sw-tmem"]
 size = "${SWAP_MIB}MiB"
@@ -59,6 +61,9 @@ EOF
     say "tmem list, swap disk of domain $d: $(jq -c ".swap_disks[] | select(.domid == $d)" /tmp/sw-tmem.list.json)"
     jcheck /tmp/sw-tmem.list.json ".swap_disks[] | select(.domid == $d) | .errors == 0 and .writes > 0 and .reads > 0" \
         "the tmem swap disk took reads and writes, no error"
+    # The comparison is of swap in memory: a disk that spilled measured the spill file.
+    jcheck /tmp/sw-tmem.list.json ".swap_disks[] | select(.domid == $d) | .pages_spilled == 0 and (.spill_writes // 0) == 0" \
+        "the tmem swap disk never spilled"
     spilled=$(jq ".swap_disks[] | select(.domid == $d) | .pages_spilled" /tmp/sw-tmem.list.json)
     sed -i "\$s/\$/ tmemd_mem_limit=${TXQ_SWAP_COMPARE_MEM_LIMIT:-320M} pages_spilled_at_end=$spilled/" /tmp/swap-results
     guest_destroy sw-tmem

@@ -63,7 +63,7 @@ for d in $P $A $B; do
     [ "$(xenstore-read "/local/domain/$d/device/vbd/$devid/backend")" = "$BE/$d/$devid" ] \
         || fail "domain $d: device/vbd/$devid/backend is not $BE/$d/$devid"
     [ "$(xenstore-read "$BE/$d/$devid/state")" = 4 ] || fail "domain $d: $BE/$d/$devid/state is not 4 (Connected)"
-    jcheck /tmp/sd.json "[.clients[] | select(.domid == $d) | .pools[] | select(.kind == \"PP\" and .uuid[0] == $SWAP_UUID_TAG and .uuid[1] == $devid)] | length == 1" \
+    jcheck /tmp/sd.json "[.clients[] | select(.domid == $d) | .pools[] | select($(swap_pool_is "$devid"))] | length == 1" \
         "domain $d: its own persistent pool tmemswap/$devid; frontend -> $BE/$d/$devid (Connected)"
 done
 jcheck /tmp/sd.json "[.swap_disks[].domid] | sort == ([$P, $A, $B] | sort)" "three swap disks, one per domain"
@@ -73,7 +73,8 @@ jcheck /tmp/sd.json "[.swap_disks[].domid] | sort == ([$P, $A, $B] | sort)" "thr
 wait_for 900 "sa and sb have pages in tmemd's memory, and some disk has spilled" list_has /tmp/sd-run.json \
     "([$(disk_of $A), $(disk_of $B)] | all(.pages_in_memory > 0)) and any(.swap_disks[]; .pages_spilled > 0)"
 ok "while swapping: $(jq -c '[.swap_disks[] | {domid, pages_in_memory, pages_spilled, writes, reads}]' /tmp/sd-run.json)"
-jcheck /tmp/sd-run.json "[.clients[] | select(.domid == $A) | .pools[] | select(.uuid[0] == $SWAP_UUID_TAG)][0].counters.pages > 0" \
+devid=$(jq "$(disk_of $A) | .devid" /tmp/sd-run.json)
+jcheck /tmp/sd-run.json "[.clients[] | select(.domid == $A) | .pools[] | select($(swap_pool_is "$devid"))][0].counters.pages > 0" \
     "domain $A's tmemswap pool holds pages in tmem list"
 ls "$SPILL" | grep -q "^swap-dom[0-9]*-.*\.spill$" || fail "no spill file in $SPILL while disks spill"
 ok "spill files: $(ls "$SPILL" | tr '\n' ' ')"
