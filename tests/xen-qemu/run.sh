@@ -20,6 +20,8 @@
 #   TMEMXQ_SCENARIO_TIMEOUT  per scenario, seconds (default: the scenario's "# txq-timeout: N"
 #                      line, else 300)
 #   TMEMXQ_QEMU_CPU    QEMU -cpu under TCG (default qemu64; "max" needs ",-smap")
+#   TMEMXQ_QEMU_MEM, TMEMXQ_DOM0_MEM  MiB for QEMU and dom0 (default 3072 and 1024; 4096 and
+#                      2048 when a swap scenario runs: spill files and page memory live in dom0)
 #   TMEMXQ_KEEP=1      keep QEMU's staging trees after the run
 #   TXQ_*              passed into dom0: every scenario sees them (e.g. TXQ_SWAP_KINDS)
 set -euo pipefail
@@ -289,10 +291,12 @@ say "images: dom0 $(du -h "$RUN/dom0.cpio.gz" | cut -f1), domU $(du -h "$RUN/dom
 
 # ------------------------------------------------------------------ boot
 # Xen on com1 (the serial log); dom0 on hvc0, which Xen forwards to com1.
-XEN_ARGS="console=com1 com1=115200,8n1 console_timestamps=boot loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=2 bootscrub=false"
+if wants_swap; then QEMU_MEM=${TMEMXQ_QEMU_MEM:-4096} DOM0_MEM=${TMEMXQ_DOM0_MEM:-2048}
+else QEMU_MEM=${TMEMXQ_QEMU_MEM:-3072} DOM0_MEM=${TMEMXQ_DOM0_MEM:-1024}; fi
+XEN_ARGS="console=com1 com1=115200,8n1 console_timestamps=boot loglvl=all guest_loglvl=all dom0_mem=${DOM0_MEM}M,max:${DOM0_MEM}M dom0_max_vcpus=2 bootscrub=false"
 DOM0_ARGS="console=hvc0 earlyprintk=xen"
-say "booting Xen in QEMU (TCG, -cpu $QEMU_CPU); serial log: $SERIAL"
-qemu-system-x86_64 -accel tcg,thread=multi -cpu "$QEMU_CPU" -m 3072 -smp 2 \
+say "booting Xen in QEMU (TCG, -cpu $QEMU_CPU, -m $QEMU_MEM, dom0 $DOM0_MEM MiB); serial log: $SERIAL"
+qemu-system-x86_64 -accel tcg,thread=multi -cpu "$QEMU_CPU" -m "$QEMU_MEM" -smp 2 \
     -nodefaults -no-reboot -display none -monitor none -serial "file:$SERIAL" \
     -kernel "$RUN/xen" -append "$XEN_ARGS" \
     -initrd "$RUN/vmlinuz $DOM0_ARGS,$RUN/dom0.cpio.gz" &

@@ -229,7 +229,7 @@ txq_cleanup() {
 # could not hold twice the domU's RAM: it stores incompressible pages at full size).
 SWAP_MEMHOG=${TXQ_MEMHOG_ARGS:---mib 256 --passes 2 --rewrite --seed 7 --random-bytes 512}
 SWAP_GUEST_MIB=${TXQ_SWAP_GUEST_MIB:-128}
-SWAP_MIB=${TXQ_SWAP_MIB:-512}
+SWAP_MIB=${TXQ_SWAP_MIB:-384}
 # The uuid half that marks a swap disk's pool: ASCII "tmemswap", little-endian (jq reads it
 # as a double, which compares equal to the same literal).
 SWAP_UUID_TAG=8097884942629170548

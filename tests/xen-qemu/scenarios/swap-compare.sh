@@ -3,8 +3,10 @@
 #   phy:  a sparse disk image in dom0's tmpfs on a loop device, attached the ordinary way
 #         (xl `disk = ['phy:/dev/loopN,xvdb,w']`, dom0's xen-blkback, the guest's blkfront);
 #   zram: zram0 inside the domU, lz4;
-#   tmem: tmemd's swap disk (xvdz), with enough --mem-limit and no per-guest share limit
-#         (default_persistent_share_percent = 0), so that nothing spills.
+#   tmem: tmemd's swap disk (xvdz), with no per-guest share limit
+#         (default_persistent_share_percent = 0) and a --mem-limit above the disk's size, so
+#         that nothing spills: the disk keeps pages that swap freed until a whole cluster is
+#         free and discarded, so it can fill up to its size, well beyond the swap in use.
 # One kind after another in this boot, so each runs alone. Every run must verify every byte,
 # overcommit the domU's RAM at least 2x and see no OOM kill. RESULT lines give the runtime and
 # pages/s of each pass. TXQ_SWAP_KINDS picks and orders the kinds (default "phy zram tmem";
@@ -39,6 +41,7 @@ run_zram() {
     guest_destroy sw-zram
 }
 
+MEM_LIMIT=${TXQ_SWAP_COMPARE_MEM_LIMIT:-$((SWAP_MIB + 32))M}
 run_tmem() {
     mkdir -p /var/lib/tmemd/swap
     cat > /etc/tmemd-swap-compare.toml <<EOF
@@ -49,7 +52,11 @@ domains = ["sw-tmem"]
 size = "${SWAP_MIB}MiB"
 device = "xvdz"
 EOF
-    TMEMD_MEM_LIMIT=${TXQ_SWAP_COMPARE_MEM_LIMIT:-320M} \
+    # Page memory on a tmpfs of its own: dom0's /run is too small for it.
+    mkdir -p "$PAGE_DIR"
+    mount -t tmpfs -o size=$((SWAP_MIB + 96))m tmemdpages "$PAGE_DIR" || fail "mount a tmpfs on $PAGE_DIR"
+    on_cleanup "umount $PAGE_DIR"
+    TMEMD_MEM_LIMIT=$MEM_LIMIT \
         TMEMD_START_HINT="the tmem swap disk needs a tmemd that serves swap disks (issue 10)" \
         tmemd_start -c /etc/tmemd-swap-compare.toml
     wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
@@ -65,9 +72,12 @@ EOF
     jcheck /tmp/sw-tmem.list.json ".swap_disks[] | select(.domid == $d) | .pages_spilled == 0 and (.spill_writes // 0) == 0" \
         "the tmem swap disk never spilled"
     spilled=$(jq ".swap_disks[] | select(.domid == $d) | .pages_spilled" /tmp/sw-tmem.list.json)
-    sed -i "\$s/\$/ tmemd_mem_limit=${TXQ_SWAP_COMPARE_MEM_LIMIT:-320M} pages_spilled_at_end=$spilled/" /tmp/swap-results
+    most=$(jq "[.clients[] | select(.domid == $d) | .pools[].counters.pages_max] | max" /tmp/sw-tmem.list.json)
+    sed -i "\$s/\$/ tmemd_mem_limit=$MEM_LIMIT disk_pages_max=$most pages_spilled_at_end=$spilled/" /tmp/swap-results
     guest_destroy sw-tmem
     tmemd_stop TERM
+    rm -rf "${PAGE_DIR:?}"/*
+    umount "$PAGE_DIR"
 }
 
 for kind in $KINDS; do

@@ -20,8 +20,9 @@ disk_of() { echo ".swap_disks[]? | select(.domid == $1)"; }
 
 : > /tmp/swap-results
 mkdir -p "$SPILL"
-# Its own tmpfs, so the spill files have a known limit apart from dom0's root.
-mount -t tmpfs -o size=768m swapspill "$SPILL" || fail "mount a tmpfs on $SPILL"
+# Its own tmpfs, so the spill files have a known limit apart from dom0's root. A disk can
+# fill up to its size (swap discards only whole free clusters): room for all three.
+mount -t tmpfs -o size=$((3 * SWAP_MIB))m swapspill "$SPILL" || fail "mount a tmpfs on $SPILL"
 on_cleanup "umount $SPILL"
 cat > /etc/tmemd-swapdisk.toml <<EOF
 swap_spill_dir = "$SPILL"
