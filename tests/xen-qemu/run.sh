@@ -10,27 +10,32 @@
 #
 # Environment:
 #   TMEMXQ_SCENARIOS   space/comma separated list, or "auto" (default): the real-Xen scenarios
-#                      if the built tmem-guest has `--transport`, otherwise "smoke".
+#                      if the built tmem-guest has `--transport`, otherwise "smoke". "swap" means
+#                      the swap scenarios (swap-compare swapdisk), which "auto" does not run.
 #   TMEMXQ_CACHE       downloads, extracted packages, images, logs  (default /var/tmp/tmem-xen-qemu)
 #   TMEMXQ_TARGET_DIR  cargo target dir for the release binaries    (default $CARGO_TARGET_DIR or ./target)
 #   TMEMXQ_NO_BUILD=1  do not run cargo; use the binaries already in the target dir
 #   TMEMXQ_TOTAL_TIMEOUT  everything after the cargo build, seconds (default 900)
 #   TMEMXQ_DOM0_TIMEOUT   QEMU start -> dom0 control plane up (default 240)
-#   TMEMXQ_SCENARIO_TIMEOUT  per scenario, seconds (default 300)
+#   TMEMXQ_SCENARIO_TIMEOUT  per scenario, seconds (default: the scenario's "# txq-timeout: N"
+#                      line, else 300)
 #   TMEMXQ_QEMU_CPU    QEMU -cpu under TCG (default qemu64; "max" needs ",-smap")
+#   TMEMXQ_QEMU_MEM, TMEMXQ_DOM0_MEM  MiB for QEMU and dom0 (default 3072 and 1024; 4096 and
+#                      2048 when a swap scenario runs: spill files and page memory live in dom0)
 #   TMEMXQ_KEEP=1      keep QEMU's staging trees after the run
+#   TXQ_*              passed into dom0: every scenario sees them (e.g. TXQ_SWAP_KINDS)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${TMEMXQ_CACHE:-/var/tmp/tmem-xen-qemu}
 TARGET_DIR=${TMEMXQ_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target}}
-TOTAL_TIMEOUT=${TMEMXQ_TOTAL_TIMEOUT:-900}
 DOM0_TIMEOUT=${TMEMXQ_DOM0_TIMEOUT:-240}
-SCENARIO_TIMEOUT=${TMEMXQ_SCENARIO_TIMEOUT:-300}
 QEMU_CPU=${TMEMXQ_QEMU_CPU:-qemu64}
 XENVER=4.17
 ALL_REAL="first-boot two-guests restart destroy"
+# Known but not in "auto": swapping guests take many minutes under TCG.
+SWAP="swap-compare swapdisk"
 
 START=$SECONDS
 stamp() { printf '[xen-qemu %4ss]' "$((SECONDS - START))"; }
@@ -79,7 +84,8 @@ mkdir -p "$CACHE"/{debs,logs}
 
 # ------------------------------------------------------------------ scenarios
 SCENARIOS=${*:-${TMEMXQ_SCENARIOS:-auto}}
-SCENARIOS=$(echo "$SCENARIOS" | tr ',' ' ')
+SCENARIOS=$(echo "$SCENARIOS" | tr ',' ' ' | sed "s/\(^\| \)swap\( \|\$\)/ $SWAP /g")
+wants_swap() { case " $SCENARIOS " in *" swap-compare "*|*" swapdisk "*) return 0;; esac; return 1; }
 
 # ------------------------------------------------------------------ binaries
 BIN=$TARGET_DIR/release
@@ -87,13 +93,17 @@ if [ -z "${TMEMXQ_NO_BUILD:-}" ]; then
     say "building release binaries (tmemd, tmem, tmem-guest) into $TARGET_DIR"
     (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR timeout 1800 nice cargo build --release --quiet \
         -p tmemd -p tmem-cli -p tmem-guest) || die "cargo build --release failed"
+    # memhog runs in the busybox domU, which has no glibc of its own version: link it statically.
+    say "building a static memhog (for the domU image)"
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR RUSTFLAGS="-C target-feature=+crt-static" timeout 1800 \
+        nice cargo build --release --quiet -p tmem-guest --bin memhog --target x86_64-unknown-linux-gnu) \
+        || die "cargo build of the static memhog failed"
 fi
-# From here on (packages, images, QEMU, scenarios) the run has a hard deadline, enforced
-# from outside the main loop too. The cargo build above has its own limit.
-( sleep "$TOTAL_TIMEOUT" && echo "$(stamp) total timeout ${TOTAL_TIMEOUT}s reached" >&2 \
-    && kill -TERM $$ ) 2>/dev/null &
-WATCHDOG_PID=$!
+MEMHOG=$TARGET_DIR/x86_64-unknown-linux-gnu/release/memhog
 for b in tmemd tmem tmem-guest; do [ -x "$BIN/$b" ] || die "missing $BIN/$b (build it or unset TMEMXQ_NO_BUILD)"; done
+if wants_swap && [ ! -x "$MEMHOG" ]; then
+    die "missing $MEMHOG (the swap scenarios need the static memhog; build it or unset TMEMXQ_NO_BUILD)"
+fi
 if [ "$SCENARIOS" = auto ]; then
     if "$BIN/tmem-guest" --help 2>&1 | grep -q -- '--transport'; then
         SCENARIOS=$ALL_REAL
@@ -106,6 +116,22 @@ for s in $SCENARIOS; do
     [ -f "$HERE/scenarios/$s.sh" ] || die "unknown scenario '$s' (have: $(cd "$HERE/scenarios" && ls ./*.sh | sed 's|./||; s|\.sh||' | grep -v '^lib$' | tr '\n' ' '))"
 done
 say "scenarios: $SCENARIOS"
+# Each scenario's time limit: TMEMXQ_SCENARIO_TIMEOUT, or its "# txq-timeout: N" line, or 300 s.
+scenario_timeout() {
+    local t
+    t=$(sed -n 's/^# txq-timeout: *\([0-9][0-9]*\).*/\1/p' "$HERE/scenarios/$1.sh" | head -n1)
+    echo "${TMEMXQ_SCENARIO_TIMEOUT:-${t:-300}}"
+}
+SUM=0
+for s in $SCENARIOS; do SUM=$((SUM + $(scenario_timeout "$s"))); done
+# The default total covers the longest run the per-scenario limits allow, and at least 900 s.
+TOTAL_TIMEOUT=${TMEMXQ_TOTAL_TIMEOUT:-$(( SUM + DOM0_TIMEOUT + 240 > 900 ? SUM + DOM0_TIMEOUT + 240 : 900 ))}
+
+# From here on (packages, images, QEMU, scenarios) the run has a hard deadline, enforced
+# from outside the main loop too. The cargo build above has its own limit.
+( sleep "$TOTAL_TIMEOUT" && echo "$(stamp) total timeout ${TOTAL_TIMEOUT}s reached" >&2 \
+    && kill -TERM $$ ) 2>/dev/null &
+WATCHDOG_PID=$!
 
 # ------------------------------------------------------------------ packages
 export DEBIAN_FRONTEND=noninteractive
@@ -196,24 +222,33 @@ add_module() { cp "$(find "$ROOT/lib/modules/$KVER" -name "$2.ko" | head -n1)" "
 pack() { (cd "$1" && find . | "$BB" cpio -o -H newc 2>/dev/null) | gzip -1 > "$2"; }
 
 # domU: busybox, Xen guest modules, xenstore clients (via /dev/xen/xenbus), Xen libraries (in
-# case the guest transport loads them), tmem-guest.
+# case the guest transport loads them), tmem-guest; for the swap job (guest/swapjob.sh) the
+# block frontend, zram with lz4, and a static memhog.
 U=$RUN/domu
 new_tree "$U"
-for m in xen-evtchn xen-gntdev xen-gntalloc; do add_module "$U" "$m"; done
+for m in xen-evtchn xen-gntdev xen-gntalloc xen-blkfront zsmalloc zram lz4_compress lz4; do
+    add_module "$U" "$m"
+done
 cp -a "$ROOT"/lib/x86_64-linux-gnu/. "$U/lib/x86_64-linux-gnu/"
 cp -a "$ROOT"/lib64/. "$U/lib64/"
 cp -a "$ROOT"/usr/lib/x86_64-linux-gnu/libxen*.so* "$U/usr/lib/x86_64-linux-gnu/"
 for f in "$ROOT"/usr/bin/xenstore*; do [ -L "$f" ] || cp -a "$f" "$U/usr/bin/"; done
 add_exe "$U" "$BIN/tmem-guest" /usr/bin/tmem-guest
+if [ -x "$MEMHOG" ]; then
+    install -m 755 "$MEMHOG" "$U/usr/bin/memhog"
+    if command -v strip >/dev/null; then strip --strip-debug "$U/usr/bin/memhog"; fi
+fi
 install -m 755 "$HERE/guest/init" "$U/init"
+install -m 644 "$HERE/guest/swapjob.sh" "$U/swapjob.sh"
 pack "$U" "$RUN/domu.cpio.gz"
 
 # dom0: busybox, all Xen drivers we use, the Xen tools and daemons, jq, tmemd, tmem, the
 # scenarios, and the domU kernel + image.
 D=$RUN/dom0
 new_tree "$D"
-for m in xen-evtchn xen-privcmd xenfs xen-gntdev xen-gntalloc; do add_module "$D" "$m"; done
-mkdir -p "$D"/{usr/lib/xen-$XENVER,var/log/xen/console,var/lib/xen,etc/xen,boot,tmemxq}
+# loop and xen-blkback: the swap comparison attaches a disk image the ordinary way (phy).
+for m in xen-evtchn xen-privcmd xenfs xen-gntdev xen-gntalloc loop xen-blkback; do add_module "$D" "$m"; done
+mkdir -p "$D"/{usr/lib/xen-$XENVER,var/log/xen/console,var/lib/xen,etc/xen/scripts,boot,tmemxq}
 cp -a "$ROOT"/lib/x86_64-linux-gnu/. "$D/lib/x86_64-linux-gnu/"
 cp -a "$ROOT"/lib64/. "$D/lib64/"
 cp -a "$ROOT"/usr/lib/x86_64-linux-gnu/*.so* "$D/usr/lib/x86_64-linux-gnu/"
@@ -222,6 +257,8 @@ rm -f "$D/usr/lib/xen-$XENVER/bin/"{pygrub,xenpvnetboot,test-*}
 for f in "$ROOT"/usr/bin/xenstore*; do [ -L "$f" ] || cp -a "$f" "$D/usr/bin/"; done
 cp -a "$ROOT/usr/bin/jq" "$D/usr/bin/jq"
 cp -a "$ROOT/etc/xen/xl.conf" "$D/etc/xen/"
+# libxl runs /etc/xen/scripts/block for a phy disk; Debian's needs bash and more: a stand-in.
+install -m 755 "$HERE/dom0/block" "$D/etc/xen/scripts/block"
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$D/etc/passwd"
 printf 'root:x:0:\n' > "$D/etc/group"
 add_exe "$D" "$BIN/tmemd" /usr/sbin/tmemd
@@ -229,6 +266,8 @@ add_exe "$D" "$BIN/tmem" /usr/sbin/tmem
 install -m 755 "$HERE/dom0/init" "$D/init"
 cp "$HERE"/scenarios/*.sh "$D/tmemxq/"
 echo "$SCENARIOS" > "$D/tmemxq/scenarios"
+# TXQ_* settings from the host reach the scenarios (dom0's /init sources this file).
+env | grep '^TXQ_[A-Za-z0-9_]*=' | sed "s/'/'\\\\''/g; s/=\(.*\)/='\1'/; s/^/export /" > "$D/tmemxq/env" || true
 # The domU kernel: Xen's PV builder would decompress the XZ payload of the bzImage inside
 # dom0 (under TCG) at every `xl create`; hand it the ELF instead, decompressed once here.
 if [ ! -s "$ROOT/.vmlinux" ] && command -v xz >/dev/null; then
@@ -252,10 +291,12 @@ say "images: dom0 $(du -h "$RUN/dom0.cpio.gz" | cut -f1), domU $(du -h "$RUN/dom
 
 # ------------------------------------------------------------------ boot
 # Xen on com1 (the serial log); dom0 on hvc0, which Xen forwards to com1.
-XEN_ARGS="console=com1 com1=115200,8n1 console_timestamps=boot loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M dom0_max_vcpus=2 bootscrub=false"
+if wants_swap; then QEMU_MEM=${TMEMXQ_QEMU_MEM:-4096} DOM0_MEM=${TMEMXQ_DOM0_MEM:-2048}
+else QEMU_MEM=${TMEMXQ_QEMU_MEM:-3072} DOM0_MEM=${TMEMXQ_DOM0_MEM:-1024}; fi
+XEN_ARGS="console=com1 com1=115200,8n1 console_timestamps=boot loglvl=all guest_loglvl=all dom0_mem=${DOM0_MEM}M,max:${DOM0_MEM}M dom0_max_vcpus=2 bootscrub=false"
 DOM0_ARGS="console=hvc0 earlyprintk=xen"
-say "booting Xen in QEMU (TCG, -cpu $QEMU_CPU); serial log: $SERIAL"
-qemu-system-x86_64 -accel tcg,thread=multi -cpu "$QEMU_CPU" -m 3072 -smp 2 \
+say "booting Xen in QEMU (TCG, -cpu $QEMU_CPU, -m $QEMU_MEM, dom0 $DOM0_MEM MiB); serial log: $SERIAL"
+qemu-system-x86_64 -accel tcg,thread=multi -cpu "$QEMU_CPU" -m "$QEMU_MEM" -smp 2 \
     -nodefaults -no-reboot -display none -monitor none -serial "file:$SERIAL" \
     -kernel "$RUN/xen" -append "$XEN_ARGS" \
     -initrd "$RUN/vmlinuz $DOM0_ARGS,$RUN/dom0.cpio.gz" &
@@ -287,7 +328,7 @@ expect() {
 expect "TXQ-DOM0-UP" "$DOM0_TIMEOUT" "Xen + dom0 control plane"
 for s in $SCENARIOS; do
     expect "TXQ-BEGIN $s" 120 "scenario $s starts"
-    expect "TXQ-PASS $s" "$SCENARIO_TIMEOUT" "scenario $s passes"
+    expect "TXQ-PASS $s" "$(scenario_timeout "$s")" "scenario $s passes"
 done
 expect "TXQ-END status=ok" 60 "dom0 finished"
 # dom0 reboots; Xen restarts the machine and QEMU exits (-no-reboot). Don't wait long.

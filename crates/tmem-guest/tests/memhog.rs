@@ -50,11 +50,50 @@ fn a_corrupted_page_is_reported_and_fails_the_run() {
 }
 
 #[test]
+fn compressible_content_still_verifies_every_byte() {
+    let (code, lines) = memhog(&[
+        "--mib",
+        "2",
+        "--passes",
+        "2",
+        "--rewrite",
+        "--random-bytes",
+        "512",
+    ]);
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(lines[0]["start"]["random_bytes"], 512);
+    assert_eq!(lines.last().unwrap()["summary"]["errors"], 0);
+    // With 8 random bytes per page, word 17 lies in the repeated part: still checked.
+    let (code, lines) = memhog(&[
+        "--mib",
+        "1",
+        "--passes",
+        "1",
+        "--random-bytes",
+        "8",
+        "--corrupt-page",
+        "5",
+    ]);
+    assert_eq!(code, 1, "{lines:?}");
+    let err = lines
+        .iter()
+        .find(|l| l["error"] == "mismatch")
+        .expect("a mismatch line");
+    assert_eq!(
+        (err["page"].as_u64(), err["offset"].as_u64()),
+        (Some(5), Some(17 * 8))
+    );
+}
+
+#[test]
 fn bad_arguments_are_a_usage_error() {
     for args in [
         &[][..],
         &["--mib", "x"][..],
         &["--mib", "1", "--order", "up"][..],
+        &["--mib", "1", "--random-bytes", "0"][..],
+        &["--mib", "1", "--random-bytes", "12"][..],
+        &["--mib", "1", "--random-bytes", "4104"][..],
     ] {
         let (code, lines) = memhog(args);
         assert_eq!((code, lines.len()), (2, 0), "{args:?}");

@@ -8,6 +8,7 @@ CONTROL_SOCK=/run/tmemd/control.sock
 # Where tmemd keeps page memory by default (a tmpfs: it survives tmemd, not a reboot).
 PAGE_DIR=/run/tmemd-pages
 : > /run/txq-relays
+: > /run/txq-cleanup
 
 say() { echo "[scenario $(now)] $*"; }
 now() { cut -d' ' -f1 /proc/uptime; }
@@ -65,13 +66,25 @@ relay() {
 # ---------------------------------------------------------------- tmemd
 tmemd_pid() { cat /run/txq-tmemd.pid 2>/dev/null; }
 
-# tmemd_start [ARGS...]: start tmemd in the background and wait for its control socket.
+# tmemd_start [ARGS...]: start tmemd in the background and wait for its control socket
+# (TMEMD_MEM_LIMIT: its --mem-limit, default 64M). If tmemd exits instead, fail at once with
+# its last log line and TMEMD_START_HINT.
 tmemd_start() {
     [ -f "$TMEMD_LOG" ] || { : > "$TMEMD_LOG"; relay tmemd "$TMEMD_LOG"; }
-    echo "=== tmemd $* (uptime $(now))" >> "$TMEMD_LOG"
-    tmemd --mem-limit 64M "$@" >> "$TMEMD_LOG" 2>&1 &
+    echo "=== tmemd --mem-limit ${TMEMD_MEM_LIMIT:-64M} $* (uptime $(now))" >> "$TMEMD_LOG"
+    tmemd --mem-limit "${TMEMD_MEM_LIMIT:-64M}" "$@" >> "$TMEMD_LOG" 2>&1 &
     echo $! > /run/txq-tmemd.pid
-    wait_for 30 "tmemd control socket answers" tmem list --json
+    _t0=$(secs)
+    until tmem list --json >/dev/null 2>&1; do
+        if ! kill -0 "$(tmemd_pid)" 2>/dev/null; then
+            wait "$(tmemd_pid)"
+            _rc=$?
+            rm -f /run/txq-tmemd.pid
+            fail "tmemd exited at start (status $_rc): $(grep -v '^===' "$TMEMD_LOG" | tail -n 1)${TMEMD_START_HINT:+ ($TMEMD_START_HINT)}"
+        fi
+        [ $(( $(secs) - _t0 )) -lt 30 ] || fail "timeout after 30s: tmemd control socket answers"
+        sleep 1
+    done
     ok "tmemd up (pid $(tmemd_pid))"
 }
 
@@ -94,7 +107,8 @@ tmemd_log_has() { grep -q -- "$1" "$TMEMD_LOG"; }
 
 # ---------------------------------------------------------------- domUs
 # guest_start NAME TMEM-GUEST-ARGS...: create a PV domU running tmem-guest with these args
-# (GUEST_PAUSED=1: leave it paused; `xl unpause NAME` starts it).
+# (GUEST_PAUSED=1: leave it paused; `xl unpause NAME` starts it). GUEST_MEMORY: MiB (192);
+# GUEST_EXTRA: more kernel command line; GUEST_DISK: an xl disk spec ('phy:/dev/loop0,xvdb,w').
 guest_start() {
     _name=$1
     shift
@@ -105,14 +119,15 @@ name = "$_name"
 type = "pv"
 kernel = "/boot/vmlinuz"
 ramdisk = "/boot/domu.cpio.gz"
-extra = "console=hvc0 quiet loglevel=1 tmemxq.args=$_args"
-memory = 192
-vcpus = 1
+extra = "console=hvc0 quiet loglevel=1 tmemxq.args=$_args${GUEST_EXTRA:+ $GUEST_EXTRA}"
+memory = ${GUEST_MEMORY:-192}
+vcpus = 1${GUEST_DISK:+
+disk = [ '$GUEST_DISK' ]}
 on_poweroff = "destroy"
 on_reboot = "destroy"
 on_crash = "preserve"
 EOF
-    say "xl create $_name (tmem-guest $*)"
+    say "xl create $_name (${GUEST_EXTRA:+$GUEST_EXTRA }${GUEST_DISK:+disk $GUEST_DISK }args: $*)"
     xl create ${GUEST_PAUSED:+-p} "/etc/xen/$_name.cfg" >/tmp/xl-create-$_name.log 2>&1 \
         || { cat /tmp/xl-create-$_name.log; fail "xl create $_name"; }
     relay "$_name" "$CONSOLE_DIR/guest-$_name.log"
@@ -173,6 +188,15 @@ jcheck() {
     fi
 }
 
+# on_cleanup COMMAND: run COMMAND (a shell line) when the scenario exits, after the domUs and
+# tmemd are gone; last registered, first run.
+on_cleanup() { { echo "$*"; cat /run/txq-cleanup; } > /run/txq-cleanup.new; mv /run/txq-cleanup.new /run/txq-cleanup; }
+
+# load_module NAME: insmod /lib/modules/NAME.ko unless it is loaded (no modules.dep here).
+load_module() {
+    grep -q "^$(echo "$1" | tr - _) " /proc/modules || insmod "/lib/modules/$1.ko" || fail "insmod $1"
+}
+
 # Runs when a scenario exits, pass or fail: no domU, no tmemd, no relay survives it.
 txq_cleanup() {
     _rc=$?
@@ -189,10 +213,90 @@ txq_cleanup() {
     fi
     # Page memory outlives tmemd by design; the next scenario starts from an empty one.
     rm -rf "$PAGE_DIR"
+    while read -r _c; do sh -c "$_c" 2>/dev/null; done < /run/txq-cleanup
     sleep 0.5
     for p in $(cat /run/txq-relays 2>/dev/null); do
         pkill -P "$p" 2>/dev/null; kill "$p" 2>/dev/null
     done
     rm -f "$TMEMD_LOG"
     exit $_rc
+}
+
+# ---------------------------------------------------------------- swap jobs (guest/swapjob.sh)
+# The memhog job of every swap run (the same one for each kind of swap, so the runs compare),
+# the domU's memory in MiB and the swap device's size in MiB. The job must overcommit the
+# domU at least 2x; 512 random bytes per page compress about 7:1 with lz4 (without that, zram
+# could not hold twice the domU's RAM: it stores incompressible pages at full size).
+SWAP_MEMHOG=${TXQ_MEMHOG_ARGS:---mib 256 --passes 2 --rewrite --seed 7 --random-bytes 512}
+SWAP_GUEST_MIB=${TXQ_SWAP_GUEST_MIB:-128}
+SWAP_MIB=${TXQ_SWAP_MIB:-384}
+# The uuid half that marks a swap disk's pool: ASCII "tmemswap", little-endian (jq reads it
+# as a double, which compares equal to the same literal).
+SWAP_UUID_TAG=8097884942629170548
+# swap_pool_is DEVID: a jq test on a pool: the persistent pool of swap disk DEVID. tmem list
+# prints a uuid as [u64, u64] or as its 16 bytes in the usual text form; both are accepted.
+swap_pool_is() {
+    _le=$(printf '%016x' "$1" | sed 's/../& /g' | awk '{for (i = NF; i > 0; i--) printf "%s", $i}')
+    _text="746d656d-7377-6170-$(echo "$_le" | cut -c1-4)-$(echo "$_le" | cut -c5-16)"
+    echo "(.kind == \"PP\" and (.uuid | if type == \"string\" then . == \"$_text\" else .[0] == $SWAP_UUID_TAG and .[1] == $1 end))"
+}
+
+# swap_guest_start NAME DEV [MEMHOG-ARGS...]: a domU running the swap job on /dev/DEV ("zram":
+# zram0 of SWAP_MIB with lz4), memhog with these args (default SWAP_MEMHOG). SWAP_WAIT: how
+# long it waits for the device (s, default 300); it stays up to an hour after the job, for
+# dom0's checks (dom0 destroys it). GUEST_DISK and GUEST_PAUSED pass through.
+swap_guest_start() {
+    _sname=$1 _sdev=$2
+    shift 2
+    [ $# -gt 0 ] || set -- $SWAP_MEMHOG
+    GUEST_MEMORY=$SWAP_GUEST_MIB \
+        GUEST_EXTRA="tmemxq.mode=swap tmemxq.swapdev=$_sdev tmemxq.swapsize=${SWAP_MIB}M tmemxq.swapwait=${SWAP_WAIT:-300} tmemxq.hold=3600" \
+        guest_start "$_sname" "$@"
+}
+
+# guest_kv NAME TAG KEY: the number after KEY= on the guest's last "TAG " line.
+guest_kv() { guest_log "$1" | grep -- "$2 " | tail -n 1 | tr ' ' '\n' | sed -n "s/^$3=\([0-9.]*\).*/\1/p"; }
+
+# swap_finish NAME KIND SECONDS: wait for the swap job in domU NAME to end; it must have exited
+# 0, memhog must have verified every page in every pass, overcommitted the domU's RAM at least
+# 2x and really swapped, with no OOM kill. Prints the RESULT line (also kept in
+# /tmp/swap-results for a summary) and sets SWAP_RESULT to it.
+swap_finish() {
+    _g=$1 _kind=$2
+    guest_wait "$_g" "TXQ-GUEST-EXIT rc=" "$3"
+    guest_log "$_g" > "/tmp/$_g.log"
+    _rc=$(sed -n 's/.*TXQ-GUEST-EXIT rc=\([0-9]*\).*/\1/p' "/tmp/$_g.log" | tail -n 1)
+    [ "$_rc" = 0 ] || fail "$_g ($_kind): the swap job exited with rc=$_rc: $(grep -E 'TXQ-GUEST-(WARN|MEMHOG|SWAPOFF)|"error"' "/tmp/$_g.log" | tail -n 3 | tr '\n' ' ')"
+    grep -E '^\{"(start|pass|summary|error)"' "/tmp/$_g.log" > "/tmp/$_g.memhog.json"
+    _mem=$(guest_kv "$_g" TXQ-GUEST-MEM MemTotal)
+    _out=$(guest_kv "$_g" TXQ-GUEST-VMSTAT pswpout)
+    _in=$(guest_kv "$_g" TXQ-GUEST-VMSTAT pswpin)
+    _oom=$(guest_kv "$_g" TXQ-GUEST-VMSTAT oom_kill)
+    _off=$(guest_kv "$_g" TXQ-GUEST-SWAPOFF seconds)
+    [ -n "$_mem" ] && [ -n "$_out" ] && [ -n "$_oom" ] || fail "$_g ($_kind): the guest's MEM/VMSTAT lines are missing"
+    jq -e -s '(map(select(.start)) | .[0].start) as $s | (map(select(.summary)) | .[0].summary) as $sum
+        | [.[] | select(.pass != null)] as $p
+        | $s != null and $sum != null and $sum.errors == 0 and ($p | length) == $s.passes + 1
+          and all($p[]; .errors == 0 and .pages == $s.pages) and ([.[] | select(.error)] | length) == 0' \
+        "/tmp/$_g.memhog.json" >/dev/null \
+        || { cat "/tmp/$_g.memhog.json"; fail "$_g ($_kind): memhog did not verify every page in every pass"; }
+    _mib=$(jq -s -r 'map(select(.start)) | .[0].start.mib' "/tmp/$_g.memhog.json")
+    [ $((_mib * 1024)) -ge $((2 * _mem)) ] || fail "$_g ($_kind): memhog's $_mib MiB is less than 2x the domU's MemTotal ${_mem} kB"
+    [ "$_oom" = 0 ] || fail "$_g ($_kind): the OOM killer ran $_oom times"
+    # Pages that cannot have stayed in RAM must have been written to swap at least once.
+    [ $((_out * 4)) -ge $((_mib * 1024 - _mem)) ] \
+        || fail "$_g ($_kind): only $_out pages swapped out; $((_mib * 1024 - _mem)) kB did not fit in RAM"
+    SWAP_RESULT="RESULT swap=$_kind $(jq -s -r '(map(select(.start)) | .[0].start) as $s
+        | (map(select(.summary)) | .[0].summary) as $sum | [.[] | select(.pass != null)] as $p
+        | "mib=\($s.mib) random_bytes=\($s.random_bytes // 4096) passes=\($s.passes) seconds=\($sum.seconds) fill_pps=\($p[0].pages_per_sec) verify_pps=\([$p[1:][] | .pages_per_sec | tostring] | join(","))"' \
+        "/tmp/$_g.memhog.json") guest_ram_mib=$((_mem / 1024)) pswpout=$_out pswpin=$_in swapoff_s=$_off errors=0"
+    echo "$SWAP_RESULT" >> /tmp/swap-results
+    ok "$_g: memhog verified every byte, $((_mib * 1024 * 10 / _mem / 10)).$((_mib * 1024 * 10 / _mem % 10))x the domU's RAM, no OOM kill"
+    ok "$SWAP_RESULT"
+}
+
+# guest_destroy NAME: xl destroy and wait until the domain is gone.
+guest_destroy() {
+    xl destroy "$1" || fail "xl destroy $1"
+    wait_for 60 "domain $1 gone" sh -c "! xl domid $1"
 }

@@ -16,12 +16,15 @@ const WORDS: usize = PAGE / 8;
 /// Mismatches printed per pass (all are counted).
 const SHOWN: u64 = 8;
 
-const USAGE: &str = "usage: memhog --mib N [--passes P] [--rewrite] [--order seq|random] [--seed S]
+const USAGE: &str = "usage: memhog --mib N [--passes P] [--rewrite] [--order seq|random] [--seed S] [--random-bytes B]
   --mib N        memory to allocate and fill, in MiB (more than the guest's RAM to make it swap)
   --passes P     verify passes after the fill (default 3)
   --rewrite      every verify pass also rewrites each page with new content (swap writes too)
   --order O      page order of every pass: seq (default) or random (a fixed permutation)
-  --seed S       content seed (default 1)";
+  --seed S       content seed (default 1)
+  --random-bytes B  pseudo-random bytes at the start of each page, a multiple of 8 in 8..=4096
+                 (default 4096: incompressible); the rest of the page repeats its first word,
+                 so e.g. 512 compresses about 7:1 with lz4 (for zram or zswap comparisons)";
 
 struct Args {
     mib: u64,
@@ -29,6 +32,8 @@ struct Args {
     rewrite: bool,
     random: bool,
     seed: u64,
+    /// Words at the start of each page that are pseudo-random (the rest repeat word 0).
+    random_words: usize,
     /// Test hook: change one word of this page after the fill (the verify must catch it).
     corrupt_page: Option<u64>,
 }
@@ -40,6 +45,7 @@ fn parse_args() -> Result<Args, String> {
         rewrite: false,
         random: false,
         seed: 1,
+        random_words: WORDS,
         corrupt_page: None,
     };
     let mut it = std::env::args().skip(1);
@@ -59,6 +65,15 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seed" => a.seed = value("--seed")?,
             "--corrupt-page" => a.corrupt_page = Some(value("--corrupt-page")?),
+            "--random-bytes" => {
+                let b = value("--random-bytes")?;
+                if b == 0 || b % 8 != 0 || b > PAGE as u64 {
+                    return Err(format!(
+                        "--random-bytes {b}: use a multiple of 8 from 8 to {PAGE}"
+                    ));
+                }
+                a.random_words = (b / 8) as usize;
+            }
             "--rewrite" => a.rewrite = true,
             "--order" => match it.next().as_deref() {
                 Some("seq") => a.random = false,
@@ -91,6 +106,22 @@ fn splitmix(mut x: u64) -> u64 {
 fn word(seed: u64, gen: u64, page: u64, w: usize) -> u64 {
     let base = splitmix(seed ^ gen.rotate_left(48) ^ page.wrapping_mul(0x1000_0000_01b3));
     base.wrapping_add((w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// What a page holds: `word` for the first `random_words` words, then word 0 repeated
+/// (still unique per page and generation, so a misplaced page is caught).
+#[derive(Clone, Copy)]
+struct Content {
+    seed: u64,
+    random_words: usize,
+}
+
+impl Content {
+    #[inline]
+    fn at(self, gen: u64, page: u64, w: usize) -> u64 {
+        let w = if w < self.random_words { w } else { 0 };
+        word(self.seed, gen, page, w)
+    }
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -145,12 +176,17 @@ fn main() -> ExitCode {
     let pages = a.mib * 256;
     let words = pages as usize * WORDS;
     let order = Order::new(pages, a.random);
+    let content = Content {
+        seed: a.seed,
+        random_words: a.random_words,
+    };
     println!(
-        "{{\"start\":{{\"mib\":{},\"pages\":{pages},\"passes\":{},\"rewrite\":{},\"order\":\"{}\"}}}}",
+        "{{\"start\":{{\"mib\":{},\"pages\":{pages},\"passes\":{},\"rewrite\":{},\"order\":\"{}\",\"random_bytes\":{}}}}}",
         a.mib,
         a.passes,
         a.rewrite,
-        if a.random { "random" } else { "seq" }
+        if a.random { "random" } else { "seq" },
+        a.random_words * 8
     );
     let t0 = Instant::now();
     let mut mem: Vec<u64> = Vec::new();
@@ -160,7 +196,7 @@ fn main() -> ExitCode {
     }
     // Pass 0 fills in address order (the vector grows); later passes follow `order`.
     let start = Instant::now();
-    mem.extend((0..pages).flat_map(|p| (0..WORDS).map(move |w| word(a.seed, 0, p, w))));
+    mem.extend((0..pages).flat_map(|p| (0..WORDS).map(move |w| content.at(0, p, w))));
     report_pass(0, "fill", pages, start, 0);
     if let Some(p) = a.corrupt_page.filter(|&p| p < pages) {
         mem[p as usize * WORDS + 17] ^= 1 << 40;
@@ -181,14 +217,14 @@ fn main() -> ExitCode {
             if let Some((w, &found)) = page
                 .iter()
                 .enumerate()
-                .find(|&(w, &v)| v != word(a.seed, g, p, w))
+                .find(|&(w, &v)| v != content.at(g, p, w))
             {
                 errors += 1;
                 if errors <= SHOWN {
                     println!(
                         "{{\"error\":\"mismatch\",\"pass\":{pass},\"page\":{p},\"offset\":{},\"expected\":\"{:#018x}\",\"found\":\"{found:#018x}\"}}",
                         w * 8,
-                        word(a.seed, g, p, w)
+                        content.at(g, p, w)
                     );
                 }
             }
@@ -196,7 +232,7 @@ fn main() -> ExitCode {
                 let ng = g as u8 ^ 1;
                 gen[p as usize] = ng;
                 for (w, v) in page.iter_mut().enumerate() {
-                    *v = word(a.seed, u64::from(ng), p, w);
+                    *v = content.at(u64::from(ng), p, w);
                 }
             }
         }
@@ -246,5 +282,19 @@ mod tests {
         assert_ne!(a, word(1, 0, 5, 4));
         assert_ne!(a, word(1, 1, 5, 3));
         assert_ne!(a, word(2, 0, 5, 3));
+    }
+
+    #[test]
+    fn compressible_pages_repeat_their_first_word() {
+        let c = Content {
+            seed: 3,
+            random_words: 64,
+        };
+        assert_eq!(c.at(0, 9, 63), word(3, 0, 9, 63));
+        for w in 64..WORDS {
+            assert_eq!(c.at(0, 9, w), word(3, 0, 9, 0));
+        }
+        assert_ne!(c.at(0, 9, 100), c.at(0, 10, 100));
+        assert_ne!(c.at(0, 9, 100), c.at(1, 9, 100));
     }
 }
