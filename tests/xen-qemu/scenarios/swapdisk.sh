@@ -82,6 +82,28 @@ jcheck /tmp/sd-run.json "[.clients[] | select(.domid == $A) | .pools[] | select(
 ls "$SPILL" | grep -q "^swap-dom[0-9]*-.*\.spill$" || fail "no spill file in $SPILL while disks spill"
 ok "spill files: $(ls "$SPILL" | tr '\n' ' ')"
 
+# tmemd restarts while all three swap: stopped (SIGTERM) and killed (SIGKILL), started again at
+# once. Each disk stays Connected in the guest (blkfront would drop a closed disk, and the
+# guest's swap with it); the new tmemd takes every ring over from its journal, runs the
+# requests in flight again and answers them. The memhogs' verification of every byte (below)
+# is the proof that nothing was lost or served stale.
+for sig in TERM KILL; do
+    before=$(grep -c "swap disk resumed in place" "$TMEMD_LOG")
+    say "tmemd_stop $sig while three guests swap"
+    tmemd_stop $sig
+    TMEMD_MEM_LIMIT=${TXQ_SWAPDISK_MEM_LIMIT:-96M} tmemd_start -c /etc/tmemd-swapdisk.toml
+    wait_for 60 "all three swap disks resumed in place after SIG$sig" sh -c \
+        "[ \$(grep -c 'swap disk resumed in place' $TMEMD_LOG) -ge $((before + 3)) ]"
+    # (sp's shorter job may be over; sa's and sb's are not.)
+    wait_for 120 "sa's and sb's disks serve requests again after SIG$sig" list_has /tmp/sd-restart.json \
+        "([.swap_disks[] | select(.state == \"connected\")] | length == 3) and ([$(disk_of $A), $(disk_of $B)] | all(.reads + .writes > 0))"
+    for d in $P $A $B; do
+        [ "$(xenstore-read "$BE/$d/$devid/state")" = 4 ] || fail "domain $d: the disk is not Connected after SIG$sig"
+    done
+    ok "SIG$sig: three disks resumed in place and serving: $(jq -c '[.swap_disks[] | {domid, reads, writes, pages_in_memory, pages_spilled}]' /tmp/sd-restart.json)"
+done
+grep "swap disk resumed in place" "$TMEMD_LOG" | tail -n 3 | while read -r line; do say "  $line"; done
+
 # sa's disk after memhog's first pass: the reference for the discard check.
 guest_wait sa '"pass":1,' "$JOB_LIMIT"
 tmem_list /tmp/sd-pass1.json
