@@ -81,6 +81,10 @@ die() {
 [ "$(id -u)" = 0 ] || die "must run as root (apt-get, mknod of /dev/console in the images)"
 case "$CACHE" in *,*|*' '*) die "TMEMXQ_CACHE must not contain ',' or spaces (QEMU multiboot module list)";; esac
 mkdir -p "$CACHE"/{debs,logs}
+# Two runs on one cache would overwrite each other's images and serial log: one at a time. The
+# lock is held until this script (and QEMU, which inherits it) exits.
+exec 9>"$CACHE/.lock"
+flock -n 9 || die "another run.sh is using $CACHE: wait for it, or set TMEMXQ_CACHE to a directory of your own (copy debs/ into it to skip the download)"
 
 # ------------------------------------------------------------------ scenarios
 SCENARIOS=${*:-${TMEMXQ_SCENARIOS:-auto}}
