@@ -2,7 +2,9 @@
 # handles; then tmemd starts in dom0, the guest's frontend connects over real grants and an
 # event channel, every handle is remapped to a real pool, and verified traffic flows (hits).
 
-guest_start fb $XEN_GUEST --seconds 45 --filesystems 2 --swap
+# 90 s: under TCG the guest does ~64 ops/s over Xen, and a swap load needs a swap page stored
+# first; 45 s once left it at 0 loads when tmemd came up late in the run.
+guest_start fb $XEN_GUEST --seconds 90 --filesystems 2 --swap
 guest_wait fb TXQ-GUEST-RUN 180
 wait_json fb 60 '(.pools | length) == 3 and (.connected | not) and all(.pools[]; .real_id == null)' \
     "2 filesystems + swap mounted with fake handles, no backend"
