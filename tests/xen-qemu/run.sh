@@ -134,7 +134,7 @@ TOTAL_TIMEOUT=${TMEMXQ_TOTAL_TIMEOUT:-$(( SUM + DOM0_TIMEOUT + 240 > 900 ? SUM +
 # From here on (packages, images, QEMU, scenarios) the run has a hard deadline, enforced
 # from outside the main loop too. The cargo build above has its own limit.
 ( sleep "$TOTAL_TIMEOUT" && echo "$(stamp) total timeout ${TOTAL_TIMEOUT}s reached" >&2 \
-    && kill -TERM $$ ) 2>/dev/null &
+    && kill -TERM $$ ) 2>/dev/null 9>&- &   # 9>&-: the sleeper must not hold the cache lock after we exit
 WATCHDOG_PID=$!
 
 # ------------------------------------------------------------------ packages
