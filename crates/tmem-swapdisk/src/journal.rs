@@ -29,22 +29,26 @@ const OFF_IDENT: u64 = 8;
 const OFF_ENTRIES: u64 = 16;
 const OFF_CONSUMED: u64 = 24;
 
-/// The identity of a ring: its grant references and event channel, hashed (FNV-1a, fixed
-/// here so that every tmemd build computes the same value).
+/// FNV-1a, 64 bits: fixed here so that every tmemd build computes the same values for the
+/// names and identities below (they outlive a tmemd).
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The identity of a ring: its grant references and event channel, hashed.
 pub fn ring_identity(ring_refs: &[u32], event_channel: u32) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |v: u32| {
-        for b in v.to_le_bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    eat(ring_refs.len() as u32);
-    for &r in ring_refs {
-        eat(r);
-    }
-    eat(event_channel);
-    h
+    let words = std::iter::once(ring_refs.len() as u32)
+        .chain(ring_refs.iter().copied())
+        .chain(std::iter::once(event_channel));
+    fnv1a(words.flat_map(u32::to_le_bytes))
+}
+
+/// A Xen domain's instance for [`crate::DiskId`], from its `vm` path in xenstore
+/// (`/vm/<uuid>`): a new domain on a reused domain id has another one.
+pub fn domain_instance(vm_path: &str) -> u64 {
+    fnv1a(vm_path.bytes())
 }
 
 /// A disk's ring journal, open for writing.

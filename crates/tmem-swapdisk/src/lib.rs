@@ -34,7 +34,7 @@ mod spill;
 mod tests;
 
 pub use disk::{DiskStats, Done, OpenReport, SwapDisk};
-pub use journal::{ring_identity, JournalState, RingJournal};
+pub use journal::{domain_instance, ring_identity, JournalState, RingJournal};
 pub use serve::{serve_batch, ServeError, Served};
 pub use spill::SpillSync;
 pub use tmem_blkif::{BlkRequest, Segment, PAGE_SIZE, SECTOR_SIZE};

@@ -231,9 +231,9 @@ impl SwapConfig {
             return None;
         }
         self.rules.iter().find(|r| {
-            r.domains.iter().any(|e| {
-                e == "*" || e.parse::<u32>() == Ok(domid) || (!name.is_empty() && e == name)
-            })
+            r.domains
+                .iter()
+                .any(|e| e == "*" || crate::xen::policy::names(e, domid, name))
         })
     }
 }

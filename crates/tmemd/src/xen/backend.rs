@@ -25,7 +25,7 @@ use tmem_xen::xenbus::{self, FrontendKeys, Limits, Step};
 use tmem_xen::{Evtchn, Gntdev, Tx, Xs, XsError};
 use tracing::{debug, info, warn};
 
-use super::pace::{DomLog, Pace, Pass};
+use super::pace::{may_act, DomLog, Pace};
 use super::policy::Policy;
 use super::vbd::VbdDom;
 use super::BACKEND_DOMID;
@@ -242,19 +242,8 @@ impl XenBackend {
             let Some(dom) = self.domains.get_mut(&d) else {
                 continue;
             };
-            match dom.pace.pass(now) {
-                Pass::Wait(_) => continue,
-                Pass::Go => {}
-                Pass::GoThenWait(delay) => {
-                    if let Some(suppressed) = dom.log.allow("paced") {
-                        warn!(
-                            domid = d,
-                            suppressed,
-                            "domain keeps changing its tmem frontend keys; acting on its \
-                             changes at most every {delay:?}"
-                        );
-                    }
-                }
+            if !may_act(&mut dom.pace, &mut dom.log, now, d, "tmem frontend") {
+                continue;
             }
             dom.pending = false;
             self.frontend_changed(d)?;

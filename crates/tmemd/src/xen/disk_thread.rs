@@ -93,11 +93,8 @@ impl DiskThread {
 
     /// Stop serving and wait until the thread has let go of the ring, the grants and the
     /// event channel (at most one batch and [`IDLE_WAKE`]).
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(j) = self.join.take() {
-            let _ = j.join();
-        }
+    pub fn stop(self) {
+        drop(self);
     }
 }
 

@@ -28,7 +28,7 @@ mod backend;
 mod disk_thread;
 mod grant_io;
 mod pace;
-mod policy;
+pub(crate) mod policy;
 #[cfg(test)]
 mod tests;
 mod vbd;

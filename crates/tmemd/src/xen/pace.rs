@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use tracing::warn;
+
 use crate::ratelimit::RateLimiter;
 
 /// Changes handled at once before pacing starts (a handshake takes three or four).
@@ -42,6 +44,26 @@ pub enum Pass {
     GoThenWait(Duration),
     /// Not yet: come back at this instant.
     Wait(Instant),
+}
+
+/// Whether domain `domid`'s pending change may be acted on at `now`; when pacing starts or
+/// grows, says so (rate-limited per domain). `keys` names what the domain keeps changing.
+pub fn may_act(pace: &mut Pace, log: &mut DomLog, now: Instant, domid: u32, keys: &str) -> bool {
+    match pace.pass(now) {
+        Pass::Wait(_) => false,
+        Pass::Go => true,
+        Pass::GoThenWait(delay) => {
+            if let Some(suppressed) = log.allow("paced") {
+                warn!(
+                    domid,
+                    suppressed,
+                    "domain keeps changing its {keys} keys; acting on its changes at most \
+                     every {delay:?}"
+                );
+            }
+            true
+        }
+    }
 }
 
 impl Pace {

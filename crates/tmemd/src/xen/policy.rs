@@ -18,11 +18,14 @@ impl Policy {
         }
         match &self.domains {
             None => true,
-            Some(list) => list
-                .iter()
-                .any(|e| parse_u32(e) == Some(domid) || (!name.is_empty() && e == name)),
+            Some(list) => list.iter().any(|e| names(e, domid, name)),
         }
     }
+}
+
+/// Whether a configured entry (a domain id or a name) names domain `domid` called `name`.
+pub fn names(entry: &str, domid: u32, name: &str) -> bool {
+    parse_u32(entry) == Some(domid) || (!name.is_empty() && entry == name)
 }
 
 #[cfg(test)]

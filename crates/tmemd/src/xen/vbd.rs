@@ -23,7 +23,9 @@ use std::time::Instant;
 use tmem_abi::xenstore::state;
 use tmem_blkif::{BlkBackend, DiskParams};
 use tmem_store::{Attach, Identity, SwapDiskStats};
-use tmem_swapdisk::{open_pool, ring_identity, DiskConfig, DiskId, RingJournal, SwapDisk};
+use tmem_swapdisk::{
+    domain_instance, open_pool, ring_identity, DiskConfig, DiskId, RingJournal, SwapDisk,
+};
 use tmem_xen::blkback::{self, BlkfrontKeys, OfferError, VbdOffer};
 use tmem_xen::wire::parse_u32;
 use tmem_xen::xenbus::{self, KeyError, Step};
@@ -33,7 +35,7 @@ use tracing::{debug, info, warn};
 use super::backend::XenBackend;
 use super::disk_thread::{DiskRun, DiskThread};
 use super::grant_io::GrantCopyIo;
-use super::pace::{DomLog, Pace, Pass};
+use super::pace::{may_act, DomLog, Pace};
 use crate::config::SwapRule;
 use crate::worker::{lock, End};
 
@@ -58,16 +60,6 @@ pub(super) struct VbdDom {
 
 fn vbd_token(d: u32) -> String {
     format!("{TOKEN_VBD}{d}")
-}
-
-/// FNV-1a of the domain's `vm` path: a number every tmemd build computes the same way.
-fn instance_of(vm: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in vm.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 impl VbdDom {
@@ -181,7 +173,7 @@ impl XenBackend {
             pending: false,
             pace: Pace::new(Instant::now()),
             log: DomLog::default(),
-            instance: instance_of(&vm),
+            instance: domain_instance(&vm),
             live: None,
             refused: false,
             status,
@@ -303,19 +295,8 @@ impl XenBackend {
             let Some(v) = self.vbds.get_mut(&d) else {
                 continue;
             };
-            match v.pace.pass(now) {
-                Pass::Wait(_) => continue,
-                Pass::Go => {}
-                Pass::GoThenWait(delay) => {
-                    if let Some(suppressed) = v.log.allow("paced") {
-                        warn!(
-                            domid = d,
-                            suppressed,
-                            "domain keeps changing its block frontend keys; acting on its \
-                             changes at most every {delay:?}"
-                        );
-                    }
-                }
+            if !may_act(&mut v.pace, &mut v.log, now, d, "block frontend") {
+                continue;
             }
             v.pending = false;
             self.vbd_frontend_changed(d)?;
