@@ -336,7 +336,7 @@ impl XenBackend {
             }
             Step::Connect => match self.vbd_connect(d) {
                 Ok(()) => {
-                    blkback::set_vbd_error(&mut self.xs, d, devid, "")?;
+                    blkback::clear_vbd_error(&mut self.xs, d, devid)?;
                     self.vbd_set_state(d, state::CONNECTED)
                 }
                 Err(VbdFail::Xs(e)) => Err(e),
