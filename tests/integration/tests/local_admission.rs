@@ -347,3 +347,46 @@ fn refusals_carry_a_class_and_tmem_front_obeys_it() {
     let log = daemon.log_text();
     assert!(log.contains("local guest refused"), "{}", tail(&log));
 }
+
+/// A pool the guest asks for and does not get is refused with a status (the guest keeps its
+/// connection) and logged with who asked and why, so an operator can answer "why does this
+/// guest not use tmem?".
+#[test]
+fn a_refused_pool_is_logged_with_who_and_why() {
+    let dir = TempDir::new("pool-refusal");
+    let config = dir.path().join("tmemd.toml");
+    std::fs::write(&config, "max_pools_per_client = 1\n").unwrap();
+    let daemon = Daemon::start(
+        &dir,
+        &["--mem-limit", "64M", "--config", config.to_str().unwrap()],
+    );
+    let client = front(&dir, 9, LAYOUT);
+    assert!(
+        client.wait_mapped(Duration::from_secs(10)),
+        "never connected"
+    );
+    client
+        .create_pool(tmem_abi::PoolKind::PrivateEphemeral, None)
+        .expect("the first pool is within the limit");
+    let second = client.create_pool(tmem_abi::PoolKind::PrivatePersistent, Some([7; 16]));
+    assert!(
+        second.is_err(),
+        "the second pool exceeds max_pools_per_client = 1"
+    );
+    assert!(
+        client.status().connected,
+        "a refused pool does not disconnect the guest"
+    );
+    let log = wait_for(Duration::from_secs(10), "the refusal in the log", || {
+        let log = daemon.log_text();
+        log.contains("refused a new PP pool").then_some(log)
+    });
+    let line = log
+        .lines()
+        .find(|l| l.contains("refused a new PP pool"))
+        .unwrap();
+    assert!(
+        line.contains("07070707070707070707070707070707") && line.contains("client="),
+        "the line names the pool and the client: {line}"
+    );
+}

@@ -71,6 +71,7 @@ pub enum Link {
 #[derive(Debug)]
 pub(super) struct GuestLog {
     pub refused: RateLimiter,
+    pub pool_refused: RateLimiter,
     pub garbage: RateLimiter,
 }
 
@@ -79,6 +80,7 @@ impl GuestLog {
         let per_site = || RateLimiter::new(10, Duration::from_secs(1));
         GuestLog {
             refused: per_site(),
+            pool_refused: per_site(),
             garbage: per_site(),
         }
     }

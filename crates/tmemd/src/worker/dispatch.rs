@@ -4,11 +4,11 @@
 use std::time::Instant;
 
 use tmem_abi::{rsp_flags, status, Request};
-use tmem_ring::{BackendRing, Incoming};
-use tmem_store::{ClientId, Store};
+use tmem_ring::Incoming;
+use tmem_store::Store;
 use tracing::warn;
 
-use super::connection::{GuestConn, GuestMem, Link};
+use super::connection::{GuestConn, Link};
 use super::latency::{kind_of, Latency, REFUSED};
 
 /// Requests taken from one guest's ring before the worker turns to the next guest.
@@ -34,7 +34,7 @@ pub(super) fn serve(store: &Store, g: &mut GuestConn, latency: &Latency) -> Resu
     for i in 0..n {
         let Incoming { id, req } = g.batch[i];
         let (kind, (status, flags)) = match req {
-            Ok(req) => (kind_of(&req), execute(store, g.client, &mut g.ring, req)),
+            Ok(req) => (kind_of(&req), execute(store, g, req)),
             Err(refusal) => {
                 if let Some(suppressed) = g.log.refused.allow() {
                     warn!(domid = g.domid, suppressed, "refused request: {refusal}");
@@ -75,12 +75,8 @@ fn publish(g: &mut GuestConn) -> Result<bool, String> {
 }
 
 /// Carry out one validated request against the store; returns (status, response flags).
-fn execute(
-    store: &Store,
-    client: ClientId,
-    ring: &mut BackendRing<GuestMem>,
-    req: Request,
-) -> (i32, u32) {
+fn execute(store: &Store, g: &mut GuestConn, req: Request) -> (i32, u32) {
+    let (client, ring) = (g.client, &mut g.ring);
     let result = match req {
         Request::NewPool { uuid, kind } => {
             return match store.new_pool(client, uuid, kind) {
@@ -88,8 +84,23 @@ fn execute(
                     pool as i32,
                     if reattached { rsp_flags::REATTACHED } else { 0 },
                 ),
-                Err(e) => (e.status(), 0),
-            }
+                Err(e) => {
+                    // A pool the guest asked for and did not get is an operator's question
+                    // ("why does this guest not use tmem?"): say who, what, and why.
+                    if let Some(suppressed) = g.log.pool_refused.allow() {
+                        warn!(
+                            domid = g.domid,
+                            client = client.0,
+                            suppressed,
+                            "refused a new {} pool (uuid {:016x}{:016x}): {e}",
+                            kind.xen_tag(),
+                            uuid[0],
+                            uuid[1]
+                        );
+                    }
+                    (e.status(), 0)
+                }
+            };
         }
         Request::DestroyPool { pool } => store.destroy_pool(client, pool).map(i32::from),
         Request::Put { pool, key, slot } => store
