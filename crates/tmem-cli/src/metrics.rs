@@ -93,6 +93,8 @@ const CLIENT_METRICS: &[(&str, &str, &str, ClientValue)] = &[
     ("tmem_client_gets_total", "counter", "Gets, hits and misses.", |c| c.succ_gets + c.failed_gets),
     ("tmem_client_get_hits_total", "counter", "Gets that returned data.", |c| c.succ_gets),
     ("tmem_client_flushes_total", "counter", "Page and object flushes.", |c| c.invalidates),
+    ("tmem_client_errors_total", "counter", "Operations answered with an error (no memory, no such pool, refused).", |c| c.errors),
+    ("tmem_client_evictions_total", "counter", "Ephemeral pages of the client's private pools evicted under memory pressure.", |c| c.evictions),
 ];
 
 const POOL_METRICS: &[(&str, &str, &str, PoolValue)] = &[
@@ -128,6 +130,12 @@ const POOL_METRICS: &[(&str, &str, &str, PoolValue)] = &[
         "counter",
         "Puts refused for lack of memory.",
         |k| k.no_mem_puts,
+    ),
+    (
+        "tmem_pool_evictions_total",
+        "counter",
+        "Ephemeral pages of the pool evicted under memory pressure.",
+        |k| k.evictions,
     ),
     (
         "tmem_pool_gets_total",

@@ -388,6 +388,8 @@ pub fn render_long(stats: &StoreStats, all: bool) -> String {
                     format!("{}/{}", c.pers_puts, c.pers_gets),
                 ),
                 ("flushes", c.invalidates.to_string()),
+                ("evictions", c.evictions.to_string()),
+                ("errors", c.errors.to_string()),
             ],
         );
         for p in &c.pools {
@@ -649,6 +651,7 @@ pub(crate) mod tests {
             total_flushes: 7,
             found_obj_flushes: 3,
             total_obj_flushes: 9,
+            evictions: base / 4,
         };
         StoreStats {
             global: GlobalStats {
@@ -695,6 +698,8 @@ pub(crate) mod tests {
                     failed_gets: 850,
                     puts: 3500,
                     invalidates: 40,
+                    errors: 6,
+                    evictions: 250,
                     pools: vec![
                         PoolStats {
                             pool_id: 0,

@@ -195,6 +195,8 @@ fn metrics_parse_with_the_prometheus_parser_and_equal_list_json() {
             ("tmem_client_gets_total", gets),
             ("tmem_client_get_hits_total", u(&c["succ_gets"])),
             ("tmem_client_flushes_total", u(&c["invalidates"])),
+            ("tmem_client_errors_total", u(&c["errors"])),
+            ("tmem_client_evictions_total", u(&c["evictions"])),
             ("tmem_client_attached", u64::from(c["attached"] == true)),
             ("tmem_client_frozen", u64::from(c["frozen"] == true)),
         ] {
@@ -215,6 +217,7 @@ fn metrics_parse_with_the_prometheus_parser_and_equal_list_json() {
                 ("tmem_pool_gets_total", u(&k["total_gets"])),
                 ("tmem_pool_get_hits_total", u(&k["found_gets"])),
                 ("tmem_pool_page_flushes_total", u(&k["total_flushes"])),
+                ("tmem_pool_evictions_total", u(&k["evictions"])),
             ] {
                 assert_eq!(sample(&s, metric, &l), want, "{metric} {who} pool {id}");
             }

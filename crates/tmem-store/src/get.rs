@@ -15,7 +15,7 @@ impl Store {
         dst: &mut D,
     ) -> Result<bool, TmemError> {
         let r = self.get_inner(c, pool, key, dst);
-        self.count(r)
+        self.count(c, r)
     }
 
     fn get_inner<D: PageSink + ?Sized>(
@@ -112,7 +112,7 @@ impl Store {
             }
             Ok(())
         })();
-        self.count(r)
+        self.count(c, r)
     }
 
     /// Remove every page of one object. `Ok` whether or not it existed, frozen or not.
@@ -142,6 +142,6 @@ impl Store {
             }
             Ok(())
         })();
-        self.count(r)
+        self.count(c, r)
     }
 }

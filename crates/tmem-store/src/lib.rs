@@ -240,10 +240,14 @@ impl Store {
         }
     }
 
-    fn count<T>(&self, r: Result<T, TmemError>) -> Result<T, TmemError> {
+    fn count<T>(&self, c: ClientId, r: Result<T, TmemError>) -> Result<T, TmemError> {
         self.total_ops.fetch_add(1, Ordering::Relaxed);
         if r.is_err() {
             self.errored_ops.fetch_add(1, Ordering::Relaxed);
+            // The error path only: the metadata lock it takes again is not on the hit path.
+            if let Ok(cl) = self.meta().client_mut(c) {
+                cl.c.errors += 1;
+            }
         }
         r
     }

@@ -111,6 +111,15 @@ impl Meta {
             l.n[i].obj
         };
         self.g.evictions += 1;
+        // Charged to the pool (and, for a private pool, its owner) so an operator can see
+        // whose pages the memory pressure takes.
+        if let Some(gid) = self.objs[obj as usize].as_ref().map(|o| o.pool) {
+            let p = self.pool_mut(gid);
+            p.c.evictions += 1;
+            if let Some(cl) = p.owner.and_then(|o| self.clients.get_mut(&o)) {
+                cl.c.evictions += 1;
+            }
+        }
         Some(self.remove_page(obj, node))
     }
 

@@ -106,6 +106,10 @@ pub(crate) struct ClientCounters {
     pub(crate) failed_gets: u64,
     pub(crate) puts: u64,
     pub(crate) invalidates: u64,
+    /// Operations of this client answered with an error (its share of `Te`).
+    pub(crate) errors: u64,
+    /// Ephemeral pages of its private pools evicted (its share of `Et`).
+    pub(crate) evictions: u64,
 }
 
 #[derive(Debug)]

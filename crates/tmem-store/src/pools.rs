@@ -20,7 +20,7 @@ impl Store {
         // A client re-created after a domain id reuse finds its predecessor's pages gone.
         self.reap();
         let r = self.new_pool_inner(c, uuid, kind);
-        self.count(r)
+        self.count(c, r)
     }
 
     fn new_pool_inner(
@@ -138,7 +138,7 @@ impl Store {
             self.reap();
             Ok(true)
         })();
-        self.count(r)
+        self.count(c, r)
     }
 }
 

@@ -18,7 +18,7 @@ impl Store {
         src: &S,
     ) -> Result<(), TmemError> {
         let r = self.put_inner(c, pool, key, src, false);
-        self.count(r)
+        self.count(c, r)
     }
 
     /// [`Store::put`], except that a duplicate that cannot be stored leaves the old copy in
@@ -33,7 +33,7 @@ impl Store {
         src: &S,
     ) -> Result<(), TmemError> {
         let r = self.put_inner(c, pool, key, src, true);
-        self.count(r)
+        self.count(c, r)
     }
 
     fn put_inner<S: PageSource + ?Sized>(

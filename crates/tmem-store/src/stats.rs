@@ -144,6 +144,12 @@ pub struct ClientStats {
     pub puts: u64,
     /// Page and object flushes (seed `invalidates`).
     pub invalidates: u64,
+    /// Operations answered with an error (this client's share of the global `errored_ops`).
+    #[serde(default)]
+    pub errors: u64,
+    /// Ephemeral pages of its private pools evicted under memory pressure.
+    #[serde(default)]
+    pub evictions: u64,
     /// This client's pools (`P=` records), by pool id.
     pub pools: Vec<PoolStats>,
 }
@@ -196,6 +202,9 @@ pub struct PoolCounters {
     pub found_obj_flushes: u64,
     /// All object flushes (`ot`).
     pub total_obj_flushes: u64,
+    /// Ephemeral pages of this pool evicted under memory pressure.
+    #[serde(default)]
+    pub evictions: u64,
 }
 
 /// One shared pool (Xen's `S=` record).
@@ -271,6 +280,8 @@ impl Store {
                 failed_gets: cl.c.failed_gets,
                 puts: cl.c.puts,
                 invalidates: cl.c.invalidates,
+                errors: cl.c.errors,
+                evictions: cl.c.evictions,
                 pools: cl
                     .pools
                     .iter()

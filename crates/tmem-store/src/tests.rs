@@ -246,9 +246,46 @@ fn ephemeral_pages_are_evicted_oldest_first() {
     for i in 4..8 {
         assert_eq!(get(&s, c, p, key(1, i)), Ok(Some(page(i as u64))));
     }
-    let g = s.stats().global;
+    let st = s.stats();
+    let g = &st.global;
     assert_eq!(g.evictions, 4);
     assert!(g.data_bytes <= 4 * PAGE_SIZE as u64);
+    // Charged to the pool and its owner too.
+    assert_eq!(st.clients[0].evictions, 4);
+    assert_eq!(st.clients[0].pools[0].counters.evictions, 4);
+}
+
+/// Evictions and errors are charged to the client (and pool) they hit, not only counted
+/// store-wide: the operator sees whose pages pressure takes and who sends bad requests.
+#[test]
+fn evictions_and_errors_are_counted_per_client() {
+    let s = store_pages(4);
+    let a = client(&s, 1);
+    let b = client(&s, 2);
+    let (pa, _) = s.new_pool(a, [0, 0], EP).unwrap();
+    let (pb, _) = s.new_pool(b, [0, 0], EP).unwrap();
+    for i in 0..4u32 {
+        s.put(a, pa, key(1, i), &page(i as u64)).unwrap();
+    }
+    for i in 0..4u32 {
+        s.put(b, pb, key(1, i), &page(i as u64)).unwrap();
+    }
+    assert_eq!(
+        s.put(b, 77, key(1, 0), &page(1)),
+        Err(TmemError::NoSuchPool)
+    );
+    assert!(s.flush_page(b, 78, key(1, 0)).is_err());
+    let st = s.stats();
+    let by_domid = |d: u32| st.clients.iter().find(|c| c.domid == d).unwrap();
+    let (ca, cb) = (by_domid(1), by_domid(2));
+    assert_eq!(st.global.evictions, ca.evictions + cb.evictions);
+    assert!(
+        ca.evictions >= 2,
+        "the client over its share loses pages: {ca:?}"
+    );
+    assert_eq!(ca.pools[0].counters.evictions, ca.evictions);
+    assert_eq!((ca.errors, cb.errors), (0, 2));
+    assert_eq!(st.global.errored_ops, 2);
 }
 
 #[test]
