@@ -84,6 +84,7 @@ mod pools;
 mod put;
 mod reap;
 mod stats;
+mod transfer;
 
 pub use config::{Attach, AttachRefused, ClientId, StoreConfig};
 pub use durable::{page_file_len, Recovery};
@@ -93,6 +94,7 @@ pub use stats::{
 };
 pub use tmem_abi::{Oid, Page, PageKey, PageSink, PageSource, PoolKind, TmemError, PAGE_SIZE};
 pub use tmem_pmem::{OpenError as PageFileError, Origin as PageFileOrigin, PageFile};
+pub use transfer::KeptPool;
 
 use frames::{FrameMem, Frames};
 use hash::KeyedState;

@@ -1249,3 +1249,47 @@ fn a_zero_flagged_record_is_the_word_0_whatever_its_last_word() {
     assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(same(0))));
     assert_eq!(get(&s, c, p, key(1, 1)), Ok(Some(same(WORDS[2]))));
 }
+
+/// `tmem save`'s view of a client: its persistent pools with a uuid and every page's key,
+/// readable after a detach, not counted as gets, and nothing of its ephemeral pools.
+#[test]
+fn persistent_pools_are_listed_and_read_after_a_detach() {
+    let s = store_pages(16);
+    let c = client(&s, 1);
+    let (e, _) = s.new_pool(c, [0, 0], EP).unwrap();
+    let (p, _) = s.new_pool(c, [5, 6], PP).unwrap();
+    let (anon, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    s.put(c, e, key(1, 0), &page(1)).unwrap();
+    s.put(c, anon, key(1, 0), &page(1)).unwrap();
+    for i in 0..4u32 {
+        s.put(c, p, key(2, i), &page(u64::from(i) + 10)).unwrap();
+    }
+    s.put(c, p, key(3, 0), &[0u8; PAGE_SIZE]).unwrap();
+    s.detach_client(c);
+    let gets_before = s.stats().clients[0].succ_gets;
+    let pools = s.persistent_pools(c).unwrap();
+    assert_eq!(pools.len(), 1, "{pools:?}");
+    assert_eq!((pools[0].pool, pools[0].uuid), (p, [5, 6]));
+    assert_eq!(pools[0].keys.len(), 5);
+    for k in &pools[0].keys {
+        let mut d = [0xAAu8; PAGE_SIZE];
+        assert_eq!(s.read_kept(c, p, *k, &mut d), Ok(true));
+        let want = if k.oid == key(3, 0).oid {
+            [0u8; PAGE_SIZE]
+        } else {
+            page(u64::from(k.index) + 10)
+        };
+        assert_eq!(d, want, "{k:?}");
+    }
+    let mut d = [0u8; PAGE_SIZE];
+    assert_eq!(s.read_kept(c, p, key(9, 9), &mut d), Ok(false));
+    assert_eq!(
+        s.read_kept(c, 7, key(2, 0), &mut d),
+        Err(TmemError::NoSuchPool)
+    );
+    assert_eq!(
+        s.stats().clients[0].succ_gets,
+        gets_before,
+        "not a guest's get"
+    );
+}
