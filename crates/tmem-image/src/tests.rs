@@ -20,7 +20,7 @@ fn header(pages_per_pool: &[u64]) -> ImageHeader {
 }
 
 fn page(pool: u32, i: u32) -> ImagePage {
-    let data = if i % 3 == 0 {
+    let data = if i.is_multiple_of(3) {
         PageData::Filled(u64::from(i) * 0x0101)
     } else {
         let mut d = Box::new([0u8; PAGE_SIZE]);
