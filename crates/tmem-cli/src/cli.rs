@@ -55,6 +55,11 @@ pub enum CliCommand {
     Flush(FlushArgs),
     /// Drop every pool of a domain and disconnect it.
     Destroy(DestroyArgs),
+    /// Copy a stopped or disconnected domain's persistent pages to a file (for `tmem restore`
+    /// on this or another host).
+    Save(SaveArgs),
+    /// Load a file written by `tmem save`: the pages wait for the domain to reattach.
+    Restore(RestoreArgs),
     /// Show the daemon's version, uptime, connected guests and page memory.
     Status(JsonArgs),
     /// Print every counter, gauge and request-latency histogram in the Prometheus text format.
@@ -177,6 +182,33 @@ pub struct DestroyArgs {
     /// Domain id or name.
     #[arg(value_name = "DOMAIN")]
     pub domain: String,
+}
+
+/// `tmem save`.
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Domain id, `local:UID:LABEL` or name.
+    #[arg(value_name = "DOMAIN")]
+    pub domain: String,
+    /// File to write (`-` for standard output); written as FILE.partial, renamed when whole.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Save a connected domain too: each page is copied as it is at that moment, so pages the
+    /// guest changes during the save may be older in the file.
+    #[arg(long)]
+    pub live: bool,
+}
+
+/// `tmem restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// File written by `tmem save` (`-` for standard input).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Give the pages to this domain id or `local:UID:LABEL` instead of the saved one (e.g.
+    /// the id the domain has after `xl restore`).
+    #[arg(long = "as", value_name = "DOMAIN")]
+    pub as_identity: Option<String>,
 }
 
 /// `tmem top`.

@@ -72,6 +72,11 @@ impl Client {
         interpret_reply(&line)
     }
 
+    /// A connection of its own, for the commands that stream an image over it.
+    pub fn connect(&self) -> Result<UnixStream, CliError> {
+        UnixStream::connect(&self.path).map_err(|e| self.connect_error(e))
+    }
+
     fn connect_error(&self, e: std::io::Error) -> CliError {
         match e.kind() {
             IoKind::NotFound | IoKind::ConnectionRefused => CliError::NotRunning {

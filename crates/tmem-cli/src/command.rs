@@ -38,6 +38,17 @@ pub enum Command {
     Metrics,
     /// The live view.
     Top(TopOptions),
+    /// Stream a client's persistent pages to a file.
+    Save {
+        target: Target,
+        live: bool,
+        file: PathBuf,
+    },
+    /// Stream an image file into tmemd.
+    Restore {
+        file: PathBuf,
+        as_identity: Option<String>,
+    },
     /// Write man pages.
     GenerateMan(PathBuf),
     /// Print a completion script.
@@ -119,6 +130,29 @@ impl TryFrom<CliCommand> for Command {
             CliCommand::Destroy(a) => Command::Simple(Op::Destroy {
                 target: domain(&a.domain)?,
             }),
+            CliCommand::Save(a) => Command::Save {
+                target: domain(&a.domain)?,
+                live: a.live,
+                file: a.file,
+            },
+            CliCommand::Restore(a) => Command::Restore {
+                file: a.file,
+                as_identity: match a.as_identity {
+                    // Checked here so a typo is a usage error, not a refused restore.
+                    Some(s) => {
+                        let t = Target::parse_domain(&s).map_err(CliError::Usage)?;
+                        match t {
+                            Target::DomId(_) | Target::Local { .. } => Some(s.trim().to_string()),
+                            _ => {
+                                return Err(CliError::Usage(format!(
+                                    "--as '{s}': give a domain id or local:UID:LABEL, not a name"
+                                )))
+                            }
+                        }
+                    }
+                    None => None,
+                },
+            },
             CliCommand::Status(a) => Command::Query {
                 op: Op::Status,
                 json: a.json,

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod metrics;
 pub mod render;
 pub mod top;
+pub mod transfer;
 pub mod xen;
 
 use std::io::Write;
@@ -138,6 +139,10 @@ pub fn run(inv: Invocation, out: &mut dyn Write) -> Result<(), CliError> {
             }),
         },
         Command::Top(opts) => top::run_top(&client, &opts, out),
+        Command::Save { target, live, file } => transfer::save(&client, target, live, &file, out),
+        Command::Restore { file, as_identity } => {
+            transfer::restore(&client, &file, as_identity, out)
+        }
         Command::GenerateMan(dir) => {
             let files = generate::write_man_pages(&dir, &generate::tmem_man_pages(""))?;
             let list: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();

@@ -595,6 +595,20 @@ pub fn render_reply(op: &Op, reply: &OkReply) -> String {
         (_, OkReply::Done { clients }) => format!("done ({})\n", clients_text(*clients)),
         (_, OkReply::Stats(_)) => "statistics received\n".into(),
         (_, OkReply::Metrics(_)) => "metrics received\n".into(),
+        (
+            _,
+            OkReply::Saving {
+                identity, pages, ..
+            },
+        ) => {
+            format!("saving {identity}: {pages} pages\n")
+        }
+        (
+            _,
+            OkReply::Restored {
+                identity, pages, ..
+            },
+        ) => format!("restored {identity}: {pages} pages\n"),
     }
 }
 

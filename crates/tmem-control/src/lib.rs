@@ -100,6 +100,23 @@ pub enum Op {
     },
     /// Everything `tmem metrics` exports, in one snapshot.
     Metrics,
+    /// Copy one client's persistent pages out as an image (`tmem save`): the reply line
+    /// [`OkReply::Saving`] is followed on the same connection by the image, then EOF.
+    /// Refused for a connected client unless `live` (a copy of a running guest is only a
+    /// point-in-time copy of each page).
+    Save {
+        target: Target,
+        #[serde(default)]
+        live: bool,
+    },
+    /// Bring a client's persistent pages in from an image (`tmem restore`): the image
+    /// follows the request line on the same connection; the reply comes once it has been
+    /// read and checked, or at the first error. `as_identity` gives the client another
+    /// identity (`7`, `local:UID:LABEL`) than the one it was saved under.
+    Restore {
+        #[serde(default)]
+        as_identity: Option<String>,
+    },
 }
 
 impl Op {
@@ -112,8 +129,15 @@ impl Op {
             | Op::Set { .. }
             | Op::SharedAuth { .. }
             | Op::Flush { .. }
-            | Op::Destroy { .. } => false,
+            | Op::Destroy { .. }
+            | Op::Save { .. }
+            | Op::Restore { .. } => false,
         }
+    }
+
+    /// Whether the op moves an image over its connection after the request line.
+    pub fn is_transfer(&self) -> bool {
+        matches!(self, Op::Save { .. } | Op::Restore { .. })
     }
 
     /// The op's name as `tmem` spells the command, for messages and logs.
@@ -129,6 +153,8 @@ impl Op {
             Op::Flush { .. } => "flush",
             Op::Destroy { .. } => "destroy",
             Op::Metrics => "metrics",
+            Op::Save { .. } => "save",
+            Op::Restore { .. } => "restore",
         }
     }
 }
@@ -197,6 +223,21 @@ pub enum OkReply {
         kib: u64,
     },
     Metrics(Box<MetricsSnapshot>),
+    /// A save starts: this many pools and pages follow, as an image.
+    Saving {
+        identity: String,
+        pools: u32,
+        pages: u64,
+    },
+    /// A restore is complete: the client waits, detached, for its guest to reattach.
+    Restored {
+        identity: String,
+        pools: u32,
+        /// Pages stored.
+        pages: u64,
+        /// Pages the image marked as flushed during the save (not restored).
+        gone: u64,
+    },
 }
 
 /// The guest request kinds whose service time tmemd measures, in histogram order.

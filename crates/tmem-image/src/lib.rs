@@ -14,8 +14,9 @@
 //! header   magic "TMEMIMG\0", version u32, identity (u16 length + UTF-8), instance u64,
 //!          name (u16 length + UTF-8), pool count u32, page count u64
 //! pools    per pool: kind u32 (0 private persistent), uuid 2 x u64, pages u64
-//! pages    per page: pool u32 (index in the pool table), form u32 (0 data, 1 same-filled),
-//!          oid 3 x u64, index u32, then 4096 data bytes (form 0) or the u64 fill word (form 1)
+//! pages    per page: pool u32 (index in the pool table), form u32 (0 data, 1 same-filled,
+//!          2 gone), oid 3 x u64, index u32, then 4096 data bytes (form 0), the u64 fill word
+//!          (form 1) or nothing (form 2)
 //! trailer  magic "TMEMEND\0", page count u64, CRC-32 (IEEE) u32 of every byte before it
 //! ```
 
@@ -66,6 +67,9 @@ pub enum PageData {
     Data(Box<[u8; PAGE_SIZE]>),
     /// One 8-byte word repeated over the page (zero included).
     Filled(u64),
+    /// Flushed by the guest while the image was written, after the header counted it: a
+    /// restore must not bring it back (that would serve data the guest threw away).
+    Gone,
 }
 
 /// One saved page.
@@ -169,6 +173,7 @@ impl<W: Write> ImageWriter<W> {
         let form: u32 = match page.data {
             PageData::Data(_) => 0,
             PageData::Filled(_) => 1,
+            PageData::Gone => 2,
         };
         rec[4..8].copy_from_slice(&form.to_le_bytes());
         for (i, w) in page.oid.iter().enumerate() {
@@ -179,6 +184,7 @@ impl<W: Write> ImageWriter<W> {
         match &page.data {
             PageData::Data(d) => self.put(&d[..])?,
             PageData::Filled(word) => self.put(&word.to_le_bytes())?,
+            PageData::Gone => {}
         }
         self.written += 1;
         Ok(())
@@ -351,6 +357,7 @@ impl<R: Read> ImageReader<R> {
                 PageData::Data(d)
             }
             1 => PageData::Filled(self.u64("page data")?),
+            2 => PageData::Gone,
             f => return Err(ImageError::Corrupt(format!("unknown page form {f}"))),
         };
         self.read += 1;

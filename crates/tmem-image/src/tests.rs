@@ -22,6 +22,8 @@ fn header(pages_per_pool: &[u64]) -> ImageHeader {
 fn page(pool: u32, i: u32) -> ImagePage {
     let data = if i.is_multiple_of(3) {
         PageData::Filled(u64::from(i) * 0x0101)
+    } else if i % 5 == 4 {
+        PageData::Gone
     } else {
         let mut d = Box::new([0u8; PAGE_SIZE]);
         for (j, b) in d.iter_mut().enumerate() {

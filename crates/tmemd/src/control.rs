@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 use crate::daemon::{read_some, write_some};
 use crate::ratelimit::RateLimiter;
 use crate::settings::Keeper;
+use crate::transfer;
 use crate::worker::latency::Latency;
 use crate::worker::{lock, Shared, WorkerHandle};
 
@@ -206,7 +207,19 @@ impl ControlServer {
         if let Some(conn) = self.conns.get_mut(&token.0) {
             if !conn.on_ready(ctx, &mut self.refusal_log) {
                 conn.deregister(registry);
-                self.conns.remove(&token.0);
+                if let Some(mut conn) = self.conns.remove(&token.0) {
+                    if let Some(p) = conn.handoff.take() {
+                        let who = format!("uid {} (pid {})", conn.peer.uid, conn.peer.pid);
+                        transfer::spawn(
+                            p,
+                            conn.stream,
+                            conn.outbuf,
+                            conn.inbuf,
+                            ctx.shared.clone(),
+                            who,
+                        );
+                    }
+                }
             }
         }
     }
@@ -342,6 +355,8 @@ pub struct ControlConn {
     last_request: Instant,
     /// Close once the output is flushed (end of input, or an oversized request).
     closing: bool,
+    /// A save or restore this connection asked for: it leaves the event loop for a thread.
+    handoff: Option<transfer::Prepared>,
 }
 
 impl ControlConn {
@@ -356,6 +371,7 @@ impl ControlConn {
             outbuf: Vec::new(),
             last_request: Instant::now(),
             closing: false,
+            handoff: None,
         })
     }
 
@@ -389,6 +405,15 @@ impl ControlConn {
             while let Some(pos) = self.inbuf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.inbuf.drain(..=pos).collect();
                 self.last_request = Instant::now();
+                if let Some(reply) = self.try_transfer(&line[..line.len() - 1], ctx) {
+                    match reply {
+                        None => return false, // handed off: the server spawns it
+                        Some(reply) => {
+                            self.outbuf.extend(encode_reply(reply));
+                            continue;
+                        }
+                    }
+                }
                 let reply = handle_line(
                     &line[..line.len() - 1],
                     ctx,
@@ -421,6 +446,41 @@ impl ControlConn {
             }
         }
         !(self.closing && self.outbuf.is_empty())
+    }
+}
+
+impl ControlConn {
+    /// A save or restore from a peer allowed to send it: `None` if the line is something
+    /// else; `Some(None)` once it is prepared and set aside for [`transfer::spawn`];
+    /// `Some(Some(reply))` when it fails its checks (answered here, audited).
+    fn try_transfer(&mut self, line: &[u8], ctx: &Context) -> Option<Option<Reply>> {
+        let op = decode_request(line).ok()?;
+        if !op.is_transfer() || permit(&op, &self.peer, self.role).is_err() {
+            return None;
+        }
+        match transfer::prepare(&op, &ctx.shared.store, |t| resolve(ctx, t)) {
+            Ok(p) => {
+                info!(
+                    op = op.name(),
+                    "administrative action by uid {} (pid {}): {}: started",
+                    self.peer.uid,
+                    self.peer.pid,
+                    describe(&op)
+                );
+                self.handoff = Some(p);
+                Some(None)
+            }
+            Err((kind, message)) => {
+                warn!(
+                    op = op.name(),
+                    "administrative action by uid {} (pid {}): {}: failed ({kind:?}): {message}",
+                    self.peer.uid,
+                    self.peer.pid,
+                    describe(&op)
+                );
+                Some(Some(Reply::Error { kind, message }))
+            }
+        }
     }
 }
 
@@ -550,6 +610,12 @@ fn describe(op: &Op) -> String {
         ),
         Op::Flush { kib } => format!("flush {kib} KiB"),
         Op::Destroy { target: t } => format!("destroy {}", target(t)),
+        Op::Save { target: t, live } => {
+            format!("save {}{}", target(t), if *live { " (live)" } else { "" })
+        }
+        Op::Restore {
+            as_identity: Some(i),
+        } => format!("restore as {i}"),
         other => other.name().to_string(),
     }
 }
@@ -678,6 +744,11 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
                 }
             }
         }),
+        // Allowed peers' transfers never get here (ControlConn::try_transfer takes them).
+        Op::Save { .. } | Op::Restore { .. } => Err((
+            Kind::Malformed,
+            "save and restore run over a connection of their own".into(),
+        )),
         Op::Metrics => Ok(OkReply::Metrics(Box::new(MetricsSnapshot {
             stats: {
                 let mut stats = store.stats();
@@ -802,7 +873,7 @@ fn identities(ctx: &Context, ids: &[ClientId]) -> Vec<(ClientId, Identity)> {
 }
 
 /// The clients a target names; an unknown domain is an error, `All` may be empty.
-fn resolve(ctx: &Context, target: &Target) -> Result<Vec<ClientId>, (Kind, String)> {
+pub(crate) fn resolve(ctx: &Context, target: &Target) -> Result<Vec<ClientId>, (Kind, String)> {
     let store = &ctx.shared.store;
     match target {
         Target::All => Ok(store

@@ -16,5 +16,6 @@ pub mod ratelimit;
 pub mod sdnotify;
 pub mod settings;
 pub mod sync;
+pub mod transfer;
 pub mod worker;
 pub mod xen;
