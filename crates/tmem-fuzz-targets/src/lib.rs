@@ -9,6 +9,7 @@
 mod abi;
 mod blkif;
 mod control;
+mod image;
 mod input;
 mod local;
 mod ring;
@@ -17,6 +18,7 @@ mod xen;
 pub use abi::abi_request;
 pub use blkif::blkif_ring;
 pub use control::control_request;
+pub use image::image_file;
 pub use local::local_hello;
 pub use ring::ring_backend;
 pub use xen::{xen_blkfront_keys, xen_frontend_keys, xen_wire};
@@ -34,4 +36,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("xen_frontend_keys", xen_frontend_keys),
     ("xen_blkfront_keys", xen_blkfront_keys),
     ("control_request", control_request),
+    ("image_file", image_file),
 ];

@@ -126,3 +126,17 @@ proptest! {
         let _ = read_all(&bytes);
     }
 }
+
+/// The fuzzer's seeds are whole, good images (so it starts from inputs that reach the
+/// page and trailer checks, not only the magic number).
+#[test]
+fn the_fuzz_seeds_are_good_images() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/image_file");
+    let mut n = 0;
+    for seed in ["empty", "filled-and-gone", "data-page"] {
+        let bytes = std::fs::read(dir.join(seed)).unwrap();
+        read_all(&bytes).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        n += 1;
+    }
+    assert_eq!(n, 3);
+}
