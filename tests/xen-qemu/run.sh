@@ -33,7 +33,7 @@ TARGET_DIR=${TMEMXQ_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target}}
 DOM0_TIMEOUT=${TMEMXQ_DOM0_TIMEOUT:-240}
 QEMU_CPU=${TMEMXQ_QEMU_CPU:-qemu64}
 XENVER=4.17
-ALL_REAL="first-boot two-guests restart destroy swapdisk"
+ALL_REAL="first-boot two-guests restart destroy transfer swapdisk"
 # Known but not in "auto": swap-compare (a benchmark) takes about 12 minutes under TCG.
 SWAP="swap-compare swapdisk"
 

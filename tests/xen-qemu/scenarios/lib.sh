@@ -300,3 +300,13 @@ guest_destroy() {
     xl destroy "$1" || fail "xl destroy $1"
     wait_for 60 "domain $1 gone" sh -c "! xl domid $1"
 }
+
+# No pool reported lost, no swap page lost, so far.
+NO_LOSS='.counters.map.losses == 0 and .counters.map.lost_pages == 0 and .guest.swap_lost == 0 and .guest.verification_errors == 0'
+
+# guest_json_since NAME LINE JQ: like guest_json, over the status lines after console line
+# LINE only; `$first` is the first of them (where the guest stood then).
+guest_json_since() {
+    guest_log "$1" | tail -n +$(($2 + 1)) | grep -E '^\{.*"type":"(status|final)"' > "/tmp/$1.since.json"
+    [ -s "/tmp/$1.since.json" ] && jq -e -s ".[0] as \$first | any(.[]; $3)" "/tmp/$1.since.json" >/dev/null 2>&1
+}

@@ -27,16 +27,6 @@ log_line_secs() {
     awk -v a="$(log_secs "$_first")" -v b="$(log_secs "$_line")" 'BEGIN { printf "%.2f", b - a }'
 }
 
-# No pool reported lost, no swap page lost, so far.
-NO_LOSS='.counters.map.losses == 0 and .counters.map.lost_pages == 0 and .guest.swap_lost == 0 and .guest.verification_errors == 0'
-
-# guest_json_since NAME LINE JQ: like guest_json, over the status lines after console line
-# LINE only; `$first` is the first of them (where the guest stood then).
-guest_json_since() {
-    guest_log "$1" | tail -n +$(($2 + 1)) | grep -E '^\{.*"type":"(status|final)"' > "/tmp/$1.since.json"
-    [ -s "/tmp/$1.since.json" ] && jq -e -s ".[0] as \$first | any(.[]; $3)" "/tmp/$1.since.json" >/dev/null 2>&1
-}
-
 tmemd_start
 wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
 ARGS="$XEN_GUEST --seconds 150 --filesystems 2 --swap"
