@@ -295,8 +295,9 @@ pub fn restore(
             };
             writeln!(
                 out,
-                "restored {identity}: {pages} pages in {pools} pools{flushed}; they wait for the \
-                 guest to reattach"
+                "restored {identity}: {pages} pages in {pools} pool{}{flushed}; they wait for \
+                 the guest to reattach",
+                if pools == 1 { "" } else { "s" }
             )
             .map_err(io_err("writing output"))
         }
