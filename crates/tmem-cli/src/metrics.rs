@@ -387,7 +387,18 @@ pub fn render_metrics(m: &MetricsSnapshot) -> String {
         "Time a worker spent on one guest request, answer on the ring included, by kind.",
     );
     for h in &m.latency {
-        histogram(&mut w, name, h);
+        histogram(&mut w, name, &[("op", h.op.clone())], h);
+    }
+    if let Some(h) = &m.ring_batches {
+        let name = "tmem_ring_batch_duration_seconds";
+        w.family(
+            name,
+            "histogram",
+            "Time from taking a batch of one guest's requests off its ring (up to 64) to \
+             publishing the batch's last answer: how long a guest that queued many requests \
+             waits for all of them.",
+        );
+        histogram(&mut w, name, &[], h);
     }
     w.out
 }
@@ -457,28 +468,32 @@ const SWAP_DISK_METRICS: [SwapDiskMetric; 9] = [
     ),
 ];
 
-fn histogram(w: &mut Writer, name: &str, h: &LatencyHistogram) {
+fn histogram(w: &mut Writer, name: &str, labels: &[(&'static str, String)], h: &LatencyHistogram) {
     let bucket = format!("{name}_bucket");
+    let with_le = |le: String| {
+        let mut l = labels.to_vec();
+        l.push(("le", le));
+        l
+    };
     let mut cumulative = 0u64;
     for (k, n) in h.buckets.iter().enumerate().take(LATENCY_BUCKETS) {
         cumulative += n;
         if (FIRST_BOUND..=LAST_BOUND).contains(&k) {
             let bound_ns = LatencyHistogram::bucket_bound_ns(k).unwrap_or(u64::MAX);
-            let le = format!("{:e}", bound_ns as f64 / 1e9);
-            w.sample(&bucket, &[("op", h.op.clone()), ("le", le)], cumulative);
+            w.sample(
+                &bucket,
+                &with_le(format!("{:e}", bound_ns as f64 / 1e9)),
+                cumulative,
+            );
         }
     }
-    w.sample(
-        &bucket,
-        &[("op", h.op.clone()), ("le", "+Inf".into())],
-        h.count(),
-    );
+    w.sample(&bucket, &with_le("+Inf".into()), h.count());
     w.sample(
         &format!("{name}_sum"),
-        &[("op", h.op.clone())],
+        labels,
         format!("{:e}", h.sum_ns as f64 / 1e9),
     );
-    w.sample(&format!("{name}_count"), &[("op", h.op.clone())], h.count());
+    w.sample(&format!("{name}_count"), labels, h.count());
 }
 
 #[cfg(test)]
@@ -516,6 +531,7 @@ mod tests {
                 buckets,
                 sum_ns: 2_000_001_500,
             }],
+            ring_batches: None,
         }
     }
 

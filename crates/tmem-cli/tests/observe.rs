@@ -260,7 +260,21 @@ fn metrics_parse_with_the_prometheus_parser_and_equal_list_json() {
     assert!(s
         .iter()
         .any(|x| x["family"] == "tmem_request_duration_seconds" && x["type"] == "histogram"));
+    // Ring batches: at least one per request sent on its own (each synchronous call), at
+    // most one per request; the +Inf bucket is the count.
+    let batches = sample(&s, "tmem_ring_batch_duration_seconds_count", &[]);
+    let requests: u64 = REQUEST_OPS
+        .iter()
+        .map(|op| hist(op, "tmem_request_duration_seconds_count"))
+        .sum();
+    assert!(batches >= 1 && batches <= requests, "{batches} batches, {requests} requests");
+    assert_eq!(
+        sample(&s, "tmem_ring_batch_duration_seconds_bucket", &[("le", "+Inf")]),
+        batches
+    );
 }
+
+const REQUEST_OPS: [&str; 7] = tmem_control::REQUEST_KINDS;
 
 /// Run `tmem args...` as uid/gid 65534 (nobody/nogroup).
 fn as_nobody(control: &Path, args: &[&str]) -> Output {

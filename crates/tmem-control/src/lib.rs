@@ -287,6 +287,10 @@ pub struct MetricsSnapshot {
     pub guests_connected: u32,
     pub page_memory: Option<PageMemoryStatus>,
     pub latency: Vec<LatencyHistogram>,
+    /// Time from taking a batch of one guest's requests off its ring to publishing the last
+    /// answer of the batch, over every worker (absent from older tmemd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_batches: Option<LatencyHistogram>,
     /// tmemd's version.
     #[serde(default)]
     pub daemon_version: String,

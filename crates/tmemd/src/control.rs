@@ -759,6 +759,9 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
             guests_connected: ctx.shared.connected.load(Ordering::Relaxed),
             page_memory: Some(ctx.page_memory.clone()),
             latency: Latency::sum(ctx.workers.iter().map(|w| &*w.latency)),
+            ring_batches: Some(Latency::sum_batches(
+                ctx.workers.iter().map(|w| &*w.latency),
+            )),
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
         }))),
         Op::Freeable => {

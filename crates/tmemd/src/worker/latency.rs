@@ -33,6 +33,8 @@ pub fn kind_of(req: &Request) -> usize {
 #[derive(Debug)]
 pub struct Latency {
     kinds: [Kind; REQUEST_KINDS.len()],
+    /// Per batch of one guest's requests: taking it off the ring to its last answer.
+    batches: Kind,
 }
 
 #[derive(Debug)]
@@ -41,14 +43,50 @@ struct Kind {
     sum_ns: AtomicU64,
 }
 
+impl Default for Kind {
+    fn default() -> Self {
+        Kind {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Default for Latency {
     fn default() -> Self {
         Latency {
-            kinds: std::array::from_fn(|_| Kind {
-                buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-                sum_ns: AtomicU64::new(0),
-            }),
+            kinds: std::array::from_fn(|_| Kind::default()),
+            batches: Kind::default(),
         }
+    }
+}
+
+impl Kind {
+    fn record(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // Only the owning worker writes, so a plain load and store (no locked
+        // read-modify-write) cannot lose an update; readers want eventual totals.
+        let b = &self.buckets[bucket(ns)];
+        b.store(b.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        self.sum_ns.store(
+            self.sum_ns.load(Ordering::Relaxed).wrapping_add(ns),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn add_to(&self, h: &mut LatencyHistogram) {
+        for (b, a) in h.buckets.iter_mut().zip(&self.buckets) {
+            *b = b.wrapping_add(a.load(Ordering::Relaxed));
+        }
+        h.sum_ns = h.sum_ns.wrapping_add(self.sum_ns.load(Ordering::Relaxed));
+    }
+}
+
+fn empty(op: &str) -> LatencyHistogram {
+    LatencyHistogram {
+        op: op.to_string(),
+        buckets: vec![0; LATENCY_BUCKETS],
+        sum_ns: 0,
     }
 }
 
@@ -61,35 +99,32 @@ impl Latency {
     /// Count one request of kind `kind` (an index in [`REQUEST_KINDS`]) that took `d`.
     #[inline]
     pub fn record(&self, kind: usize, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         if let Some(k) = self.kinds.get(kind) {
-            // Only the owning worker writes, so a plain load and store (no locked
-            // read-modify-write) cannot lose an update; readers want eventual totals.
-            let b = &k.buckets[bucket(ns)];
-            b.store(b.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
-            k.sum_ns.store(
-                k.sum_ns.load(Ordering::Relaxed).wrapping_add(ns),
-                Ordering::Relaxed,
-            );
+            k.record(d);
         }
+    }
+
+    /// Count one batch of a guest's requests that took `d` from the ring to its last answer.
+    #[inline]
+    pub fn record_batch(&self, d: Duration) {
+        self.batches.record(d);
+    }
+
+    /// The batch histogram, summed over `workers`.
+    pub fn sum_batches<'a>(workers: impl IntoIterator<Item = &'a Latency>) -> LatencyHistogram {
+        let mut h = empty("ring_batch");
+        for w in workers {
+            w.batches.add_to(&mut h);
+        }
+        h
     }
 
     /// Every kind's histogram, summed over `workers`.
     pub fn sum<'a>(workers: impl IntoIterator<Item = &'a Latency>) -> Vec<LatencyHistogram> {
-        let mut out: Vec<LatencyHistogram> = REQUEST_KINDS
-            .iter()
-            .map(|op| LatencyHistogram {
-                op: (*op).to_string(),
-                buckets: vec![0; LATENCY_BUCKETS],
-                sum_ns: 0,
-            })
-            .collect();
+        let mut out: Vec<LatencyHistogram> = REQUEST_KINDS.iter().map(|op| empty(op)).collect();
         for w in workers {
             for (h, k) in out.iter_mut().zip(&w.kinds) {
-                for (b, a) in h.buckets.iter_mut().zip(&k.buckets) {
-                    *b = b.wrapping_add(a.load(Ordering::Relaxed));
-                }
-                h.sum_ns = h.sum_ns.wrapping_add(k.sum_ns.load(Ordering::Relaxed));
+                k.add_to(h);
             }
         }
         out
@@ -121,6 +156,14 @@ mod tests {
         assert_eq!(h[2].buckets[10], 1);
         assert_eq!(h[2].sum_ns, 1300);
         assert_eq!(h[REFUSED].buckets[LATENCY_BUCKETS - 1], 1);
+        a.record_batch(Duration::from_nanos(1000));
+        b.record_batch(Duration::from_nanos(1000));
+        let batches = Latency::sum_batches([&a, &b]);
+        assert_eq!(
+            (batches.count(), batches.sum_ns, batches.buckets[10]),
+            (2, 2000, 2)
+        );
+        assert_eq!(h[2].count(), 3, "a batch is not a request");
         // Each count is below its bucket's bound.
         assert!(300 <= LatencyHistogram::bucket_bound_ns(9).unwrap());
         assert!(700 <= LatencyHistogram::bucket_bound_ns(10).unwrap());
