@@ -49,6 +49,9 @@ pub enum CliError {
     /// The daemon answered with a reply this command did not expect.
     #[error("tmemd sent an unexpected reply to {op}: {reply}")]
     UnexpectedReply { op: &'static str, reply: String },
+    /// The operation started and did not complete (e.g. tmemd ended a save half way).
+    #[error("{0}")]
+    Failed(String),
     /// Writing output or generated files failed.
     #[error("{what}: {source}")]
     Output {
@@ -74,7 +77,7 @@ impl CliError {
                 // Like "unreachable": nothing was done, and trying again later may work.
                 ErrorKind::Busy => EXIT_UNREACHABLE,
             },
-            CliError::Output { .. } => EXIT_FAILED,
+            CliError::Output { .. } | CliError::Failed(_) => EXIT_FAILED,
         }
     }
 

@@ -99,7 +99,7 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 
 fn image_error(e: ImageError, what: &str) -> CliError {
     match e {
-        ImageError::Truncated(_) => CliError::Protocol(format!(
+        ImageError::Truncated(_) => CliError::Failed(format!(
             "tmemd ended the {what} before the image was complete; see tmemd's log \
              (journalctl -u tmemd)"
         )),
@@ -126,19 +126,7 @@ pub fn save(
         .write_all(&encode_request(&Op::Save { target, live }))
         .map_err(unreachable)?;
     let mut input = BufReader::with_capacity(256 << 10, &stream);
-    let mut line = Vec::new();
-    input
-        .by_ref()
-        .take(1 << 20)
-        .read_until(b'\n', &mut line)
-        .map_err(unreachable)?;
-    if line.is_empty() {
-        return Err(unreachable(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "tmemd closed the connection without answering",
-        )));
-    }
-    let (identity, pages) = match interpret_reply(&line)? {
+    let (identity, pages) = match reply_line(client, &mut input)? {
         OkReply::Saving {
             identity, pages, ..
         } => (identity, pages),
@@ -216,6 +204,26 @@ pub fn save(
     }
 }
 
+/// Read tmemd's one reply line (the image, if any, follows it in `input`).
+fn reply_line(client: &Client, input: &mut impl BufRead) -> Result<OkReply, CliError> {
+    let unreachable = |source| CliError::Unreachable {
+        path: client.path().to_path_buf(),
+        source,
+    };
+    let mut line = Vec::new();
+    input
+        .take(1 << 20)
+        .read_until(b'\n', &mut line)
+        .map_err(unreachable)?;
+    if line.is_empty() {
+        return Err(unreachable(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "tmemd closed the connection without answering",
+        )));
+    }
+    interpret_reply(&line)
+}
+
 fn partial_name(file: &Path) -> PathBuf {
     let mut s = file.as_os_str().to_owned();
     s.push(".partial");
@@ -271,17 +279,7 @@ pub fn restore(
     stream
         .set_read_timeout(Some(FINAL_ANSWER))
         .map_err(unreachable)?;
-    let mut line = Vec::new();
-    BufReader::new((&stream).take(1 << 20))
-        .read_until(b'\n', &mut line)
-        .map_err(unreachable)?;
-    if line.is_empty() {
-        return Err(unreachable(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "tmemd closed the connection without answering",
-        )));
-    }
-    match interpret_reply(&line)? {
+    match reply_line(client, &mut BufReader::new(&stream))? {
         OkReply::Restored {
             identity,
             pools,

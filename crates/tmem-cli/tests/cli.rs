@@ -3,7 +3,7 @@
 //! effect on the guests and on the daemon's statistics.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,57 +11,10 @@ use tmem_abi::{Oid, Page, PageKey, PoolKind, TmemError, PAGE_SIZE};
 use tmem_front::{Client, ClientConfig, LocalTransport, Outcome, PoolHandle};
 use tmem_tests::{wait_for, Daemon, Guest, TempDir, Value};
 
+mod common;
+use common::{fails, ok, stderr, tmem};
+
 const T: Duration = Duration::from_secs(10);
-
-/// Run `tmem --socket <control> args...`.
-fn tmem(control: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tmem"))
-        .arg("--socket")
-        .arg(control)
-        .args(args)
-        .env_remove("TMEM_CONTROL_SOCKET")
-        .output()
-        .expect("run tmem")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Run tmem and require success.
-fn ok(control: &Path, args: &[&str]) -> String {
-    let o = tmem(control, args);
-    assert!(
-        o.status.success(),
-        "tmem {args:?} failed ({:?}): {}",
-        o.status.code(),
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
-/// Run tmem and require a failure with exit status `code` and exactly one line on stderr.
-fn fails(control: &Path, args: &[&str], code: i32) -> String {
-    let o = tmem(control, args);
-    let err = stderr(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "tmem {args:?}: stdout {:?} stderr {err:?}",
-        stdout(&o)
-    );
-    assert_eq!(err.lines().count(), 1, "one line expected, got {err:?}");
-    assert!(err.starts_with("tmem: "), "{err:?}");
-    assert!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "{err:?}"
-    );
-    err
-}
 
 /// Run tmem and require clap's usage error: status 2, the whole message on stderr.
 fn usage_fails(control: &Path, args: &[&str]) -> String {

@@ -13,29 +13,11 @@ use tmem_abi::{Oid, Page, PageKey, PoolKind, PAGE_SIZE};
 use tmem_front::{Client, ClientConfig, LocalTransport, Outcome, PoolHandle};
 use tmem_tests::{wait_for, Daemon, TempDir, Value};
 
+mod common;
+use common::ok;
+
 const T: Duration = Duration::from_secs(10);
 const SHARED: &str = "00112233-4455-6677-8899-aabbccddeeff";
-
-fn tmem(control: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tmem"))
-        .arg("--socket")
-        .arg(control)
-        .args(args)
-        .env_remove("TMEM_CONTROL_SOCKET")
-        .output()
-        .expect("run tmem")
-}
-
-fn ok(control: &Path, args: &[&str]) -> String {
-    let o = tmem(control, args);
-    assert!(
-        o.status.success(),
-        "tmem {args:?} failed ({:?}): {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).expect("UTF-8 output")
-}
 
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
@@ -267,9 +249,16 @@ fn metrics_parse_with_the_prometheus_parser_and_equal_list_json() {
         .iter()
         .map(|op| hist(op, "tmem_request_duration_seconds_count"))
         .sum();
-    assert!(batches >= 1 && batches <= requests, "{batches} batches, {requests} requests");
+    assert!(
+        batches >= 1 && batches <= requests,
+        "{batches} batches, {requests} requests"
+    );
     assert_eq!(
-        sample(&s, "tmem_ring_batch_duration_seconds_bucket", &[("le", "+Inf")]),
+        sample(
+            &s,
+            "tmem_ring_batch_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
         batches
     );
 }

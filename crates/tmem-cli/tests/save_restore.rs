@@ -4,7 +4,6 @@
 //! that says so, and leave nothing behind; an image cannot be restored over a live client.
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,39 +11,12 @@ use tmem_abi::{Oid, Page, PageKey, PoolKind, PAGE_SIZE};
 use tmem_front::{Client, ClientConfig, LocalTransport, Outcome, PoolHandle};
 use tmem_tests::{wait_for, Daemon, Launch, TempDir};
 
+mod common;
+use common::{fails, ok};
+
 const T: Duration = Duration::from_secs(20);
 const LABEL: u32 = 21;
 const PAGES: u32 = 300;
-
-fn tmem(control: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tmem"))
-        .arg("--socket")
-        .arg(control)
-        .args(args)
-        .env_remove("TMEM_CONTROL_SOCKET")
-        .output()
-        .expect("run tmem")
-}
-
-fn ok(control: &Path, args: &[&str]) -> String {
-    let o = tmem(control, args);
-    assert!(
-        o.status.success(),
-        "tmem {args:?} failed ({:?}): {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The one-line error of a failing `tmem` command.
-fn fails(control: &Path, args: &[&str]) -> String {
-    let o = tmem(control, args);
-    assert!(!o.status.success(), "tmem {args:?} should fail");
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    err
-}
 
 fn key(i: u32) -> PageKey {
     PageKey {
@@ -114,7 +86,7 @@ fn a_guest_finds_its_pages_in_another_tmemd_after_save_and_restore() {
 
     let file = dir_a.path().join("mover.tmem");
     let file_s = file.to_str().unwrap();
-    let err = fails(&a.control, &["save", &me, file_s]);
+    let err = fails(&a.control, &["save", &me, file_s], 1);
     assert!(
         err.contains("is connected") && err.contains("--live"),
         "{err}"
@@ -132,15 +104,15 @@ fn a_guest_finds_its_pages_in_another_tmemd_after_save_and_restore() {
     let mid = corrupt.len() / 2;
     corrupt[mid] ^= 0x20;
     std::fs::write(&bad, &corrupt).unwrap();
-    let err = fails(&b.control, &["restore", "--as", &other, bad_s]);
+    let err = fails(&b.control, &["restore", "--as", &other, bad_s], 1);
     assert!(err.contains("corrupt"), "{err}");
     // Truncated: the last page and the trailer cut off.
     std::fs::write(&bad, &bytes[..bytes.len() - 5000]).unwrap();
-    let err = fails(&b.control, &["restore", "--as", &other, bad_s]);
+    let err = fails(&b.control, &["restore", "--as", &other, bad_s], 1);
     assert!(err.contains("truncated"), "{err}");
     // Foreign: not an image at all.
     std::fs::write(&bad, b"#!/bin/sh\necho hello\n").unwrap();
-    let err = fails(&b.control, &["restore", "--as", &other, bad_s]);
+    let err = fails(&b.control, &["restore", "--as", &other, bad_s], 1);
     assert!(err.contains("not a tmem image"), "{err}");
     assert!(
         clients(&b.control).is_empty(),
@@ -150,7 +122,7 @@ fn a_guest_finds_its_pages_in_another_tmemd_after_save_and_restore() {
 
     let out = ok(&b.control, &["restore", file_s]);
     assert!(out.contains(&format!("{} pages", PAGES - 1)), "{out}");
-    let err = fails(&b.control, &["restore", file_s]);
+    let err = fails(&b.control, &["restore", file_s], 1);
     assert!(err.contains("already has a client"), "{err}");
     assert_eq!(clients(&b.control), [format!("{LABEL}:false")]);
 

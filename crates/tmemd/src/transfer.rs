@@ -323,8 +323,10 @@ impl PageSource for Source<'_> {
     }
 }
 
+/// A bad image is a failed restore (exit status 1), not a usage error: the command line was
+/// right, the file was not.
 fn bad_image(e: ImageError) -> Failure {
-    (Kind::InvalidArgument, e.to_string())
+    (Kind::Refused, e.to_string())
 }
 
 fn restore(
@@ -338,7 +340,7 @@ fn restore(
         Some(i) => i,
         None => header.identity.parse::<Identity>().map_err(|e| {
             (
-                Kind::InvalidArgument,
+                Kind::Refused,
                 format!("the image names its client '{}': {e}", header.identity),
             )
         })?,
