@@ -34,7 +34,8 @@ DOM0_TIMEOUT=${TMEMXQ_DOM0_TIMEOUT:-240}
 QEMU_CPU=${TMEMXQ_QEMU_CPU:-qemu64}
 XENVER=4.17
 ALL_REAL="first-boot two-guests restart destroy transfer swapdisk"
-# Known but not in "auto": swap-compare (a benchmark) takes about 12 minutes under TCG.
+# Known but not in "auto": swap-compare (a benchmark) takes about 12 minutes under TCG;
+# save-probe (reports what xl save / xl restore do to a tmem guest today; fails only if it cannot run).
 SWAP="swap-compare swapdisk"
 
 START=$SECONDS
