@@ -14,7 +14,7 @@ guest_start sp $XEN_GUEST --seconds 240 --filesystems 1 --swap \
     --swap-pages 64 --swap-cold-pages 64 --call-timeout-ms 120000
 wait_json sp 180 "$ALL_MAPPED" "connected, all pools real"
 OLD=$(guest_domid sp)
-wait_json sp 120 ".guest.swap_stored >= 64 and .guest.swap_loaded > 0 and $NO_LOSS" \
+wait_json sp 300 ".guest.swap_stored >= 64 and .guest.swap_loaded > 0 and $NO_LOSS" \
     "sp: all 64 swap pages stored and some read back"
 last_status sp /tmp/sp.before.json
 probe "before save: domid $OLD, $(jq -c '{connects: .counters.map.connects, swap_stored: .guest.swap_stored, swap_loaded: .guest.swap_loaded}' /tmp/sp.before.json)"

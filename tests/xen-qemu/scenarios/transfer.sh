@@ -18,7 +18,7 @@ guest_start ta $XEN_GUEST --seconds 150 --filesystems 1 --swap \
     --swap-pages 64 --swap-cold-pages 64 --call-timeout-ms 60000
 wait_json ta 180 "$ALL_MAPPED" "connected, all pools real"
 D=$(guest_domid ta)
-wait_json ta 120 ".guest.swap_stored >= 64 and .guest.swap_loaded > 0 and $NO_LOSS" \
+wait_json ta 300 ".guest.swap_stored >= 64 and .guest.swap_loaded > 0 and $NO_LOSS" \
     "ta: all 64 swap pages stored and some read back"
 
 xl pause ta || fail "xl pause ta"
