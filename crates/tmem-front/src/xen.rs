@@ -213,7 +213,8 @@ impl Transport for XenTransport {
             xs,
             be_state,
             fe_state,
-            port,
+            domid,
+            port: Some(port),
             _dir: dir,
         };
         Ok(Box::new(RingConnection::with_signal(
@@ -231,25 +232,49 @@ impl Transport for XenTransport {
     }
 }
 
+impl Drop for XenSignal {
+    /// After `xl restore` or a migration the domain runs under a new id, and Linux's evtchn
+    /// driver has lost the binding of every port a process bound before the save: unbinding
+    /// one, or closing the evtchn file with it still bound, hits a BUG() in the guest kernel
+    /// (`evtchn_unbind_from_user`, seen on Debian's 6.1 in tests/xen-qemu's save-probe). So a
+    /// port of a domain that has moved is left bound and its file open for the life of the
+    /// process: one descriptor per save/restore, instead of a dead guest process. The
+    /// reconnect that follows gets new grants and a new port.
+    fn drop(&mut self) {
+        let moved = !matches!(self.xs.own_domid(), Ok(d) if d == self.domid);
+        if moved {
+            std::mem::forget(self.port.take());
+        }
+    }
+}
+
 /// Event channel for kicks and notifications; xenstore (the backend's `state`) for liveness.
 #[derive(Debug)]
 struct XenSignal {
     xs: Xs,
     be_state: String,
     fe_state: String,
-    port: BoundPort,
+    /// This domain's id when the connection was made.
+    domid: u32,
+    /// Always `Some` until the connection is dropped (see `Drop`).
+    port: Option<BoundPort>,
     /// The data directory pages stay shared for the life of the connection.
     _dir: Option<GrantShare>,
 }
 
 impl Signal for XenSignal {
     fn kick(&mut self) {
-        let _ = self.port.notify();
+        if let Some(p) = &self.port {
+            let _ = p.notify();
+        }
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<bool, FrontError> {
-        self.port
-            .evtchn
+        let p = self
+            .port
+            .as_ref()
+            .ok_or_else(|| FrontError::Disconnected("event channel closed".into()))?;
+        p.evtchn
             .wait(Some(timeout))
             .map_err(|e| FrontError::Disconnected(format!("event channel: {e}")))
     }
