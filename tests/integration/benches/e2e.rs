@@ -196,29 +196,23 @@ fn pin_mode() -> Pin {
 /// Pin thread `tid` (0: the calling thread) to one CPU. False if the kernel refused
 /// (e.g. fewer CPUs than asked for).
 fn pin_thread(tid: i32, cpu: usize) -> bool {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (cpu is
-    // checked against the set's size), and sched_setaffinity only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
-            return false;
-        }
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    }
+    set_affinity(tid, |c| c == cpu)
 }
 
-/// Let the calling thread run on every CPU again.
+/// Let the calling thread run on every CPU again (the kernel ignores CPUs that do not exist).
 fn unpin_thread() {
-    // SAFETY: as in `pin_thread`; only CPUs inside the set are set (the kernel ignores
-    // CPUs that do not exist).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for cpu in 0..8 * std::mem::size_of::<libc::cpu_set_t>() {
-            libc::CPU_SET(cpu, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    set_affinity(0, |_| true);
+}
+
+fn set_affinity(tid: i32, want: impl Fn(usize) -> bool) -> bool {
+    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in (0..8 * std::mem::size_of::<libc::cpu_set_t>()).filter(|&c| want(c)) {
+        // SAFETY: `cpu` is below the set's size in bits.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
     }
+    // SAFETY: the kernel reads `size_of::<cpu_set_t>()` bytes of `set`, which lives here.
+    unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 }
 }
 
 /// Pin every thread of a running process to one CPU (threads it starts later inherit it).
