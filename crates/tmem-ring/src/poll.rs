@@ -77,8 +77,7 @@ impl PollPolicy {
 /// A spinner only gains if its peer is running at the same time. With more runnable threads
 /// than CPUs the peer is often waiting for the very CPU the spinner holds, so a pure spin
 /// burns its budget (or a whole time slice) and then pays the wake-up anyway. Two rules:
-/// - **Crowded** (more runnable threads than CPUs, sampled from `/proc/loadavg` at most every
-///   [`AdaptiveSpin::CROWD_CHECK`]): between polls the spinner yields its CPU, so a peer
+/// - **Crowded** (more runnable threads than CPUs, see [`Crowding`]): between polls the spinner yields its CPU, so a peer
 ///   queued behind it runs at once and answers within a context switch or two.
 /// - **Misses**: every spin that ends without work halves the next budget (down to a
 ///   1/16th); a spin that pays restores the full budget. After [`AdaptiveSpin::PROBE_AFTER`]
@@ -89,14 +88,10 @@ pub struct AdaptiveSpin {
     policy: PollPolicy,
     budget: Duration,
     misses: u32,
-    crowded: bool,
-    checked: Option<Instant>,
-    cpus: usize,
+    crowd: Crowding,
 }
 
 impl AdaptiveSpin {
-    /// How often the run queue length is sampled (one small read of `/proc/loadavg`).
-    pub const CROWD_CHECK: Duration = Duration::from_millis(5);
     /// Consecutive misses after which one full-budget spin is tried again.
     pub const PROBE_AFTER: u32 = 32;
 
@@ -106,9 +101,7 @@ impl AdaptiveSpin {
             policy,
             budget: policy.spin,
             misses: 0,
-            crowded: false,
-            checked: None,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            crowd: Crowding::new(),
         }
     }
 
@@ -119,7 +112,7 @@ impl AdaptiveSpin {
 
     /// Whether the last sample saw more runnable threads than CPUs.
     pub fn crowded(&self) -> bool {
-        self.crowded
+        self.crowd.crowded
     }
 
     /// Spin until `ready()` or the current budget is spent; true if ready. Yields between
@@ -133,13 +126,7 @@ impl AdaptiveSpin {
             return false;
         }
         let now = Instant::now();
-        if self
-            .checked
-            .is_none_or(|t| now.duration_since(t) >= Self::CROWD_CHECK)
-        {
-            self.checked = Some(now);
-            self.crowded = runnable_threads().is_some_and(|r| r > self.cpus);
-        }
+        let crowded = self.crowd.check(now);
         let budget = if self.misses >= Self::PROBE_AFTER {
             self.misses = 0;
             self.policy.spin
@@ -160,7 +147,7 @@ impl AdaptiveSpin {
                 self.missed();
                 return false;
             }
-            if self.crowded {
+            if crowded {
                 // Hand the CPU to whoever waits for it: quite likely the peer.
                 std::thread::yield_now();
                 if ready() {
@@ -181,6 +168,47 @@ impl AdaptiveSpin {
     fn missed(&mut self) {
         self.misses = self.misses.saturating_add(1);
         self.budget = (self.budget / 2).max(self.policy.spin / 16);
+    }
+}
+
+/// Whether more threads are runnable than there are CPUs, sampled at most every
+/// [`Crowding::EVERY`]: then a thread that polls holds a CPU some other thread (quite likely
+/// the one it waits for) is queued for.
+#[derive(Debug, Clone)]
+pub struct Crowding {
+    cpus: usize,
+    checked: Option<Instant>,
+    crowded: bool,
+}
+
+impl Crowding {
+    /// How often the run queue length is sampled (one small read of `/proc/loadavg`).
+    pub const EVERY: Duration = Duration::from_millis(5);
+
+    pub fn new() -> Self {
+        Crowding {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            checked: None,
+            crowded: false,
+        }
+    }
+
+    /// The latest sample, taken anew if the last one is older than [`Crowding::EVERY`].
+    pub fn check(&mut self, now: Instant) -> bool {
+        if self
+            .checked
+            .is_none_or(|t| now.duration_since(t) >= Self::EVERY)
+        {
+            self.checked = Some(now);
+            self.crowded = runnable_threads().is_some_and(|r| r > self.cpus);
+        }
+        self.crowded
+    }
+}
+
+impl Default for Crowding {
+    fn default() -> Self {
+        Crowding::new()
     }
 }
 
