@@ -162,6 +162,54 @@ fn bare_ring_limit(pages: u64, pinned: bool) -> f64 {
     pages as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Round trip of one cache line between CPU 0 and CPU 1 (or wherever the scheduler puts
+/// the two threads), ns, median of blocks: about 0.1–0.3 µs when both threads hold their
+/// CPUs, microseconds when one of them keeps losing its CPU (other load on the machine, or
+/// the host descheduling a vCPU). Measured before each run to show how quiet it was.
+fn pingpong_ns(pinned: bool) -> f64 {
+    use std::sync::atomic::AtomicU64;
+    #[repr(align(128))]
+    struct Line(AtomicU64);
+    const BLOCK: u64 = 1000;
+    let lines = Arc::new([Line(AtomicU64::new(0)), Line(AtomicU64::new(0))]);
+    let l2 = lines.clone();
+    let stop = Instant::now() + Duration::from_millis(30);
+    let peer = std::thread::spawn(move || {
+        if pinned {
+            pin_thread(0, 1);
+        }
+        let mut i = 0u64;
+        loop {
+            let mut v = l2[0].0.load(Ordering::Acquire);
+            while v == i {
+                std::hint::spin_loop();
+                v = l2[0].0.load(Ordering::Acquire);
+            }
+            if v == u64::MAX {
+                return;
+            }
+            i = v;
+            l2[1].0.store(i, Ordering::Release);
+        }
+    });
+    let mut blocks = Vec::new();
+    let mut i = 0u64;
+    while Instant::now() < stop || blocks.is_empty() {
+        let t = Instant::now();
+        for _ in 0..BLOCK {
+            i += 1;
+            lines[0].0.store(i, Ordering::Release);
+            while lines[1].0.load(Ordering::Acquire) != i {
+                std::hint::spin_loop();
+            }
+        }
+        blocks.push(t.elapsed().as_nanos() as f64 / BLOCK as f64);
+    }
+    lines[0].0.store(u64::MAX, Ordering::Release);
+    peer.join().unwrap();
+    spread(&mut blocks).0
+}
+
 /// CPU time (user + system) of a process, in clock ticks, from /proc.
 fn cpu_ticks(pid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -223,13 +271,22 @@ fn set_affinity(tid: i32, want: impl Fn(usize) -> bool) -> bool {
 
 /// Pin every thread of a running process to one CPU (threads it starts later inherit it).
 fn pin_process(pid: i32, cpu: usize) -> bool {
+    process_affinity(pid, |c| c == cpu)
+}
+
+/// Let every thread of a running process run on every CPU again.
+fn unpin_process(pid: i32) -> bool {
+    process_affinity(pid, |_| true)
+}
+
+fn process_affinity(pid: i32, want: impl Fn(usize) -> bool) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
     let mut ok = true;
     for t in tasks.flatten() {
         if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) {
-            ok &= pin_thread(tid, cpu);
+            ok &= set_affinity(tid, &want);
         }
     }
     ok
@@ -331,6 +388,7 @@ fn main() {
     }
     // Guests are children of this (pinned) thread and inherit CPU 0.
     let mut bare = Series::default();
+    let mut rtt = Series::default();
     let mut store = Rates::default();
     let mut one = Rates::default();
     let mut two = Rates::default();
@@ -339,14 +397,17 @@ fn main() {
     let mut loaded = SyncLat::default();
     let sync_pages = (pages / 10).max(1000);
     for run in 0..runs {
+        rtt.push(pingpong_ns(pinned));
         let b = bare_ring_limit(pages, pinned);
         bare.push(b);
         let (p, g, _) = guests(&dir, 1, pages, &[]);
         one.push(p, g, b);
         if guard {
             eprintln!(
-                "e2e guard run {}: bare {:.3} M/s, 1 guest put {:.0}% get {:.0}%",
+                "e2e guard run {}: cross-CPU round trip {:.0} ns, bare {:.3} M/s, 1 guest put \
+                 {:.0}% get {:.0}%",
                 run + 1,
+                rtt.0[run],
                 b / 1e6,
                 100.0 * p / b,
                 100.0 * g / b
@@ -360,6 +421,12 @@ fn main() {
         let (p, g, _) = guests(&dir, 8, pages / 4, &[]);
         eight.push(p, g, b);
         // Synchronous round trips (window 1): alone, then beside a guest streaming pages.
+        // Unpinned, as guests run: pinning would put both guests on one CPU and both their
+        // workers on the other, a placement the scheduler would not choose.
+        if pinned {
+            unpin_thread();
+            unpin_process(daemon.pid());
+        }
         let (_, _, a) = guests(&dir, 1, sync_pages, &["--window", "1"]);
         alone.push(&a[0]);
         let mut load = Command::new(guest_bin())
@@ -372,11 +439,19 @@ fn main() {
             .expect("load guest");
         std::thread::sleep(Duration::from_millis(200));
         let (_, _, l) = guests(&dir, 1, sync_pages, &["--window", "1"]);
+        // Its job is done: the load only had to run beside the synchronous guest.
+        let _ = load.kill();
         let _ = load.wait();
         loaded.push(&l[0]);
+        if pinned {
+            pin_process(daemon.pid(), 1);
+            pin_thread(0, 0);
+        }
         eprintln!(
-            "e2e run {}/{runs}: bare {:.3} M/s, 1 guest put {:.0}% get {:.0}%",
+            "e2e run {}/{runs}: cross-CPU round trip {:.0} ns, bare {:.3} M/s, 1 guest put \
+             {:.0}% get {:.0}%",
             run + 1,
+            rtt.0[run],
             b / 1e6,
             100.0 * one.put_ratio.0[run],
             100.0 * one.get_ratio.0[run]
@@ -384,7 +459,7 @@ fn main() {
     }
 
     let placement = if pinned {
-        "guests on CPU 0, tmemd on CPU 1"
+        "guests on CPU 0, tmemd on CPU 1 (synchronous rows unpinned)"
     } else {
         "unpinned"
     };
@@ -394,6 +469,22 @@ fn main() {
          {placement}; median [min–max] of {runs} runs, each ratio against the bare ring \
          measured in the same run"
     );
+    println!();
+    println!(
+        "| run | cross-CPU round trip ns | bare ring M pages/s | 1 guest put / bare | \
+         1 guest get / bare |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for r in 0..rtt.0.len() {
+        println!(
+            "| {} | {:.0} | {:.3} | {:.0}% | {:.0}% |",
+            r + 1,
+            rtt.0[r],
+            bare.0[r] / 1e6,
+            100.0 * one.put_ratio.0[r],
+            100.0 * one.get_ratio.0[r]
+        );
+    }
     println!();
     println!("| path | put M pages/s | get M pages/s | put / bare | get / bare |");
     println!("|---|---:|---:|---:|---:|");
