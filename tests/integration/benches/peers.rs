@@ -219,7 +219,8 @@ fn main() {
         peers.push(("memcached", Proto::Memcached, a));
     }
     let dir = TempDir::new("peers");
-    let mem = format!("{}M", ((pages * 2 * PAGE as u64) >> 20) + 256);
+    // As in the e2e bench: persistent pages get only a share of the limit.
+    let mem = format!("{}M", ((pages * 8 * PAGE as u64) >> 20) + 256);
     let daemon = Daemon::start(&dir, &["--mem-limit", &mem]);
     tmem_tests::wait_for(Duration::from_secs(120), "tmemd prefault", || {
         daemon
