@@ -543,6 +543,9 @@ fn main() {
                 100.0 * g,
                 100.0 * floor
             );
+            // exit() runs no destructors: stop tmemd and remove its directory first.
+            drop(daemon);
+            drop(dir);
             std::process::exit(1);
         }
         println!();
