@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tmem_abi::{cmd, status, ResponseEntry};
 use tmem_local::ConnectParams;
-use tmem_ring::{FrontendRing, Layout, PollPolicy, SharedMem};
+use tmem_ring::{AdaptiveSpin, FrontendRing, Layout, PollPolicy, SharedMem};
 
 use crate::transport::{Call, Connection, Payload, Reply, Transport};
 use crate::FrontError;
@@ -16,6 +16,12 @@ use crate::FrontError;
 /// Bits of a request id that name its in-flight tag (the rest is a sequence number).
 const TAG_BITS: u32 = 20;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+
+/// Requests are published (and the backend kicked, if it sleeps) at least this often while a
+/// batch is being pushed: publishing only once the whole window is written would leave the
+/// backend idle while the guest copies pages in, and the guest idle while the backend works
+/// through them (the two would alternate instead of overlapping).
+const PUBLISH_EVERY: usize = 16;
 
 /// How long one sleep on the notify eventfd lasts before the socket is checked again.
 const SLEEP_SLICE: Duration = Duration::from_millis(20);
@@ -200,7 +206,8 @@ pub struct RingConnection<M: SharedMem, S: Signal = LocalSignal> {
     /// tag -> (index of the call in the current batch, full request id)
     inflight: Vec<Option<(usize, u64)>>,
     free: Vec<u32>,
-    poll: PollPolicy,
+    /// The poll policy's spin, shortened while spinning does not pay.
+    spin: AdaptiveSpin,
     timeout: Duration,
 }
 
@@ -250,7 +257,7 @@ impl<M: SharedMem, S: Signal> RingConnection<M, S> {
             seq: 0,
             inflight: vec![None; cap],
             free: (0..cap as u32).rev().collect(),
-            poll,
+            spin: AdaptiveSpin::new(poll),
             timeout,
         }
     }
@@ -300,7 +307,7 @@ impl<M: SharedMem, S: Signal> RingConnection<M, S> {
     fn wait(&mut self, since: Instant) -> Result<(), FrontError> {
         loop {
             let ring = &self.ring;
-            if self.poll.spin_until(|| ring.has_responses()) {
+            if self.spin.spin_until(|| ring.has_responses()) {
                 return Ok(());
             }
             if self.ring.prepare_to_sleep() {
@@ -337,7 +344,7 @@ impl<M: SharedMem + 'static, S: Signal + 'static> Connection for RingConnection<
         let mut done = 0;
         let mut progress = Instant::now();
         while done < n {
-            let mut pushed = false;
+            let mut pushed = 0usize;
             while next < n && self.ring.space() > 0 {
                 let Some(tag) = self.free.pop() else { break };
                 self.seq = self.seq.wrapping_add(1);
@@ -365,9 +372,12 @@ impl<M: SharedMem + 'static, S: Signal + 'static> Connection for RingConnection<
                 }
                 self.inflight[tag as usize] = Some((next, id));
                 next += 1;
-                pushed = true;
+                pushed += 1;
+                if pushed.is_multiple_of(PUBLISH_EVERY) && self.ring.publish() {
+                    self.signal.kick();
+                }
             }
-            if pushed && self.ring.publish() {
+            if pushed > 0 && self.ring.publish() {
                 self.signal.kick();
             }
             let got = match self.drain(calls) {

@@ -23,7 +23,7 @@ pub mod poll;
 pub use backend::{BackendRing, Incoming, Resumed, SlotSink, SlotSource};
 pub use frontend::FrontendRing;
 pub use mem::HeapMem;
-pub use poll::{PollPolicy, WaitOutcome, Waitable};
+pub use poll::{AdaptiveSpin, Crowding, PollPolicy, WaitOutcome, Waitable};
 
 /// Size of one page of the shared area (ring pages and data slots).
 pub const PAGE_SIZE: usize = tmem_abi::PAGE_SIZE;

@@ -214,6 +214,7 @@ impl Worker {
         let mut events = Events::with_capacity(256);
         let mut last_work = Instant::now();
         let mut last_check = Instant::now();
+        let mut crowd = tmem_ring::Crowding::new();
         loop {
             self.heartbeat.beat();
             let mut work = 0usize;
@@ -226,6 +227,12 @@ impl Worker {
             let now = Instant::now();
             if work > 0 {
                 last_work = now;
+                // With more runnable threads than CPUs, a worker that always has work would
+                // keep its CPU for a whole time slice while another worker (or a guest) on
+                // the same CPU waits to answer a synchronous request: let it in once a round.
+                if crowd.check(now) {
+                    std::thread::yield_now();
+                }
             }
             let timeout = if now.duration_since(last_work) < self.poll_window {
                 if now.duration_since(last_check) < EVENT_CHECK {
