@@ -35,7 +35,8 @@ QEMU_CPU=${TMEMXQ_QEMU_CPU:-qemu64}
 XENVER=4.17
 ALL_REAL="first-boot two-guests restart destroy transfer swapdisk"
 # Known but not in "auto": swap-compare (a benchmark) takes about 12 minutes under TCG;
-# save-probe (reports what xl save / xl restore do to a tmem guest today; fails only if it cannot run).
+# save-probe (reports what xl save / xl restore do to a tmem guest today; fails only if it cannot run);
+# xen-path (issue 14: Xen against local transport, spinning against not, in one dom0 and run).
 SWAP="swap-compare swapdisk"
 
 START=$SECONDS
