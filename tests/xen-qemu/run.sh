@@ -269,6 +269,7 @@ printf 'root:x:0:0:root:/root:/bin/sh\n' > "$D/etc/passwd"
 printf 'root:x:0:\n' > "$D/etc/group"
 add_exe "$D" "$BIN/tmemd" /usr/sbin/tmemd
 add_exe "$D" "$BIN/tmem" /usr/sbin/tmem
+add_exe "$D" "$BIN/tmem-guest" /usr/bin/tmem-guest   # xen-path: the local transport in dom0
 install -m 755 "$HERE/dom0/init" "$D/init"
 cp "$HERE"/scenarios/*.sh "$D/tmemxq/"
 echo "$SCENARIOS" > "$D/tmemxq/scenarios"
