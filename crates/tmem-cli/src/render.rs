@@ -672,6 +672,7 @@ pub(crate) mod tests {
                 freeable_pages: 1097,
                 metadata_bytes: 300_000,
                 shared_auth_required: true,
+                compression: Default::default(),
             },
             clients: vec![
                 ClientStats {

@@ -52,6 +52,9 @@ impl Store {
             }
         }
         let node = found.node;
+        if m.is_z(node) {
+            return Ok(self.get_z(m, gid, kind, found.obj, node, dst));
+        }
         match kind {
             PoolKind::PrivateEphemeral => {
                 let fill = if node & EXTRA != 0 {
@@ -92,6 +95,45 @@ impl Store {
         Ok(true)
     }
 
+    /// Get of compressed page `node`: its bytes are copied out under the metadata lock
+    /// (see `zpage.rs`), decompressed after it.
+    fn get_z<D: PageSink + ?Sized>(
+        &self,
+        mut m: std::sync::MutexGuard<'_, crate::meta::Meta>,
+        gid: u32,
+        kind: PoolKind,
+        obj: u32,
+        node: u32,
+        dst: &mut D,
+    ) -> bool {
+        let copy = self.z_read(&m, node);
+        let mut freed = Vec::new();
+        match kind {
+            PoolKind::PrivateEphemeral => {
+                m.remove_page(obj, node);
+                freed = m.take_zfreed();
+            }
+            PoolKind::SharedEphemeral => touch(&mut m, gid, node),
+            PoolKind::PrivatePersistent => {}
+        }
+        drop(m);
+        self.free_frames(&freed);
+        let mut page = [0u8; crate::PAGE_SIZE];
+        match copy {
+            Some(z) if z.expand(&mut page) => {
+                dst.write_page(&page);
+                true
+            }
+            // Never expected (the bytes were written by this process under the same lock);
+            // a miss is honest, a wrong page would not be.
+            _ => {
+                self.zerrors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
     /// Remove one page. Carried out and `Ok` whether or not the page existed, frozen or not
     /// (tmemd departs from Xen, which returned `-EFROZEN` after flushing for a frozen client).
     pub fn flush_page(&self, c: ClientId, pool: u32, key: PageKey) -> Result<(), TmemError> {
@@ -105,10 +147,10 @@ impl Store {
             if let Some(found) = m.lookup(gid, &key) {
                 m.pool_mut(gid).c.found_flushes += 1;
                 let f = m.remove_page(found.obj, found.node);
+                let mut freed = m.take_zfreed();
                 drop(m);
-                if let Some(f) = f {
-                    self.free_frames(&[f]);
-                }
+                freed.extend(f);
+                self.free_frames(&freed);
             }
             Ok(())
         })();
@@ -133,6 +175,7 @@ impl Store {
                 let mut out = Vec::new();
                 if small {
                     m.empty_object(obj, &mut out);
+                    out.append(&mut m.zfreed);
                 } else {
                     m.queue_object_reap(gid, &oid);
                 }

@@ -54,7 +54,8 @@ impl Meta {
                 }
             }
         }
-        if node & EXTRA != 0 {
+        let z = self.is_z(node);
+        if node & EXTRA != 0 && !z {
             self.g.same_pages += 1;
             if self.fill_of(node) == 0 {
                 self.g.zero_pages += 1;
@@ -73,7 +74,8 @@ impl Meta {
             self.lru_push(head, node);
             self.g.eph += 1;
             self.g.eph_max = self.g.eph_max.max(self.g.eph);
-            if node & EXTRA == 0 {
+            // Evicting a compressed page gives memory back too.
+            if node & EXTRA == 0 || z {
                 self.g.eph_data += 1;
             }
             if let Some(o) = owner {
@@ -125,6 +127,7 @@ impl Meta {
             }
         }
         self.g.pages -= 1;
+        let z = self.is_z(node);
         if kind.is_persistent() {
             self.unpublish(node);
         } else {
@@ -140,11 +143,15 @@ impl Meta {
                 self.free_account(account);
             }
             self.g.eph -= 1;
-            if node & EXTRA == 0 {
+            if node & EXTRA == 0 || z {
                 self.g.eph_data -= 1;
             }
         }
-        if node & EXTRA != 0 {
+        if z {
+            self.free_z(node);
+            self.free_extra(node);
+            None
+        } else if node & EXTRA != 0 {
             self.g.same_pages -= 1;
             if self.fill_of(node) == 0 {
                 self.g.zero_pages -= 1;

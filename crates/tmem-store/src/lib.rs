@@ -70,6 +70,7 @@
 
 mod admin;
 mod clients;
+mod compress;
 mod config;
 mod durable;
 mod frames;
@@ -84,12 +85,15 @@ mod pools;
 mod put;
 mod reap;
 mod stats;
+mod zpage;
 
+pub use compress::{ClientCompression, Compression};
 pub use config::{Attach, AttachRefused, ClientId, StoreConfig};
 pub use durable::{page_file_len, Recovery};
 pub use identity::Identity;
 pub use stats::{
-    ClientStats, GlobalStats, PoolCounters, PoolStats, SharedPoolStats, StoreStats, SwapDiskStats,
+    ClientStats, CompressionStats, GlobalStats, PoolCounters, PoolStats, SharedPoolStats,
+    StoreStats, SwapDiskStats,
 };
 pub use tmem_abi::{Oid, Page, PageKey, PageSink, PageSource, PoolKind, TmemError, PAGE_SIZE};
 pub use tmem_pmem::{OpenError as PageFileError, Origin as PageFileOrigin, PageFile};
@@ -99,7 +103,7 @@ use hash::KeyedState;
 use meta::{Global, Links, Meta, EXTRA};
 use reap::{HELP_REAP, REAP_CHUNK};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -135,6 +139,15 @@ pub struct Store {
     errored_ops: AtomicU64,
     /// Threads queued for the metadata lock (see [`Store::meta`]).
     waiting: AtomicU32,
+    /// Compression settings readable without the metadata lock (the put path compresses
+    /// before taking it): whether any client compresses, each such client's setting, the
+    /// codec `set_compress(c, true)` picks, and the largest compressed size kept.
+    zany: AtomicBool,
+    zmodes: Mutex<HashMap<ClientId, ClientCompression>>,
+    zdefault: AtomicU32,
+    zmax: AtomicUsize,
+    /// Compressed pages that did not decompress (never expected; answered as misses).
+    zerrors: AtomicU64,
 }
 
 /// Result of trying to obtain a frame.
@@ -186,6 +199,9 @@ impl Store {
             xl: Links::default(),
             xfill: Vec::new(),
             x_free: Vec::new(),
+            z: tmem_zalloc::ZAlloc::new(),
+            xz: Vec::new(),
+            zfreed: Vec::new(),
             // Same-filled pages cost only metadata; bound them anyway (guest-driven
             // allocation).
             max_same: (nframes as u64).max(1 << 16),
@@ -202,6 +218,11 @@ impl Store {
             total_ops: AtomicU64::new(0),
             errored_ops: AtomicU64::new(0),
             waiting: AtomicU32::new(0),
+            zany: AtomicBool::new(false),
+            zmodes: Mutex::new(HashMap::new()),
+            zdefault: AtomicU32::new(Compression::Lz4.code()),
+            zmax: AtomicUsize::new(DEFAULT_COMPRESS_MAX),
+            zerrors: AtomicU64::new(0),
         }
     }
 
@@ -270,7 +291,9 @@ impl Store {
                     return;
                 }
                 let chunk = m.reap_chunk;
-                m.reap_chunk(chunk, &mut out)
+                let more = m.reap_chunk(chunk, &mut out);
+                out.append(&mut m.zfreed);
+                more
             };
             self.free_frames(&out);
             if !more {
@@ -297,7 +320,9 @@ impl Store {
         let more = {
             let mut m = self.meta();
             let chunk = m.reap_chunk;
-            m.reap_chunk(chunk, &mut out)
+            let more = m.reap_chunk(chunk, &mut out);
+            out.append(&mut m.zfreed);
+            more
         };
         self.free_frames(&out);
         more
@@ -322,6 +347,8 @@ impl Store {
     fn reserve(&self, m: &mut Meta, new_durable: bool) -> Reserve {
         {
             let mut f = lock(&self.free);
+            // Frames compressed runs gave back are free like any other.
+            f.list.append(&mut m.zfreed);
             let keep = if new_durable { self.dup_reserve() } else { 0 };
             let available = f.list.len() as u64 + (self.nframes - f.fresh) as u64;
             // Else fall through to reclaim and eviction.
@@ -349,17 +376,34 @@ impl Store {
                 return Reserve::Frame(x);
             }
         }
-        // Evicted same-filled pages free no frame: bound the walk so that a guest's pile of them
-        // cannot hold the lock (this put then fails; the next one goes on from there).
+        // Evicted same-filled pages free no frame, and an evicted compressed page frees one
+        // only when its run empties: bound the walk so that a guest's pile of them cannot hold
+        // the lock (this put then fails; the next one goes on from there). Every so many
+        // compressed evictions, compaction turns the holes they left into whole frames.
+        let mut z_evicted = 0usize;
         for _ in 0..REAP_CHUNK {
+            if let Some(f) = m.zfreed.pop() {
+                return Reserve::Frame(f);
+            }
             if m.g.eph_data == 0 {
                 break;
             }
+            let before = m.g.z_pages;
             match m.evict_one() {
                 Some(Some(f)) => return Reserve::Frame(f),
-                Some(None) => continue,
+                Some(None) => {
+                    if m.g.z_pages < before {
+                        z_evicted += 1;
+                        if z_evicted.is_multiple_of(16) && m.zfreed.is_empty() {
+                            self.z_compact(m, zpage::PRESSURE_COMPACT);
+                        }
+                    }
+                }
                 None => break,
             }
+        }
+        if let Some(f) = m.zfreed.pop() {
+            return Reserve::Frame(f);
         }
         Reserve::NoneEvictable
     }
@@ -383,6 +427,9 @@ impl Store {
         });
     }
 }
+
+/// Largest compressed page kept by default: 75% of a page (see `compress.rs`).
+const DEFAULT_COMPRESS_MAX: usize = PAGE_SIZE * 3 / 4;
 
 /// Longest a reclaiming thread waits, between two chunks, for queued threads to take the lock.
 const HANDOFF_MAX: Duration = Duration::from_millis(1);

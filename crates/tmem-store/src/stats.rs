@@ -52,6 +52,25 @@ pub struct SwapDiskStats {
     pub errors: u64,
 }
 
+/// Compressed pages, store-wide.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompressionStats {
+    /// Pages stored compressed now.
+    pub pages: u64,
+    /// Their compressed bytes.
+    pub compressed_bytes: u64,
+    /// Frames the size-class runs holding them take (`frames * 4096` is the memory they
+    /// really use; the rest of those frames is rounding and free slots).
+    pub frames: u64,
+    /// Frames compaction could give back now.
+    pub compactable_frames: u64,
+    /// Compaction passes and objects moved by them.
+    pub compactions: u64,
+    pub compaction_moves: u64,
+    /// Compressed pages that did not decompress (answered as misses; never expected).
+    pub decompress_errors: u64,
+}
+
 /// Store-wide counters and memory figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GlobalStats {
@@ -98,6 +117,9 @@ pub struct GlobalStats {
     pub metadata_bytes: u64,
     /// Whether joining a shared pool needs a per-domain authorisation.
     pub shared_auth_required: bool,
+    /// Compressed pages and the memory they take.
+    #[serde(default)]
+    pub compression: CompressionStats,
 }
 
 /// One client (a connected or detached guest domain instance).
@@ -324,7 +346,8 @@ impl Store {
             })
             .collect();
         shared_pools.sort_by_key(|s| s.uuid);
-        let used = fresh - free_len;
+        // Frames compressed runs gave back are free, though not on the list yet.
+        let used = fresh - free_len - m.zfreed.len() as u64;
         StoreStats {
             global: GlobalStats {
                 total_ops: self.total_ops.load(Ordering::Relaxed),
@@ -347,6 +370,15 @@ impl Store {
                 freeable_pages: m.g.eph_data,
                 metadata_bytes: self.metadata_bytes(&m, free_len),
                 shared_auth_required: m.auth_required,
+                compression: CompressionStats {
+                    pages: m.g.z_pages,
+                    compressed_bytes: m.g.z_bytes,
+                    frames: m.z.stats().frames,
+                    compactable_frames: m.z.reclaimable_frames(),
+                    compactions: m.g.z_compactions,
+                    compaction_moves: m.g.z_moved,
+                    decompress_errors: self.zerrors.load(Ordering::Relaxed),
+                },
             },
             clients,
             shared_pools,
