@@ -124,7 +124,8 @@ impl Store {
                     Some(None) => {
                         // A compressed page frees a frame only when its run empties; every
                         // so many, compaction turns the holes into whole frames.
-                        if m.g.z_pages < z_before && steps.is_multiple_of(16) && m.zfreed.is_empty() {
+                        if m.g.z_pages < z_before && steps.is_multiple_of(16) && m.zfreed.is_empty()
+                        {
                             self.z_compact(&mut m, crate::zpage::PRESSURE_COMPACT);
                         }
                         out.append(&mut m.zfreed);

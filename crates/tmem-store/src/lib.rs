@@ -148,6 +148,11 @@ pub struct Store {
     zmax: AtomicUsize,
     /// Compressed pages that did not decompress (never expected; answered as misses).
     zerrors: AtomicU64,
+    /// Each client's (hashed) run of pages that did not compress (see `zpage.rs`), and
+    /// pages tried without gain and pages not tried because of such a run.
+    zmiss: [AtomicU32; zpage::ZMISS_SLOTS],
+    zincompressible: AtomicU64,
+    zskipped: AtomicU64,
 }
 
 /// Result of trying to obtain a frame.
@@ -223,6 +228,9 @@ impl Store {
             zdefault: AtomicU32::new(Compression::Lz4.code()),
             zmax: AtomicUsize::new(DEFAULT_COMPRESS_MAX),
             zerrors: AtomicU64::new(0),
+            zmiss: std::array::from_fn(|_| AtomicU32::new(0)),
+            zincompressible: AtomicU64::new(0),
+            zskipped: AtomicU64::new(0),
         }
     }
 

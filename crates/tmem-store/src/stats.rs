@@ -69,6 +69,12 @@ pub struct CompressionStats {
     pub compaction_moves: u64,
     /// Compressed pages that did not decompress (answered as misses; never expected).
     pub decompress_errors: u64,
+    /// Puts whose page did not compress to the threshold (stored raw), and puts not tried
+    /// because their client's recent pages did not compress.
+    #[serde(default)]
+    pub incompressible: u64,
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 /// Store-wide counters and memory figures.
@@ -378,6 +384,8 @@ impl Store {
                     compactions: m.g.z_compactions,
                     compaction_moves: m.g.z_moved,
                     decompress_errors: self.zerrors.load(Ordering::Relaxed),
+                    incompressible: self.zincompressible.load(Ordering::Relaxed),
+                    skipped: self.zskipped.load(Ordering::Relaxed),
                 },
             },
             clients,

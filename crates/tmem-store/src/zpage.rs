@@ -21,6 +21,11 @@ use tmem_zalloc::Span;
 const ALGO_SHIFT: u32 = 30;
 const HANDLE_MASK: u32 = (1 << ALGO_SHIFT) - 1;
 
+/// Misses in a row after which a client's pages are stored raw without a try for a while.
+pub(crate) const MISS_RUN: u32 = 8;
+/// Slots of the per-client miss record.
+pub(crate) const ZMISS_SLOTS: usize = 64;
+
 /// Objects moved per compaction step taken by a put under memory pressure.
 pub(crate) const PRESSURE_COMPACT: usize = 256;
 
@@ -115,16 +120,48 @@ impl Store {
     /// kind is known: see [`ClientCompression::guess`]).
     /// Boxed: the put path carries it (or `None`) around, and it is made only for a page
     /// that compressed.
+    ///
+    /// A client whose pages keep failing to compress (encrypted swap, media) stops paying for
+    /// it: after [`MISS_RUN`] misses in a row the next pages are stored raw without a try,
+    /// 1, 2, 4 ... up to 64 of them after each further miss, and one page that compresses
+    /// ends the streak. The record is per client, hashed into a few slots (two clients
+    /// sharing one only share a streak).
     pub(crate) fn try_compress(&self, c: ClientId, page: &Page) -> Option<Box<ZCopy>> {
         let algo = self.zsetting(c)?.guess();
+        let slot = &self.zmiss[c.0 as usize % ZMISS_SLOTS];
+        let v = slot.load(Ordering::Relaxed);
+        let (miss, skip) = (v & 0xffff, v >> 16);
+        if skip > 0 {
+            slot.store(v - (1 << 16), Ordering::Relaxed);
+            self.zskipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         let max = self.zmax.load(Ordering::Relaxed);
         let mut z = Box::new(ZCopy {
             algo,
             len: 0,
             bytes: [0u8; ZBUF_LEN],
         });
-        z.len = compress::compress(algo, page, &mut z.bytes, max)?;
-        Some(z)
+        match compress::compress(algo, page, &mut z.bytes, max) {
+            Some(n) => {
+                if miss != 0 {
+                    slot.store(0, Ordering::Relaxed);
+                }
+                z.len = n;
+                Some(z)
+            }
+            None => {
+                self.zincompressible.fetch_add(1, Ordering::Relaxed);
+                let miss = (miss + 1).min(0xffff);
+                let skip = if miss >= MISS_RUN {
+                    1u32 << (miss - MISS_RUN).min(6)
+                } else {
+                    0
+                };
+                slot.store(miss | skip << 16, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     /// Keep `bytes` (made by `algo`) as a compressed object and return its node, not linked

@@ -258,3 +258,34 @@ fn a_full_store_of_persistent_pages_still_takes_compressed_pages_into_free_slots
         }
     }
 }
+
+#[test]
+fn a_run_of_incompressible_pages_stops_the_tries_and_one_that_compresses_ends_it() {
+    let s = store(1024);
+    let (c, p) = client(
+        &s,
+        PoolKind::PrivatePersistent,
+        ClientCompression::both(Compression::Lz4),
+    );
+    for i in 0..200 {
+        s.put(c, p, key(i), &noise(i as u64)).unwrap();
+    }
+    let z = s.stats().global.compression;
+    assert_eq!(z.pages, 0);
+    assert_eq!(z.incompressible + z.skipped, 200);
+    assert!(z.skipped > 150, "{z:?}");
+    // Compressible pages again: within one skip window (at most 64 pages) they compress.
+    for i in 200..300 {
+        s.put(c, p, key(i), &text(i as u64)).unwrap();
+    }
+    let z = s.stats().global.compression;
+    assert!(z.pages >= 100 - 64, "{z:?}");
+    for i in 0..300 {
+        let want = if i < 200 {
+            noise(i as u64)
+        } else {
+            text(i as u64)
+        };
+        assert!(get(&s, c, p, i) == Some(want), "page {i}");
+    }
+}
