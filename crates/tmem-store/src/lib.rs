@@ -206,6 +206,7 @@ impl Store {
             x_free: Vec::new(),
             z: tmem_zalloc::ZAlloc::new(),
             xz: Vec::new(),
+            zowner: Vec::new(),
             zfreed: Vec::new(),
             // Same-filled pages cost only metadata; bound them anyway (guest-driven
             // allocation).

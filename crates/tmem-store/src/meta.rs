@@ -203,6 +203,8 @@ pub(crate) struct Meta {
     /// runs gave back (see `zpage.rs`).
     pub(crate) z: tmem_zalloc::ZAlloc,
     pub(crate) xz: Vec<u32>,
+    /// The node of each allocator handle ([`NIL`]: free), for compaction's record updates.
+    pub(crate) zowner: Vec<u32>,
     pub(crate) zfreed: Vec<u32>,
     /// Most same-filled pages kept without a frame, store-wide: they cost only metadata, but
     /// a guest drives how many there are.

@@ -202,6 +202,7 @@ impl Store {
                 // No frame, but a compressed page may still fit a free slot of a run
                 // (compressed under the lock: bounded work, and only when memory is full).
                 if let Some(x) = self.z_into_free_slot(&mut m, c, gid, &scratch) {
+                    m.publish(gid, &key, x);
                     m.insert_page(gid, &key, x);
                     self.count_put_ok(&mut m, c, gid, false);
                     return Ok(());

@@ -13,8 +13,10 @@
 
 use crate::compress::{self, ClientCompression, Compression, ZBuf, ZBUF_LEN};
 use crate::meta::{Meta, EXTRA, NIL};
-use crate::{lock, ClientId, Page, Store, PAGE_SIZE};
+use crate::{lock, ClientId, Page, PageKey, Store, PAGE_SIZE};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use tmem_pmem::{page_flags, PageRecord};
 use tmem_zalloc::Span;
 
 /// Bits of `Meta::xz` above the allocator handle: the codec.
@@ -28,6 +30,31 @@ pub(crate) const ZMISS_SLOTS: usize = 64;
 
 /// Objects moved per compaction step taken by a put under memory pressure.
 pub(crate) const PRESSURE_COMPACT: usize = 256;
+
+/// Recovery: each run frame's run, its place in the run, and the run's class.
+pub(crate) type RunFrames = HashMap<u32, (u32, u32, tmem_zalloc::ClassInfo)>;
+
+/// A compressed page's place in its record's last word: first frame (bits 0-31), offset in
+/// it (32-43), length - 1 (44-55), codec (56-57).
+fn encode_loc(frame: u32, off: u32, len: u32, algo: Compression) -> u64 {
+    frame as u64
+        | (off as u64 & 0xfff) << 32
+        | ((len as u64 - 1) & 0xfff) << 44
+        | (algo.code() as u64) << 56
+}
+
+fn decode_loc(w: u64) -> Option<(u32, u32, u32, Compression)> {
+    let algo = Compression::from_code((w >> 56) as u32 & 3);
+    if !algo.is_on() || w >> 58 != 0 {
+        return None;
+    }
+    Some((
+        w as u32,
+        (w >> 32) as u32 & 0xfff,
+        ((w >> 44) as u32 & 0xfff) + 1,
+        algo,
+    ))
+}
 
 /// A compressed page read out under the metadata lock, to be decompressed after it.
 pub(crate) struct ZCopy {
@@ -67,8 +94,8 @@ impl Meta {
         (v != NIL).then(|| (v & HANDLE_MASK, Compression::from_code(v >> ALGO_SHIFT)))
     }
 
-    /// Free the allocator object of compressed node `x` (being removed); its run's frames, if
-    /// that emptied it, go to `zfreed`.
+    /// Free the allocator object of compressed node `x` (being removed; a durable page's
+    /// record is already cleared); its run's frames, if that emptied it, go to `zfreed`.
     pub(crate) fn free_z(&mut self, x: u32) {
         let Some((h, _)) = self.zhandle(x) else {
             return;
@@ -77,11 +104,104 @@ impl Meta {
         self.g.z_pages -= 1;
         self.g.z_bytes -= len;
         if let Some(fs) = self.z.free(h) {
-            self.zfreed.extend_from_slice(fs.as_slice());
+            self.release_run_frames(fs.as_slice());
         }
         if let Some(v) = self.xz.get_mut((x & !EXTRA) as usize) {
             *v = NIL;
         }
+        if let Some(o) = self.zowner.get_mut(h as usize) {
+            *o = NIL;
+        }
+    }
+
+    /// Frames of a run that emptied: a durable store clears their run records first (so a
+    /// recovery never takes them for a run again), then they are free.
+    pub(crate) fn release_run_frames(&mut self, frames: &[u32]) {
+        if let Some(d) = self.dur.as_ref() {
+            for &f in frames {
+                d.pm.clear_frame(f);
+            }
+        }
+        self.zfreed.extend_from_slice(frames);
+    }
+
+    /// Durable stores: record a new run (every frame: its class, the run's length, the
+    /// frame's place in it, and a key shared by the run), before any object is written to
+    /// it. `h` is the object whose allocation made the run.
+    pub(crate) fn record_run(&mut self, h: u32) {
+        let Some((frames, class)) = self.z.run_of(h) else {
+            return;
+        };
+        let Some(d) = self.dur.as_ref() else { return };
+        let key = d.pm.next_seq();
+        let fs = frames.as_slice();
+        for (i, &f) in fs.iter().enumerate() {
+            let r = PageRecord {
+                pool_slot: u32::MAX,
+                flags: page_flags::RUN,
+                oid: [class.size as u64, fs.len() as u64 | (i as u64) << 32, key],
+                index: 0,
+                seq: key,
+                fill: fs[0] as u64,
+            };
+            d.pm.publish_frame(f, &r);
+        }
+    }
+
+    /// Where compressed node `x`'s bytes are, as its page record says it (`None`: `x` is
+    /// not compressed): first frame, offset in it, length and codec in one word.
+    pub(crate) fn z_location(&self, x: u32) -> Option<u64> {
+        let (h, algo) = self.zhandle(x)?;
+        let s = self.z.span(h)?;
+        let p = s.pieces().first()?;
+        Some(encode_loc(p.frame, p.off, s.len() as u32, algo))
+    }
+
+    /// After compaction moved handle `h`: a durable page gets a record of its new place
+    /// (higher sequence number) before the record of its old one is cleared, so a kill in
+    /// between leaves one or the other.
+    fn republish_moved(&mut self, h: u32) {
+        let Some(&node) = self.zowner.get(h as usize) else {
+            return;
+        };
+        if node == NIL || self.dur.is_none() {
+            return;
+        }
+        let (obj, index) = {
+            let (l, i) = self.l(node);
+            (l.n[i].obj, l.n[i].index)
+        };
+        let Some(o) = self.objs.get(obj as usize).and_then(|o| o.as_ref()) else {
+            return;
+        };
+        let (gid, oid) = (o.pool, o.oid);
+        if !self.durable_pool(gid) {
+            return;
+        }
+        let old = self
+            .dur
+            .as_ref()
+            .and_then(|d| d.xrec_of(node))
+            .unwrap_or(NIL);
+        self.publish(gid, &PageKey { oid, index }, node);
+        let new = self
+            .dur
+            .as_ref()
+            .and_then(|d| d.xrec_of(node))
+            .unwrap_or(NIL);
+        // Only once the new record is there (`can_compact` made sure one was free).
+        if old != NIL && new != old {
+            if let Some(d) = self.dur.as_mut() {
+                d.release_xrec(old);
+            }
+        }
+    }
+
+    /// Whether compaction may move objects now: a durable store needs a free metadata
+    /// record for each moved persistent page's new record (the old one is freed right after,
+    /// so one is enough).
+    pub(crate) fn can_compact(&self) -> bool {
+        self.dur.as_ref().is_none_or(|d| d.xrec_available())
     }
 
     /// Frames runs gave back, for the store's free list.
@@ -89,11 +209,11 @@ impl Meta {
         std::mem::take(&mut self.zfreed)
     }
 
-    /// Whether pool `gid`'s pages of client `c` are compressed with `algo` now. Durable pools
-    /// keep their pages raw (their records name a frame; compressed persistent pages in the
-    /// page file are not done yet).
+    /// Whether pool `gid`'s pages of client `c` are compressed with `algo` now.
     pub(crate) fn wants_z(&self, c: ClientId, gid: u32, algo: Compression) -> bool {
-        if !algo.is_on() || self.durable_pool(gid) {
+        // A durable page needs a metadata record (compressed pages share them with
+        // same-filled ones).
+        if !algo.is_on() || !self.record_room(gid) {
             return false;
         }
         let p = self.pool(gid);
@@ -217,6 +337,7 @@ impl Store {
                 m.ensure_data_links(f);
             }
         }
+        let new_run = need > 0;
         let h = match m.z.alloc(bytes.len(), |_| Some(frames)) {
             Ok(h) if h <= HANDLE_MASK => h,
             Ok(h) => {
@@ -227,6 +348,9 @@ impl Store {
             }
             Err(_) => return None,
         };
+        if new_run {
+            m.record_run(h);
+        }
         if let Some(span) = m.z.span(h) {
             self.z_write(&span, bytes);
         }
@@ -236,6 +360,10 @@ impl Store {
             m.xz.resize(i + 1, NIL);
         }
         m.xz[i] = h | algo.code() << ALGO_SHIFT;
+        if m.zowner.len() <= h as usize {
+            m.zowner.resize(h as usize + 1, NIL);
+        }
+        m.zowner[h as usize] = x;
         m.g.z_pages += 1;
         m.g.z_bytes += bytes.len() as u64;
         Some((x, used_spare))
@@ -277,17 +405,106 @@ impl Store {
     /// Move at most `budget` compressed objects so that runs empty (under the metadata
     /// lock); their frames go to `zfreed`. Returns the frames freed.
     pub(crate) fn z_compact(&self, m: &mut Meta, budget: usize) -> usize {
+        if !m.can_compact() {
+            return 0;
+        }
         let c = m.z.compact(budget);
         let mut buf = [0u8; PAGE_SIZE];
         for mv in &c.moves {
             let n = mv.from.len();
             self.span_read(&mv.from, &mut buf[..n]);
             self.z_write(&mv.to, &buf[..n]);
+            m.republish_moved(mv.handle);
         }
         m.g.z_compactions += 1;
         m.g.z_moved += c.moves.len() as u64;
-        m.zfreed.extend_from_slice(&c.freed);
+        m.release_run_frames(&c.freed);
         c.freed.len()
+    }
+
+    /// Recovery: rebuild the runs the page file records (a run comes back only whole: every
+    /// one of its frames with a record of the same key, class and length). Returns the
+    /// other frame records, and each run frame's run, place in it and class.
+    pub(crate) fn recover_runs(
+        &self,
+        m: &mut Meta,
+        pm: &tmem_pmem::PageMemory,
+        frames: Vec<(u32, PageRecord)>,
+        rep: &mut crate::Recovery,
+    ) -> (Vec<(u32, PageRecord)>, RunFrames) {
+        let mut rest = Vec::with_capacity(frames.len());
+        // key -> (size, len, members by place)
+        let mut runs: HashMap<u64, (u64, usize, Vec<Option<u32>>)> = HashMap::new();
+        let mut bad = Vec::new();
+        for (f, r) in frames {
+            if r.flags != page_flags::RUN {
+                rest.push((f, r));
+                continue;
+            }
+            let (size, len, at) = (r.oid[0], (r.oid[1] & 0xffff_ffff) as usize, r.oid[1] >> 32);
+            if len == 0 || len > tmem_zalloc::MAX_RUN_FRAMES || at as usize >= len {
+                bad.push(f);
+                continue;
+            }
+            let e = runs
+                .entry(r.oid[2])
+                .or_insert_with(|| (size, len, vec![None; len]));
+            if e.0 != size || e.1 != len || e.2[at as usize].is_some() {
+                bad.push(f);
+                continue;
+            }
+            e.2[at as usize] = Some(f);
+        }
+        let mut out = RunFrames::new();
+        for (_, (size, _, members)) in runs {
+            let whole: Option<Vec<u32>> = members.iter().copied().collect();
+            let restored = whole.as_ref().and_then(|fs| {
+                let size = u32::try_from(size).ok()?;
+                let rid = m.z.restore_run(size, fs)?;
+                let class = m.z.class_for(size as usize)?;
+                Some((rid, class))
+            });
+            match (whole, restored) {
+                (Some(fs), Some((rid, class))) => {
+                    for (i, f) in fs.into_iter().enumerate() {
+                        m.ensure_data_links(f);
+                        out.insert(f, (rid, i as u32, class));
+                    }
+                }
+                _ => bad.extend(members.into_iter().flatten()),
+            }
+        }
+        for f in bad {
+            rep.torn += 1;
+            pm.clear_frame(f);
+        }
+        (rest, out)
+    }
+
+    /// Recovery: the compressed page whose record says `loc`, put back into its run's slot;
+    /// its node (not linked yet). `None` if the record names no restored run, a slot out of
+    /// range or taken, or a codec this build does not have.
+    pub(crate) fn recover_z(&self, m: &mut Meta, runs: &RunFrames, loc: u64) -> Option<u32> {
+        let (frame, off, len, algo) = decode_loc(loc)?;
+        let &(rid, at, class) = runs.get(&frame)?;
+        let slot = tmem_zalloc::ZAlloc::slot_at(class, at, off)?;
+        let h = m.z.restore_object(rid, slot, len as usize)?;
+        if h > HANDLE_MASK {
+            return None;
+        }
+        let x = m.alloc_extra();
+        let i = (x & !EXTRA) as usize;
+        if m.xz.len() <= i {
+            m.xz.resize(i + 1, NIL);
+        }
+        m.xz[i] = h | algo.code() << ALGO_SHIFT;
+        if m.zowner.len() <= h as usize {
+            m.zowner.resize(h as usize + 1, NIL);
+        }
+        m.zowner[h as usize] = x;
+        m.g.z_pages += 1;
+        m.g.z_bytes += len as u64;
+        Some(x)
     }
 
     /// Compact compressed pages: move at most `budget` objects, give emptied frames back.

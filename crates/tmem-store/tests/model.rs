@@ -51,6 +51,8 @@ enum Op {
     Restart,
     /// Compressing runs: change a client's compression setting (0..6, see `setting`).
     Compress(usize, u8),
+    /// Move at most this many compressed pages to give frames back.
+    Compact(usize),
 }
 
 /// Compression settings the compressed runs switch between.
@@ -91,6 +93,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::ReapStep),
         1 => Just(Op::Restart),
         1 => (0..CLIENTS, 0u8..6).prop_map(|(c, n)| Op::Compress(c, n)),
+        1 => prop_oneof![Just(1usize), Just(4), Just(1000)].prop_map(Op::Compact),
     ]
 }
 
@@ -467,6 +470,11 @@ impl Harness {
                     self.pools[c] = open_pools(s, id, c, true);
                 }
                 // Settings are the daemon's to restore; the store starts from its defaults.
+                if self.z {
+                    for c in 0..CLIENTS {
+                        s.set_compression(self.ids[c], setting(c as u8)).unwrap();
+                    }
+                }
                 let pers_cap = s.config().persistent_share_pages();
                 self.m.frozen = [false; CLIENTS];
                 self.m.cap = [0; CLIENTS];
@@ -508,6 +516,9 @@ impl Harness {
                 if self.z {
                     s.set_compression(self.ids[c], setting(n)).unwrap();
                 }
+            }
+            Op::Compact(n) => {
+                s.compact(n);
             }
             Op::ReapStep => {
                 if !s.reap_step() {
@@ -620,6 +631,27 @@ proptest! {
         h.step(&Op::FlushKib(0))?;
         // Compaction keeps every page: check them all again after a full one.
         h.s.compact(usize::MAX);
+        h.check_persistent()?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn durable_store_matches_model_across_restarts_compressed(
+        ops in proptest::collection::vec(op(), 1..600),
+        share in prop_oneof![Just(0u32), Just(25), Just(50)],
+        reap_chunk in proptest::option::of(1usize..4),
+        z in 0u8..6,
+    ) {
+        let mut h = Harness::new_z(share, reap_chunk, true, Some(z));
+        for op in &ops {
+            h.step(op)?;
+        }
+        h.check_persistent()?;
+        h.s.compact(usize::MAX);
+        h.check_persistent()?;
+        h.step(&Op::Restart)?;
         h.check_persistent()?;
     }
 }

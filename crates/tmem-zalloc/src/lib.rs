@@ -444,6 +444,87 @@ impl ZAlloc {
         out
     }
 
+    /// The run an allocation that needs new frames just made, for a caller that records
+    /// runs (durable page memory): its frames and class. `None` if `h` is not allocated.
+    pub fn run_of(&self, h: Handle) -> Option<(Frames, ClassInfo)> {
+        self.frames_of(h).map(|(f, c, _)| (f, c))
+    }
+
+    // ---- rebuilding after a restart ----------------------------------------------------
+
+    /// Recovery: a run of the class with slot size `size` and `frames.len()` frames, in that
+    /// order (as recorded). `None` if no class has that shape.
+    pub fn restore_run(&mut self, size: u32, frames: &[u32]) -> Option<u32> {
+        let ci = self
+            .classes
+            .iter()
+            .position(|c| c.info.size == size && c.info.frames as usize == frames.len())?;
+        Some(self.new_run(ci, frames))
+    }
+
+    /// Recovery: object of `len` bytes in slot `slot` of restored run `run`. `None` if the
+    /// slot is out of range or taken, or `len` does not fit it.
+    pub fn restore_object(&mut self, run: u32, slot: u32, len: usize) -> Option<Handle> {
+        let r = self.run_opt(run)?;
+        let info = self.classes[r.class as usize].info;
+        if slot >= info.slots || len == 0 || len > info.size as usize {
+            return None;
+        }
+        if r.owner[slot as usize] != NIL {
+            return None;
+        }
+        let h = match self.obj_free.pop() {
+            Some(h) => h,
+            None => {
+                self.objs.push(Obj {
+                    run: NIL,
+                    slot: 0,
+                    len: 0,
+                });
+                (self.objs.len() - 1) as Handle
+            }
+        };
+        let r = self.run_mut(run);
+        r.free.retain(|&s| s != slot);
+        // Put the slot at the end of the free list, then take it the ordinary way.
+        r.free.push(slot);
+        let got = self.take_slot(run, h);
+        debug_assert_eq!(got, slot);
+        self.objs[h as usize] = Obj {
+            run,
+            slot,
+            len: len as u32,
+        };
+        self.stats.objects += 1;
+        self.stats.object_bytes += len as u64;
+        self.stats.slot_bytes += info.size as u64;
+        Some(h)
+    }
+
+    /// Recovery: drop restored runs that got no object; their frames.
+    pub fn drop_empty_runs(&mut self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for rid in 0..self.runs.len() as u32 {
+            if self.run_opt(rid).is_some_and(|r| r.used == 0) {
+                out.extend_from_slice(self.drop_run(rid).as_slice());
+            }
+        }
+        out
+    }
+
+    /// Whether run `run` (from [`ZAlloc::restore_run`]) still exists.
+    pub fn run_alive(&self, run: u32) -> bool {
+        self.run_opt(run).is_some()
+    }
+
+    /// Where slot `slot` of a run of class `c` starts: the index of its frame in the run and
+    /// the offset in it (the inverse of what [`ZAlloc::span`] reports).
+    pub fn slot_at(c: ClassInfo, frame_index: u32, off: u32) -> Option<u32> {
+        let start = frame_index as u64 * FRAME as u64 + off as u64;
+        (start % c.size as u64 == 0 && start / (c.size as u64) < c.slots as u64)
+            .then(|| (start / c.size as u64) as u32)
+    }
+
     /// Check every internal invariant (tests; costs a walk of everything).
     pub fn check(&self) -> Result<(), String> {
         let mut objects = 0u64;
@@ -704,6 +785,69 @@ mod tests {
         }
         assert_eq!(z.stats().frames, c.frames as u64);
         z.check().unwrap();
+    }
+
+    #[test]
+    fn a_rebuilt_allocator_matches_the_one_it_was_recorded_from() {
+        let mut z = ZAlloc::new();
+        let mut next = 0u32;
+        let mut hs = Vec::new();
+        for i in 0..300usize {
+            let len = 100 + (i * 37) % 3000;
+            hs.push(
+                z.alloc(len, |n| {
+                    let v = (next..next + n as u32).collect();
+                    next += n as u32;
+                    Some(v)
+                })
+                .unwrap(),
+            );
+        }
+        for (i, &h) in hs.iter().enumerate() {
+            if i % 3 == 0 {
+                z.free(h);
+            }
+        }
+        // Record runs (frames + class) and objects (first piece + length), as a page file
+        // does, then rebuild from that alone.
+        let mut runs: std::collections::BTreeMap<u32, (Frames, ClassInfo)> = Default::default();
+        let mut objs = Vec::new();
+        for (i, &h) in hs.iter().enumerate() {
+            if i % 3 == 0 {
+                continue;
+            }
+            let (f, c) = z.run_of(h).unwrap();
+            runs.insert(f.as_slice()[0], (f, c));
+            let s = z.span(h).unwrap();
+            objs.push((h, s.pieces()[0], s.len()));
+        }
+        let mut y = ZAlloc::new();
+        let mut rid = std::collections::BTreeMap::new();
+        for (&first, (f, c)) in &runs {
+            rid.insert(
+                first,
+                (y.restore_run(c.size, f.as_slice()).unwrap(), *f, *c),
+            );
+        }
+        for (h, p, len) in objs {
+            let (run, f, c) = runs
+                .iter()
+                .find(|(_, (f, _))| f.as_slice().contains(&p.frame))
+                .map(|(first, _)| rid[first])
+                .unwrap();
+            let fi = f.as_slice().iter().position(|&x| x == p.frame).unwrap() as u32;
+            let slot = ZAlloc::slot_at(c, fi, p.off).unwrap();
+            let g = y.restore_object(run, slot, len).unwrap();
+            assert_eq!(y.span(g), z.span(h));
+            assert_eq!(y.restore_object(run, slot, len), None, "slot taken twice");
+        }
+        assert!(y.drop_empty_runs().is_empty());
+        y.check().unwrap();
+        let (a, b) = (y.stats(), z.stats());
+        assert_eq!(
+            (a.objects, a.object_bytes, a.frames),
+            (b.objects, b.object_bytes, b.frames)
+        );
     }
 
     #[test]
