@@ -521,7 +521,7 @@ impl ZAlloc {
     /// the offset in it (the inverse of what [`ZAlloc::span`] reports).
     pub fn slot_at(c: ClassInfo, frame_index: u32, off: u32) -> Option<u32> {
         let start = frame_index as u64 * FRAME as u64 + off as u64;
-        (start % c.size as u64 == 0 && start / (c.size as u64) < c.slots as u64)
+        (start.is_multiple_of(c.size as u64) && start / (c.size as u64) < c.slots as u64)
             .then(|| (start / c.size as u64) as u32)
     }
 
