@@ -327,9 +327,9 @@ fn compressed_persistent_pages_come_back_after_a_restart_even_after_compaction()
         s.flush_page(c, p, key(i)).unwrap();
     }
     let want = |i: u32| -> Option<Page> {
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             None
-        } else if i % 7 == 0 {
+        } else if i.is_multiple_of(7) {
             Some(text(i as u64 + 1000))
         } else if i % 10 == 9 {
             Some(noise(i as u64))
