@@ -106,7 +106,7 @@ fn child(path: &str, seed: u64) {
         for t in 0..2u32 {
             let (s, say) = (&s, &say);
             sc.spawn(move || {
-                let mut x = seed ^ (t as u64 + 1) * 0x1234_5678_9abc_def1 | 1;
+                let mut x = (seed ^ ((t as u64 + 1) * 0x1234_5678_9abc_def1)) | 1;
                 let mut n = 0u64;
                 loop {
                     x ^= x << 13;
@@ -115,7 +115,7 @@ fn child(path: &str, seed: u64) {
                     n += 1;
                     // Each thread has its own keys, so its log orders its operations.
                     let i = (x % (KEYS as u64 / 2)) as u32 * 2 + t;
-                    let algo = if (x >> 20) % 3 == 0 {
+                    let algo = if (x >> 20).is_multiple_of(3) {
                         Compression::Zstd
                     } else {
                         Compression::Lz4
