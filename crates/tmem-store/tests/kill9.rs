@@ -123,7 +123,7 @@ fn child(path: &str, seed: u64) {
                     if t == 0 && n.is_multiple_of(64) {
                         let _ = s.set_compression(c, ClientCompression::both(algo));
                     }
-                    if (x >> 8) % 5 == 0 {
+                    if (x >> 8).is_multiple_of(5) {
                         say(format!("B {t} {i} 0"));
                         s.flush_page(c, p, key(i)).unwrap();
                     } else {
