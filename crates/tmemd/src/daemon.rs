@@ -131,6 +131,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     let notifier = Notifier::from_env();
     let opened = pagemem::open(&config, &mut inherited, &notifier)?;
+    opened.store.set_default_compression(config.compression);
+    opened
+        .store
+        .set_compress_max_bytes(config.compress_max_bytes as usize);
     let keeper = Keeper::load(config.settings.clone(), opened.settings)?;
     let page_memory = pagemem::status(
         &opened.placement,
