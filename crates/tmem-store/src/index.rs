@@ -42,9 +42,19 @@ impl Meta {
             l.n[i].obj = obj;
             l.n[i].index = key.index;
         }
+        let zc = self.z_cost(node);
         let p = self.pool_mut(gid);
         p.c.pages += 1;
         p.c.pages_max = p.c.pages_max.max(p.c.pages);
+        match zc {
+            Some((len, cost)) => {
+                p.c.compressed_pages += 1;
+                p.c.compressed_bytes += len;
+                p.c.mem_bytes += cost;
+            }
+            None if node & EXTRA == 0 => p.c.mem_bytes += crate::PAGE_SIZE as u64,
+            None => {}
+        }
         let (kind, account, owner) = (p.kind, p.account, p.owner);
         if let Some(o) = owner {
             if let Some(cl) = self.clients.get_mut(&o) {
@@ -112,11 +122,22 @@ impl Meta {
         {
             self.free_object(obj);
         }
+        let zc = self.z_cost(node);
         let p = self.pool_mut(gid);
         let (kind, account, owner) = (p.kind, p.account, p.owner);
-        // A reaped object's pages were taken off its pool and client when it was unlinked.
+        // A reaped object's pages were taken off its pool and client when it was unlinked;
+        // the memory they take goes only now.
         if !reaping {
             p.c.pages -= 1;
+        }
+        match zc {
+            Some((len, cost)) => {
+                p.c.compressed_pages -= 1;
+                p.c.compressed_bytes -= len;
+                p.c.mem_bytes -= cost;
+            }
+            None if node & EXTRA == 0 => p.c.mem_bytes -= crate::PAGE_SIZE as u64,
+            None => {}
         }
         if let Some(o) = owner.filter(|_| !reaping) {
             if let Some(cl) = self.clients.get_mut(&o) {

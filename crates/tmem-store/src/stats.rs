@@ -196,6 +196,16 @@ pub struct PoolStats {
 pub struct PoolCounters {
     /// Pages now (`Pc`).
     pub pages: u64,
+    /// Of those, pages stored compressed, and their compressed bytes.
+    #[serde(default)]
+    pub compressed_pages: u64,
+    #[serde(default)]
+    pub compressed_bytes: u64,
+    /// Page memory the pool's pages take: a frame for each raw page, each compressed page's
+    /// share of its run (run bytes / slots of its size class), nothing for same-filled
+    /// pages. Pages of a flushed object or destroyed pool count until they are reclaimed.
+    #[serde(default)]
+    pub mem_bytes: u64,
     /// Highest `pages` seen (`Pm`).
     pub pages_max: u64,
     /// Objects now (`Oc`).

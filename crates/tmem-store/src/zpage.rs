@@ -89,6 +89,17 @@ impl Meta {
         x & EXTRA != 0 && !self.is_z(x)
     }
 
+    /// A compressed node's length and the memory it takes (its share of its run).
+    pub(crate) fn z_cost(&self, x: u32) -> Option<(u64, u64)> {
+        let (h, _) = self.zhandle(x)?;
+        let len = self.z.len_of(h)?;
+        let c = self.z.class_for(len)?;
+        Some((
+            len as u64,
+            c.frames as u64 * PAGE_SIZE as u64 / c.slots as u64,
+        ))
+    }
+
     fn zhandle(&self, x: u32) -> Option<(u32, Compression)> {
         let v = *self.xz.get((x & !EXTRA) as usize)?;
         (v != NIL).then(|| (v & HANDLE_MASK, Compression::from_code(v >> ALGO_SHIFT)))
