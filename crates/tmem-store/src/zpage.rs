@@ -101,6 +101,10 @@ impl Meta {
     }
 
     fn zhandle(&self, x: u32) -> Option<(u32, Compression)> {
+        // A frame's node id is not an extra index (the two are separate number spaces).
+        if x & EXTRA == 0 {
+            return None;
+        }
         let v = *self.xz.get((x & !EXTRA) as usize)?;
         (v != NIL).then(|| (v & HANDLE_MASK, Compression::from_code(v >> ALGO_SHIFT)))
     }

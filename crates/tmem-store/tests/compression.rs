@@ -110,6 +110,12 @@ fn compressible_pages_are_compressed_and_incompressible_ones_stay_raw() {
         );
         assert!(frames < 44);
         assert_eq!(frames, g.compression.frames + 4, "{algo:?}");
+        // The pool's own figures: 40 compressed pages, their memory a share of the runs.
+        let pc = s.stats().clients[0].pools[0].counters.clone();
+        assert_eq!((pc.pages, pc.compressed_pages), (44, 40), "{algo:?}");
+        assert_eq!(pc.compressed_bytes, zb);
+        assert!(pc.mem_bytes >= 4 * PAGE_SIZE as u64 + zb, "{pc:?}");
+        assert!(pc.mem_bytes <= g.data_bytes, "{pc:?} {g:?}");
         for i in 0..40 {
             assert!(
                 get(&s, c, p, i) == Some(text(i as u64)),
@@ -132,6 +138,11 @@ fn compressible_pages_are_compressed_and_incompressible_ones_stay_raw() {
         let g = s.stats().global;
         assert_eq!((g.pages, g.data_bytes, g.compression.pages), (0, 0, 0));
         assert_eq!(g.compression.frames, 0);
+        let pc = s.stats().clients[0].pools[0].counters.clone();
+        assert_eq!(
+            (pc.mem_bytes, pc.compressed_pages, pc.compressed_bytes),
+            (0, 0, 0)
+        );
     }
 }
 
