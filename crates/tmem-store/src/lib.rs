@@ -38,6 +38,9 @@
 //! * `durable.rs`: the memory layout's meaning — which pools and pages get records in the
 //!   page file, the write order, recovery, and resuming a client after a restart (the file
 //!   format itself is in the `tmem-pmem` crate, with the only `unsafe` it needs).
+//! * `compress.rs`: the codecs (lz4, zstd) and the per-client, per-pool-kind setting;
+//!   `zpage.rs`: compressed pages as objects of the size-class allocator (`tmem-zalloc`)
+//!   inside frames, their records in the page file, compaction (docs/architecture.md).
 //! * `stats.rs`: the statistics snapshot; `reap.rs`: chunked reclaim; `frames.rs`,
 //!   `pagemap.rs`, `hash.rs`, `identity.rs`: the building blocks named above.
 //!
