@@ -106,32 +106,45 @@ impl Store {
         node: u32,
         dst: &mut D,
     ) -> bool {
-        let copy = self.z_read(&m, node);
-        let mut freed = Vec::new();
-        match kind {
-            PoolKind::PrivateEphemeral => {
-                m.remove_page(obj, node);
-                freed = m.take_zfreed();
+        crate::zpage::GET_SCRATCH.with(|cell| {
+            // Not re-entered (a sink never calls back into the store); if it ever were, a
+            // fresh buffer keeps it correct.
+            let mut fresh = None;
+            let mut held = cell.try_borrow_mut().ok();
+            let scratch: &mut crate::zpage::GetScratch = match held.as_deref_mut() {
+                Some(s) => s,
+                None => fresh.insert(Box::new((
+                    [0; crate::compress::ZBUF_LEN],
+                    [0; crate::PAGE_SIZE],
+                ))),
+            };
+            let (buf, page) = &mut **scratch;
+            let copied = self.z_read_into(&m, node, buf);
+            let mut freed = Vec::new();
+            match kind {
+                PoolKind::PrivateEphemeral => {
+                    m.remove_page(obj, node);
+                    freed = m.take_zfreed();
+                }
+                PoolKind::SharedEphemeral => touch(&mut m, gid, node),
+                PoolKind::PrivatePersistent => {}
             }
-            PoolKind::SharedEphemeral => touch(&mut m, gid, node),
-            PoolKind::PrivatePersistent => {}
-        }
-        drop(m);
-        self.free_frames(&freed);
-        let mut page = [0u8; crate::PAGE_SIZE];
-        match copy {
-            Some(z) if z.expand(&mut page) => {
-                dst.write_page(&page);
-                true
+            drop(m);
+            self.free_frames(&freed);
+            match copied {
+                Some((len, algo)) if crate::compress::decompress(algo, &buf[..len], page) => {
+                    dst.write_page(page);
+                    true
+                }
+                // Never expected (the bytes were written by this process under the same
+                // lock); a miss is honest, a wrong page would not be.
+                _ => {
+                    self.zerrors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    false
+                }
             }
-            // Never expected (the bytes were written by this process under the same lock);
-            // a miss is honest, a wrong page would not be.
-            _ => {
-                self.zerrors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                false
-            }
-        }
+        })
     }
 
     /// Remove one page. Carried out and `Ok` whether or not the page existed, frozen or not
