@@ -211,6 +211,7 @@ impl Store {
             xz: Vec::new(),
             zowner: Vec::new(),
             zfreed: Vec::new(),
+            z_holes: false,
             // Same-filled pages cost only metadata; bound them anyway (guest-driven
             // allocation).
             max_same: (nframes as u64).max(1 << 16),
@@ -416,6 +417,14 @@ impl Store {
         }
         if let Some(f) = m.zfreed.pop() {
             return Reserve::Frame(f);
+        }
+        // Nothing to evict (memory full of persistent pages, say): holes that freed
+        // compressed pages left in their runs may still add up to whole frames.
+        if m.z_holes {
+            self.z_compact(m, zpage::PRESSURE_COMPACT);
+            if let Some(f) = m.zfreed.pop() {
+                return Reserve::Frame(f);
+            }
         }
         Reserve::NoneEvictable
     }

@@ -206,6 +206,8 @@ pub(crate) struct Meta {
     /// The node of each allocator handle ([`NIL`]: free), for compaction's record updates.
     pub(crate) zowner: Vec<u32>,
     pub(crate) zfreed: Vec<u32>,
+    /// A compressed page was freed since compaction last finished: runs may have holes.
+    pub(crate) z_holes: bool,
     /// Most same-filled pages kept without a frame, store-wide: they cost only metadata, but
     /// a guest drives how many there are.
     pub(crate) max_same: u64,

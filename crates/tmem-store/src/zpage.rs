@@ -28,6 +28,9 @@ pub(crate) const MISS_RUN: u32 = 8;
 /// Slots of the per-client miss record.
 pub(crate) const ZMISS_SLOTS: usize = 64;
 
+/// Objects moved per housekeeping compaction step ([`Store::compact_some`]).
+pub(crate) const IDLE_COMPACT: usize = 256;
+
 /// Objects moved per compaction step taken by a put under memory pressure.
 pub(crate) const PRESSURE_COMPACT: usize = 256;
 
@@ -117,6 +120,7 @@ impl Meta {
             return;
         };
         let len = self.z.len_of(h).unwrap_or(0) as u64;
+        self.z_holes = true;
         self.g.z_pages -= 1;
         self.g.z_bytes -= len;
         if let Some(fs) = self.z.free(h) {
@@ -426,6 +430,10 @@ impl Store {
             return 0;
         }
         let c = m.z.compact(budget);
+        if c.moves.len() < budget {
+            // Nothing left to move until another compressed page is freed.
+            m.z_holes = false;
+        }
         let mut buf = [0u8; PAGE_SIZE];
         for mv in &c.moves {
             let n = mv.from.len();
@@ -534,6 +542,22 @@ impl Store {
                 return 0;
             }
             let n = self.z_compact(&mut m, budget);
+            (n, m.take_zfreed())
+        };
+        self.free_frames(&freed);
+        n as u64
+    }
+
+    /// Housekeeping: compact a little (at most [`IDLE_COMPACT`] moves, well under a
+    /// millisecond of the metadata lock) if compressed pages were freed since compaction last
+    /// finished. Returns the frames freed.
+    pub fn compact_some(&self) -> u64 {
+        let (n, freed) = {
+            let mut m = self.meta();
+            if !m.z_holes {
+                return 0;
+            }
+            let n = self.z_compact(&mut m, IDLE_COMPACT);
             (n, m.take_zfreed())
         };
         self.free_frames(&freed);

@@ -288,6 +288,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             last_housekeeping = now;
             shared.expire_detached(config.reattach_grace);
             control.housekeeping(poll.registry(), now);
+            // Holes freed compressed pages left in their runs become whole frames again.
+            shared.store.compact_some();
         }
         if let Some(w) = watchdog.as_mut() {
             w.tick(now, &shared.health, &notifier);
