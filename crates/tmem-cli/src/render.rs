@@ -798,7 +798,6 @@ pub(crate) mod tests {
                 pools: 3,
                 pages: 4096,
                 zero_pages: 7,
-                compressed_pages: 0,
                 superseded: 1,
                 orphans: 2,
                 torn: 3,
