@@ -150,7 +150,8 @@ pub struct SetArgs {
         allow_hyphen_values = true
     )]
     pub cap: Option<String>,
-    /// Compression flag, 0 or 1 (stored and reported; tmemd does not compress yet).
+    /// Compression, 0 or 1: 1 compresses the domain's new pages with the configured codec
+    /// (`compression` in tmemd's config: lz4 by default, or zstd).
     #[arg(short = 'p', long = "compress", value_name = "0|1")]
     pub compress: Option<String>,
 }

@@ -42,6 +42,15 @@ pub fn uuid_cell(uuid: [u64; 2]) -> String {
     }
 }
 
+/// Pages stored per page of memory they take (`-` for none; `inf` when all are same-filled).
+fn ratio_cell(pages: u64, mem_bytes: u64) -> String {
+    match (pages, mem_bytes) {
+        (0, _) => "-".into(),
+        (_, 0) => "inf".into(),
+        (p, m) => format!("{:.2}", p as f64 * PAGE_BYTES as f64 / m as f64),
+    }
+}
+
 /// Left-aligned text columns separated by two spaces; trailing spaces trimmed.
 pub fn columns(rows: &[Vec<String>]) -> String {
     let ncol = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -115,13 +124,15 @@ pub fn render_table(stats: &StoreStats, all: bool) -> String {
         out.push_str("no tmem clients\n");
     } else {
         let mut rows = vec![[
-            "DOMID", "NAME", "STATE", "WEIGHT", "CAP", "PAGES", "MEMORY", "PUTS", "GETS", "HITS",
-            "HIT%",
+            "DOMID", "NAME", "STATE", "WEIGHT", "CAP", "PAGES", "MEMORY", "RATIO", "PUTS", "GETS",
+            "HITS", "HIT%",
         ]
         .map(String::from)
         .to_vec()];
         for c in &stats.clients {
             let gets = c.succ_gets + c.failed_gets;
+            // Memory its pages really take (raw frames, compressed slots; same-filled: none).
+            let mem: u64 = crate::xen::private(c).map(|p| p.counters.mem_bytes).sum();
             rows.push(vec![
                 c.identity().to_string(),
                 if c.name.is_empty() {
@@ -133,7 +144,8 @@ pub fn render_table(stats: &StoreStats, all: bool) -> String {
                 c.weight.to_string(),
                 cap_cell(c.cap_pages),
                 c.pages.to_string(),
-                human_bytes(c.pages * PAGE_BYTES),
+                human_bytes(mem),
+                ratio_cell(c.pages, mem),
                 c.puts.to_string(),
                 gets.to_string(),
                 c.succ_gets.to_string(),
@@ -142,7 +154,19 @@ pub fn render_table(stats: &StoreStats, all: bool) -> String {
         }
         out.push_str(&columns(&rows));
         let mut prow = vec![[
-            "DOMID", "POOL", "KIND", "UUID", "PAGES", "PUTS", "GETS", "HITS", "HIT%", "FLUSHES",
+            "DOMID",
+            "POOL",
+            "KIND",
+            "UUID",
+            "PAGES",
+            "MEMORY",
+            "RATIO",
+            "COMPRESSED",
+            "PUTS",
+            "GETS",
+            "HITS",
+            "HIT%",
+            "FLUSHES",
         ]
         .map(String::from)
         .to_vec()];
@@ -159,6 +183,9 @@ pub fn render_table(stats: &StoreStats, all: bool) -> String {
                     kind,
                     uuid_cell(p.uuid),
                     k.pages.to_string(),
+                    human_bytes(k.mem_bytes),
+                    ratio_cell(k.pages, k.mem_bytes),
+                    k.compressed_pages.to_string(),
                     k.total_puts.to_string(),
                     k.total_gets.to_string(),
                     k.found_gets.to_string(),
@@ -651,6 +678,10 @@ pub(crate) mod tests {
     pub(crate) fn sample() -> StoreStats {
         let counters = |base: u64| PoolCounters {
             pages: base,
+            // Half of the pages compressed to 1500 bytes in slots of 1536.
+            compressed_pages: base / 2,
+            compressed_bytes: base / 2 * 1500,
+            mem_bytes: base / 2 * 4096 + base / 2 * 1536,
             pages_max: base + 10,
             objects: base / 10,
             objects_max: base / 10 + 1,
@@ -689,6 +720,7 @@ pub(crate) mod tests {
                 freeable_pages: 1097,
                 metadata_bytes: 300_000,
                 shared_auth_required: true,
+                compression: Default::default(),
             },
             clients: vec![
                 ClientStats {
@@ -841,15 +873,15 @@ pub(crate) mod tests {
 memory: 6.2 MiB of 64.0 MiB page data in use (9.7%), 1.8 MiB pre-faulted and free, ~293.0 KiB metadata
 pages: 1600 stored (1100 ephemeral, 5 same-filled incl. 3 zero), 1097 freeable; shared pools need authorisation: yes
 
-DOMID  NAME  STATE            WEIGHT  CAP   PAGES  MEMORY   PUTS  GETS  HITS  HIT%
-1      web   attached         100     -     1500   5.9 MiB  3500  2000  1150  57.5%
-7      db    detached,frozen  50      2560  0      0 B      0     0     0     -
+DOMID  NAME  STATE            WEIGHT  CAP   PAGES  MEMORY   RATIO  PUTS  GETS  HITS  HIT%
+1      web   attached         100     -     1500   4.0 MiB  1.45   3500  2000  1150  57.5%
+7      db    detached,frozen  50      2560  0      0 B      -      0     0     0     -
 
-DOMID  POOL  KIND  UUID                                  PAGES  PUTS  GETS  HITS  HIT%   FLUSHES
-1      0     EP    -                                     1000   3002  2000  1000  50.0%  16
-1      1     PP    -                                     500    1502  1000  500   50.0%  16
-1      2     ES    02000000-0000-0000-efcd-ab0000000000  100    302   200   100   50.0%  16
-7      0     ES    02000000-0000-0000-efcd-ab0000000000  100    302   200   100   50.0%  16
+DOMID  POOL  KIND  UUID                                  PAGES  MEMORY     RATIO  COMPRESSED  PUTS  GETS  HITS  HIT%   FLUSHES
+1      0     EP    -                                     1000   2.7 MiB    1.45   500         3002  2000  1000  50.0%  16
+1      1     PP    -                                     500    1.3 MiB    1.45   250         1502  1000  500   50.0%  16
+1      2     ES    02000000-0000-0000-efcd-ab0000000000  100    275.0 KiB  1.45   50          302   200   100   50.0%  16
+7      0     ES    02000000-0000-0000-efcd-ab0000000000  100    275.0 KiB  1.45   50          302   200   100   50.0%  16
 
 SHARED UUID                           KIND  SHARERS  PAGES  PUTS  GETS  HITS  HIT%
 02000000-0000-0000-efcd-ab0000000000  ES    1,7      100    302   200   100   50.0%

@@ -59,12 +59,17 @@ pub const ZERO_TAGS: &[(&str, &str, &str)] = &[
         "Zt",
         "no trailing-zero elimination (all-zero pages are stored as metadata)",
     ),
-    ("G", "Gz", "no compression yet"),
     ("C", "Tc", "no cycle accounting (only Xen <= 4.3 had it)"),
-    ("C", "cp", "no compression yet"),
-    ("C", "cb", "as cp"),
-    ("C", "cn", "as cp"),
-    ("C", "cm", "as cp"),
+    (
+        "C",
+        "cn",
+        "pages that did not compress are counted store-wide only (status: compression.incompressible)",
+    ),
+    (
+        "C",
+        "cm",
+        "no allocation fails while compressing: a page without a slot is stored raw",
+    ),
     ("P", "Nc", "no radix-tree nodes"),
     ("P", "Nm", "as Nc"),
     ("S", "Nc", "no radix-tree nodes"),
@@ -124,6 +129,11 @@ fn pool_type(kind: &str) -> String {
     k
 }
 
+/// A client's private pools (the pages charged to it; shared pools have their own account).
+pub fn private(c: &ClientStats) -> impl Iterator<Item = &tmem_store::PoolStats> {
+    c.pools.iter().filter(|p| !p.kind.ends_with('S'))
+}
+
 fn client_lines(out: &mut String, c: &ClientStats, long: bool) {
     let short = [
         ("CI", n(c.domid.into())),
@@ -139,8 +149,14 @@ fn client_lines(out: &mut String, c: &ClientStats, long: bool) {
     let long_part = [
         ("Ec", n(c.eph_pages)),
         ("Em", n(c.eph_pages_max)),
-        ("cp", n(0)),
-        ("cb", n(0)),
+        (
+            "cp",
+            n(private(c).map(|p| p.counters.compressed_pages).sum()),
+        ),
+        (
+            "cb",
+            n(private(c).map(|p| p.counters.compressed_bytes).sum()),
+        ),
         ("cn", n(0)),
         ("cm", n(0)),
     ];
@@ -204,7 +220,7 @@ pub fn render_xen(stats: &StoreStats, long: bool, all: bool) -> String {
             ("Ep", n(g.good_eph_puts)),
             ("Gd", n(0)),
             ("Zt", n(0)),
-            ("Gz", n(0)),
+            ("Gz", n(g.compression.compressed_bytes)),
         ];
         out.push_str(&line("G", &short, long.then_some(&long_part[..])));
         for (i, s) in stats.shared_pools.iter().enumerate() {

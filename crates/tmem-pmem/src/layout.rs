@@ -30,7 +30,14 @@ pub const FORMAT_MAJOR: u32 = 1;
 ///   the word in [`PageRecord::fill`], record word 7). A 1.0 reader drops such records as
 ///   pages of an unknown kind (the page is lost, never misread); zero pages are written as
 ///   1.0 wrote them.
-pub const FORMAT_MINOR: u32 = 1;
+/// * 2: compressed pages. A frame may belong to a *run* of frames holding compressed
+///   objects ([`page_flags::RUN`] frame records, pool slot `u32::MAX`), and a metadata record
+///   may describe a compressed page ([`page_flags::COMPRESSED`], where its bytes are in word
+///   7). What the words mean is the store's (`tmem-store/src/durable.rs`). A 1.1 reader
+///   drops both kinds (run records name no pool; compressed records are of an unknown kind):
+///   compressed pages are lost to a downgrade, never misread. New files have two metadata
+///   records per frame (compressed pages outnumber frames).
+pub const FORMAT_MINOR: u32 = 2;
 
 pub(crate) const RECORD: usize = 64;
 pub(crate) const WORDS: usize = RECORD / 8;
@@ -135,6 +142,12 @@ pub mod page_flags {
     /// A page that is one 8-byte word repeated, [`PageRecord::fill`], kept without a frame
     /// (metadata records only; format 1.1 on; the store writes [`ZERO`] for the word 0).
     pub const SAME: u32 = 2;
+    /// A compressed page kept in a run's slot; [`PageRecord::fill`] says where (metadata
+    /// records only; format 1.2 on).
+    pub const COMPRESSED: u32 = 4;
+    /// This frame is a member of a run of frames holding compressed pages (frame records
+    /// only, pool slot `u32::MAX`; format 1.2 on).
+    pub const RUN: u32 = 8;
 }
 
 impl PageRecord {

@@ -33,10 +33,16 @@ impl Store {
         Ok(())
     }
 
-    /// Record whether a client asked for compression (reported only, for now).
+    /// Turn a client's compression on (the default codec, lz4 unless
+    /// [`Store::set_default_compression`] says otherwise, for every pool kind) or off.
+    /// Pages already stored stay as they are.
     pub fn set_compress(&self, c: ClientId, on: bool) -> Result<(), TmemError> {
-        self.meta().client_mut(c)?.compress = on;
-        Ok(())
+        let algo = if on {
+            self.default_compression()
+        } else {
+            crate::Compression::Off
+        };
+        self.set_compression(c, crate::ClientCompression::both(algo))
     }
 
     /// Allow or disallow a domain to join the shared pool `uuid`. Works before the domain
@@ -112,9 +118,18 @@ impl Store {
                     more = false;
                     break;
                 }
+                let z_before = m.g.z_pages;
                 match m.evict_one() {
                     Some(Some(f)) => out.push(f),
-                    Some(None) => {}
+                    Some(None) => {
+                        // A compressed page frees a frame only when its run empties; every
+                        // so many, compaction turns the holes into whole frames.
+                        if m.g.z_pages < z_before && steps.is_multiple_of(16) && m.zfreed.is_empty()
+                        {
+                            self.z_compact(&mut m, crate::zpage::PRESSURE_COMPACT);
+                        }
+                        out.append(&mut m.zfreed);
+                    }
                     None => {
                         more = false;
                         break;

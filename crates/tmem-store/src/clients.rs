@@ -199,6 +199,7 @@ impl Meta {
             weight,
             cap: self.cfg.default_cap_pages,
             compress: false,
+            zc: crate::ClientCompression::default(),
             pools: Vec::new(),
             account,
             pages: 0,

@@ -47,6 +47,9 @@ pub struct Recovery {
     /// Of those, same-filled pages (one 8-byte word repeated), all-zero ones included.
     #[serde(default)]
     pub same_filled_pages: u64,
+    /// Of those, compressed pages (format 1.2 on).
+    #[serde(default)]
+    pub compressed_pages: u64,
     /// Of two records for one page (a duplicate put cut short), the older, dropped.
     pub superseded: u64,
     /// Page records whose pool no longer exists (a destroy cut short), dropped; and pool
@@ -71,7 +74,8 @@ pub(crate) fn geometry(cfg: &StoreConfig) -> tmem_pmem::Geometry {
     let nframes = crate::frames_for(cfg);
     tmem_pmem::Geometry {
         nframes,
-        nxrecs: nframes.max(1),
+        // Same-filled and compressed persistent pages: more of them than frames.
+        nxrecs: nframes.saturating_mul(2).max(1),
         npools: nframes.clamp(MIN_POOL_RECORDS, MAX_POOL_RECORDS),
     }
 }
@@ -127,8 +131,9 @@ struct Winner {
     /// Its frame, or its metadata record slot (`xrec`).
     slot: u32,
     xrec: bool,
-    /// The word of a same-filled page.
+    /// The word of a same-filled page, or where a compressed page is.
     fill: u64,
+    compressed: bool,
 }
 
 /// Durable bookkeeping, kept under the metadata lock.
@@ -159,7 +164,21 @@ impl Dur {
         }
     }
 
-    fn xrec_available(&self) -> bool {
+    /// The metadata record of extra node `x`, if it has one.
+    pub(crate) fn xrec_of(&self, x: u32) -> Option<u32> {
+        self.xrec
+            .get((x & !EXTRA) as usize)
+            .copied()
+            .filter(|&r| r != NIL)
+    }
+
+    /// Clear metadata record `r` and make it free.
+    pub(crate) fn release_xrec(&mut self, r: u32) {
+        self.pm.clear_xrec(r);
+        self.xrec_free.push(r);
+    }
+
+    pub(crate) fn xrec_available(&self) -> bool {
         !self.xrec_free.is_empty() || self.xrec_fresh < self.pm.geometry().nxrecs
     }
 
@@ -223,6 +242,22 @@ impl Meta {
         };
         if node & EXTRA == 0 {
             d.pm.publish_frame(node, &r);
+            return;
+        }
+        if let Some(loc) = self.z_location(node) {
+            let Some(d) = self.dur.as_mut() else { return };
+            if let Some(slot) = d.take_xrec() {
+                d.set_xrec(node, slot);
+                let flags = page_flags::COMPRESSED;
+                d.pm.publish_xrec(
+                    slot,
+                    &PageRecord {
+                        flags,
+                        fill: loc,
+                        ..r
+                    },
+                );
+            }
             return;
         }
         let fill = self.fill_of(node);
@@ -501,10 +536,13 @@ impl Store {
         }
         m.next_gen = m.next_gen.max(max_gen + 1);
 
+        // Runs of compressed pages (format 1.2): rebuilt first, so that compressed page
+        // records can find their slots.
+        let (frames, run_frames) = self.recover_runs(m, pm, scan.frames, rep);
+
         // Pages: of two records for one page the higher sequence number wins.
         let mut best: HashMap<(u32, Oid, u32), Winner> = HashMap::new();
-        let candidates = scan
-            .frames
+        let candidates = frames
             .into_iter()
             .map(|(f, r)| (f, r, false))
             .chain(scan.xrecs.into_iter().map(|(x, r)| (x, r, true)));
@@ -517,7 +555,9 @@ impl Store {
         };
         for (slot, r, xrec) in candidates {
             let ok_kind = if xrec {
-                r.flags == page_flags::ZERO || r.flags == page_flags::SAME
+                r.flags == page_flags::ZERO
+                    || r.flags == page_flags::SAME
+                    || r.flags == page_flags::COMPRESSED
             } else {
                 r.flags == 0
             };
@@ -528,7 +568,7 @@ impl Store {
             }
             let key = (r.pool_slot, Oid(r.oid), r.index);
             // A ZERO record (format 1.0's only kind) is the word 0 whatever its last word.
-            let fill = if r.flags == page_flags::SAME {
+            let fill = if r.flags == page_flags::SAME || r.flags == page_flags::COMPRESSED {
                 r.fill
             } else {
                 0
@@ -538,6 +578,7 @@ impl Store {
                 slot,
                 xrec,
                 fill,
+                compressed: r.flags == page_flags::COMPRESSED,
             };
             match best.get(&key) {
                 Some(w) if w.seq > r.seq => {
@@ -559,11 +600,28 @@ impl Store {
         let mut xrec_used = vec![false; pm.geometry().nxrecs as usize];
         for ((pslot, oid, index), w) in best {
             let Winner {
-                slot, xrec, fill, ..
+                slot,
+                xrec,
+                fill,
+                compressed,
+                ..
             } = w;
             let gid = gid_of_slot[&pslot];
             let key = PageKey { oid, index };
-            let node = if xrec {
+            let node = if compressed {
+                // Its run must have come back whole and the slot be free and in range.
+                let Some(x) = self.recover_z(m, &run_frames, fill) else {
+                    rep.torn += 1;
+                    pm.clear_xrec(slot);
+                    continue;
+                };
+                if let Some(d) = m.dur.as_mut() {
+                    d.set_xrec(x, slot);
+                }
+                xrec_used[slot as usize] = true;
+                rep.compressed_pages += 1;
+                x
+            } else if xrec {
                 let x = m.alloc_same(fill);
                 if let Some(d) = m.dur.as_mut() {
                     d.set_xrec(x, slot);
@@ -583,6 +641,15 @@ impl Store {
             rep.pages += 1;
         }
 
+        // Runs no recovered page uses go, with their records; the others' frames are used.
+        for f in m.z.drop_empty_runs() {
+            pm.clear_frame(f);
+        }
+        for (&f, &(rid, _, _)) in run_frames.iter() {
+            if m.z.run_alive(rid) {
+                frame_used[f as usize] = true;
+            }
+        }
         // Everything not in use is free.
         {
             let mut free = crate::lock(&self.free);

@@ -52,6 +52,9 @@ impl Store {
             }
         }
         let node = found.node;
+        if m.is_z(node) {
+            return Ok(self.get_z(m, gid, kind, found.obj, node, dst));
+        }
         match kind {
             PoolKind::PrivateEphemeral => {
                 let fill = if node & EXTRA != 0 {
@@ -78,18 +81,82 @@ impl Store {
                 if kind.is_shared() {
                     touch(&mut m, gid, node);
                 }
-                if node & EXTRA != 0 {
-                    let fill = m.fill_of(node);
-                    drop(m);
-                    dst.write_filled_page(fill);
-                } else {
-                    let g = self.frames.lock(node);
-                    drop(m);
-                    dst.write_page(&g);
-                }
+                self.copy_kept(m, node, dst);
             }
         }
         Ok(true)
+    }
+
+    /// Copy uncompressed page `node`, which stays where it is, to `dst`; the metadata lock
+    /// `m` is let go once the page is safe: a frame is locked first, so a flush cannot hand
+    /// it to another put while we copy.
+    pub(crate) fn copy_kept<D: PageSink + ?Sized>(
+        &self,
+        m: std::sync::MutexGuard<'_, crate::meta::Meta>,
+        node: u32,
+        dst: &mut D,
+    ) {
+        if node & EXTRA != 0 {
+            let fill = m.fill_of(node);
+            drop(m);
+            dst.write_filled_page(fill);
+        } else {
+            let g = self.frames.lock(node);
+            drop(m);
+            dst.write_page(&g);
+        }
+    }
+
+    /// Get of compressed page `node`: its bytes are copied out under the metadata lock
+    /// (see `zpage.rs`), decompressed after it.
+    pub(crate) fn get_z<D: PageSink + ?Sized>(
+        &self,
+        mut m: std::sync::MutexGuard<'_, crate::meta::Meta>,
+        gid: u32,
+        kind: PoolKind,
+        obj: u32,
+        node: u32,
+        dst: &mut D,
+    ) -> bool {
+        crate::zpage::GET_SCRATCH.with(|cell| {
+            // Not re-entered (a sink never calls back into the store); if it ever were, a
+            // fresh buffer keeps it correct.
+            let mut fresh = None;
+            let mut held = cell.try_borrow_mut().ok();
+            let scratch: &mut crate::zpage::GetScratch = match held.as_deref_mut() {
+                Some(s) => s,
+                None => fresh.insert(Box::new((
+                    [0; crate::compress::ZBUF_LEN],
+                    [0; crate::PAGE_SIZE],
+                ))),
+            };
+            let (buf, page) = &mut **scratch;
+            let copied = self.z_read_into(&m, node, buf);
+            let mut freed = Vec::new();
+            match kind {
+                PoolKind::PrivateEphemeral => {
+                    m.remove_page(obj, node);
+                    freed = m.take_zfreed();
+                }
+                PoolKind::SharedEphemeral => touch(&mut m, gid, node),
+                PoolKind::PrivatePersistent => {}
+            }
+            drop(m);
+            self.free_frames(&freed);
+            match copied {
+                Some((len, algo)) if crate::compress::decompress(algo, &buf[..len], page) => {
+                    dst.write_page(page);
+                    true
+                }
+                // Never expected (the bytes were written by this process under the same
+                // lock); a miss is honest, a wrong page would not be.
+                _ => {
+                    self.zerrors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    false
+                }
+            }
+        })
     }
 
     /// Remove one page. Carried out and `Ok` whether or not the page existed, frozen or not
@@ -105,10 +172,10 @@ impl Store {
             if let Some(found) = m.lookup(gid, &key) {
                 m.pool_mut(gid).c.found_flushes += 1;
                 let f = m.remove_page(found.obj, found.node);
+                let mut freed = m.take_zfreed();
                 drop(m);
-                if let Some(f) = f {
-                    self.free_frames(&[f]);
-                }
+                freed.extend(f);
+                self.free_frames(&freed);
             }
             Ok(())
         })();
@@ -133,6 +200,7 @@ impl Store {
                 let mut out = Vec::new();
                 if small {
                     m.empty_object(obj, &mut out);
+                    out.append(&mut m.zfreed);
                 } else {
                     m.queue_object_reap(gid, &oid);
                 }

@@ -42,9 +42,19 @@ impl Meta {
             l.n[i].obj = obj;
             l.n[i].index = key.index;
         }
+        let zc = self.z_cost(node);
         let p = self.pool_mut(gid);
         p.c.pages += 1;
         p.c.pages_max = p.c.pages_max.max(p.c.pages);
+        match zc {
+            Some((len, cost)) => {
+                p.c.compressed_pages += 1;
+                p.c.compressed_bytes += len;
+                p.c.mem_bytes += cost;
+            }
+            None if node & EXTRA == 0 => p.c.mem_bytes += crate::PAGE_SIZE as u64,
+            None => {}
+        }
         let (kind, account, owner) = (p.kind, p.account, p.owner);
         if let Some(o) = owner {
             if let Some(cl) = self.clients.get_mut(&o) {
@@ -54,7 +64,8 @@ impl Meta {
                 }
             }
         }
-        if node & EXTRA != 0 {
+        let z = self.is_z(node);
+        if node & EXTRA != 0 && !z {
             self.g.same_pages += 1;
             if self.fill_of(node) == 0 {
                 self.g.zero_pages += 1;
@@ -73,7 +84,8 @@ impl Meta {
             self.lru_push(head, node);
             self.g.eph += 1;
             self.g.eph_max = self.g.eph_max.max(self.g.eph);
-            if node & EXTRA == 0 {
+            // Evicting a compressed page gives memory back too.
+            if node & EXTRA == 0 || z {
                 self.g.eph_data += 1;
             }
             if let Some(o) = owner {
@@ -110,11 +122,22 @@ impl Meta {
         {
             self.free_object(obj);
         }
+        let zc = self.z_cost(node);
         let p = self.pool_mut(gid);
         let (kind, account, owner) = (p.kind, p.account, p.owner);
-        // A reaped object's pages were taken off its pool and client when it was unlinked.
+        // A reaped object's pages were taken off its pool and client when it was unlinked;
+        // the memory they take goes only now.
         if !reaping {
             p.c.pages -= 1;
+        }
+        match zc {
+            Some((len, cost)) => {
+                p.c.compressed_pages -= 1;
+                p.c.compressed_bytes -= len;
+                p.c.mem_bytes -= cost;
+            }
+            None if node & EXTRA == 0 => p.c.mem_bytes -= crate::PAGE_SIZE as u64,
+            None => {}
         }
         if let Some(o) = owner.filter(|_| !reaping) {
             if let Some(cl) = self.clients.get_mut(&o) {
@@ -125,6 +148,7 @@ impl Meta {
             }
         }
         self.g.pages -= 1;
+        let z = self.is_z(node);
         if kind.is_persistent() {
             self.unpublish(node);
         } else {
@@ -140,11 +164,15 @@ impl Meta {
                 self.free_account(account);
             }
             self.g.eph -= 1;
-            if node & EXTRA == 0 {
+            if node & EXTRA == 0 || z {
                 self.g.eph_data -= 1;
             }
         }
-        if node & EXTRA != 0 {
+        if z {
+            self.free_z(node);
+            self.free_extra(node);
+            None
+        } else if node & EXTRA != 0 {
             self.g.same_pages -= 1;
             if self.fill_of(node) == 0 {
                 self.g.zero_pages -= 1;

@@ -38,6 +38,9 @@
 //! * `durable.rs`: the memory layout's meaning — which pools and pages get records in the
 //!   page file, the write order, recovery, and resuming a client after a restart (the file
 //!   format itself is in the `tmem-pmem` crate, with the only `unsafe` it needs).
+//! * `compress.rs`: the codecs (lz4, zstd) and the per-client, per-pool-kind setting;
+//!   `zpage.rs`: compressed pages as objects of the size-class allocator (`tmem-zalloc`)
+//!   inside frames, their records in the page file, compaction (docs/architecture.md).
 //! * `stats.rs`: the statistics snapshot; `reap.rs`: chunked reclaim; `frames.rs`,
 //!   `pagemap.rs`, `hash.rs`, `identity.rs`: the building blocks named above.
 //!
@@ -70,6 +73,7 @@
 
 mod admin;
 mod clients;
+mod compress;
 mod config;
 mod durable;
 mod frames;
@@ -85,12 +89,15 @@ mod put;
 mod reap;
 mod stats;
 mod transfer;
+mod zpage;
 
+pub use compress::{ClientCompression, Compression};
 pub use config::{Attach, AttachRefused, ClientId, StoreConfig};
 pub use durable::{page_file_len, Recovery};
 pub use identity::Identity;
 pub use stats::{
-    ClientStats, GlobalStats, PoolCounters, PoolStats, SharedPoolStats, StoreStats, SwapDiskStats,
+    ClientStats, CompressionStats, GlobalStats, PoolCounters, PoolStats, SharedPoolStats,
+    StoreStats, SwapDiskStats,
 };
 pub use tmem_abi::{Oid, Page, PageKey, PageSink, PageSource, PoolKind, TmemError, PAGE_SIZE};
 pub use tmem_pmem::{OpenError as PageFileError, Origin as PageFileOrigin, PageFile};
@@ -101,7 +108,7 @@ use hash::KeyedState;
 use meta::{Global, Links, Meta, EXTRA};
 use reap::{HELP_REAP, REAP_CHUNK};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -137,6 +144,20 @@ pub struct Store {
     errored_ops: AtomicU64,
     /// Threads queued for the metadata lock (see [`Store::meta`]).
     waiting: AtomicU32,
+    /// Compression settings readable without the metadata lock (the put path compresses
+    /// before taking it): whether any client compresses, each such client's setting, the
+    /// codec `set_compress(c, true)` picks, and the largest compressed size kept.
+    zany: AtomicBool,
+    zmodes: Mutex<HashMap<ClientId, ClientCompression>>,
+    zdefault: AtomicU32,
+    zmax: AtomicUsize,
+    /// Compressed pages that did not decompress (never expected; answered as misses).
+    zerrors: AtomicU64,
+    /// Each client's (hashed) run of pages that did not compress (see `zpage.rs`), and
+    /// pages tried without gain and pages not tried because of such a run.
+    zmiss: [AtomicU32; zpage::ZMISS_SLOTS],
+    zincompressible: AtomicU64,
+    zskipped: AtomicU64,
 }
 
 /// Result of trying to obtain a frame.
@@ -188,6 +209,11 @@ impl Store {
             xl: Links::default(),
             xfill: Vec::new(),
             x_free: Vec::new(),
+            z: tmem_zalloc::ZAlloc::new(),
+            xz: Vec::new(),
+            zowner: Vec::new(),
+            zfreed: Vec::new(),
+            z_holes: false,
             // Same-filled pages cost only metadata; bound them anyway (guest-driven
             // allocation).
             max_same: (nframes as u64).max(1 << 16),
@@ -204,6 +230,14 @@ impl Store {
             total_ops: AtomicU64::new(0),
             errored_ops: AtomicU64::new(0),
             waiting: AtomicU32::new(0),
+            zany: AtomicBool::new(false),
+            zmodes: Mutex::new(HashMap::new()),
+            zdefault: AtomicU32::new(Compression::Lz4.code()),
+            zmax: AtomicUsize::new(DEFAULT_COMPRESS_MAX),
+            zerrors: AtomicU64::new(0),
+            zmiss: std::array::from_fn(|_| AtomicU32::new(0)),
+            zincompressible: AtomicU64::new(0),
+            zskipped: AtomicU64::new(0),
         }
     }
 
@@ -276,7 +310,9 @@ impl Store {
                     return;
                 }
                 let chunk = m.reap_chunk;
-                m.reap_chunk(chunk, &mut out)
+                let more = m.reap_chunk(chunk, &mut out);
+                out.append(&mut m.zfreed);
+                more
             };
             self.free_frames(&out);
             if !more {
@@ -303,7 +339,9 @@ impl Store {
         let more = {
             let mut m = self.meta();
             let chunk = m.reap_chunk;
-            m.reap_chunk(chunk, &mut out)
+            let more = m.reap_chunk(chunk, &mut out);
+            out.append(&mut m.zfreed);
+            more
         };
         self.free_frames(&out);
         more
@@ -328,6 +366,8 @@ impl Store {
     fn reserve(&self, m: &mut Meta, new_durable: bool) -> Reserve {
         {
             let mut f = lock(&self.free);
+            // Frames compressed runs gave back are free like any other.
+            f.list.append(&mut m.zfreed);
             let keep = if new_durable { self.dup_reserve() } else { 0 };
             let available = f.list.len() as u64 + (self.nframes - f.fresh) as u64;
             // Else fall through to reclaim and eviction.
@@ -355,16 +395,41 @@ impl Store {
                 return Reserve::Frame(x);
             }
         }
-        // Evicted same-filled pages free no frame: bound the walk so that a guest's pile of them
-        // cannot hold the lock (this put then fails; the next one goes on from there).
+        // Evicted same-filled pages free no frame, and an evicted compressed page frees one
+        // only when its run empties: bound the walk so that a guest's pile of them cannot hold
+        // the lock (this put then fails; the next one goes on from there). Every so many
+        // compressed evictions, compaction turns the holes they left into whole frames.
+        let mut z_evicted = 0usize;
         for _ in 0..REAP_CHUNK {
+            if let Some(f) = m.zfreed.pop() {
+                return Reserve::Frame(f);
+            }
             if m.g.eph_data == 0 {
                 break;
             }
+            let before = m.g.z_pages;
             match m.evict_one() {
                 Some(Some(f)) => return Reserve::Frame(f),
-                Some(None) => continue,
+                Some(None) => {
+                    if m.g.z_pages < before {
+                        z_evicted += 1;
+                        if z_evicted.is_multiple_of(16) && m.zfreed.is_empty() {
+                            self.z_compact(m, zpage::PRESSURE_COMPACT);
+                        }
+                    }
+                }
                 None => break,
+            }
+        }
+        if let Some(f) = m.zfreed.pop() {
+            return Reserve::Frame(f);
+        }
+        // Nothing to evict (memory full of persistent pages, say): holes that freed
+        // compressed pages left in their runs may still add up to whole frames.
+        if m.z_holes {
+            self.z_compact(m, zpage::PRESSURE_COMPACT);
+            if let Some(f) = m.zfreed.pop() {
+                return Reserve::Frame(f);
             }
         }
         Reserve::NoneEvictable
@@ -389,6 +454,9 @@ impl Store {
         });
     }
 }
+
+/// Largest compressed page kept by default: 75% of a page (see `compress.rs`).
+const DEFAULT_COMPRESS_MAX: usize = PAGE_SIZE * 3 / 4;
 
 /// Longest a reclaiming thread waits, between two chunks, for queued threads to take the lock.
 const HANDOFF_MAX: Duration = Duration::from_millis(1);

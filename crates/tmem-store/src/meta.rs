@@ -124,6 +124,8 @@ pub(crate) struct Client {
     pub(crate) weight: u32,
     pub(crate) cap: u64,
     pub(crate) compress: bool,
+    /// Compression of its pages, per pool kind.
+    pub(crate) zc: crate::ClientCompression,
     pub(crate) pools: Vec<Option<Slot>>,
     pub(crate) account: u32,
     pub(crate) pages: u64,
@@ -157,6 +159,12 @@ pub(crate) struct Global {
     pub(crate) same_pages: u64,
     pub(crate) zero_pages: u64,
     pub(crate) good_eph_puts: u64,
+    /// Compressed pages, and their compressed bytes.
+    pub(crate) z_pages: u64,
+    pub(crate) z_bytes: u64,
+    /// Compaction passes run, and objects they moved.
+    pub(crate) z_compactions: u64,
+    pub(crate) z_moved: u64,
 }
 
 #[derive(Debug)]
@@ -194,6 +202,16 @@ pub(crate) struct Meta {
     /// heads and free extra nodes.
     pub(crate) xfill: Vec<u64>,
     pub(crate) x_free: Vec<u32>,
+    /// Compressed pages: the allocator of their bytes inside frames, each compressed extra
+    /// node's handle and codec (by extra-node index; [`NIL`]: not compressed), and frames
+    /// runs gave back (see `zpage.rs`).
+    pub(crate) z: tmem_zalloc::ZAlloc,
+    pub(crate) xz: Vec<u32>,
+    /// The node of each allocator handle ([`NIL`]: free), for compaction's record updates.
+    pub(crate) zowner: Vec<u32>,
+    pub(crate) zfreed: Vec<u32>,
+    /// A compressed page was freed since compaction last finished: runs may have holes.
+    pub(crate) z_holes: bool,
     /// Most same-filled pages kept without a frame, store-wide: they cost only metadata, but
     /// a guest drives how many there are.
     pub(crate) max_same: u64,

@@ -4,7 +4,8 @@
 use crate::frames::same_fill;
 use crate::lru::touch;
 use crate::meta::{Meta, EXTRA};
-use crate::{lock, ClientId, PageKey, PageSource, Reserve, Store, TmemError, PAGE_SIZE};
+use crate::zpage::ZCopy;
+use crate::{lock, ClientId, Page, PageKey, PageSource, Reserve, Store, TmemError, PAGE_SIZE};
 
 impl Store {
     /// Store a page. Duplicate puts replace the data (allowed while frozen; in place on heap
@@ -51,17 +52,21 @@ impl Store {
         let pre = self.take_free_frame().map(|(f, left)| {
             let mut g = self.frames.lock(f);
             src.read_page(&mut g);
-            (f, same_fill(&g), left)
+            let fill = same_fill(&g);
+            // Compressed before the lock too, if this client compresses (one relaxed load
+            // when no client does).
+            let z = fill.and(None).or_else(|| self.try_compress(c, &g));
+            (f, fill, left, z)
         });
         let mut m = self.meta();
-        if let Some((f, _, _)) = pre {
+        if let Some((f, _, _, _)) = pre {
             // A never-used frame gets its node now, before it can reach the free list.
             m.ensure_data_links(f);
         }
         let gid = match m.resolve(c, pool) {
             Ok(g) => g,
             Err(e) => {
-                if let Some((f, _, _)) = pre {
+                if let Some((f, _, _, _)) = pre {
                     self.free_frames(&[f]);
                 }
                 return Err(e);
@@ -69,8 +74,9 @@ impl Store {
         };
         let gen = m.pool(gid).gen;
         m.pool_mut(gid).c.total_puts += 1;
-        if let Some((f, fill, left)) = pre {
-            if let Some(to_free) = self.link_prefilled(&mut m, c, gid, &key, f, fill, left) {
+        if let Some((f, fill, left, z)) = pre {
+            let z = z.as_deref();
+            if let Some(to_free) = self.link_prefilled(&mut m, c, gid, &key, f, fill, left, z) {
                 drop(m);
                 self.free_frames(&to_free);
                 return Ok(());
@@ -101,7 +107,8 @@ impl Store {
                     let mut scratch = [0u8; PAGE_SIZE];
                     src.read_page(&mut scratch);
                     if let Some(w) = same_fill(&scratch) {
-                        let old_same = found.node & EXTRA != 0;
+                        // A compressed page is not same-filled: it is replaced by a new node.
+                        let old_same = m.is_same(found.node);
                         if old_same && (m.fill_of(found.node) == w || !m.durable_pool(gid)) {
                             // Same-filled over same-filled: a new word is set in place
                             // (a durable page's record names its word: it takes a new one).
@@ -192,6 +199,14 @@ impl Store {
                     self.count_put_ok(&mut m, c, gid, false);
                     return Ok(());
                 }
+                // No frame, but a compressed page may still fit a free slot of a run
+                // (compressed under the lock: bounded work, and only when memory is full).
+                if let Some(x) = self.z_into_free_slot(&mut m, c, gid, &scratch) {
+                    m.publish(gid, &key, x);
+                    m.insert_page(gid, &key, x);
+                    self.count_put_ok(&mut m, c, gid, false);
+                    return Ok(());
+                }
                 m.pool_mut(gid).c.no_mem_puts += 1;
                 Err(TmemError::NoMemory)
             }
@@ -231,6 +246,7 @@ impl Store {
         f: u32,
         fill: Option<u64>,
         left: u64,
+        z: Option<&ZCopy>,
     ) -> Option<Vec<u32>> {
         let found = m.lookup(gid, key);
         if found.is_none() {
@@ -245,13 +261,7 @@ impl Store {
             }
         }
         let mut to_free = Vec::new();
-        let node = match fill {
-            Some(w) if m.can_same(gid) => {
-                to_free.push(f);
-                m.alloc_same(w)
-            }
-            _ => f,
-        };
+        let node = self.node_for(m, c, gid, f, fill, z, &mut to_free);
         // Durable: the new copy is recorded before the old one's record goes.
         m.publish(gid, key, node);
         let dup = match found {
@@ -265,6 +275,7 @@ impl Store {
         };
         m.insert_page(gid, key, node);
         self.count_put_ok(m, c, gid, dup);
+        to_free.append(&mut m.zfreed);
         Some(to_free)
     }
 
@@ -281,10 +292,11 @@ impl Store {
         f: u32,
         was_dup: bool,
     ) -> Result<(), TmemError> {
-        let fill = {
+        let (fill, z) = {
             let mut g = self.frames.lock(f);
             src.read_page(&mut g);
-            same_fill(&g)
+            let fill = same_fill(&g);
+            (fill, fill.and(None).or_else(|| self.try_compress(c, &g)))
         };
         let mut m = self.meta();
         // The pool may have gone while the metadata lock was dropped.
@@ -308,13 +320,7 @@ impl Store {
                 return Err(TmemError::OverCap);
             }
         }
-        let node = match fill {
-            Some(w) if m.can_same(gid) => {
-                to_free.push(f);
-                m.alloc_same(w)
-            }
-            _ => f,
-        };
+        let node = self.node_for(&mut m, c, gid, f, fill, z.as_deref(), &mut to_free);
         // Durable: the new copy is recorded before the old one (whatever is there now) goes.
         m.publish(gid, &key, node);
         if let Some(old) = old {
@@ -324,6 +330,7 @@ impl Store {
         }
         m.insert_page(gid, &key, node);
         self.count_put_ok(&mut m, c, gid, dup);
+        to_free.append(&mut m.zfreed);
         drop(m);
         self.free_frames(&to_free);
         Ok(())
@@ -362,6 +369,49 @@ impl Store {
         } else if !m.pool(gid).kind.is_persistent() {
             touch(m, gid, node);
         }
+    }
+
+    /// The node that will hold a page just copied into frame `f`: a same-filled node, a
+    /// compressed one (`z`, if the pool's setting wants that codec and an allocator slot can
+    /// be had), or `f` itself. Frames given up go to `to_free`.
+    #[allow(clippy::too_many_arguments)]
+    fn node_for(
+        &self,
+        m: &mut Meta,
+        c: ClientId,
+        gid: u32,
+        f: u32,
+        fill: Option<u64>,
+        z: Option<&ZCopy>,
+        to_free: &mut Vec<u32>,
+    ) -> u32 {
+        if let Some(w) = fill.filter(|_| m.can_same(gid)) {
+            to_free.push(f);
+            return m.alloc_same(w);
+        }
+        let Some(z) = z.filter(|z| m.wants_z(c, gid, z.algo)) else {
+            return f;
+        };
+        match self.z_store(m, &z.bytes[..z.len], z.algo, Some(f)) {
+            Some((x, used)) => {
+                if !used {
+                    to_free.push(f);
+                }
+                x
+            }
+            None => f,
+        }
+    }
+
+    /// Memory is full: keep `page` compressed in a free slot of an existing run, if its
+    /// client compresses this pool's pages and one is free. Returns the node (not linked).
+    fn z_into_free_slot(&self, m: &mut Meta, c: ClientId, gid: u32, page: &Page) -> Option<u32> {
+        let z = self.try_compress(c, page)?;
+        if !m.wants_z(c, gid, z.algo) || m.z.frames_needed(z.len) != Some(0) {
+            return None;
+        }
+        self.z_store(m, &z.bytes[..z.len], z.algo, None)
+            .map(|(x, _)| x)
     }
 
     fn count_put_ok(&self, m: &mut Meta, c: ClientId, gid: u32, dup: bool) {

@@ -52,6 +52,31 @@ pub struct SwapDiskStats {
     pub errors: u64,
 }
 
+/// Compressed pages, store-wide.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompressionStats {
+    /// Pages stored compressed now.
+    pub pages: u64,
+    /// Their compressed bytes.
+    pub compressed_bytes: u64,
+    /// Frames the size-class runs holding them take (`frames * 4096` is the memory they
+    /// really use; the rest of those frames is rounding and free slots).
+    pub frames: u64,
+    /// Frames compaction could give back now.
+    pub compactable_frames: u64,
+    /// Compaction passes and objects moved by them.
+    pub compactions: u64,
+    pub compaction_moves: u64,
+    /// Compressed pages that did not decompress (answered as misses; never expected).
+    pub decompress_errors: u64,
+    /// Puts whose page did not compress to the threshold (stored raw), and puts not tried
+    /// because their client's recent pages did not compress.
+    #[serde(default)]
+    pub incompressible: u64,
+    #[serde(default)]
+    pub skipped: u64,
+}
+
 /// Store-wide counters and memory figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GlobalStats {
@@ -98,6 +123,9 @@ pub struct GlobalStats {
     pub metadata_bytes: u64,
     /// Whether joining a shared pool needs a per-domain authorisation.
     pub shared_auth_required: bool,
+    /// Compressed pages and the memory they take.
+    #[serde(default)]
+    pub compression: CompressionStats,
 }
 
 /// One client (a connected or detached guest domain instance).
@@ -174,6 +202,16 @@ pub struct PoolStats {
 pub struct PoolCounters {
     /// Pages now (`Pc`).
     pub pages: u64,
+    /// Of those, pages stored compressed, and their compressed bytes.
+    #[serde(default)]
+    pub compressed_pages: u64,
+    #[serde(default)]
+    pub compressed_bytes: u64,
+    /// Page memory the pool's pages take: a frame for each raw page, each compressed page's
+    /// share of its run (run bytes / slots of its size class), nothing for same-filled
+    /// pages. Pages of a flushed object or destroyed pool count until they are reclaimed.
+    #[serde(default)]
+    pub mem_bytes: u64,
     /// Highest `pages` seen (`Pm`).
     pub pages_max: u64,
     /// Objects now (`Oc`).
@@ -335,7 +373,8 @@ impl Store {
             })
             .collect();
         shared_pools.sort_by_key(|s| s.uuid);
-        let used = fresh - free_len;
+        // Frames compressed runs gave back are free, though not on the list yet.
+        let used = fresh - free_len - m.zfreed.len() as u64;
         StoreStats {
             global: GlobalStats {
                 total_ops: self.total_ops.load(Ordering::Relaxed),
@@ -358,6 +397,17 @@ impl Store {
                 freeable_pages: m.g.eph_data,
                 metadata_bytes: self.metadata_bytes(&m, free_len),
                 shared_auth_required: m.auth_required,
+                compression: CompressionStats {
+                    pages: m.g.z_pages,
+                    compressed_bytes: m.g.z_bytes,
+                    frames: m.z.stats().frames,
+                    compactable_frames: m.z.reclaimable_frames(),
+                    compactions: m.g.z_compactions,
+                    compaction_moves: m.g.z_moved,
+                    decompress_errors: self.zerrors.load(Ordering::Relaxed),
+                    incompressible: self.zincompressible.load(Ordering::Relaxed),
+                    skipped: self.zskipped.load(Ordering::Relaxed),
+                },
             },
             clients,
             shared_pools,

@@ -1192,22 +1192,23 @@ fn the_frameless_limit_counts_every_same_filled_page() {
 
 #[test]
 fn durable_same_filled_pages_are_bounded_by_their_records() {
-    // 8 frames: 8 metadata records. The ninth same-filled persistent page takes a frame.
+    // 8 frames: 16 metadata records (two per frame). The 17th same-filled persistent page
+    // takes a frame.
     let s = durable_pages(8);
     let c = client(&s, 1);
     let (p, _) = s.new_pool(c, U1, PP).unwrap();
-    for i in 0..9u32 {
+    for i in 0..17u32 {
         s.put(c, p, key(1, i), &same(i as u64 * 0x0101_0101_0101_0101))
             .unwrap();
     }
     let g = s.stats().global;
-    assert_eq!((g.same_filled_pages, g.data_bytes), (8, PAGE_SIZE as u64));
+    assert_eq!((g.same_filled_pages, g.data_bytes), (16, PAGE_SIZE as u64));
     let (s, rec, c, p) = restart(s);
     assert_eq!(
         (rec.pages, rec.same_filled_pages, rec.zero_pages),
-        (9, 8, 1)
+        (17, 16, 1)
     );
-    for i in 0..9u32 {
+    for i in 0..17u32 {
         assert_eq!(
             get(&s, c, p, key(1, i)),
             Ok(Some(same(i as u64 * 0x0101_0101_0101_0101)))

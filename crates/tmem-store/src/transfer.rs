@@ -4,8 +4,7 @@
 //! goes through the ordinary attach/new_pool/put path, so an imported page is stored, counted
 //! and made durable exactly like a guest's.
 
-use crate::meta::EXTRA;
-use crate::{ClientId, PageKey, PageSink, Store, TmemError};
+use crate::{ClientId, PageKey, PageSink, PoolKind, Store, TmemError};
 
 /// One persistent pool of a client, with the keys of its pages at the time of the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,17 +74,11 @@ impl Store {
             return Ok(false);
         };
         let node = found.node;
-        if node & EXTRA != 0 {
-            let fill = m.fill_of(node);
-            drop(m);
-            dst.write_filled_page(fill);
-        } else {
-            // Locked before the metadata lock is let go, as a get does: a flush cannot hand
-            // the frame to another put while we copy it.
-            let g = self.frames.lock(node);
-            drop(m);
-            dst.write_page(&g);
+        if m.is_z(node) {
+            // As a persistent get: copied under the lock, decompressed after it.
+            return Ok(self.get_z(m, gid, PoolKind::PrivatePersistent, found.obj, node, dst));
         }
+        self.copy_kept(m, node, dst);
         Ok(true)
     }
 }

@@ -131,6 +131,12 @@ pub struct FileConfig {
     pub durable: Option<bool>,
     /// Whether joining a shared pool needs a per-client authorisation (default true).
     pub shared_auth_required: Option<bool>,
+    /// The codec a guest's `compress = true` (or `tmem set -p 1`) turns on: "lz4" (default)
+    /// or "zstd".
+    pub compression: Option<String>,
+    /// Largest compressed page kept, in bytes (64 to 4032, default 3072); pages that do not
+    /// compress to this or less are stored raw.
+    pub compress_max_bytes: Option<u32>,
     /// Per-guest settings: `[[guest]]` tables.
     pub guest: Option<Vec<GuestConfig>>,
     /// Directory of the swap disks' spill files (default [`DEFAULT_SWAP_SPILL_DIR`]).
@@ -202,6 +208,10 @@ pub struct Config {
     pub settings: Settings,
     /// Swap disks (Xen PV block devices served from tmem memory).
     pub swap: SwapConfig,
+    /// The codec a guest's compression flag turns on.
+    pub compression: tmem_store::Compression,
+    /// Largest compressed page kept (bytes).
+    pub compress_max_bytes: u32,
 }
 
 /// The validated `[[swap_disk]]` tables and spill directory.
@@ -439,8 +449,23 @@ impl Config {
         let settings =
             declared_settings(file.shared_auth_required, file.guest.unwrap_or_default())?;
         let swap = swap_config(file.swap_spill_dir, file.swap_disk.unwrap_or_default())?;
+        let compression = match file.compression.as_deref() {
+            None => tmem_store::Compression::Lz4,
+            Some(s) => match tmem_store::Compression::parse(s) {
+                Some(c) if c.is_on() => c,
+                _ => {
+                    return Err(invalid(format!(
+                        "compression {s:?} is not a codec: use \"lz4\" or \"zstd\""
+                    )))
+                }
+            },
+        };
+        let compress_max_bytes = file.compress_max_bytes.unwrap_or(3072);
+        check_range("compress_max_bytes", compress_max_bytes.into(), 64, 4032)?;
         Ok(Config {
             swap,
+            compression,
+            compress_max_bytes,
             page_file: args.page_file.or(file.page_file),
             durable: !args.no_durable && file.durable.unwrap_or(true),
             settings,
@@ -663,6 +688,28 @@ mod tests {
         assert_eq!(c.workers, 3);
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.poll, Duration::from_micros(50));
+    }
+
+    #[test]
+    fn the_compression_codec_and_threshold() {
+        let c = Config::merge(Args::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.compression, tmem_store::Compression::Lz4);
+        assert_eq!(c.compress_max_bytes, 3072);
+        let f: FileConfig =
+            toml::from_str("compression = \"zstd\"\ncompress_max_bytes = 2048\n").unwrap();
+        let c = Config::merge(Args::default(), f).unwrap();
+        assert_eq!(c.compression, tmem_store::Compression::Zstd);
+        assert_eq!(c.compress_max_bytes, 2048);
+        for bad in [
+            "compression = \"gzip\"",
+            "compression = \"off\"",
+            "compress_max_bytes = 5000",
+        ] {
+            let f: FileConfig = toml::from_str(bad).unwrap();
+            let e = Config::merge(Args::default(), f).unwrap_err().to_string();
+            assert!(e.contains("compress"), "{bad}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
     }
 
     #[test]

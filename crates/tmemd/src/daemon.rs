@@ -131,6 +131,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     let notifier = Notifier::from_env();
     let opened = pagemem::open(&config, &mut inherited, &notifier)?;
+    opened.store.set_default_compression(config.compression);
+    opened
+        .store
+        .set_compress_max_bytes(config.compress_max_bytes as usize);
     let keeper = Keeper::load(config.settings.clone(), opened.settings)?;
     let page_memory = pagemem::status(
         &opened.placement,
@@ -284,6 +288,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             last_housekeeping = now;
             shared.expire_detached(config.reattach_grace);
             control.housekeeping(poll.registry(), now);
+            // Holes freed compressed pages left in their runs become whole frames again.
+            shared.store.compact_some();
         }
         if let Some(w) = watchdog.as_mut() {
             w.tick(now, &shared.health, &notifier);

@@ -400,6 +400,7 @@ fn log_recovery(placement: &Placement, r: &Recovery) {
         pages = r.pages,
         zero_pages = r.zero_pages,
         same_filled_pages = r.same_filled_pages,
+        compressed_pages = r.compressed_pages,
         superseded = r.superseded,
         orphans = r.orphans,
         torn = r.torn,

@@ -255,9 +255,28 @@ fn authorise(daemon: &Daemon, guests: u32) {
     }
 }
 
+/// Turn compression on for every guest label (a saved administrator setting, so it is given
+/// back to each guest after every restart).
+fn compress_all(daemon: &Daemon, guests: u32) {
+    let uid = nix::unistd::getuid().as_raw();
+    for label in 1..=guests {
+        let r = daemon.control(&Op::Set {
+            target: Target::Local { uid, label },
+            weight: None,
+            cap_pages: None,
+            compress: Some(true),
+        });
+        assert!(matches!(r, Reply::Ok(OkReply::Done { .. })), "{r:?}");
+    }
+}
+
 /// Stop tmemd with `sig` at random moments `rounds` times under load, restart it on the same
 /// page file each time, and hold the guests to issue 9's promise.
 fn restart_under_load(sig: Signal, rounds: u64, tag: &str) {
+    restart_under_load_with(sig, rounds, tag, false)
+}
+
+fn restart_under_load_with(sig: Signal, rounds: u64, tag: &str, compress: bool) {
     let _one_at_a_time = serial();
     let seed = seed();
     eprintln!("{tag}: seed {seed} (TMEM_DURABLE_SEED={seed} repeats this run)");
@@ -271,6 +290,10 @@ fn restart_under_load(sig: Signal, rounds: u64, tag: &str) {
     authorise(&daemon, n);
     let fleet = Fleet::start(&dir, n, &mut rng);
     fleet.wait_all(Duration::from_secs(20), "all pools mapped", all_mapped);
+    if compress {
+        // `tmem set` names clients tmemd knows: once every guest is attached.
+        compress_all(&daemon, n);
+    }
     let mut last: Vec<Value> = fleet
         .guests
         .iter()
@@ -428,6 +451,22 @@ fn restart_under_load(sig: Signal, rounds: u64, tag: &str) {
 #[test]
 fn kill_9_ten_times_under_load_loses_no_persistent_page_and_serves_nothing_stale() {
     restart_under_load(Signal::SIGKILL, env_u64("TMEM_DURABLE_KILLS", 10), "kill9");
+}
+
+/// The same with every guest compressing (lz4, set with `tmem set -p 1` once the guests are
+/// attached, so it is a saved setting given back after each restart). The verifying guests'
+/// page bodies are pseudo-random, so their pages do not compress and stay raw (tmemd's log
+/// line "page memory opened" says `compressed_pages=0` in runs here): this checks the daemon
+/// path with compression switched on.
+/// The kill -9 test with mostly compressed pages is the store's (`tmem-store/tests/kill9.rs`).
+#[test]
+fn kill_9_with_compression_on_loses_no_persistent_page_and_serves_nothing_stale() {
+    restart_under_load_with(
+        Signal::SIGKILL,
+        env_u64("TMEM_DURABLE_KILLS", 10).min(4),
+        "kill9-z",
+        true,
+    );
 }
 
 #[test]

@@ -1,0 +1,339 @@
+//! `cargo bench -p tmem-store --bench capacity`: how many pages a store keeps per MiB of page
+//! memory with compression off / lz4 / zstd, against the same compressor run on the same pages
+//! with no store around it (the limit), plus put and get rates and synchronous get latency.
+//!
+//! Two corpora, built on any machine from what is on it (see [`corpus`]):
+//! * **mixed**: 40% pages of executables and shared libraries, 20% of text (documentation,
+//!   headers), 10% of logs (`/var/log`, text if too few), 15% zero pages, 5% same-filled
+//!   pages of a non-zero word, 10% random pages;
+//! * **incompressible**: random pages only.
+//!
+//! For each mode the store (`TMEM_BENCH_MIB` MiB of page memory, default 16) gets one
+//! persistent pool and the corpus is put until memory is full; then every stored page is read
+//! back (and compared once, outside the timing). Rates are MB/s of page data on one thread.
+//! Each mode runs `TMEM_BENCH_RUNS` times (default 5), interleaved; rates are given as median
+//! (min-max).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+use tmem_store::*;
+
+const MAX_COMPRESSED: usize = PAGE_SIZE * 3 / 4;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct APage(Page);
+
+fn key(i: u64) -> PageKey {
+    PageKey {
+        oid: Oid([i / 64, 0xcafe, 0]),
+        index: (i % 64) as u32,
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Pages of the regular files under `dirs` (sorted walk, at most 8 pages per file spread
+/// over it, full pages only) until `want` pages; fewer if the machine has fewer.
+fn file_pages(dirs: &[&str], want: usize, filter: &dyn Fn(&Path) -> bool) -> Vec<APage> {
+    let mut out = Vec::new();
+    let mut stack: Vec<std::path::PathBuf> = dirs.iter().map(|d| d.into()).collect();
+    stack.reverse();
+    while let Some(p) = stack.pop() {
+        if out.len() >= want {
+            break;
+        }
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.is_dir() {
+            let Ok(rd) = std::fs::read_dir(&p) else {
+                continue;
+            };
+            let mut v: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+            v.sort();
+            v.reverse();
+            stack.extend(v);
+            continue;
+        }
+        if !md.is_file() || md.len() < PAGE_SIZE as u64 || !filter(&p) {
+            continue;
+        }
+        let Ok(data) = std::fs::read(&p) else {
+            continue;
+        };
+        let pages = data.len() / PAGE_SIZE;
+        let step = pages.div_ceil(8).max(1);
+        for i in (0..pages).step_by(step) {
+            if out.len() >= want {
+                break;
+            }
+            let mut a = APage([0u8; PAGE_SIZE]);
+            a.0.copy_from_slice(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn random_page(r: &mut Rng) -> APage {
+    let mut a = APage([0u8; PAGE_SIZE]);
+    for c in a.0.chunks_exact_mut(8) {
+        c.copy_from_slice(&r.next().to_le_bytes());
+    }
+    a
+}
+
+/// The mixed corpus of `n` pages, shuffled, and what it is made of.
+fn corpus(n: usize) -> (Vec<APage>, String) {
+    let mut r = Rng(0x1234_5678_9abc_def1);
+    let bins = file_pages(
+        &[
+            "/usr/bin",
+            "/usr/sbin",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib",
+        ],
+        n * 40 / 100,
+        &|p| {
+            let s = p.to_string_lossy();
+            p.starts_with("/usr/bin") || p.starts_with("/usr/sbin") || s.contains(".so")
+        },
+    );
+    let text = file_pages(
+        &["/usr/share/doc", "/usr/include", "/usr/share"],
+        n * 20 / 100,
+        &|p| {
+            let s = p.to_string_lossy();
+            !s.ends_with(".gz") && !s.ends_with(".png") && !s.ends_with(".mo")
+        },
+    );
+    let mut logs = file_pages(&["/var/log"], n * 10 / 100, &|p| {
+        !p.to_string_lossy().ends_with(".gz")
+    });
+    let nlogs = logs.len();
+    if logs.len() < n * 10 / 100 {
+        // Few logs here: text instead, said in the header.
+        let more = file_pages(
+            &["/usr/share/common-licenses", "/usr/share/doc"],
+            n,
+            &|_| true,
+        );
+        logs.extend(more.into_iter().rev().take(n * 10 / 100 - nlogs));
+    }
+    let mut v = Vec::with_capacity(n);
+    let (nb, nt, nl) = (bins.len(), text.len(), nlogs);
+    v.extend(bins);
+    v.extend(text);
+    v.extend(logs);
+    for _ in 0..n * 15 / 100 {
+        v.push(APage([0u8; PAGE_SIZE]));
+    }
+    for i in 0..n * 5 / 100 {
+        let mut a = APage([0u8; PAGE_SIZE]);
+        let w = 0x0101_0101_0101_0101u64.wrapping_mul(i as u64 % 255 + 1);
+        for c in a.0.chunks_exact_mut(8) {
+            c.copy_from_slice(&w.to_le_bytes());
+        }
+        v.push(a);
+    }
+    while v.len() < n {
+        v.push(random_page(&mut r));
+    }
+    for i in (1..v.len()).rev() {
+        let j = (r.next() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    let desc = format!(
+        "{n} pages: {nb} of executables/libraries, {nt} of text, {nl} of logs{}, {} zero, {} same-filled, {} random",
+        if nl < n * 10 / 100 { " (+ text for the missing logs)" } else { "" },
+        n * 15 / 100,
+        n * 5 / 100,
+        n - nb - nt - n * 10 / 100 - n * 15 / 100 - n * 5 / 100
+    );
+    (v, desc)
+}
+
+fn same_filled(p: &Page) -> bool {
+    let w = &p[..8];
+    p.chunks_exact(8).all(|c| c == w)
+}
+
+/// The compressor alone: bytes the pages need (same-filled: none; compressed if at most the
+/// store's threshold, else a page), and its compression rate in MB/s over the pages it ran on.
+fn limit(pages: &[APage], algo: Compression) -> (u64, f64) {
+    let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(PAGE_SIZE)];
+    let mut zc = zstd::bulk::Compressor::new(1).unwrap();
+    let mut bytes = 0u64;
+    let mut ran = 0u64;
+    let t = Instant::now();
+    for p in pages {
+        if same_filled(&p.0) {
+            continue;
+        }
+        ran += 1;
+        let n = match algo {
+            Compression::Off => PAGE_SIZE,
+            Compression::Lz4 => lz4_flex::block::compress_into(&p.0, &mut out).unwrap(),
+            Compression::Zstd => zc.compress_to_buffer(&p.0[..], &mut out[..]).unwrap(),
+        };
+        bytes += if n <= MAX_COMPRESSED { n } else { PAGE_SIZE } as u64;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    (bytes, ran as f64 * PAGE_SIZE as f64 / secs / 1e6)
+}
+
+struct Run {
+    stored: u64,
+    put_mbs: f64,
+    get_mbs: f64,
+    get_p50_ns: f64,
+    get_p99_ns: f64,
+    data_bytes: u64,
+}
+
+fn run_store(pages: &[APage], mib: u64, algo: Compression) -> Run {
+    let s = Store::new(StoreConfig {
+        mem_limit_bytes: mib << 20,
+        default_persistent_share_percent: 0,
+        ..StoreConfig::default()
+    });
+    s.prefault();
+    let (c, _) = s.attach_client(1, 1, "bench").unwrap();
+    s.set_compression(c, ClientCompression::both(algo)).unwrap();
+    let (p, _) = s.new_pool(c, [1, 2], PoolKind::PrivatePersistent).unwrap();
+    let t = Instant::now();
+    let mut stored = 0u64;
+    for (i, pg) in pages.iter().enumerate() {
+        match s.put(c, p, key(i as u64), &pg.0) {
+            Ok(()) => stored += 1,
+            Err(TmemError::NoMemory) => break,
+            Err(e) => panic!("put: {e}"),
+        }
+    }
+    let put_secs = t.elapsed().as_secs_f64();
+    let data_bytes = s.stats().global.data_bytes;
+    let mut dst = APage([0u8; PAGE_SIZE]);
+    let mut lat = Vec::with_capacity(stored as usize);
+    let t = Instant::now();
+    for i in 0..stored {
+        let t0 = Instant::now();
+        let r = s.get(c, p, key(i), &mut dst.0);
+        lat.push(t0.elapsed().as_nanos() as u32);
+        assert_eq!(r, Ok(true));
+    }
+    let get_secs = t.elapsed().as_secs_f64();
+    // Every byte once, outside the timing.
+    for i in 0..stored {
+        s.get(c, p, key(i), &mut dst.0).unwrap();
+        assert!(dst.0 == pages[i as usize].0, "page {i} differs");
+    }
+    lat.sort_unstable();
+    let pct = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize] as f64;
+    Run {
+        stored,
+        put_mbs: stored as f64 * PAGE_SIZE as f64 / put_secs / 1e6,
+        get_mbs: stored as f64 * PAGE_SIZE as f64 / get_secs / 1e6,
+        get_p50_ns: pct(0.5),
+        get_p99_ns: pct(0.99),
+        data_bytes,
+    }
+}
+
+fn med(v: &mut [f64]) -> String {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    format!("{:.0} ({:.0}-{:.0})", v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn table(name: &str, pages: &[APage], mib: u64, runs: usize) {
+    let modes = [Compression::Off, Compression::Lz4, Compression::Zstd];
+    let mut res: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+    for _ in 0..runs {
+        for m in modes {
+            res.entry(m.name())
+                .or_default()
+                .push(run_store(pages, mib, m));
+        }
+    }
+    println!(
+        "\n## {name} corpus, {mib} MiB of page memory, {runs} runs (rates: median (min-max))\n"
+    );
+    println!("| mode | pages stored | pages / MiB | vs raw | limit pages / MiB | % of limit | compressor alone MB/s | put MB/s | get MB/s | get p50 ns | get p99 ns |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let raw_per_mib = 256.0;
+    for m in modes {
+        let rs = res.get_mut(m.name()).unwrap();
+        let stored = rs[0].stored;
+        assert!(
+            rs.iter().all(|r| r.stored == stored),
+            "capacity differs between runs"
+        );
+        let per_mib = stored as f64 / mib as f64;
+        // The limit over the pages this store took (the same first `stored` pages).
+        let (bytes, alone) = limit(&pages[..stored as usize], m);
+        let lim = stored as f64 / (bytes.max(1) as f64 / (1 << 20) as f64);
+        let name = if m == Compression::Off {
+            "off (same-filled only)"
+        } else {
+            m.name()
+        };
+        println!(
+            "| {name} | {stored} | {per_mib:.0} | {:.2}x | {lim:.0} | {:.0}% | {} | {} | {} | {} | {} |",
+            per_mib / raw_per_mib,
+            per_mib / lim * 100.0,
+            if m == Compression::Off { "-".into() } else { format!("{alone:.0}") },
+            med(&mut rs.iter().map(|r| r.put_mbs).collect::<Vec<_>>()),
+            med(&mut rs.iter().map(|r| r.get_mbs).collect::<Vec<_>>()),
+            med(&mut rs.iter().map(|r| r.get_p50_ns).collect::<Vec<_>>()),
+            med(&mut rs.iter().map(|r| r.get_p99_ns).collect::<Vec<_>>()),
+        );
+        let _ = rs[0].data_bytes;
+    }
+    let off = &res["off"];
+    for m in [Compression::Lz4, Compression::Zstd] {
+        let r = &res[m.name()];
+        let mut ratio: Vec<f64> = r
+            .iter()
+            .zip(off)
+            .map(|(a, b)| a.put_mbs / b.put_mbs)
+            .collect();
+        ratio.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "\n{}: put rate / off, run by run: median {:.2} (min {:.2}, max {:.2})",
+            m.name(),
+            ratio[ratio.len() / 2],
+            ratio[0],
+            ratio[ratio.len() - 1]
+        );
+    }
+}
+
+fn main() {
+    let mib: u64 = std::env::var("TMEM_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let runs: usize = std::env::var("TMEM_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    // Enough pages to fill the store at 4:1.
+    let n = (mib as usize * 256 * 4).max(4096);
+    let (mixed, desc) = corpus(n);
+    println!("# capacity benchmark\n\nmixed corpus: {desc}");
+    table("mixed", &mixed, mib, runs);
+    let mut r = Rng(0xfeed_f00d_dead_beef);
+    let noise: Vec<APage> = (0..mib as usize * 256 + 64)
+        .map(|_| random_page(&mut r))
+        .collect();
+    table("incompressible", &noise, mib, runs);
+}
