@@ -332,9 +332,10 @@ fn status_text(shared: &Shared) -> String {
     let persistent = g.pages.saturating_sub(g.eph_pages);
     let mut text = format!(
         "{guests} guest(s) connected; {} pages stored ({persistent} persistent); \
-         page memory {} of {} MiB in use",
+         page memory {:.1} of {} MiB in use",
         g.pages,
-        g.data_bytes >> 20,
+        // A tenth of a MiB, so that a few hundred pages do not read as nothing.
+        g.data_bytes as f64 / f64::from(1u32 << 20),
         g.mem_limit_bytes >> 20,
     );
     if disks > 0 {
@@ -635,7 +636,7 @@ mod tests {
         assert_eq!(
             text,
             format!(
-                "0 guest(s) connected; 0 pages stored (0 persistent); page memory 0 of {limit} MiB in use"
+                "0 guest(s) connected; 0 pages stored (0 persistent); page memory 0.0 of {limit} MiB in use"
             )
         );
         let sd = FakeSystemd::new();
