@@ -5,7 +5,7 @@
 #  2. systemctl stop, then systemctl start: it returns once tmemd sent READY=1 (after the
 #     page memory is faulted in), with STATUS= saying guests, pages and memory; page memory
 #     is a memfd handed to systemd's fd store.
-#  3. A domU with persistent pages (tmem-guest's swap, 64 cold pages stored once, then only
+#  3. A domU with persistent pages (tmem-guest's swap, 32 cold pages stored once, then only
 #     read back and verified) connects; STATUS= follows it.
 #  4. systemctl restart: the new tmemd gets the page memfd back from the fd store; the guest
 #     reads back pages stored before the restart, byte for byte, nothing lost.
@@ -16,6 +16,8 @@
 # The journal of the unit is printed at the end (and on failure).
 
 DEB=/tmemxq/tmemd.deb
+# sa's swap: this many pages, each stored once, then only read back (and checked).
+SWAP_PAGES=32
 NO_LOSS='.counters.map.losses == 0 and .counters.map.lost_pages == 0 and .guest.swap_lost == 0 and .guest.verification_errors == 0'
 
 [ -d /run/systemd/system ] || fail "systemd is not PID 1 here: this scenario needs the systemd boot (run.sh gives it one)"
@@ -73,11 +75,11 @@ ok "tmem status: $(sed -n 's/^page memory: //p' /tmp/status.txt)"
 
 # ---- 3. a guest with persistent pages
 wait_for 30 "tmemd serves Xen" tmemd_log_has "xen transport ready"
-guest_start sa $XEN_GUEST --seconds 600 --filesystems 1 --swap --swap-pages 64 --swap-cold-pages 64 \
+guest_start sa $XEN_GUEST --seconds 600 --filesystems 1 --swap --swap-pages $SWAP_PAGES --swap-cold-pages $SWAP_PAGES \
     --call-timeout-ms 60000
 wait_json sa 180 "$ALL_MAPPED" "connected, all pools real"
-wait_json sa 120 ".guest.swap_stored >= 64 and .guest.swap_loaded > 0 and $NO_LOSS" \
-    "all 64 of its swap pages stored, some read back"
+wait_json sa 120 ".guest.swap_stored >= $SWAP_PAGES and .guest.swap_loaded > 0 and $NO_LOSS" \
+    "all $SWAP_PAGES of its swap pages stored, some read back"
 wait_for 30 "STATUS= shows the guest and its persistent pages" status_matches \
     '^1 guest\(s\) connected; [1-9][0-9]* pages stored \([1-9][0-9]* persistent\); page memory [0-9]+\.[0-9] of'
 ok "STATUS=$(prop StatusText)"
@@ -97,10 +99,10 @@ ok "systemctl restart returned after $(awk -v a="$t0" -v b="$(now)" 'BEGIN { pri
 fdstore_inherited || { cat /tmp/status.txt; fail "the restarted tmemd did not get its page memory back from the fd store"; }
 ok "the new tmemd took its page memory from systemd's fd store: $(sed -n 's/^page memory: //p; s/^recovered at start: /recovered: /p' /tmp/status.txt | paste -sd' ')"
 wait_for 120 "domU sa served again after systemctl restart, its old swap pages read back" \
-    guest_json_since sa "$line" ".connected and .guest.swap_stored == 64 and .guest.swap_loaded > \$first.guest.swap_loaded + 20 and $NO_LOSS"
+    guest_json_since sa "$line" ".connected and .guest.swap_stored == $SWAP_PAGES and .guest.swap_loaded > \$first.guest.swap_loaded + 20 and $NO_LOSS"
 c=$(jq -s '[.[] | select(.connected)] | last | .counters.map.connects' /tmp/sa.since.json)
 r=$(jq -s '[.[] | select(.connected)] | last | .counters.map.reattached' /tmp/sa.since.json)
-ok "domU sa after systemctl restart: connects $con -> $c, reattached $r; more than 20 of its 64 swap pages, all put before the restart, read back and verified (none stored again), nothing lost"
+ok "domU sa after systemctl restart: connects $con -> $c, reattached $r; more than 20 loads of its $SWAP_PAGES swap pages, all put before the restart, each verified (none stored again), nothing lost"
 
 # ---- 5. the watchdog restarts a hung tmemd
 pid=$(prop MainPID)
@@ -120,7 +122,7 @@ kill -0 "$pid" 2>/dev/null && fail "the hung tmemd $pid is still there"
 fdstore_inherited || { cat /tmp/status.txt; fail "tmemd restarted by the watchdog did not get its page memory back from the fd store"; }
 ok "the tmemd the watchdog started took its page memory from the fd store: $(sed -n 's/^recovered at start: /recovered: /p' /tmp/status.txt)"
 wait_for 150 "domU sa served again after the watchdog restart, its old swap pages read back" \
-    guest_json_since sa "$line" ".connected and .guest.swap_stored == 64 and .guest.swap_loaded > \$first.guest.swap_loaded + 20 and $NO_LOSS"
+    guest_json_since sa "$line" ".connected and .guest.swap_stored == $SWAP_PAGES and .guest.swap_loaded > \$first.guest.swap_loaded + 20 and $NO_LOSS"
 c2=$(jq -s '[.[] | select(.connected)] | last | .counters.map.connects' /tmp/sa.since.json)
 if [ "$c2" = "$c" ]; then how="resumed in place"; else how="reconnected (connects $c -> $c2)"; fi
 ok "domU sa after the watchdog restart: $how; its swap pages from before read back and verified, nothing lost"
