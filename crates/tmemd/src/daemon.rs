@@ -328,7 +328,12 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 fn status_text(shared: &Shared) -> String {
     let g = shared.store.stats().global;
     let guests = shared.connected.load(std::sync::atomic::Ordering::Relaxed);
-    let disks = worker::lock(&shared.swap_disks).len();
+    // Cloned out first: never hold the map's lock while taking a disk's.
+    let disks: Vec<_> = worker::lock(&shared.swap_disks).values().cloned().collect();
+    let disks = disks
+        .iter()
+        .filter(|d| worker::lock(d).state == "connected")
+        .count();
     let persistent = g.pages.saturating_sub(g.eph_pages);
     let mut text = format!(
         "{guests} guest(s) connected; {} pages stored ({persistent} persistent); \
@@ -339,7 +344,7 @@ fn status_text(shared: &Shared) -> String {
         g.mem_limit_bytes >> 20,
     );
     if disks > 0 {
-        text.push_str(&format!("; {disks} swap disk(s)"));
+        text.push_str(&format!("; {disks} swap disk(s) connected"));
     }
     text
 }
