@@ -105,26 +105,92 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
     printf ' -- %s  %s\n' "$maintainer" "$(LC_ALL=C date -u -R -d "@$SOURCE_DATE_EPOCH")"
 } | gzip -9n >"$DOC/changelog.Debian.gz"
 
-# Copyright (machine-readable format). The workspace is "MIT OR Apache-2.0"; the binaries
-# also link the crates listed below, each under its own licence.
+# Copyright (machine-readable format). The workspace is "MIT OR Apache-2.0". The binaries are
+# statically linked with crates from crates.io: each gets a paragraph with the copyright
+# lines of its own licence files (or its authors) and its licence, and every licence used is
+# given in full (Apache-2.0 by reference to common-licenses, as Debian policy asks), its text
+# taken from the crate that ships it. A crate under a licence this script does not know
+# stops the build: add its text here.
 license=$(sed -n '/^\[workspace.package\]/,/^\[/s/^license *= *"\(.*\)"/\1/p' Cargo.toml)
 [ "$license" = "MIT OR Apache-2.0" ] || die "licence '$license' changed: update the copyright text in $0"
+command -v jq >/dev/null || die "jq is missing (apt install jq): it reads cargo metadata for the copyright file"
 year=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y)
 crates=$(cargo tree --locked --offline -p tmemd -p tmem-cli -e normal --prefix none \
             --format '{p}|{l}' 2>/dev/null | grep -v -e '(/' -e '(proc-macro)' | sed 's/ (\*)$//' |
-            grep . | sort -u | sed 's/^\([^ ]*\) v\([^|]*\)|\(.*\)$/ \1 \2: \3/') ||
+            grep . | sort -u | sed 's/^\([^ ]*\) v\([^|]*\)|\(.*\)$/\1|\2|\3/') ||
     die "cargo tree failed: the crate list for the copyright file needs the registry cache"
-cat >"$DOC/copyright" <<EOF
+metadata=$(cargo metadata --locked --offline --format-version 1 2>/dev/null) ||
+    die "cargo metadata failed: the copyright file needs the registry cache"
+
+# An SPDX expression as a DEP-5 licence field ("MIT" is "Expat" there; "/" is an old "OR").
+dep5_license() {
+    sed -e 's#/# OR #g' -e 's/\bMIT\b/Expat/g' -e 's/ OR / or /g' -e 's/ AND / and /g' \
+        -e 's/ WITH LLVM-exception/ with LLVM-exception/g' <<<"$1"
+}
+# A file's text as the body of a DEP-5 field: each line indented, empty lines as " .".
+# Leading and trailing empty lines are dropped.
+dep5_text() {
+    sed -e 's/[[:space:]]*$//' "$1" |
+        awk '{ line[NR] = $0 } $0 != "" { if (!first) first = NR; last = NR }
+             END { for (i = first; i <= last; i++) print (line[i] == "" ? " ." : " " line[i]) }'
+}
+# The licence files of the crate in directory $1.
+licence_files() {
+    find "$1" -maxdepth 1 -type f \( -iname 'licen[cs]e*' -o -iname 'copying*' -o -iname 'unlicense*' \
+        -o -iname 'copyright*' \) | LC_ALL=C sort
+}
+declare -A licence_text=()   # licence name -> file holding its full text
+crate_paragraphs=""
+while IFS='|' read -r name version spdx; do
+    dir=$(jq -r --arg n "$name" --arg v "$version" \
+        '.packages[] | select(.name == $n and .version == $v) | .manifest_path' <<<"$metadata" | head -n1)
+    [ -n "$dir" ] || die "crate $name $version is not in cargo metadata"
+    dir=$(dirname "$dir")
+    mapfile -t files < <(licence_files "$dir")
+    # Copyright lines as the crate's licence files state them (not the Apache template's).
+    holders=""
+    if [ ${#files[@]} -gt 0 ]; then
+        holders=$({ grep -h -i -E '^[[:space:]]*copyright[[:space:]]+(\(c\)|©|[0-9])' "${files[@]}" || true; } |
+                      grep -v -e '\[yyyy\]' -e '{yyyy}' |
+                      sed -E -e 's/^[[:space:]]*copyright[[:space:]]+((\(c\)|©)[[:space:]]*)?//I' -e 's/[[:space:]]*$//' |
+                      awk '!seen[$0]++' || true)
+    fi
+    if [ -z "$holders" ]; then
+        authors=$(jq -r --arg n "$name" --arg v "$version" \
+            '.packages[] | select(.name == $n and .version == $v) | .authors | join(", ")' <<<"$metadata" | head -n1)
+        holders="the $name developers${authors:+ ($authors)}"
+    fi
+    lic=$(dep5_license "$spdx")
+    crate_paragraphs+=$'\n'"Files: rust-crates/$name-$version/*"$'\n'"Copyright: $(sed '2,$s/^/ /' <<<"$holders")"$'\n'"License: $lic"$'\n'
+    # Licences beyond Expat and Apache-2.0: their text, from this crate's files.
+    for token in $(grep -o -E 'Zlib|Unicode-3\.0|Unlicense|LLVM-exception|[A-Za-z0-9.+-]+' <<<"$spdx" | sort -u); do
+        case $token in
+            MIT|Apache-2.0|OR|AND|WITH) continue ;;
+            Zlib) marker="provided 'as-is', without any express or implied warranty" ;;
+            Unicode-3.0) marker="UNICODE LICENSE V3" ;;
+            Unlicense) marker="This is free and unencumbered software released into the public domain" ;;
+            LLVM-exception) marker="LLVM Exceptions to the Apache 2.0 License" ;;
+            *) die "crate $name $version is under '$token', which $0 has no licence text for: add it" ;;
+        esac
+        [ -n "${licence_text[$token]:-}" ] && continue
+        f=$( [ ${#files[@]} -gt 0 ] && grep -l -F "$marker" "${files[@]}" | head -n1 || true)
+        [ -n "$f" ] || die "crate $name $version is under $token but ships no file with its text"
+        licence_text[$token]=$f
+    done
+done <<<"$crates"
+
+{
+    cat <<EOF2
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: tmemd
-Comment: The binaries are statically linked with these Rust crates from
- crates.io (name version: licence, as each crate declares it):
-$crates
+Comment: tmemd and tmem are statically linked with the Rust crates of the
+ rust-crates/ paragraphs below, from crates.io; each is under its own licence,
+ as the crate declares it, with the copyright lines of its licence files.
 
 Files: *
 Copyright: $year the tmemd contributors
 License: Expat or Apache-2.0
-
+$crate_paragraphs
 License: Expat
  Permission is hereby granted, free of charge, to any person obtaining a copy
  of this software and associated documentation files (the "Software"), to deal
@@ -147,7 +213,27 @@ License: Expat
 License: Apache-2.0
  On Debian systems the full text of the Apache License, Version 2.0, is in
  /usr/share/common-licenses/Apache-2.0.
-EOF
+EOF2
+    for token in $(printf '%s\n' "${!licence_text[@]}" | LC_ALL=C sort); do
+        f=${licence_text[$token]}
+        echo
+        case $token in
+            LLVM-exception)
+                echo "License: Apache-2.0 with LLVM-exception"
+                echo " The Apache License, Version 2.0 (/usr/share/common-licenses/Apache-2.0),"
+                echo " with the following exception (from ${f#"$(dirname "$(dirname "$f")")"/}):"
+                echo " ."
+                sed -n '/LLVM Exceptions to the Apache 2.0 License/,$p' "$f" >"$OUT/llvm-exception.txt"
+                dep5_text "$OUT/llvm-exception.txt"
+                rm -f "$OUT/llvm-exception.txt"
+                ;;
+            *)
+                echo "License: $token"
+                dep5_text "$f"
+                ;;
+        esac
+    done
+} >"$DOC/copyright"
 chmod 0644 "$DOC/copyright"
 
 # Depends: from the libraries the binaries link, as dpkg-shlibdeps sees them; without

@@ -100,6 +100,21 @@ done
 check "man pages and changelog are gzip -9n (no name, no time stamp)" test "$gz_ok" = 1
 check "binaries are stripped (no symbol table)" \
     test -z "$(for b in "$x"/usr/sbin/*; do readelf -S "$b" | grep -q '\.symtab' && echo "$b"; done)"
+# Licences: a paragraph for every crate linked into the binaries, and the text (or, for
+# Apache-2.0, the common-licenses reference) of every licence those paragraphs name.
+cr=$x/usr/share/doc/tmemd/copyright
+missing=""
+for c in $(cargo tree --locked --offline -p tmemd -p tmem-cli -e normal --prefix none --format '{p}' \
+               2>/dev/null | grep -v -e '(/' -e '(proc-macro)' | sed 's/ v/-/; s/ .*//' | sort -u); do
+    grep -qxF "Files: rust-crates/$c/*" "$cr" || missing="$missing $c"
+done
+check "the copyright file has a paragraph for every linked crate${missing:+ (missing:$missing)}" \
+    test -z "$missing" -a "$(grep -c '^Files: rust-crates/' "$cr")" -gt 10
+names=$(sed -n 's/^License: //p' "$cr" | sed 's/[()]//g; s/ or /\n/g; s/ and /\n/g' | sort -u)
+texts=$(awk '/^License: / && !/^License: .* (or|and) / { name = substr($0, 10); getline; if ($0 ~ /^ /) print name }' "$cr" |
+            sort -u)
+check "every licence named in the copyright file is given in full: $(echo $names)" \
+    test "$names" = "$texts" -a -n "$(grep -x ' /usr/share/common-licenses/Apache-2.0.' "$cr")"
 check "the unit runs /usr/sbin/tmemd with /etc/tmemd/tmemd.toml" \
     grep -q '^ExecStart=/usr/sbin/tmemd -c /etc/tmemd/tmemd.toml$' "$x/lib/systemd/system/tmemd.service"
 check "the shipped configuration offers tmem to every domain (no xen_domains, no [[guest]])" \

@@ -23,6 +23,7 @@
 #   TMEMXQ_QEMU_MEM, TMEMXQ_DOM0_MEM  MiB for QEMU and dom0 (default 3072 and 1024; 4096 and
 #                      2048 when a swap scenario runs: spill files and page memory live in dom0)
 #   TMEMXQ_KEEP=1      keep QEMU's staging trees after the run
+#   TMEMXQ_SD_DOM0_MEM MiB for dom0 in the systemd boot (default 1536: its root is in RAM)
 #   TXQ_*              passed into dom0: every scenario sees them (e.g. TXQ_SWAP_KINDS)
 set -euo pipefail
 
@@ -33,7 +34,10 @@ TARGET_DIR=${TMEMXQ_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target}}
 DOM0_TIMEOUT=${TMEMXQ_DOM0_TIMEOUT:-240}
 QEMU_CPU=${TMEMXQ_QEMU_CPU:-qemu64}
 XENVER=4.17
-ALL_REAL="first-boot two-guests restart destroy transfer swapdisk"
+ALL_REAL="first-boot two-guests restart destroy transfer swapdisk systemd"
+# Scenarios that need dom0 to run systemd as PID 1: they get a boot of their own (a Debian 12
+# root made with mmdebstrap, dom0/init-systemd), after the busybox boot of the others.
+SYSTEMD_SCENARIOS="systemd"
 # Known but not in "auto": swap-compare (a benchmark) takes about 12 minutes under TCG;
 # save-probe (reports what xl save / xl restore do to a tmem guest today; fails only if it cannot run);
 # xen-path (issue 14: Xen against local transport, spinning against not, in one dom0 and run).
@@ -98,7 +102,7 @@ BIN=$TARGET_DIR/release
 if [ -z "${TMEMXQ_NO_BUILD:-}" ]; then
     say "building release binaries (tmemd, tmem, tmem-guest) into $TARGET_DIR"
     (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR timeout 1800 nice cargo build --release --quiet \
-        -p tmemd -p tmem-cli -p tmem-guest) || die "cargo build --release failed"
+        -p tmemd -p tmem-cli -p tmem-guest -p tmem-gen-docs) || die "cargo build --release failed"
     # memhog runs in the busybox domU, which has no glibc of its own version: link it statically.
     say "building a static memhog (for the domU image)"
     (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR RUSTFLAGS="-C target-feature=+crt-static" timeout 1800 \
@@ -121,7 +125,19 @@ fi
 for s in $SCENARIOS; do
     [ -f "$HERE/scenarios/$s.sh" ] || die "unknown scenario '$s' (have: $(cd "$HERE/scenarios" && ls ./*.sh | sed 's|./||; s|\.sh||' | grep -v '^lib$' | tr '\n' ' '))"
 done
-say "scenarios: $SCENARIOS"
+# Split: the busybox boot runs all but the systemd scenarios, the systemd boot those.
+BB_SCENARIOS="" SD_SCENARIOS=""
+for s in $SCENARIOS; do
+    case " $SYSTEMD_SCENARIOS " in
+        *" $s "*) SD_SCENARIOS="$SD_SCENARIOS $s" ;;
+        *) BB_SCENARIOS="$BB_SCENARIOS $s" ;;
+    esac
+done
+BB_SCENARIOS=${BB_SCENARIOS# } SD_SCENARIOS=${SD_SCENARIOS# }
+say "scenarios: $SCENARIOS${SD_SCENARIOS:+ (in a systemd boot: $SD_SCENARIOS)}"
+if [ -n "$SD_SCENARIOS" ]; then
+    [ -x "$BIN/tmem-gen-docs" ] || die "missing $BIN/tmem-gen-docs (the systemd boot installs the .deb; build it or unset TMEMXQ_NO_BUILD)"
+fi
 # Each scenario's time limit: TMEMXQ_SCENARIO_TIMEOUT, or its "# txq-timeout: N" line, or 300 s.
 scenario_timeout() {
     local t
@@ -131,6 +147,8 @@ scenario_timeout() {
 SUM=0
 for s in $SCENARIOS; do SUM=$((SUM + $(scenario_timeout "$s"))); done
 # The default total covers the longest run the per-scenario limits allow, and at least 900 s.
+# A second boot (systemd) adds its dom0 limit and its image build (mmdebstrap on first use).
+[ -z "$SD_SCENARIOS" ] || SUM=$((SUM + DOM0_TIMEOUT + 300))
 TOTAL_TIMEOUT=${TMEMXQ_TOTAL_TIMEOUT:-$(( SUM + DOM0_TIMEOUT + 240 > 900 ? SUM + DOM0_TIMEOUT + 240 : 900 ))}
 
 # From here on (packages, images, QEMU, scenarios) the run has a hard deadline, enforced
@@ -272,7 +290,7 @@ add_exe "$D" "$BIN/tmem" /usr/sbin/tmem
 add_exe "$D" "$BIN/tmem-guest" /usr/bin/tmem-guest   # xen-path: the local transport in dom0
 install -m 755 "$HERE/dom0/init" "$D/init"
 cp "$HERE"/scenarios/*.sh "$D/tmemxq/"
-echo "$SCENARIOS" > "$D/tmemxq/scenarios"
+echo "$BB_SCENARIOS" > "$D/tmemxq/scenarios"
 # TXQ_* settings from the host reach the scenarios (dom0's /init sources this file).
 env | grep '^TXQ_[A-Za-z0-9_]*=' | sed "s/'/'\\\\''/g; s/=\(.*\)/='\1'/; s/^/export /" > "$D/tmemxq/env" || true
 # The domU kernel: Xen's PV builder would decompress the XZ payload of the bzImage inside
@@ -293,6 +311,102 @@ else
 fi
 cp "$RUN/domu.cpio.gz" "$D/boot/domu.cpio.gz"
 pack "$D" "$RUN/dom0.cpio.gz"
+
+# ------------------------------------------------------------------ systemd image
+# For the systemd scenarios dom0 is a Debian 12 system with systemd as PID 1: a root made by
+# mmdebstrap (cached per package list), with the Xen tools, modules, domU image and scenarios
+# of the busybox image added, and tmemd only as its .deb (installed by the scenario, with
+# dpkg, inside dom0). dom0/init-systemd brings Xen's control plane up, then execs systemd,
+# which starts dom0/run-scenarios as tmemxq.service.
+SD_PKGS="systemd init-system-helpers jq busybox-static procps"
+build_systemd_image() {
+    local tar sig S deb_out
+    command -v mmdebstrap >/dev/null || {
+        [ -e "$APT_STAMP" ] || apt_update
+        say "installing mmdebstrap (--no-install-recommends)"
+        timeout 600 apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null \
+            || die "cannot install mmdebstrap"
+    }
+    sig=$(echo "bookworm $SD_PKGS v1" | md5sum | cut -c1-12)
+    tar=$CACHE/sdroot-$sig.tar
+    if [ ! -s "$tar" ]; then
+        say "mmdebstrap: a Debian 12 root with $SD_PKGS (once per package list; about a minute)"
+        rm -f "$CACHE"/sdroot-*.tar
+        timeout 900 mmdebstrap --variant=minbase --include="$(echo "$SD_PKGS" | tr ' ' ',')" \
+            --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+            --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+            --dpkgopt='path-exclude=/usr/share/info/*' \
+            bookworm "$CACHE/sdroot.tmp.tar" "deb http://deb.debian.org/debian bookworm main" \
+            "deb http://deb.debian.org/debian bookworm-updates main" \
+            "deb http://deb.debian.org/debian-security bookworm-security main" \
+            >"$CACHE/logs/mmdebstrap.log" 2>&1 \
+            || { tail -n 20 "$CACHE/logs/mmdebstrap.log" >&2; die "mmdebstrap failed (log: $CACHE/logs/mmdebstrap.log)"; }
+        mv "$CACHE/sdroot.tmp.tar" "$tar"
+    fi
+    say "building the tmemd .deb (scripts/build-deb.sh --no-build)"
+    deb_out=$RUN/deb
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR scripts/build-deb.sh --no-build --out "$deb_out" >/dev/null) \
+        || die "scripts/build-deb.sh failed"
+    S=$RUN/dom0sd
+    rm -rf "$S"; mkdir -p "$S"
+    tar -C "$S" -xf "$tar" || die "cannot unpack $tar"
+    [ -e "$S/dev/console" ] || mknod -m 600 "$S/dev/console" c 5 1
+    # From the busybox image: Xen's tools and libraries (never replacing Debian's own files),
+    # modules, xl's config and block script, the domU kernel and image, the scenarios.
+    cp -an "$D/lib/x86_64-linux-gnu/." "$S/lib/x86_64-linux-gnu/"
+    cp -an "$D/usr/lib/x86_64-linux-gnu/." "$S/usr/lib/x86_64-linux-gnu/"
+    cp -a "$D/usr/lib/xen-$XENVER" "$S/usr/lib/"
+    cp -a "$D"/usr/bin/xenstore* "$S/usr/bin/"
+    mkdir -p "$S/lib/modules" "$S/etc/xen/scripts" "$S/var/lib/xen" "$S/var/log/xen/console"
+    cp -a "$D"/lib/modules/*.ko "$S/lib/modules/"
+    cp -a "$D/etc/xen/." "$S/etc/xen/"
+    cp -a "$D/boot/." "$S/boot/"
+    cp -a "$D/tmemxq" "$S/"
+    echo "$SD_SCENARIOS" > "$S/tmemxq/scenarios"
+    cp "$deb_out"/tmemd_*.deb "$S/tmemxq/tmemd.deb"
+    install -m 755 "$HERE/dom0/init-systemd" "$S/init"
+    install -m 755 "$HERE/dom0/run-scenarios" "$S/tmemxq/run-scenarios"
+    # The runner, on the console once the system is up.
+    cat > "$S/etc/systemd/system/tmemxq.service" <<'UNIT'
+[Unit]
+Description=tmemd xen-qemu scenarios
+After=multi-user.target
+
+[Service]
+Type=exec
+ExecStart=/tmemxq/run-scenarios
+StandardInput=null
+StandardOutput=tty
+StandardError=inherit
+TTYPath=/dev/console
+TTYReset=no
+TTYVHangup=no
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    mkdir -p "$S/etc/systemd/system/multi-user.target.wants"
+    ln -sf ../tmemxq.service "$S/etc/systemd/system/multi-user.target.wants/tmemxq.service"
+    # Not wanted on a throwaway test system: logins on the console, apt's and dpkg's timers.
+    for u in getty.target serial-getty@.service console-getty.service apt-daily.timer \
+        apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer fstrim.timer; do
+        ln -sf /dev/null "$S/etc/systemd/system/$u"
+    done
+    echo tmem-dom0 > "$S/etc/hostname"
+    : > "$S/etc/machine-id"
+    pack_zstd "$S" "$RUN/dom0-systemd.cpio"
+    [ -n "${TMEMXQ_KEEP:-}" ] || rm -rf "$S"
+    say "image: dom0 (systemd) $(du -h "$RUN/dom0-systemd.cpio" | cut -f1)"
+}
+# A big root: zstd decompresses far faster than gzip under TCG (Debian's kernel reads both).
+pack_zstd() {
+    if command -v zstd >/dev/null; then
+        (cd "$1" && find . | "$BB" cpio -o -H newc 2>/dev/null) | zstd -q -3 -T0 > "$2"
+    else
+        (cd "$1" && find . | "$BB" cpio -o -H newc 2>/dev/null) | gzip -1 > "$2"
+    fi
+}
+if [ -n "$SD_SCENARIOS" ]; then build_systemd_image; fi
 [ -n "${TMEMXQ_KEEP:-}" ] || rm -rf "$D" "$U"
 say "images: dom0 $(du -h "$RUN/dom0.cpio.gz" | cut -f1), domU $(du -h "$RUN/domu.cpio.gz" | cut -f1), kernel $KVER"
 
@@ -300,15 +414,9 @@ say "images: dom0 $(du -h "$RUN/dom0.cpio.gz" | cut -f1), domU $(du -h "$RUN/dom
 # Xen on com1 (the serial log); dom0 on hvc0, which Xen forwards to com1.
 if wants_swap; then QEMU_MEM=${TMEMXQ_QEMU_MEM:-4096} DOM0_MEM=${TMEMXQ_DOM0_MEM:-2048}
 else QEMU_MEM=${TMEMXQ_QEMU_MEM:-3072} DOM0_MEM=${TMEMXQ_DOM0_MEM:-1024}; fi
-XEN_ARGS="console=com1 com1=115200,8n1 console_timestamps=boot loglvl=all guest_loglvl=all dom0_mem=${DOM0_MEM}M,max:${DOM0_MEM}M dom0_max_vcpus=2 bootscrub=false"
 DOM0_ARGS="console=hvc0 earlyprintk=xen"
-say "booting Xen in QEMU (TCG, -cpu $QEMU_CPU, -m $QEMU_MEM, dom0 $DOM0_MEM MiB); serial log: $SERIAL"
-qemu-system-x86_64 -accel tcg,thread=multi -cpu "$QEMU_CPU" -m "$QEMU_MEM" -smp 2 \
-    -nodefaults -no-reboot -display none -monitor none -serial "file:$SERIAL" \
-    -kernel "$RUN/xen" -append "$XEN_ARGS" \
-    -initrd "$RUN/vmlinuz $DOM0_ARGS,$RUN/dom0.cpio.gz" &
-QEMU_PID=$!
 BOOT0=$SECONDS
+: > "$CACHE/logs/markers.txt"
 
 # Wait for a marker (a fixed string at the start of a serial line, after any timestamp).
 # Any failure marker, panic or QEMU exit ends the wait with a reason.
@@ -332,14 +440,43 @@ expect() {
     done
 }
 
-expect "TXQ-DOM0-UP" "$DOM0_TIMEOUT" "Xen + dom0 control plane"
-for s in $SCENARIOS; do
-    expect "TXQ-BEGIN $s" 120 "scenario $s starts"
-    expect "TXQ-PASS $s" "$(scenario_timeout "$s")" "scenario $s passes"
-done
-expect "TXQ-END status=ok" 60 "dom0 finished"
-# dom0 reboots; Xen restarts the machine and QEMU exits (-no-reboot). Don't wait long.
-for _ in $(seq 1 40); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.5; done
-stop_qemu
-grep -a -h 'TXQ-' "$SERIAL" | tr -d '\r' | sed 's/^.*\(TXQ-\)/\1/' > "$CACHE/logs/markers.txt"
-say "RESULT: PASS ($SCENARIOS) in $((SECONDS - START))s total, $((SECONDS - BOOT0))s in QEMU"
+# boot INITRD DOM0_MIB SCENARIOS...: boot Xen with this dom0 image, wait for each scenario's
+# markers on the serial log ($SERIAL), then for dom0 to reboot (QEMU exits).
+boot() {
+    local initrd=$1 dom0_mem=$2 s xen_args
+    shift 2
+    xen_args="console=com1 com1=115200,8n1 console_timestamps=boot loglvl=all guest_loglvl=all dom0_mem=${dom0_mem}M,max:${dom0_mem}M dom0_max_vcpus=2 bootscrub=false"
+    : > "$SERIAL"
+    say "booting Xen in QEMU (TCG, -cpu $QEMU_CPU, -m $QEMU_MEM, dom0 $dom0_mem MiB, $(basename "$initrd")); serial log: $SERIAL"
+    qemu-system-x86_64 -accel tcg,thread=multi -cpu "$QEMU_CPU" -m "$QEMU_MEM" -smp 2 \
+        -nodefaults -no-reboot -display none -monitor none -serial "file:$SERIAL" \
+        -kernel "$RUN/xen" -append "$xen_args" \
+        -initrd "$RUN/vmlinuz $DOM0_ARGS,$initrd" &
+    QEMU_PID=$!
+    BOOT0=$SECONDS
+    expect "TXQ-DOM0-UP" "$DOM0_TIMEOUT" "Xen + dom0 control plane"
+    for s in "$@"; do
+        expect "TXQ-BEGIN $s" 120 "scenario $s starts"
+        expect "TXQ-PASS $s" "$(scenario_timeout "$s")" "scenario $s passes"
+    done
+    expect "TXQ-END status=ok" 60 "dom0 finished"
+    # dom0 reboots; Xen restarts the machine and QEMU exits (-no-reboot). Don't wait long.
+    for _ in $(seq 1 40); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.5; done
+    stop_qemu
+    grep -a -h 'TXQ-' "$SERIAL" | tr -d '\r' | sed 's/^.*\(TXQ-\)/\1/' >> "$CACHE/logs/markers.txt"
+}
+
+QEMU_SECONDS=0
+if [ -n "$BB_SCENARIOS" ]; then
+    # shellcheck disable=SC2086
+    boot "$RUN/dom0.cpio.gz" "$DOM0_MEM" $BB_SCENARIOS
+    QEMU_SECONDS=$((SECONDS - BOOT0))
+fi
+if [ -n "$SD_SCENARIOS" ]; then
+    SERIAL=$CACHE/logs/serial-systemd.log
+    # Its root (about 250 MiB) lives in dom0's RAM, beside tmemd's 256 MiB of page memory.
+    # shellcheck disable=SC2086
+    boot "$RUN/dom0-systemd.cpio" "${TMEMXQ_SD_DOM0_MEM:-1536}" $SD_SCENARIOS
+    QEMU_SECONDS=$((QEMU_SECONDS + SECONDS - BOOT0))
+fi
+say "RESULT: PASS ($SCENARIOS) in $((SECONDS - START))s total, ${QEMU_SECONDS}s in QEMU"

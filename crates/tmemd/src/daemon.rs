@@ -33,6 +33,9 @@ const CONTROL_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const FIRST_CONTROL: usize = 16;
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
+/// How often the main loop refreshes the STATUS= line `systemctl status` shows (sent only
+/// when it changed).
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything that can stop the daemon, each with a message that says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +247,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     let mut events = Events::with_capacity(128);
     let mut last_housekeeping = Instant::now();
+    let mut status = StatusLine::default();
     let mut outcome = Ok(());
     'serve: loop {
         if let Err(e) = poll.poll(&mut events, Some(HOUSEKEEPING)) {
@@ -290,6 +294,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             control.housekeeping(poll.registry(), now);
             // Holes freed compressed pages left in their runs become whole frames again.
             shared.store.compact_some();
+            status.refresh(now, &shared, &notifier);
         }
         if let Some(w) = watchdog.as_mut() {
             w.tick(now, &shared.health, &notifier);
@@ -325,14 +330,62 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     outcome
 }
 
-const READY: &str = "READY=1\nSTATUS=serving guests";
+/// What `systemctl status tmemd` shows on its Status: line: guests, pages, page memory.
+fn status_text(shared: &Shared) -> String {
+    let g = shared.store.stats().global;
+    let guests = shared.connected.load(std::sync::atomic::Ordering::Relaxed);
+    // Cloned out first: never hold the map's lock while taking a disk's.
+    let disks: Vec<_> = worker::lock(&shared.swap_disks).values().cloned().collect();
+    let disks = disks
+        .iter()
+        .filter(|d| worker::lock(d).state == "connected")
+        .count();
+    let persistent = g.pages.saturating_sub(g.eph_pages);
+    let mut text = format!(
+        "{guests} guest(s) connected; {} pages stored ({persistent} persistent); \
+         page memory {:.1} of {} MiB in use",
+        g.pages,
+        // A tenth of a MiB, so that a few hundred pages do not read as nothing.
+        g.data_bytes as f64 / f64::from(1u32 << 20),
+        g.mem_limit_bytes >> 20,
+    );
+    if disks > 0 {
+        text.push_str(&format!("; {disks} swap disk(s) connected"));
+    }
+    text
+}
+
+/// The STATUS= line, refreshed every [`STATUS_EVERY`] and sent only when it changed.
+#[derive(Debug, Default)]
+struct StatusLine {
+    sent: String,
+    at: Option<Instant>,
+}
+
+impl StatusLine {
+    fn refresh(&mut self, now: Instant, shared: &Shared, notifier: &Notifier) {
+        if !notifier.is_present()
+            || self
+                .at
+                .is_some_and(|at| now.duration_since(at) < STATUS_EVERY)
+        {
+            return;
+        }
+        self.at = Some(now);
+        let text = status_text(shared);
+        if text != self.sent {
+            notifier.notify(&format!("STATUS={text}"));
+            self.sent = text;
+        }
+    }
+}
 
 /// Tell systemd we are ready only once the page memory is in place: it is faulted in on a
 /// thread beside serving (guests get in at once; a put needing a chunk still being faulted
 /// waits for that chunk only), which sends READY when done. Without prefault, READY is now.
 fn ready_once_memory_is_in_place(shared: &Arc<Shared>, prefault: bool, notifier: &Notifier) {
     if !prefault {
-        notifier.notify(READY);
+        notifier.notify(&format!("READY=1\nSTATUS={}", status_text(shared)));
         return;
     }
     let prefault_then_ready = {
@@ -345,7 +398,7 @@ fn ready_once_memory_is_in_place(shared: &Arc<Shared>, prefault: bool, notifier:
                 ms = t.elapsed().as_millis() as u64,
                 "page-data memory faulted in"
             );
-            Notifier::from_env().notify(READY);
+            Notifier::from_env().notify(&format!("READY=1\nSTATUS={}", status_text(&shared)));
         }
     };
     let spawned = std::thread::Builder::new()
@@ -584,6 +637,41 @@ mod tests {
         assert!(!fed.is_empty(), "feeding did not resume");
         w.send(WorkerMsg::Shutdown).unwrap();
         join.join().unwrap();
+    }
+
+    #[test]
+    fn the_status_line_counts_guests_pages_and_memory_and_is_sent_when_it_changes() {
+        let shared = shared();
+        let text = status_text(&shared);
+        let limit = shared.store.stats().global.mem_limit_bytes >> 20;
+        assert_eq!(
+            text,
+            format!(
+                "0 guest(s) connected; 0 pages stored (0 persistent); page memory 0.0 of {limit} MiB in use"
+            )
+        );
+        let sd = FakeSystemd::new();
+        let n = sd.notifier();
+        let mut line = StatusLine::default();
+        let t0 = Instant::now();
+        line.refresh(t0, &shared, &n);
+        assert_eq!(sd.received(), vec![format!("STATUS={text}")]);
+        // Unchanged: nothing more, even once the interval has passed.
+        line.refresh(t0 + STATUS_EVERY, &shared, &n);
+        assert!(sd.received().is_empty());
+        shared
+            .connected
+            .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        // Changed, but too soon: not yet.
+        line.refresh(t0 + STATUS_EVERY + Duration::from_secs(1), &shared, &n);
+        assert!(sd.received().is_empty());
+        line.refresh(t0 + STATUS_EVERY * 2, &shared, &n);
+        let got = sd.received();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("STATUS=2 guest(s) connected; "),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -22,8 +22,10 @@ use tmem_xen::{BoundPort, GrantMapping};
 use tracing::{error, warn};
 
 use super::grant_io::GrantCopyIo;
+use crate::health::Heartbeat;
 use crate::ratelimit::RateLimiter;
 use crate::sync::lock;
+use crate::worker::Shared;
 
 /// Requests taken per round (one ring of one page holds 32).
 const MAX_BATCH: usize = 32;
@@ -43,6 +45,11 @@ pub(super) struct DiskRun {
     pub status: Arc<Mutex<SwapDiskStats>>,
 }
 
+/// The watchdog's name for a disk's thread (one per domain and device).
+fn heartbeat_name(domid: u32, devid: u32) -> String {
+    format!("swap disk {domid}/{devid}")
+}
+
 /// The control plane's handle on a running disk thread.
 #[derive(Debug)]
 pub(super) struct DiskThread {
@@ -54,15 +61,25 @@ pub(super) struct DiskThread {
 }
 
 impl DiskThread {
-    pub fn spawn(run: DiskRun, client: ClientId, keys: BlkfrontKeys) -> std::io::Result<Self> {
+    /// The thread's heartbeat is checked by the systemd watchdog (as the workers' are) from
+    /// now until it ends: a disk thread stuck in its loop gets tmemd restarted.
+    pub fn spawn(
+        run: DiskRun,
+        client: ClientId,
+        keys: BlkfrontKeys,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let ended = Arc::new(AtomicBool::new(false));
         let (s, e) = (stop.clone(), ended.clone());
         let name = format!("tmemd-vbd{}", run.domid);
-        let join = std::thread::Builder::new().name(name).spawn(move || {
+        let beat_name = heartbeat_name(run.domid, run.devid);
+        let heartbeat = shared.health.register(beat_name.clone());
+        let on_fail = shared.clone();
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
             let mut run = run;
             let (domid, devid) = (run.domid, run.devid);
-            match catch_unwind(AssertUnwindSafe(|| serve(&mut run, &s))) {
+            match catch_unwind(AssertUnwindSafe(|| serve(&mut run, &s, &heartbeat))) {
                 Ok(Ok(())) => {}
                 Ok(Err(why)) => warn!(
                     domid,
@@ -74,8 +91,17 @@ impl DiskThread {
                     "swap disk thread panicked; closing the device (other guests are not affected)"
                 ),
             }
+            // Ended on purpose or not, it no longer serves: stop checking it.
+            shared.health.unregister(&heartbeat_name(domid, devid));
             e.store(true, Ordering::Release);
-        })?;
+        });
+        let join = match spawned {
+            Ok(j) => j,
+            Err(err) => {
+                on_fail.health.unregister(&beat_name);
+                return Err(err);
+            }
+        };
         Ok(DiskThread {
             stop,
             ended,
@@ -108,7 +134,7 @@ impl Drop for DiskThread {
 }
 
 /// The loop: serve batches while there are requests, sleep on the event channel when not.
-fn serve(run: &mut DiskRun, stop: &AtomicBool) -> Result<(), String> {
+fn serve(run: &mut DiskRun, stop: &AtomicBool, heartbeat: &Heartbeat) -> Result<(), String> {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut errors = 0u64;
     // Failed requests are the guest's doing (bad grants): a few lines, then a count.
@@ -116,6 +142,8 @@ fn serve(run: &mut DiskRun, stop: &AtomicBool) -> Result<(), String> {
     // A resumed ring may already hold requests, and the guest may be asleep waiting.
     let _ = run.port.notify();
     loop {
+        // Every round, busy or idle (an idle one wakes every IDLE_WAKE), shows progress.
+        heartbeat.beat();
         if stop.load(Ordering::Acquire) {
             return Ok(());
         }

@@ -565,7 +565,7 @@ impl XenBackend {
             port,
             status,
         };
-        let thread = match DiskThread::spawn(run, client, keys) {
+        let thread = match DiskThread::spawn(run, client, keys, self.shared.clone()) {
             Ok(t) => t,
             Err(e) => {
                 return Err(fail(
