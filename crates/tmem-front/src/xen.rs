@@ -31,6 +31,10 @@ pub struct XenTransport {
     /// what the backend advertises.
     pub layout: Layout,
     pub window: usize,
+    /// Default: no spin. A vCPU that spins for an answer holds a physical CPU the backend's
+    /// vCPU may be waiting for; measured in tests/xen-qemu's xen-path (one domU, dom0 with 2
+    /// vCPUs, 2 host CPUs), synchronous puts ran at 87 pages/s with a 50 µs spin and 773
+    /// without, gets 757 and 735, pipelined the same or better without.
     pub poll: PollPolicy,
     pub call_timeout: Duration,
     /// How long one handshake may wait for the backend.
@@ -46,7 +50,7 @@ impl XenTransport {
                 data_slots: 128,
             },
             window: 128,
-            poll: PollPolicy::default(),
+            poll: PollPolicy::sleep_at_once(),
             call_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
         }

@@ -80,9 +80,11 @@ pub struct ConnArgs {
     /// Most requests in flight (1 = synchronous).
     #[arg(long, default_value_t = 128, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub window: usize,
-    /// Spin before sleeping while waiting for a response, in microseconds.
-    #[arg(long, default_value_t = 50)]
-    pub spin_us: u64,
+    /// Spin before sleeping while waiting for a response, in microseconds (default: the
+    /// transport's: 50 on the local transport, 0 on Xen, where a spinning vCPU holds the CPU
+    /// the backend may be waiting for).
+    #[arg(long)]
+    pub spin_us: Option<u64>,
     /// Largest reconnect backoff, in milliseconds (starts at 10 ms, doubling).
     #[arg(long, default_value_t = 1000)]
     pub backoff_max_ms: u64,
@@ -112,9 +114,12 @@ impl ConnArgs {
             ring_pages: self.ring_pages,
             data_slots: self.data_slots,
         };
-        let poll = PollPolicy {
-            spin: Duration::from_micros(self.spin_us),
-            ..PollPolicy::default()
+        let poll = |default: PollPolicy| match self.spin_us {
+            Some(us) => PollPolicy {
+                spin: Duration::from_micros(us),
+                ..default
+            },
+            None => default,
         };
         let call_timeout = Duration::from_millis(self.call_timeout_ms.max(1));
         let t: Box<dyn Transport> = match self.transport {
@@ -122,7 +127,7 @@ impl ConnArgs {
                 let mut t = LocalTransport::new(&self.socket, self.domid, instance, &name);
                 t.layout = layout;
                 t.window = self.window.max(1);
-                t.poll = poll;
+                t.poll = poll(t.poll);
                 t.call_timeout = call_timeout;
                 Box::new(t)
             }
@@ -130,7 +135,7 @@ impl ConnArgs {
                 let mut t = XenTransport::new(instance);
                 t.layout = layout;
                 t.window = self.window.max(1);
-                t.poll = poll;
+                t.poll = poll(t.poll);
                 t.call_timeout = call_timeout;
                 Box::new(t)
             }
