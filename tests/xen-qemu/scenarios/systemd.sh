@@ -11,14 +11,16 @@
 #     reads back pages stored before the restart, byte for byte, nothing lost.
 #  5. tmemd hung (SIGSTOP): systemd's watchdog (WatchdogSec=) kills and restarts it
 #     (NRestarts + 1, "Watchdog timeout" in the journal); the pages are still there.
-#  6. systemctl stop with the guest running: a clean stop (exit 0, well within
+#  6. dpkg -i over the running package (an upgrade's path: the postinst try-restarts tmemd):
+#     the pages are kept through the fd store, as in 4.
+#  7. systemctl stop with the guest running: a clean stop (exit 0, well within
 #     TimeoutStopSec), the guest sees the disconnect and goes on running.
+#  8. dpkg --purge: binaries, unit and conffile gone.
 # The journal of the unit is printed at the end (and on failure).
 
 DEB=/tmemxq/tmemd.deb
 # sa's swap: this many pages, each stored once, then only read back (and checked).
 SWAP_PAGES=32
-NO_LOSS='.counters.map.losses == 0 and .counters.map.lost_pages == 0 and .guest.swap_lost == 0 and .guest.verification_errors == 0'
 
 [ -d /run/systemd/system ] || fail "systemd is not PID 1 here: this scenario needs the systemd boot (run.sh gives it one)"
 prop() { systemctl show --value -p "$1" tmemd.service; }
@@ -26,11 +28,6 @@ print_journal() {
     echo "----- journalctl -u tmemd (last ${1:-80} lines) -----"
     journalctl -u tmemd.service --no-pager --no-hostname -o short-monotonic | tail -n "${1:-80}" | cut -c1-400
     echo "----- end of journal -----"
-}
-# Guest status lines after console line LINE only; $first is the first of them.
-guest_json_since() {
-    guest_log "$1" | tail -n +$(($2 + 1)) | grep -E '^\{.*"type":"(status|final)"' > "/tmp/$1.since.json"
-    [ -s "/tmp/$1.since.json" ] && jq -e -s ".[0] as \$first | any(.[]; $3)" "/tmp/$1.since.json" >/dev/null 2>&1
 }
 guest_lines() { wc -l < "$CONSOLE_DIR/guest-$1.log"; }
 status_matches() { prop StatusText | grep -Eq -- "$1"; }
@@ -127,7 +124,18 @@ c2=$(jq -s '[.[] | select(.connected)] | last | .counters.map.connects' /tmp/sa.
 if [ "$c2" = "$c" ]; then how="resumed in place"; else how="reconnected (connects $c -> $c2)"; fi
 ok "domU sa after the watchdog restart: $how; its swap pages from before read back and verified, nothing lost"
 
-# ---- 6. stop with the guest running
+# ---- 6. an upgrade with tmemd running (dpkg -i over the installed package)
+pid=$(prop MainPID)
+line=$(guest_lines sa)
+dpkg -i "$DEB" > /tmp/dpkg2.log 2>&1 || { sed 's/^/[dpkg] /' /tmp/dpkg2.log; fail "dpkg -i over the running package"; }
+[ "$(prop ActiveState)" = active ] || fail "tmemd is $(prop ActiveState) after the upgrade"
+[ "$(prop MainPID)" != "$pid" ] || fail "the upgrade did not restart tmemd (MainPID $pid)"
+fdstore_inherited || { cat /tmp/status.txt; fail "after the upgrade tmemd did not get its page memory back from the fd store"; }
+wait_for 150 "domU sa served again after the upgrade, its old swap pages read back" \
+    guest_json_since sa "$line" ".connected and .guest.swap_stored == $SWAP_PAGES and .guest.swap_loaded > \$first.guest.swap_loaded + 20 and $NO_LOSS"
+ok "dpkg -i over the running package: the postinst restarted tmemd ($pid -> $(prop MainPID)), page memory from the fd store, domU sa's swap pages from before read back and verified, nothing lost"
+
+# ---- 7. stop with the guest running
 line=$(guest_lines sa)
 t0=$(now)
 timeout 60 systemctl stop tmemd.service || fail "systemctl stop tmemd with a guest running failed or hung"
@@ -141,3 +149,12 @@ wait_for 60 "domU sa sees tmemd gone" guest_json_since sa "$line" ".connected ==
 guest_has sa "TXQ-GUEST-EXIT" && fail "tmem-guest in sa exited when tmemd stopped: $(guest_log sa | grep TXQ-GUEST-EXIT)"
 ok "domU sa (domid $DOM_sa) saw the disconnect and runs on"
 print_journal 120
+
+# ---- 8. purge
+dpkg --purge tmemd > /tmp/purge.log 2>&1 || { sed 's/^/[dpkg] /' /tmp/purge.log; fail "dpkg --purge tmemd"; }
+for f in /usr/sbin/tmemd /usr/sbin/tmem /etc/tmemd/tmemd.toml /lib/systemd/system/tmemd.service /usr/lib/systemd/system/tmemd.service; do
+    [ ! -e "$f" ] || fail "$f is still there after dpkg --purge"
+done
+ls=$(systemctl show --value -p LoadState tmemd.service)
+[ "$ls" = not-found ] || fail "tmemd.service still loads after the purge (LoadState=$ls)"
+ok "dpkg --purge: binaries, unit and conffile gone; tmemd.service not found"
