@@ -170,10 +170,19 @@ while IFS='|' read -r name version spdx; do
             Unicode-3.0) marker="UNICODE LICENSE V3" ;;
             Unlicense) marker="This is free and unencumbered software released into the public domain" ;;
             LLVM-exception) marker="LLVM Exceptions to the Apache 2.0 License" ;;
+            # The BSD texts name their own holders: each crate's file is its own licence,
+            # and one of them stands for the licence's paragraph (as DEP-5 has it).
+            BSD-3-Clause) marker="Neither the name" ;;
+            BSD-2-Clause) marker="Redistribution and use in source and binary forms" ;;
             *) die "crate $name $version is under '$token', which $0 has no licence text for: add it" ;;
         esac
         [ -n "${licence_text[$token]:-}" ] && continue
-        f=$( [ ${#files[@]} -gt 0 ] && grep -l -F "$marker" "${files[@]}" | head -n1 || true)
+        f=$( [ ${#files[@]} -gt 0 ] && grep -l -F "$marker" "${files[@]}" || true)
+        if [ "$token" = BSD-2-Clause ]; then
+            # The two-clause text: the redistribution terms without a third clause.
+            f=$(for x in $f; do grep -q -F "Neither the name" "$x" || echo "$x"; done)
+        fi
+        f=$(head -n1 <<<"$f")
         [ -n "$f" ] || die "crate $name $version is under $token but ships no file with its text"
         licence_text[$token]=$f
     done

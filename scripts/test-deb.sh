@@ -65,7 +65,7 @@ grep -v '^d' "$TMP/contents" | awk '{ print $3 }' | LC_ALL=C sort >"$TMP/files"
         /usr/share/doc/tmemd/operations.md /usr/share/doc/tmemd/xen-dom0.md \
         /usr/share/lintian/overrides/tmemd /usr/share/man/man8/tmem.8.gz /usr/share/man/man8/tmemd.8.gz
     # One page per tmem subcommand, nested ones too.
-    for sub in list freeze thaw set shared-auth freeable flush destroy status metrics top generate \
+    for sub in list freeze thaw set shared-auth freeable flush destroy save restore status metrics top generate \
         generate-man generate-completions; do
         echo "/usr/share/man/man8/tmem-$sub.8.gz"
     done
