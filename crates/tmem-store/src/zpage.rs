@@ -536,28 +536,25 @@ impl Store {
     /// Returns the frames freed. The daemon calls it from housekeeping; a put under memory
     /// pressure also compacts a little before it evicts more.
     pub fn compact(&self, budget: usize) -> u64 {
-        let (n, freed) = {
-            let mut m = self.meta();
-            if m.z.reclaimable_frames() == 0 {
-                return 0;
-            }
-            let n = self.z_compact(&mut m, budget);
-            (n, m.take_zfreed())
-        };
-        self.free_frames(&freed);
-        n as u64
+        self.compact_when(budget, |m| m.z.reclaimable_frames() > 0)
     }
 
     /// Housekeeping: compact a little (at most [`IDLE_COMPACT`] moves, well under a
     /// millisecond of the metadata lock) if compressed pages were freed since compaction last
     /// finished. Returns the frames freed.
     pub fn compact_some(&self) -> u64 {
+        self.compact_when(IDLE_COMPACT, |m| m.z_holes)
+    }
+
+    /// Compact up to `budget` moves if `worth` says so (under the metadata lock); the frames
+    /// freed go back to the free list after it.
+    fn compact_when(&self, budget: usize, worth: impl FnOnce(&Meta) -> bool) -> u64 {
         let (n, freed) = {
             let mut m = self.meta();
-            if !m.z_holes {
+            if !worth(&m) {
                 return 0;
             }
-            let n = self.z_compact(&mut m, IDLE_COMPACT);
+            let n = self.z_compact(&mut m, budget);
             (n, m.take_zfreed())
         };
         self.free_frames(&freed);
