@@ -15,30 +15,14 @@ const SHARED_KEYS: u64 = 48;
 /// Shared keys at or above this are sometimes written as all-zero pages.
 const ZERO_KEYS: u64 = 40;
 
-fn word(kid: u64, ver: u64, i: usize) -> u64 {
-    (kid << 40 ^ ver).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
-}
+mod contention;
 
 fn page(kid: u64, ver: u64) -> Page {
-    let mut p = [0u8; PAGE_SIZE];
-    for (i, c) in p.chunks_exact_mut(8).enumerate() {
-        let w = match i {
-            0 => kid,
-            1 => ver,
-            _ => word(kid, ver, i),
-        };
-        c.copy_from_slice(&w.to_le_bytes());
-    }
-    p
+    contention::page(kid, ver, 1)
 }
 
 fn decode(p: &Page) -> Option<(u64, u64)> {
-    let w = |i: usize| u64::from_le_bytes(p[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-    let (kid, ver) = (w(0), w(1));
-    (2..PAGE_SIZE / 8)
-        .all(|i| w(i) == word(kid, ver, i))
-        .then_some((kid, ver))
+    contention::decode(p, 1)
 }
 
 fn key(kid: u64) -> PageKey {
