@@ -9,6 +9,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -243,11 +244,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         xen = xen.is_some(),
         "tmemd ready"
     );
-    ready_once_memory_is_in_place(&shared, config.prefault, &notifier);
+    let mut status = StatusLine::default();
+    ready_once_memory_is_in_place(&shared, config.prefault, &notifier, &status.ready);
 
     let mut events = Events::with_capacity(128);
     let mut last_housekeeping = Instant::now();
-    let mut status = StatusLine::default();
     let mut outcome = Ok(());
     'serve: loop {
         if let Err(e) = poll.poll(&mut events, Some(HOUSEKEEPING)) {
@@ -355,16 +356,27 @@ fn status_text(shared: &Shared) -> String {
     text
 }
 
-/// The STATUS= line, refreshed every [`STATUS_EVERY`] and sent only when it changed.
+/// READY=1, with the first STATUS=; `sent` tells the [`StatusLine`] that updates may follow.
+fn send_ready(shared: &Shared, notifier: &Notifier, sent: &AtomicBool) {
+    notifier.notify(&format!("READY=1\nSTATUS={}", status_text(shared)));
+    sent.store(true, Ordering::Release);
+}
+
+/// The STATUS= line, refreshed every [`STATUS_EVERY`] and sent only when it changed, and
+/// only after READY=1: a service manager (and our tests) read the first message after the
+/// fd store's as the readiness one.
 #[derive(Debug, Default)]
 struct StatusLine {
     sent: String,
     at: Option<Instant>,
+    /// Set once READY=1 has gone out (by the prefault thread, or at once without prefault).
+    ready: Arc<AtomicBool>,
 }
 
 impl StatusLine {
     fn refresh(&mut self, now: Instant, shared: &Shared, notifier: &Notifier) {
         if !notifier.is_present()
+            || !self.ready.load(Ordering::Acquire)
             || self
                 .at
                 .is_some_and(|at| now.duration_since(at) < STATUS_EVERY)
@@ -383,13 +395,19 @@ impl StatusLine {
 /// Tell systemd we are ready only once the page memory is in place: it is faulted in on a
 /// thread beside serving (guests get in at once; a put needing a chunk still being faulted
 /// waits for that chunk only), which sends READY when done. Without prefault, READY is now.
-fn ready_once_memory_is_in_place(shared: &Arc<Shared>, prefault: bool, notifier: &Notifier) {
+fn ready_once_memory_is_in_place(
+    shared: &Arc<Shared>,
+    prefault: bool,
+    notifier: &Notifier,
+    sent: &Arc<AtomicBool>,
+) {
     if !prefault {
-        notifier.notify(&format!("READY=1\nSTATUS={}", status_text(shared)));
+        send_ready(shared, notifier, sent);
         return;
     }
     let prefault_then_ready = {
         let shared = shared.clone();
+        let sent = sent.clone();
         move || {
             let t = Instant::now();
             let bytes = shared.store.prefault();
@@ -398,7 +416,7 @@ fn ready_once_memory_is_in_place(shared: &Arc<Shared>, prefault: bool, notifier:
                 ms = t.elapsed().as_millis() as u64,
                 "page-data memory faulted in"
             );
-            Notifier::from_env().notify(&format!("READY=1\nSTATUS={}", status_text(&shared)));
+            send_ready(&shared, &Notifier::from_env(), &sent);
         }
     };
     let spawned = std::thread::Builder::new()
@@ -654,6 +672,11 @@ mod tests {
         let n = sd.notifier();
         let mut line = StatusLine::default();
         let t0 = Instant::now();
+        // Nothing before READY=1, which carries the first STATUS=.
+        line.refresh(t0, &shared, &n);
+        assert!(sd.received().is_empty());
+        send_ready(&shared, &n, &line.ready);
+        assert_eq!(sd.received(), vec![format!("READY=1\nSTATUS={text}")]);
         line.refresh(t0, &shared, &n);
         assert_eq!(sd.received(), vec![format!("STATUS={text}")]);
         // Unchanged: nothing more, even once the interval has passed.

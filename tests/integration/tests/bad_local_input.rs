@@ -207,8 +207,10 @@ fn ready_is_sent_only_once_page_memory_is_in_place() {
             r => break r.expect("READY within 60 s"),
         }
     };
+    // Before READY there may also be a STATUS= alone (tmemd reports its state while the
+    // page memory is still being faulted in).
     let mut n = recv(&mut buf);
-    while buf[..n].starts_with(b"FDSTORE=1") {
+    while !String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
         n = recv(&mut buf);
     }
     // Read the daemon's resident memory at once: READY must not come before the prefault.
