@@ -76,6 +76,24 @@ pub(crate) struct ZCopy {
 }
 
 impl Meta {
+    /// A new node for allocator object `h` (`len` bytes compressed with `algo`), linked both
+    /// ways and counted: for a put and for recovery alike.
+    fn link_z(&mut self, h: u32, algo: Compression, len: usize) -> u32 {
+        let x = self.alloc_extra();
+        let i = (x & !EXTRA) as usize;
+        if self.xz.len() <= i {
+            self.xz.resize(i + 1, NIL);
+        }
+        self.xz[i] = h | algo.code() << ALGO_SHIFT;
+        if self.zowner.len() <= h as usize {
+            self.zowner.resize(h as usize + 1, NIL);
+        }
+        self.zowner[h as usize] = x;
+        self.g.z_pages += 1;
+        self.g.z_bytes += len as u64;
+        x
+    }
+
     /// Whether node `x` is a compressed page.
     #[inline]
     pub(crate) fn is_z(&self, x: u32) -> bool {
@@ -374,19 +392,7 @@ impl Store {
         if let Some(span) = m.z.span(h) {
             self.z_write(&span, bytes);
         }
-        let x = m.alloc_extra();
-        let i = (x & !EXTRA) as usize;
-        if m.xz.len() <= i {
-            m.xz.resize(i + 1, NIL);
-        }
-        m.xz[i] = h | algo.code() << ALGO_SHIFT;
-        if m.zowner.len() <= h as usize {
-            m.zowner.resize(h as usize + 1, NIL);
-        }
-        m.zowner[h as usize] = x;
-        m.g.z_pages += 1;
-        m.g.z_bytes += bytes.len() as u64;
-        Some((x, used_spare))
+        Some((m.link_z(h, algo, bytes.len()), used_spare))
     }
 
     /// Copy compressed node `x`'s bytes into `out` (under the metadata lock); their length
@@ -517,19 +523,7 @@ impl Store {
         if h > HANDLE_MASK {
             return None;
         }
-        let x = m.alloc_extra();
-        let i = (x & !EXTRA) as usize;
-        if m.xz.len() <= i {
-            m.xz.resize(i + 1, NIL);
-        }
-        m.xz[i] = h | algo.code() << ALGO_SHIFT;
-        if m.zowner.len() <= h as usize {
-            m.zowner.resize(h as usize + 1, NIL);
-        }
-        m.zowner[h as usize] = x;
-        m.g.z_pages += 1;
-        m.g.z_bytes += len as u64;
-        Some(x)
+        Some(m.link_z(h, algo, len as usize))
     }
 
     /// Compact compressed pages: move at most `budget` objects, give emptied frames back.

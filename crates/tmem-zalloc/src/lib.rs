@@ -307,17 +307,7 @@ impl ZAlloc {
                 self.new_run(ci, &got)
             }
         };
-        let h = match self.obj_free.pop() {
-            Some(h) => h,
-            None => {
-                self.objs.push(Obj {
-                    run: NIL,
-                    slot: 0,
-                    len: 0,
-                });
-                (self.objs.len() - 1) as Handle
-            }
-        };
+        let h = self.new_handle();
         let slot = self.take_slot(rid, h);
         self.objs[h as usize] = Obj {
             run: rid,
@@ -473,17 +463,7 @@ impl ZAlloc {
         if r.owner[slot as usize] != NIL {
             return None;
         }
-        let h = match self.obj_free.pop() {
-            Some(h) => h,
-            None => {
-                self.objs.push(Obj {
-                    run: NIL,
-                    slot: 0,
-                    len: 0,
-                });
-                (self.objs.len() - 1) as Handle
-            }
-        };
+        let h = self.new_handle();
         let r = self.run_mut(run);
         r.free.retain(|&s| s != slot);
         // Put the slot at the end of the free list, then take it the ordinary way.
@@ -640,6 +620,18 @@ impl ZAlloc {
         self.classes[ci].partial.push(rid);
         self.stats.frames += info.frames as u64;
         rid
+    }
+
+    /// A handle for a new object: a freed one, or a new entry (filled in by the caller).
+    fn new_handle(&mut self) -> Handle {
+        self.obj_free.pop().unwrap_or_else(|| {
+            self.objs.push(Obj {
+                run: NIL,
+                slot: 0,
+                len: 0,
+            });
+            (self.objs.len() - 1) as Handle
+        })
     }
 
     /// Take a free slot of run `rid` for `h` (the run must have one).
