@@ -8,8 +8,8 @@
 
 PAGES=${TXQ_XP_PAGES:-3000}
 row() { echo "XEN-PATH $*"; }
-# bench_json FILE: the bench's JSON line in FILE (last one).
-bench_json() { grep '"type":"bench"' "$1" | tail -n 1 | sed 's/^[^{]*//'; }
+# bench_json FILE: the bench's JSON line in FILE (last one; -a: a console log can hold NUL bytes, and grep would then print only "Binary file matches").
+bench_json() { grep -a '"type":"bench"' "$1" | tail -n 1 | sed 's/^[^{]*//'; }
 # rate FILE put|get: whole pages per second (read with sed: a domU's console line can carry
 # bytes around the JSON that make jq give up on it).
 rate() { sed -n "s/.*\"$2\":{\"pages_per_s\":\([0-9]*\).*/\1/p" "$1" | head -n 1; }
