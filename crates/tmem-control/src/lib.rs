@@ -215,6 +215,8 @@ pub enum OkReply {
     Done {
         clients: u32,
     },
+    /// Ephemeral pages whose eviction releases page memory, and the KiB it releases (a
+    /// compressed page less than 4).
     Freeable {
         pages: u64,
         kib: u64,

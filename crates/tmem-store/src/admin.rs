@@ -23,13 +23,21 @@ impl Store {
         Ok(())
     }
 
-    /// Set a client's page cap (0 = none). It replaces the default persistent share for this
-    /// client. Pages already stored above a lowered cap stay.
+    /// Set a client's cap on page memory in 4 KiB units (0 = none): `cap` raw pages, or more
+    /// compressed ones. See [`Store::set_cap_bytes`].
     pub fn set_cap_pages(&self, c: ClientId, cap: u64) -> Result<(), TmemError> {
+        self.set_cap_bytes(c, cap.saturating_mul(PAGE_SIZE as u64))
+    }
+
+    /// Set a client's cap on the page memory its private pools take, in bytes (0 = none): a
+    /// raw page costs 4096, a compressed one its size class's share of a run, a same-filled
+    /// one nothing. It replaces the default persistent share for this client. Pages already
+    /// stored above a lowered cap stay.
+    pub fn set_cap_bytes(&self, c: ClientId, cap: u64) -> Result<(), TmemError> {
         let mut m = self.meta();
         let cl = m.client_mut(c)?;
-        cl.cap = cap;
-        cl.pers_cap = 0;
+        cl.cap_bytes = cap;
+        cl.pers_cap_bytes = 0;
         Ok(())
     }
 
@@ -100,26 +108,37 @@ impl Store {
         self.meta().g.eph_data
     }
 
+    /// The page memory, in bytes, that evicting every ephemeral page would release (raw pages
+    /// 4096 each, compressed ones their share of their runs).
+    pub fn freeable_bytes(&self) -> u64 {
+        self.meta().g.eph_bytes
+    }
+
     /// Evict ephemeral pages until at least `kib` KiB of page memory has been released (or
-    /// nothing is left to evict); returns the KiB released. The frames go back to the store's
-    /// free list (they stay allocated to the daemon, pre-faulted, for later puts).
+    /// nothing is left to evict); returns the KiB released, counted as [`Store::freeable_bytes`]
+    /// counts (rounded down). Holes that compressed pages leave are compacted into whole
+    /// frames. The frames go back to the store's free list (they stay allocated to the
+    /// daemon, pre-faulted, for later puts).
     pub fn flush_kib(&self, kib: u64) -> u64 {
-        let want = kib.div_ceil((PAGE_SIZE / 1024) as u64);
-        let mut freed = 0u64;
+        let want = kib.saturating_mul(1024);
+        let mut released = 0u64;
         // A chunk of evictions per lock acquisition, so a large flush never stalls the guests.
         loop {
             let mut m = self.meta();
             let mut out = Vec::new();
             let mut steps = 0;
             let mut more = true;
-            while freed + (out.len() as u64) < want && steps < REAP_CHUNK {
+            while released < want && steps < REAP_CHUNK {
                 steps += 1;
                 if m.g.eph_data == 0 {
                     more = false;
                     break;
                 }
                 let z_before = m.g.z_pages;
-                match m.evict_one() {
+                let bytes_before = m.g.eph_bytes;
+                let evicted = m.evict_one();
+                released += bytes_before - m.g.eph_bytes;
+                match evicted {
                     Some(Some(f)) => out.push(f),
                     Some(None) => {
                         // A compressed page frees a frame only when its run empties; every
@@ -136,11 +155,15 @@ impl Store {
                     }
                 }
             }
+            if !more || released >= want {
+                // The memory is released: give back the frames its holes add up to.
+                self.z_compact(&mut m, REAP_CHUNK);
+                out.append(&mut m.zfreed);
+            }
             drop(m);
-            freed += out.len() as u64;
             self.free_frames(&out);
-            if !more || freed >= want {
-                return freed * (PAGE_SIZE / 1024) as u64;
+            if !more || released >= want {
+                return released / 1024;
             }
             self.hand_off();
         }

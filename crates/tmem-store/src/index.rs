@@ -43,6 +43,7 @@ impl Meta {
             l.n[i].index = key.index;
         }
         let zc = self.z_cost(node);
+        let cost = self.mem_cost(node);
         let p = self.pool_mut(gid);
         p.c.pages += 1;
         p.c.pages_max = p.c.pages_max.max(p.c.pages);
@@ -59,8 +60,10 @@ impl Meta {
         if let Some(o) = owner {
             if let Some(cl) = self.clients.get_mut(&o) {
                 cl.pages += 1;
+                cl.bytes += cost;
                 if kind.is_persistent() {
                     cl.pers_pages += 1;
+                    cl.pers_bytes += cost;
                 }
             }
         }
@@ -77,6 +80,7 @@ impl Meta {
             let head = match self.accounts[account as usize].as_mut() {
                 Some(a) => {
                     a.eph += 1;
+                    a.eph_bytes += cost;
                     a.head
                 }
                 None => return,
@@ -88,6 +92,7 @@ impl Meta {
             if node & EXTRA == 0 || z {
                 self.g.eph_data += 1;
             }
+            self.g.eph_bytes += cost;
             if let Some(o) = owner {
                 if let Some(cl) = self.clients.get_mut(&o) {
                     let e = self.accounts[account as usize]
@@ -123,6 +128,7 @@ impl Meta {
             self.free_object(obj);
         }
         let zc = self.z_cost(node);
+        let cost = self.mem_cost(node);
         let p = self.pool_mut(gid);
         let (kind, account, owner) = (p.kind, p.account, p.owner);
         // A reaped object's pages were taken off its pool and client when it was unlinked;
@@ -139,12 +145,18 @@ impl Meta {
             None if node & EXTRA == 0 => p.c.mem_bytes -= crate::PAGE_SIZE as u64,
             None => {}
         }
-        if let Some(o) = owner.filter(|_| !reaping) {
-            if let Some(cl) = self.clients.get_mut(&o) {
+        if let Some(cl) = owner.and_then(|o| self.clients.get_mut(&o)) {
+            if !reaping {
                 cl.pages -= 1;
                 if kind.is_persistent() {
                     cl.pers_pages -= 1;
                 }
+            }
+            // A reaped object's memory stays charged to its owner until it is freed (a
+            // destroyed pool has no owner any more: its memory went off at close).
+            cl.bytes -= cost;
+            if kind.is_persistent() {
+                cl.pers_bytes -= cost;
             }
         }
         self.g.pages -= 1;
@@ -156,6 +168,7 @@ impl Meta {
             let orphan = match self.accounts[account as usize].as_mut() {
                 Some(a) => {
                     a.eph -= 1;
+                    a.eph_bytes -= cost;
                     a.closed && a.eph == 0
                 }
                 None => false,
@@ -167,6 +180,7 @@ impl Meta {
             if node & EXTRA == 0 || z {
                 self.g.eph_data -= 1;
             }
+            self.g.eph_bytes -= cost;
         }
         if z {
             self.free_z(node);

@@ -194,14 +194,24 @@ fn zero_pages_store_no_data_but_count() {
     let mut d = [0xFFu8; PAGE_SIZE];
     assert_eq!(s.get(c, p, key(1, 0), &mut d), Ok(true));
     assert_eq!(d, z);
-    s.put(c, p, key(1, 2), &z).unwrap();
-    assert_eq!(s.put(c, p, key(1, 3), &z), Err(TmemError::OverCap));
+    // The cap counts page memory: zero pages take none, so they never reach it.
+    for i in 2..8 {
+        s.put(c, p, key(1, i), &z).unwrap();
+    }
+    assert_eq!(s.stats().clients[0].mem_bytes, 0);
     // A data page over a zero page takes a frame; zero over data gives it back.
     s.put(c, p, key(1, 0), &page(5)).unwrap();
     assert_eq!(s.stats().global.data_bytes, PAGE_SIZE as u64);
+    assert_eq!(s.stats().clients[0].mem_bytes, PAGE_SIZE as u64);
     s.put(c, p, key(1, 0), &z).unwrap();
     assert_eq!(s.stats().global.data_bytes, 0);
+    assert_eq!(s.stats().clients[0].mem_bytes, 0);
     assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(z)));
+    // Three data pages fill the cap of three pages' memory.
+    for i in 0..3 {
+        s.put(c, p, key(2, i), &page(6)).unwrap();
+    }
+    assert_eq!(s.put(c, p, key(2, 3), &page(6)), Err(TmemError::OverCap));
 }
 
 #[test]
