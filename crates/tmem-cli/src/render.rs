@@ -495,10 +495,11 @@ pub fn page_memory_text(pm: &tmem_control::PageMemoryStatus) -> String {
             out.push_str("recovered at start: nothing (new page memory)\n");
         } else {
             out.push_str(&format!(
-                "recovered at start: {} pages ({} zero) in {} pools of {} clients; dropped {} \
-                 torn, {} orphan, {} superseded; scan {} ms, rebuild {} ms\n",
+                "recovered at start: {} pages ({} zero, {} compressed) in {} pools of {} \
+                 clients; dropped {} torn, {} orphan, {} superseded; scan {} ms, rebuild {} ms\n",
                 r.pages,
                 r.zero_pages,
+                r.compressed_pages,
                 r.pools,
                 r.clients,
                 r.torn,
@@ -827,6 +828,7 @@ pub(crate) mod tests {
                 pools: 3,
                 pages: 4096,
                 zero_pages: 7,
+                compressed_pages: 9,
                 superseded: 1,
                 orphans: 2,
                 torn: 3,
@@ -848,7 +850,7 @@ pub(crate) mod tests {
             "tmemd 0.1.0 (control protocol 1), up 1m 5s, 2 guest(s) connected, transports: local\n\
              page memory: memfd in systemd's fd store (handed back at this start); persistent \
              pages survive a restart of tmemd\n\
-             recovered at start: 4096 pages (7 zero) in 3 pools of 2 clients; dropped 3 torn, \
+             recovered at start: 4096 pages (7 zero, 9 compressed) in 3 pools of 2 clients; dropped 3 torn, \
              2 orphan, 1 superseded; scan 11 ms, rebuild 5 ms\n\
              settings changed with tmem are kept in: fd \"tmemd-settings\" in the fd store\n"
         );
