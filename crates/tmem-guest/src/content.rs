@@ -5,7 +5,7 @@
 //! older version of the same page is *stale*, anything else is *corrupt*.
 //!
 //! The body is random bytes (incompressible) by default, or text-like (words of a small
-//! phrases, which lz4 packs to about a third) after [`set_text`], to put tmemd's
+//! phrases, which lz4 packs to about 0.3 of a page) after [`set_text`], to put tmemd's
 //! compression to work.
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -165,8 +165,8 @@ struct BenchArgs {
     #[arg(long, default_value_t = 5.0)]
     wait: f64,
     /// Page content: `zero` (a zero page with the page number stamped at both ends; lz4
-    /// packs it to a few dozen bytes) or `text` (text-like words, which compress to about a
-    /// third, like real file pages); every byte of a `text` page is checked on get.
+    /// packs it to a few dozen bytes) or `text` (text-like phrases, which lz4 packs to about
+    /// 0.3 of a page, like real file pages); every byte of a `text` page is checked on get.
     #[arg(long, value_enum, default_value = "zero")]
     content: BenchContent,
 }

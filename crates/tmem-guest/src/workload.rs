@@ -47,7 +47,7 @@ pub struct RunArgs {
     /// Stop after this many operations.
     #[arg(long)]
     pub ops: Option<u64>,
-    /// Text-like page bodies (words of a small vocabulary, which compress to about a third)
+    /// Text-like page bodies (phrases of a small vocabulary, which lz4 packs to about 0.3)
     /// instead of random ones, to put tmemd's compression to work. Every byte is still
     /// checked, and a stale page is still told apart from a corrupt one.
     #[arg(long)]
