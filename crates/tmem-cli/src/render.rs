@@ -577,7 +577,7 @@ pub fn render_reply(op: &Op, reply: &OkReply) -> String {
                     "no cap".to_string()
                 } else {
                     format!(
-                        "cap {c} pages ({})",
+                        "cap {} of page memory ({c} × 4 KiB)",
                         human_bytes(c.saturating_mul(PAGE_BYTES))
                     )
                 });
@@ -955,7 +955,7 @@ SHARED UUID                           KIND  SHARERS  PAGES  PUTS  GETS  HITS  HI
                 },
                 &OkReply::Done { clients: 1 }
             ),
-            "set weight 5, cap 256 pages (1.0 MiB) on domain 3 (1 client)\n"
+            "set weight 5, cap 1.0 MiB of page memory (256 × 4 KiB) on domain 3 (1 client)\n"
         );
         assert_eq!(
             render_reply(

@@ -593,8 +593,24 @@ impl Harness {
             self.m.pers.len() + self.m.eph.len() + self.m.shared.len(),
             self.m.dying
         );
-        let charged: u64 = self.s.stats().clients.iter().map(|c| c.pages).sum();
+        let st = self.s.stats();
+        let charged: u64 = st.clients.iter().map(|c| c.pages).sum();
         prop_assert!(charged <= g.pages);
+        // The memory charged to a client is what its private pools take (their pages being
+        // reclaimed included).
+        for c in &st.clients {
+            let pools: u64 = c
+                .pools
+                .iter()
+                .filter(|p| p.kind != "ES")
+                .map(|p| p.counters.mem_bytes)
+                .sum();
+            prop_assert_eq!(c.mem_bytes, pools, "client {}", c.client_id);
+        }
+        // Without compression every page that takes memory takes a frame.
+        if !self.z {
+            prop_assert_eq!(g.freeable_bytes, g.freeable_pages * PAGE_SIZE as u64);
+        }
         Ok(())
     }
 
