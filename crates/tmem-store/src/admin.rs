@@ -2,6 +2,10 @@
 //! prefault, and releasing memory on request.
 
 use crate::reap::REAP_CHUNK;
+
+/// Compaction steps at most after a flush: enough to move every object of a store of a few
+/// GiB, bounded so that a flush always returns.
+const FLUSH_COMPACT_STEPS: usize = 4096;
 use crate::{ClientId, Identity, Store, TmemError, PAGE_SIZE};
 
 impl Store {
@@ -155,17 +159,22 @@ impl Store {
                     }
                 }
             }
-            if !more || released >= want {
-                // The memory is released: give back the frames its holes add up to.
-                self.z_compact(&mut m, REAP_CHUNK);
-                out.append(&mut m.zfreed);
-            }
             drop(m);
             self.free_frames(&out);
             if !more || released >= want {
-                return released / 1024;
+                break;
             }
             self.hand_off();
         }
+        // The memory is released: give back the frames the holes it left add up to, a
+        // pressure step's worth of moves per lock acquisition.
+        for _ in 0..FLUSH_COMPACT_STEPS {
+            if self.compactable_frames() == 0 {
+                break;
+            }
+            self.compact(crate::zpage::PRESSURE_COMPACT);
+            self.hand_off();
+        }
+        released / 1024
     }
 }

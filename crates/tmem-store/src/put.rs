@@ -171,6 +171,16 @@ impl Store {
             if kind.is_persistent() {
                 return Err(TmemError::OverCap);
             }
+            // Only its ephemeral pages can go: if the rest alone leaves no room, evict none.
+            let cl = m.client(c)?;
+            let eph = m
+                .accounts
+                .get(account as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |a| a.eph_bytes);
+            if cl.bytes.saturating_sub(eph) + PAGE_SIZE as u64 > cl.cap_bytes {
+                return Err(TmemError::OverCap);
+            }
             let mut frames = Vec::new();
             for _ in 0..OWN_EVICT_MAX {
                 match m.evict_from(account) {

@@ -1304,3 +1304,26 @@ fn persistent_pools_are_listed_and_read_after_a_detach() {
         "not a guest's get"
     );
 }
+
+#[test]
+fn an_ephemeral_put_over_cap_evicts_its_own_pages_only_when_that_makes_room() {
+    let s = store_pages(64);
+    let c = client(&s, 1);
+    let (e, _) = s.new_pool(c, [0, 0], EP).unwrap();
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    s.set_cap_pages(c, 4).unwrap();
+    for i in 0..2 {
+        s.put(c, e, key(1, i), &page(10 + i as u64)).unwrap();
+        s.put(c, p, key(1, i), &page(20 + i as u64)).unwrap();
+    }
+    // At the cap: a new ephemeral page pushes out the client's oldest one.
+    s.put(c, e, key(1, 2), &page(12)).unwrap();
+    let st = &s.stats().clients[0];
+    assert_eq!((st.eph_pages, st.mem_bytes, st.evictions), (2, 4 * 4096, 1));
+    // Persistent pages alone fill a lowered cap: evicting ephemeral ones cannot make room,
+    // so none goes.
+    s.set_cap_pages(c, 2).unwrap();
+    assert_eq!(s.put(c, e, key(1, 3), &page(13)), Err(TmemError::OverCap));
+    let st = &s.stats().clients[0];
+    assert_eq!((st.eph_pages, st.evictions), (2, 1));
+}
