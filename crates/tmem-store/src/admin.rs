@@ -2,11 +2,11 @@
 //! prefault, and releasing memory on request.
 
 use crate::reap::REAP_CHUNK;
+use crate::{ClientId, Identity, Store, TmemError, PAGE_SIZE};
 
 /// Compaction steps at most after a flush: enough to move every object of a store of a few
 /// GiB, bounded so that a flush always returns.
 const FLUSH_COMPACT_STEPS: usize = 4096;
-use crate::{ClientId, Identity, Store, TmemError, PAGE_SIZE};
 
 impl Store {
     /// Freeze or thaw a client: while frozen, puts of new handles fail with `Frozen`.

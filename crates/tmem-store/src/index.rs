@@ -1,7 +1,7 @@
 //! Pages in the index: linking a page into its pool's object (creating the object) and
 //! unlinking it again, with every counter that follows a page.
 
-use crate::meta::{Meta, Obj, EXTRA, NIL};
+use crate::meta::{cost_of, Meta, Obj, EXTRA, NIL};
 use crate::pagemap::PageMap;
 use crate::PageKey;
 
@@ -43,18 +43,14 @@ impl Meta {
             l.n[i].index = key.index;
         }
         let zc = self.z_cost(node);
-        let cost = self.mem_cost(node);
+        let cost = cost_of(node, zc);
         let p = self.pool_mut(gid);
         p.c.pages += 1;
         p.c.pages_max = p.c.pages_max.max(p.c.pages);
-        match zc {
-            Some((len, cost)) => {
-                p.c.compressed_pages += 1;
-                p.c.compressed_bytes += len;
-                p.c.mem_bytes += cost;
-            }
-            None if node & EXTRA == 0 => p.c.mem_bytes += crate::PAGE_SIZE as u64,
-            None => {}
+        p.c.mem_bytes += cost;
+        if let Some((len, _)) = zc {
+            p.c.compressed_pages += 1;
+            p.c.compressed_bytes += len;
         }
         let (kind, account, owner) = (p.kind, p.account, p.owner);
         if let Some(o) = owner {
@@ -128,7 +124,7 @@ impl Meta {
             self.free_object(obj);
         }
         let zc = self.z_cost(node);
-        let cost = self.mem_cost(node);
+        let cost = cost_of(node, zc);
         let p = self.pool_mut(gid);
         let (kind, account, owner) = (p.kind, p.account, p.owner);
         // A reaped object's pages were taken off its pool and client when it was unlinked;
@@ -136,14 +132,10 @@ impl Meta {
         if !reaping {
             p.c.pages -= 1;
         }
-        match zc {
-            Some((len, cost)) => {
-                p.c.compressed_pages -= 1;
-                p.c.compressed_bytes -= len;
-                p.c.mem_bytes -= cost;
-            }
-            None if node & EXTRA == 0 => p.c.mem_bytes -= crate::PAGE_SIZE as u64,
-            None => {}
+        p.c.mem_bytes -= cost;
+        if let Some((len, _)) = zc {
+            p.c.compressed_pages -= 1;
+            p.c.compressed_bytes -= len;
         }
         if let Some(cl) = owner.and_then(|o| self.clients.get_mut(&o)) {
             if !reaping {

@@ -80,7 +80,7 @@ pub(crate) struct Pool {
 pub(crate) struct Account {
     pub(crate) head: u32,
     pub(crate) eph: u64,
-    /// Page memory its ephemeral pages take (see [`Meta::mem_cost`]): weights share this.
+    /// Page memory its ephemeral pages take (see [`cost_of`]): weights share this.
     pub(crate) eph_bytes: u64,
     pub(crate) weight: u32,
     /// Its owner is gone; freed once its last ephemeral page is (pages being reaped still
@@ -364,15 +364,13 @@ fn unreachable_pool() -> ! {
     panic!("tmem-store: internal invariant broken: dangling pool id")
 }
 
-impl Meta {
-    /// The page memory node `x` takes: a frame for a raw page, its share of its run for a
-    /// compressed one (run bytes / slots of its size class), nothing for a same-filled page.
-    /// Caps, weights, `freeable` and flushes all count this.
-    pub(crate) fn mem_cost(&self, x: u32) -> u64 {
-        match self.z_cost(x) {
-            Some((_, cost)) => cost,
-            None if x & EXTRA == 0 => crate::PAGE_SIZE as u64,
-            None => 0,
-        }
+/// The page memory node `x` takes, given its [`Meta::z_cost`] `zc`: a frame for a raw page,
+/// its share of its run for a compressed one (run bytes / slots of its size class), nothing
+/// for a same-filled page. Caps, weights, `freeable` and flushes all count this.
+pub(crate) fn cost_of(x: u32, zc: Option<(u64, u64)>) -> u64 {
+    match zc {
+        Some((_, cost)) => cost,
+        None if x & EXTRA == 0 => crate::PAGE_SIZE as u64,
+        None => 0,
     }
 }
