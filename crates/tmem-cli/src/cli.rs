@@ -45,13 +45,13 @@ pub enum CliCommand {
     Freeze(TargetArgs),
     /// Undo `freeze`.
     Thaw(TargetArgs),
-    /// Change a domain's weight, page cap or compression flag.
+    /// Change a domain's weight, memory cap or compression flag.
     Set(SetArgs),
     /// Authorise or de-authorise a domain for a shared pool uuid.
     SharedAuth(SharedAuthArgs),
-    /// Show how much ephemeral memory could be given back now.
+    /// Show how much ephemeral page memory (KiB) could be given back now.
     Freeable(JsonArgs),
-    /// Evict ephemeral pages until at least this much memory is released.
+    /// Evict ephemeral pages until at least this much page memory (KiB) is released.
     Flush(FlushArgs),
     /// Drop every pool of a domain and disconnect it.
     Destroy(DestroyArgs),
@@ -142,7 +142,9 @@ pub struct SetArgs {
         allow_hyphen_values = true
     )]
     pub weight: Option<String>,
-    /// Page cap: a number of pages, or a size such as 64M, 64MiB or 1G; 0 removes the cap.
+    /// Cap on the page memory the domain's pages take: a size such as 64M, 64MiB or 1G, or a
+    /// plain number of 4 KiB units; 0 removes the cap. A raw page takes 4 KiB, a compressed
+    /// one its size class's share of a run (less), a same-filled one nothing.
     #[arg(
         short = 'c',
         long = "cap",
@@ -172,7 +174,8 @@ pub struct SharedAuthArgs {
 /// `tmem flush`.
 #[derive(Debug, Args)]
 pub struct FlushArgs {
-    /// KiB of memory to release.
+    /// KiB of page memory to release (4 KiB per raw page evicted, a compressed page's share
+    /// of its run).
     #[arg(long = "kib", value_name = "N", allow_hyphen_values = true)]
     pub kib: String,
 }

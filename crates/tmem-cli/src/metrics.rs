@@ -85,9 +85,9 @@ const CLIENT_METRICS: &[(&str, &str, &str, ClientValue)] = &[
     ("tmem_client_attached", "gauge", "1 while the guest is connected, 0 while detached (its persistent pools kept for a reattach).", |c| u64::from(c.attached)),
     ("tmem_client_frozen", "gauge", "1 while new puts are refused (tmem freeze).", |c| u64::from(c.frozen)),
     ("tmem_client_weight", "gauge", "Eviction weight.", |c| u64::from(c.weight)),
-    ("tmem_client_cap_pages", "gauge", "Page cap, 0 for none.", |c| c.cap_pages),
+    ("tmem_client_cap_pages", "gauge", "Cap on the client's page memory in 4 KiB units, 0 for none.", |c| c.cap_pages),
     ("tmem_client_pages", "gauge", "Pages charged to the client (its private pools, zero pages included).", |c| c.pages),
-    ("tmem_client_memory_bytes", "gauge", "Memory charged to the client: pages times 4096.", |c| c.pages * PAGE_BYTES),
+    ("tmem_client_memory_bytes", "gauge", "Page memory charged to the client (what its cap and weight count): 4096 per raw page, a compressed page's share of its run, 0 per same-filled page.", |c| c.mem_bytes),
     ("tmem_client_ephemeral_pages", "gauge", "Ephemeral pages in the client's private pools.", |c| c.eph_pages),
     ("tmem_client_puts_total", "counter", "Successful puts.", |c| c.puts),
     ("tmem_client_gets_total", "counter", "Gets, hits and misses.", |c| c.succ_gets + c.failed_gets),
@@ -248,6 +248,12 @@ pub fn render_metrics(m: &MetricsSnapshot) -> String {
         "gauge",
         "Ephemeral pages whose eviction would release memory now.",
         g.freeable_pages,
+    );
+    w.single(
+        "tmem_freeable_bytes",
+        "gauge",
+        "Page memory their eviction would release now (tmem freeable).",
+        g.freeable_bytes,
     );
     w.single(
         "tmem_operations_total",

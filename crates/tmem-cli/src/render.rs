@@ -370,6 +370,10 @@ pub fn render_long(stats: &StoreStats, all: bool) -> String {
                 ),
                 ("freeable pages", g.freeable_pages.to_string()),
                 (
+                    "freeable memory (KiB)",
+                    (g.freeable_bytes / 1024).to_string(),
+                ),
+                (
                     "shared pools need authorisation",
                     if g.shared_auth_required { "yes" } else { "no" }.into(),
                 ),
@@ -392,7 +396,8 @@ pub fn render_long(stats: &StoreStats, all: bool) -> String {
             &[
                 ("state", client_state(c)),
                 ("weight", c.weight.to_string()),
-                ("cap (pages)", cap_cell(c.cap_pages)),
+                ("cap (4 KiB units)", cap_cell(c.cap_pages)),
+                ("memory (KiB)", (c.mem_bytes / 1024).to_string()),
                 ("compress", u8::from(c.compress).to_string()),
                 ("pages charged", c.pages.to_string()),
                 (
@@ -490,10 +495,11 @@ pub fn page_memory_text(pm: &tmem_control::PageMemoryStatus) -> String {
             out.push_str("recovered at start: nothing (new page memory)\n");
         } else {
             out.push_str(&format!(
-                "recovered at start: {} pages ({} zero) in {} pools of {} clients; dropped {} \
-                 torn, {} orphan, {} superseded; scan {} ms, rebuild {} ms\n",
+                "recovered at start: {} pages ({} zero, {} compressed) in {} pools of {} \
+                 clients; dropped {} torn, {} orphan, {} superseded; scan {} ms, rebuild {} ms\n",
                 r.pages,
                 r.zero_pages,
+                r.compressed_pages,
                 r.pools,
                 r.clients,
                 r.torn,
@@ -571,7 +577,7 @@ pub fn render_reply(op: &Op, reply: &OkReply) -> String {
                     "no cap".to_string()
                 } else {
                     format!(
-                        "cap {c} pages ({})",
+                        "cap {} of page memory ({c} × 4 KiB)",
                         human_bytes(c.saturating_mul(PAGE_BYTES))
                     )
                 });
@@ -718,6 +724,7 @@ pub(crate) mod tests {
                 frames_allocated: 2048,
                 frames_free: 451,
                 freeable_pages: 1097,
+                freeable_bytes: 1097 * 4096,
                 metadata_bytes: 300_000,
                 shared_auth_required: true,
                 compression: Default::default(),
@@ -732,6 +739,8 @@ pub(crate) mod tests {
                     attached: true,
                     weight: 100,
                     cap_pages: 0,
+                    cap_bytes: 0,
+                    mem_bytes: 4096,
                     compress: false,
                     frozen: false,
                     pages: 1500,
@@ -778,6 +787,8 @@ pub(crate) mod tests {
                     attached: false,
                     weight: 50,
                     cap_pages: 2560,
+                    cap_bytes: 2560 * 4096,
+                    mem_bytes: 8192,
                     compress: true,
                     frozen: true,
                     pages: 0,
@@ -817,6 +828,7 @@ pub(crate) mod tests {
                 pools: 3,
                 pages: 4096,
                 zero_pages: 7,
+                compressed_pages: 9,
                 superseded: 1,
                 orphans: 2,
                 torn: 3,
@@ -838,7 +850,7 @@ pub(crate) mod tests {
             "tmemd 0.1.0 (control protocol 1), up 1m 5s, 2 guest(s) connected, transports: local\n\
              page memory: memfd in systemd's fd store (handed back at this start); persistent \
              pages survive a restart of tmemd\n\
-             recovered at start: 4096 pages (7 zero) in 3 pools of 2 clients; dropped 3 torn, \
+             recovered at start: 4096 pages (7 zero, 9 compressed) in 3 pools of 2 clients; dropped 3 torn, \
              2 orphan, 1 superseded; scan 11 ms, rebuild 5 ms\n\
              settings changed with tmem are kept in: fd \"tmemd-settings\" in the fd store\n"
         );
@@ -909,7 +921,8 @@ SHARED UUID                           KIND  SHARERS  PAGES  PUTS  GETS  HITS  HI
             "same-filled pages (incl. zero)   5",
             "client domid 7 'db' (instance 3, store id 2)",
             "state                      detached,frozen",
-            "cap (pages)                2560",
+            "cap (4 KiB units)          2560",
+            "memory (KiB)               8",
             "  pool 1 [PP]",
             "    duplicate puts (flushed/replaced)  1/4",
             "    gets (found/total)                 1000/2000 (50.0%)",
@@ -942,7 +955,7 @@ SHARED UUID                           KIND  SHARERS  PAGES  PUTS  GETS  HITS  HI
                 },
                 &OkReply::Done { clients: 1 }
             ),
-            "set weight 5, cap 256 pages (1.0 MiB) on domain 3 (1 client)\n"
+            "set weight 5, cap 1.0 MiB of page memory (256 × 4 KiB) on domain 3 (1 client)\n"
         );
         assert_eq!(
             render_reply(

@@ -138,7 +138,7 @@ pub fn render_top(prev: &StoreStats, cur: &StoreStats, elapsed: Duration, rows: 
     // Two short header lines: one long one wrapped at 120 columns.
     let mut out = format!(
         "tmem top: {} clients, {} pools | {} ops/s, {} errors/s, {} evictions/s\n\
-         memory: data {} of {} ({}) | {} pages freeable\n\n",
+         memory: data {} of {} ({}) | {} freeable ({} pages)\n\n",
         cur.clients.len(),
         pools.len(),
         fmt_rate(rate(g.total_ops, pg.total_ops, secs)),
@@ -147,6 +147,7 @@ pub fn render_top(prev: &StoreStats, cur: &StoreStats, elapsed: Duration, rows: 
         human_bytes(g.data_bytes),
         human_bytes(g.mem_limit_bytes),
         percent(g.data_bytes, g.mem_limit_bytes),
+        human_bytes(g.freeable_bytes),
         g.freeable_pages,
     );
     let mut t = vec![[

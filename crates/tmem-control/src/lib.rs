@@ -215,6 +215,8 @@ pub enum OkReply {
     Done {
         clients: u32,
     },
+    /// Ephemeral pages whose eviction releases page memory, and the KiB it releases (a
+    /// compressed page less than 4).
     Freeable {
         pages: u64,
         kib: u64,
@@ -327,6 +329,8 @@ pub struct RecoveryStatus {
     pub pools: u32,
     pub pages: u64,
     pub zero_pages: u64,
+    /// Of `pages`, those stored compressed.
+    pub compressed_pages: u64,
     /// Older copies of a page whose duplicate put was cut short, dropped.
     pub superseded: u64,
     /// Pages of pools that no longer exist, dropped.

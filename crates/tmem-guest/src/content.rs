@@ -3,8 +3,59 @@
 //! A page is a 32-byte header (magic, source seed, inode, index, version) followed by a
 //! pseudo-random body derived from the same tuple, so a wrong page can be classified: an
 //! older version of the same page is *stale*, anything else is *corrupt*.
+//!
+//! The body is random bytes (incompressible) by default, or text-like (words of a small
+//! phrases, which lz4 packs to about 0.3 of a page) after [`set_text`], to put tmemd's
+//! compression to work.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use tmem_abi::{Page, PAGE_SIZE};
+
+/// Whether page bodies are text-like (set once at start-up, before any page is made).
+static TEXT: AtomicBool = AtomicBool::new(false);
+
+/// Make every page body from now on text-like (`true`) or random (`false`).
+pub fn set_text(on: bool) {
+    TEXT.store(on, Ordering::Relaxed);
+}
+
+/// Phrases of a log-like text: what a page of a guest's page cache often holds.
+const WORDS: [&[u8]; 16] = [
+    b"the guest page ",
+    b"of memory ",
+    b"tmem pool ",
+    b"swap frame ",
+    b"and a kernel ",
+    b"to the store ",
+    b"in the hypervisor ",
+    b"error: request failed ",
+    b"info: block cache ",
+    b"0x1f00 ",
+    b"disk file ",
+    b"\n2026-12-02 ",
+    b"is ok ",
+    b"for user process ",
+    b"with ",
+    b"done\n",
+];
+
+/// A text-like body from the PRNG state `s`: phrases chosen by it.
+fn text_body(body: &mut [u8], mut s: u64) {
+    let mut at = 0;
+    while at < body.len() {
+        s = mix(s);
+        // Several phrases per step: 4 bits each.
+        for k in 0..16 {
+            let w = WORDS[((s >> (4 * k)) & 15) as usize];
+            let n = w.len().min(body.len() - at);
+            body[at..at + n].copy_from_slice(&w[..n]);
+            at += n;
+            if at == body.len() {
+                return;
+            }
+        }
+    }
+}
 
 const MAGIC: u64 = 0x4547_4150_4d45_4d54; // "TMEMPAGE"
 
@@ -34,6 +85,10 @@ pub fn fill(page: &mut Page, id: PageId) {
     page[28..32].copy_from_slice(&id.version.to_le_bytes());
     let mut s =
         mix(id.seed ^ mix(id.inode ^ mix(u64::from(id.index) << 32 | u64::from(id.version))));
+    if TEXT.load(Ordering::Relaxed) {
+        text_body(&mut page[32..], s);
+        return;
+    }
     for chunk in page[32..].chunks_exact_mut(8) {
         s = mix(s);
         chunk.copy_from_slice(&s.to_le_bytes());
@@ -131,5 +186,29 @@ mod tests {
         assert_eq!(check(&p, PageId { inode: 9, ..id }, &mut s), Check::Corrupt);
         p[100] ^= 1;
         assert_eq!(check(&p, id, &mut s), Check::Corrupt);
+    }
+
+    #[test]
+    fn text_bodies_differ_per_page_and_compress() {
+        let id = PageId {
+            seed: 1,
+            inode: 2,
+            index: 3,
+            version: 4,
+        };
+        let (mut a, mut b) = ([0u8; PAGE_SIZE], [0u8; PAGE_SIZE]);
+        text_body(&mut a[32..], 7);
+        text_body(&mut b[32..], 8);
+        assert_ne!(a[..], b[..]);
+        // Printable words only, no run of one byte (not a same-filled page).
+        assert!(a[32..]
+            .iter()
+            .all(|&c| c == b'\n' || (0x20..0x7f).contains(&c)));
+        let z = lz4_flex::block::compress(&a);
+        assert!(z.len() < PAGE_SIZE * 2 / 5, "{} bytes", z.len());
+        // Deterministic: the same id gives the same page.
+        fill(&mut a, id);
+        fill(&mut b, id);
+        assert_eq!(a[..], b[..]);
     }
 }

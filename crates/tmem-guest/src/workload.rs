@@ -47,6 +47,11 @@ pub struct RunArgs {
     /// Stop after this many operations.
     #[arg(long)]
     pub ops: Option<u64>,
+    /// Text-like page bodies (phrases of a small vocabulary, which lz4 packs to about 0.3)
+    /// instead of random ones, to put tmemd's compression to work. Every byte is still
+    /// checked, and a stale page is still told apart from a corrupt one.
+    #[arg(long)]
+    pub text_pages: bool,
     /// Seconds between status reports (0: none).
     #[arg(long, default_value_t = 1.0)]
     pub report_interval: f64,
@@ -155,6 +160,7 @@ pub fn stop_on_signals() {
 }
 
 pub fn run(a: RunArgs) -> ExitCode {
+    crate::content::set_text(a.text_pages);
     let mut shared_uuids = Vec::new();
     for s in &a.shared_fs {
         match parse_uuid(s) {

@@ -11,6 +11,11 @@
 //! For each mode the store (`TMEM_BENCH_MIB` MiB of page memory, default 16) gets one
 //! persistent pool and the corpus is put until memory is full; then every stored page is read
 //! back (and compared once, outside the timing). Rates are MB/s of page data on one thread.
+//!
+//! Last, inline compression against a background design on the mixed corpus: put latency
+//! (p50, p99) and rate with lz4 on the put path and with raw puts, then the rate of a pass
+//! that compresses the raw pages later and the capacity before and after it, with a page
+//! memcpy measured in the same run as the baseline (`TMEM_BENCH_SKIP_MODES=1` skips it).
 //! Each mode runs `TMEM_BENCH_RUNS` times (default 5), interleaved; rates are given as median
 //! (min-max).
 
@@ -336,4 +341,167 @@ fn main() {
         .map(|_| random_page(&mut r))
         .collect();
     table("incompressible", &noise, mib, runs);
+    if std::env::var_os("TMEM_BENCH_SKIP_MODES").is_none() {
+        inline_vs_background(&mixed, runs);
+    }
+}
+
+/// One run of the inline-versus-background comparison (see [`inline_vs_background`]).
+struct ModeRun {
+    memcpy_ns: f64,
+    raw_p50: f64,
+    raw_p99: f64,
+    raw_mbs: f64,
+    lz4_p50: f64,
+    lz4_p99: f64,
+    lz4_mbs: f64,
+    pass_pages_s: f64,
+    raw_per_mib: f64,
+    pass_per_mib: f64,
+    inline_per_mib: f64,
+}
+
+/// A heap store big enough for all of `pages` raw (plus room), one persistent pool.
+fn roomy_store(pages: &[APage], algo: Compression) -> (Store, ClientId, u32) {
+    let s = Store::new(StoreConfig {
+        mem_limit_bytes: (pages.len() as u64 + 1024) * PAGE_SIZE as u64,
+        default_persistent_share_percent: 0,
+        ..StoreConfig::default()
+    });
+    s.prefault();
+    let (c, _) = s.attach_client(1, 1, "bench").unwrap();
+    s.set_compression(c, ClientCompression::both(algo)).unwrap();
+    let (p, _) = s.new_pool(c, [1, 2], PoolKind::PrivatePersistent).unwrap();
+    (s, c, p)
+}
+
+/// Put every page, timing each: (p50 ns, p99 ns, MB/s).
+fn timed_puts(s: &Store, c: ClientId, p: u32, pages: &[APage]) -> (f64, f64, f64) {
+    let mut lat = Vec::with_capacity(pages.len());
+    let t = Instant::now();
+    for (i, pg) in pages.iter().enumerate() {
+        let t0 = Instant::now();
+        s.put(c, p, key(i as u64), &pg.0).unwrap();
+        lat.push(t0.elapsed().as_nanos() as u32);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize] as f64;
+    (
+        pct(0.5),
+        pct(0.99),
+        pages.len() as f64 * PAGE_SIZE as f64 / secs / 1e6,
+    )
+}
+
+/// Pages per MiB of page memory in use (frames holding a page or a compressed run).
+fn per_mib(s: &Store) -> f64 {
+    let g = s.stats().global;
+    g.pages as f64 / (g.data_bytes.max(1) as f64 / (1 << 20) as f64)
+}
+
+fn mode_run(pages: &[APage]) -> ModeRun {
+    // The same-run baseline: a page copy, what a raw put cannot go below.
+    let mut dst = APage([0u8; PAGE_SIZE]);
+    let t = Instant::now();
+    for pg in pages {
+        dst.0.copy_from_slice(std::hint::black_box(&pg.0));
+        std::hint::black_box(&dst);
+    }
+    let memcpy_ns = t.elapsed().as_nanos() as f64 / pages.len() as f64;
+
+    // Inline: lz4 on the put path.
+    let (s, c, p) = roomy_store(pages, Compression::Lz4);
+    let (lz4_p50, lz4_p99, lz4_mbs) = timed_puts(&s, c, p, pages);
+    let inline_per_mib = per_mib(&s);
+    drop(s);
+
+    // Background: raw puts, then a pass that compresses the cold pages. The pass reads each
+    // page back and puts it again with lz4 on (a duplicate put takes a free frame, compresses
+    // and frees the raw one): the work a store-internal pass would do, plus one extra 4 KiB
+    // copy and lookup per page, so an upper bound on its cost.
+    let (s, c, p) = roomy_store(pages, Compression::Off);
+    let (raw_p50, raw_p99, raw_mbs) = timed_puts(&s, c, p, pages);
+    let raw_per_mib = per_mib(&s);
+    s.set_compression(c, ClientCompression::both(Compression::Lz4))
+        .unwrap();
+    let t = Instant::now();
+    for i in 0..pages.len() as u64 {
+        assert_eq!(s.get(c, p, key(i), &mut dst.0), Ok(true));
+        s.put(c, p, key(i), &dst.0).unwrap();
+    }
+    s.compact(usize::MAX);
+    let pass_pages_s = pages.len() as f64 / t.elapsed().as_secs_f64();
+    let pass_per_mib = per_mib(&s);
+    // Every byte once, outside the timing.
+    for (i, pg) in pages.iter().enumerate() {
+        assert_eq!(s.get(c, p, key(i as u64), &mut dst.0), Ok(true));
+        assert!(dst.0 == pg.0, "page {i} differs after the pass");
+    }
+    ModeRun {
+        memcpy_ns,
+        raw_p50,
+        raw_p99,
+        raw_mbs,
+        lz4_p50,
+        lz4_p99,
+        lz4_mbs,
+        pass_pages_s,
+        raw_per_mib,
+        pass_per_mib,
+        inline_per_mib,
+    }
+}
+
+/// Inline lz4 on the put path against raw puts plus a later pass over cold pages, on the
+/// same pages, with the memcpy baseline of the same run.
+fn inline_vs_background(pages: &[APage], runs: usize) {
+    let rs: Vec<ModeRun> = (0..runs).map(|_| mode_run(pages)).collect();
+    let col = |f: fn(&ModeRun) -> f64| med(&mut rs.iter().map(f).collect::<Vec<_>>());
+    let ratio = |f: fn(&ModeRun) -> f64| {
+        let mut v: Vec<f64> = rs.iter().map(f).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        format!("{:.2} ({:.2}-{:.2})", v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    println!(
+        "\n## inline vs background compression, mixed corpus, {} pages, {runs} runs (median (min-max))\n",
+        pages.len()
+    );
+    println!(
+        "memcpy of a page (same-run baseline): {} ns\n",
+        col(|r| r.memcpy_ns)
+    );
+    println!(
+        "| put path | put p50 ns | put p99 ns | put MB/s | p50 / memcpy | pages / MiB after puts |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| raw (background design) | {} | {} | {} | {} | {} |",
+        col(|r| r.raw_p50),
+        col(|r| r.raw_p99),
+        col(|r| r.raw_mbs),
+        ratio(|r| r.raw_p50 / r.memcpy_ns),
+        col(|r| r.raw_per_mib),
+    );
+    println!(
+        "| inline lz4 | {} | {} | {} | {} | {} |",
+        col(|r| r.lz4_p50),
+        col(|r| r.lz4_p99),
+        col(|r| r.lz4_mbs),
+        ratio(|r| r.lz4_p50 / r.memcpy_ns),
+        col(|r| r.inline_per_mib),
+    );
+    println!(
+        "\ninline lz4 put p50 / raw put p50: {}; put rate inline / raw: {}",
+        ratio(|r| r.lz4_p50 / r.raw_p50),
+        ratio(|r| r.lz4_mbs / r.raw_mbs),
+    );
+    println!(
+        "background pass (get + lz4 duplicate put + compaction): {} pages/s; pages / MiB {} before the pass, {} after (inline: {}); pass time per page / inline put p50: {}",
+        col(|r| r.pass_pages_s),
+        col(|r| r.raw_per_mib),
+        col(|r| r.pass_per_mib),
+        col(|r| r.inline_per_mib),
+        ratio(|r| 1e9 / r.pass_pages_s / r.lz4_p50),
+    );
 }

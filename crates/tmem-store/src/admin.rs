@@ -4,6 +4,10 @@
 use crate::reap::REAP_CHUNK;
 use crate::{ClientId, Identity, Store, TmemError, PAGE_SIZE};
 
+/// Compaction steps at most after a flush: enough to move every object of a store of a few
+/// GiB, bounded so that a flush always returns.
+const FLUSH_COMPACT_STEPS: usize = 4096;
+
 impl Store {
     /// Freeze or thaw a client: while frozen, puts of new handles fail with `Frozen`.
     pub fn set_frozen(&self, c: ClientId, frozen: bool) -> Result<(), TmemError> {
@@ -23,13 +27,21 @@ impl Store {
         Ok(())
     }
 
-    /// Set a client's page cap (0 = none). It replaces the default persistent share for this
-    /// client. Pages already stored above a lowered cap stay.
+    /// Set a client's cap on page memory in 4 KiB units (0 = none): `cap` raw pages, or more
+    /// compressed ones. See [`Store::set_cap_bytes`].
     pub fn set_cap_pages(&self, c: ClientId, cap: u64) -> Result<(), TmemError> {
+        self.set_cap_bytes(c, cap.saturating_mul(PAGE_SIZE as u64))
+    }
+
+    /// Set a client's cap on the page memory its private pools take, in bytes (0 = none): a
+    /// raw page costs 4096, a compressed one its size class's share of a run, a same-filled
+    /// one nothing. It replaces the default persistent share for this client. Pages already
+    /// stored above a lowered cap stay.
+    pub fn set_cap_bytes(&self, c: ClientId, cap: u64) -> Result<(), TmemError> {
         let mut m = self.meta();
         let cl = m.client_mut(c)?;
-        cl.cap = cap;
-        cl.pers_cap = 0;
+        cl.cap_bytes = cap;
+        cl.pers_cap_bytes = 0;
         Ok(())
     }
 
@@ -100,26 +112,37 @@ impl Store {
         self.meta().g.eph_data
     }
 
+    /// The page memory, in bytes, that evicting every ephemeral page would release (raw pages
+    /// 4096 each, compressed ones their share of their runs).
+    pub fn freeable_bytes(&self) -> u64 {
+        self.meta().g.eph_bytes
+    }
+
     /// Evict ephemeral pages until at least `kib` KiB of page memory has been released (or
-    /// nothing is left to evict); returns the KiB released. The frames go back to the store's
-    /// free list (they stay allocated to the daemon, pre-faulted, for later puts).
+    /// nothing is left to evict); returns the KiB released, counted as [`Store::freeable_bytes`]
+    /// counts (rounded down). Holes that compressed pages leave are compacted into whole
+    /// frames. The frames go back to the store's free list (they stay allocated to the
+    /// daemon, pre-faulted, for later puts).
     pub fn flush_kib(&self, kib: u64) -> u64 {
-        let want = kib.div_ceil((PAGE_SIZE / 1024) as u64);
-        let mut freed = 0u64;
+        let want = kib.saturating_mul(1024);
+        let mut released = 0u64;
         // A chunk of evictions per lock acquisition, so a large flush never stalls the guests.
         loop {
             let mut m = self.meta();
             let mut out = Vec::new();
             let mut steps = 0;
             let mut more = true;
-            while freed + (out.len() as u64) < want && steps < REAP_CHUNK {
+            while released < want && steps < REAP_CHUNK {
                 steps += 1;
                 if m.g.eph_data == 0 {
                     more = false;
                     break;
                 }
                 let z_before = m.g.z_pages;
-                match m.evict_one() {
+                let bytes_before = m.g.eph_bytes;
+                let evicted = m.evict_one();
+                released += bytes_before - m.g.eph_bytes;
+                match evicted {
                     Some(Some(f)) => out.push(f),
                     Some(None) => {
                         // A compressed page frees a frame only when its run empties; every
@@ -137,12 +160,21 @@ impl Store {
                 }
             }
             drop(m);
-            freed += out.len() as u64;
             self.free_frames(&out);
-            if !more || freed >= want {
-                return freed * (PAGE_SIZE / 1024) as u64;
+            if !more || released >= want {
+                break;
             }
             self.hand_off();
         }
+        // The memory is released: give back the frames the holes it left add up to, a
+        // pressure step's worth of moves per lock acquisition.
+        for _ in 0..FLUSH_COMPACT_STEPS {
+            if self.compactable_frames() == 0 {
+                break;
+            }
+            self.compact(crate::zpage::PRESSURE_COMPACT);
+            self.hand_off();
+        }
+        released / 1024
     }
 }

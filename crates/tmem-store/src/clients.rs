@@ -2,7 +2,7 @@
 
 use crate::meta::{Client, ClientCounters, Meta, Slot};
 use crate::pools::close_pool_locked;
-use crate::{Attach, AttachRefused, ClientId, Identity, Store, TmemError};
+use crate::{Attach, AttachRefused, ClientId, Identity, Store, TmemError, PAGE_SIZE};
 
 impl Store {
     /// A Xen domain (domid, instance) connects: [`Store::attach`] for `Identity::Xen`, any
@@ -197,14 +197,16 @@ impl Meta {
             detach_epoch: 0,
             frozen: false,
             weight,
-            cap: self.cfg.default_cap_pages,
+            cap_bytes: self.cfg.default_cap_pages.saturating_mul(PAGE_SIZE as u64),
             compress: false,
             zc: crate::ClientCompression::default(),
             pools: Vec::new(),
             account,
             pages: 0,
+            bytes: 0,
             pers_pages: 0,
-            pers_cap: self.cfg.persistent_share_pages(),
+            pers_bytes: 0,
+            pers_cap_bytes: self.cfg.persistent_share_pages() * PAGE_SIZE as u64,
             c: ClientCounters::default(),
         };
         self.clients.insert(id, cl);

@@ -19,18 +19,21 @@ pub struct StoreConfig {
     pub max_shared_pools: u32,
     /// Shared-pool uuids one domain may be authorised for (default 64).
     pub max_auth_per_domain: u32,
-    /// Page cap given to new clients; 0 = none beyond memory. Counts the client's private
-    /// ephemeral and persistent pages, same-filled (frameless) pages included.
+    /// Cap on page memory given to new clients, in 4 KiB units; 0 = none beyond memory.
+    /// Counts the memory the client's private ephemeral and persistent pages take: 4 KiB a
+    /// raw page, a compressed page's share of its run, nothing for a same-filled page.
     pub default_cap_pages: u64,
     /// Eviction weight given to new clients and to shared pools (default 1).
     pub default_weight: u32,
     /// Share of the memory limit, in percent, that one client may pin in persistent pages
-    /// (never evicted) unless an administrator sets its cap; 0 = no such limit (default 25).
+    /// (never evicted, counted in page memory as the cap is) unless an administrator sets
+    /// its cap; 0 = no such limit (default 25).
     pub default_persistent_share_percent: u32,
 }
 
 impl StoreConfig {
-    /// Persistent pages one client may hold by default (0 = no limit).
+    /// Page memory, in 4 KiB units, one client may hold in persistent pages by default
+    /// (0 = no limit).
     pub fn persistent_share_pages(&self) -> u64 {
         let frames = self.mem_limit_bytes / PAGE_SIZE as u64;
         match self.default_persistent_share_percent.min(100) {

@@ -1,7 +1,7 @@
 //! Pages in the index: linking a page into its pool's object (creating the object) and
 //! unlinking it again, with every counter that follows a page.
 
-use crate::meta::{Meta, Obj, EXTRA, NIL};
+use crate::meta::{cost_of, Meta, Obj, EXTRA, NIL};
 use crate::pagemap::PageMap;
 use crate::PageKey;
 
@@ -43,24 +43,23 @@ impl Meta {
             l.n[i].index = key.index;
         }
         let zc = self.z_cost(node);
+        let cost = cost_of(node, zc);
         let p = self.pool_mut(gid);
         p.c.pages += 1;
         p.c.pages_max = p.c.pages_max.max(p.c.pages);
-        match zc {
-            Some((len, cost)) => {
-                p.c.compressed_pages += 1;
-                p.c.compressed_bytes += len;
-                p.c.mem_bytes += cost;
-            }
-            None if node & EXTRA == 0 => p.c.mem_bytes += crate::PAGE_SIZE as u64,
-            None => {}
+        p.c.mem_bytes += cost;
+        if let Some((len, _)) = zc {
+            p.c.compressed_pages += 1;
+            p.c.compressed_bytes += len;
         }
         let (kind, account, owner) = (p.kind, p.account, p.owner);
         if let Some(o) = owner {
             if let Some(cl) = self.clients.get_mut(&o) {
                 cl.pages += 1;
+                cl.bytes += cost;
                 if kind.is_persistent() {
                     cl.pers_pages += 1;
+                    cl.pers_bytes += cost;
                 }
             }
         }
@@ -77,6 +76,7 @@ impl Meta {
             let head = match self.accounts[account as usize].as_mut() {
                 Some(a) => {
                     a.eph += 1;
+                    a.eph_bytes += cost;
                     a.head
                 }
                 None => return,
@@ -88,6 +88,7 @@ impl Meta {
             if node & EXTRA == 0 || z {
                 self.g.eph_data += 1;
             }
+            self.g.eph_bytes += cost;
             if let Some(o) = owner {
                 if let Some(cl) = self.clients.get_mut(&o) {
                     let e = self.accounts[account as usize]
@@ -123,6 +124,7 @@ impl Meta {
             self.free_object(obj);
         }
         let zc = self.z_cost(node);
+        let cost = cost_of(node, zc);
         let p = self.pool_mut(gid);
         let (kind, account, owner) = (p.kind, p.account, p.owner);
         // A reaped object's pages were taken off its pool and client when it was unlinked;
@@ -130,21 +132,23 @@ impl Meta {
         if !reaping {
             p.c.pages -= 1;
         }
-        match zc {
-            Some((len, cost)) => {
-                p.c.compressed_pages -= 1;
-                p.c.compressed_bytes -= len;
-                p.c.mem_bytes -= cost;
-            }
-            None if node & EXTRA == 0 => p.c.mem_bytes -= crate::PAGE_SIZE as u64,
-            None => {}
+        p.c.mem_bytes -= cost;
+        if let Some((len, _)) = zc {
+            p.c.compressed_pages -= 1;
+            p.c.compressed_bytes -= len;
         }
-        if let Some(o) = owner.filter(|_| !reaping) {
-            if let Some(cl) = self.clients.get_mut(&o) {
+        if let Some(cl) = owner.and_then(|o| self.clients.get_mut(&o)) {
+            if !reaping {
                 cl.pages -= 1;
                 if kind.is_persistent() {
                     cl.pers_pages -= 1;
                 }
+            }
+            // A reaped object's memory stays charged to its owner until it is freed (a
+            // destroyed pool has no owner any more: its memory went off at close).
+            cl.bytes -= cost;
+            if kind.is_persistent() {
+                cl.pers_bytes -= cost;
             }
         }
         self.g.pages -= 1;
@@ -156,6 +160,7 @@ impl Meta {
             let orphan = match self.accounts[account as usize].as_mut() {
                 Some(a) => {
                     a.eph -= 1;
+                    a.eph_bytes -= cost;
                     a.closed && a.eph == 0
                 }
                 None => false,
@@ -167,6 +172,7 @@ impl Meta {
             if node & EXTRA == 0 || z {
                 self.g.eph_data -= 1;
             }
+            self.g.eph_bytes -= cost;
         }
         if z {
             self.free_z(node);

@@ -34,6 +34,7 @@ impl Meta {
         let a = Account {
             head,
             eph: 0,
+            eph_bytes: 0,
             weight,
             closed: false,
         };
@@ -61,17 +62,18 @@ impl Meta {
     }
 
     // ---- eviction ------------------------------------------------------------------------
-    /// The account to evict from: the one furthest over its weighted share of ephemeral
-    /// pages, else the one holding the globally oldest ephemeral page.
+    /// The account to evict from: the one furthest over its weighted share of the memory
+    /// ephemeral pages take (bytes, not pages: a client whose pages compress well keeps more
+    /// of them in its share), else the one holding the globally oldest ephemeral page.
     pub(crate) fn pick_victim_account(&self) -> Option<u32> {
         let total_w: u128 = self
             .accounts
             .iter()
             .flatten()
-            .filter(|a| a.eph > 0)
+            .filter(|a| a.eph_bytes > 0)
             .map(|a| a.weight as u128)
             .sum();
-        let g = self.g.eph as u128;
+        let g = self.g.eph_bytes as u128;
         let mut best: Option<(u128, u32)> = None;
         let mut oldest: Option<(u32, u32)> = None;
         for (i, a) in self.accounts.iter().enumerate() {
@@ -79,8 +81,8 @@ impl Meta {
             if a.eph == 0 {
                 continue;
             }
-            // Over share: eph / g > weight / total_w.
-            let lhs = a.eph as u128 * total_w;
+            // Over share: eph_bytes / g > weight / total_w.
+            let lhs = a.eph_bytes as u128 * total_w;
             let rhs = g * a.weight as u128;
             if lhs > rhs {
                 let excess = lhs - rhs;

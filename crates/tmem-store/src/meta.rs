@@ -80,6 +80,8 @@ pub(crate) struct Pool {
 pub(crate) struct Account {
     pub(crate) head: u32,
     pub(crate) eph: u64,
+    /// Page memory its ephemeral pages take (see [`cost_of`]): weights share this.
+    pub(crate) eph_bytes: u64,
     pub(crate) weight: u32,
     /// Its owner is gone; freed once its last ephemeral page is (pages being reaped still
     /// sit on its list).
@@ -122,25 +124,32 @@ pub(crate) struct Client {
     pub(crate) detach_epoch: u64,
     pub(crate) frozen: bool,
     pub(crate) weight: u32,
-    pub(crate) cap: u64,
+    /// Limit on `bytes` (0 = none).
+    pub(crate) cap_bytes: u64,
     pub(crate) compress: bool,
     /// Compression of its pages, per pool kind.
     pub(crate) zc: crate::ClientCompression,
     pub(crate) pools: Vec<Option<Slot>>,
     pub(crate) account: u32,
     pub(crate) pages: u64,
-    /// Pages in its private persistent pools (same-filled pages included).
+    /// Page memory its private pools' pages take, pages being reclaimed included.
+    pub(crate) bytes: u64,
+    /// Pages in its private persistent pools (same-filled pages included), and their memory.
     pub(crate) pers_pages: u64,
-    /// Limit on `pers_pages` (0 = none): the default share until an administrator sets a cap.
-    pub(crate) pers_cap: u64,
+    pub(crate) pers_bytes: u64,
+    /// Limit on `pers_bytes` (0 = none): the default share until an administrator sets a cap.
+    pub(crate) pers_cap_bytes: u64,
     pub(crate) c: ClientCounters,
 }
 
 impl Client {
-    /// Whether one more page in a private pool would take this client over a limit.
+    /// Whether one more page in a private pool might take this client over a limit. A put
+    /// does not know yet what its page will cost, so it needs room for a raw one: memory
+    /// never exceeds the cap, and a cap of N pages holds N raw pages as before.
     pub(crate) fn at_limit(&self, persistent: bool) -> bool {
-        (self.cap != 0 && self.pages >= self.cap)
-            || (persistent && self.pers_cap != 0 && self.pers_pages >= self.pers_cap)
+        let over = |used: u64, cap: u64| cap != 0 && used + crate::PAGE_SIZE as u64 > cap;
+        over(self.bytes, self.cap_bytes)
+            || (persistent && over(self.pers_bytes, self.pers_cap_bytes))
     }
 }
 
@@ -151,6 +160,8 @@ pub(crate) struct Global {
     pub(crate) eph: u64,
     pub(crate) eph_max: u64,
     pub(crate) eph_data: u64,
+    /// Page memory those pages take: what evicting every ephemeral page would release.
+    pub(crate) eph_bytes: u64,
     pub(crate) objects: u64,
     pub(crate) objects_max: u64,
     pub(crate) pages: u64,
@@ -351,4 +362,15 @@ fn unreachable_pool() -> ! {
     // Every global pool id held in a client slot, object or account names a live pool; this
     // is an internal invariant, not reachable from guest input.
     panic!("tmem-store: internal invariant broken: dangling pool id")
+}
+
+/// The page memory node `x` takes, given its [`Meta::z_cost`] `zc`: a frame for a raw page,
+/// its share of its run for a compressed one (run bytes / slots of its size class), nothing
+/// for a same-filled page. Caps, weights, `freeable` and flushes all count this.
+pub(crate) fn cost_of(x: u32, zc: Option<(u64, u64)>) -> u64 {
+    match zc {
+        Some((_, cost)) => cost,
+        None if x & EXTRA == 0 => crate::PAGE_SIZE as u64,
+        None => 0,
+    }
 }

@@ -193,12 +193,14 @@ pub(crate) fn close_pool_locked(m: &mut Meta, c: ClientId, pool: u32, out: &mut 
     }
     // The client stops being charged for the pool's pages now: they can no longer be used.
     let p = m.pool_mut(gid);
-    let (pages, persistent) = (p.c.pages, p.kind.is_persistent());
+    let (pages, bytes, persistent) = (p.c.pages, p.c.mem_bytes, p.kind.is_persistent());
     if p.owner.take().is_some() {
         if let Ok(cl) = m.client_mut(c) {
             cl.pages -= pages;
+            cl.bytes -= bytes;
             if persistent {
                 cl.pers_pages -= pages;
+                cl.pers_bytes -= bytes;
             }
         }
     }

@@ -7,6 +7,11 @@ use crate::meta::{Meta, EXTRA};
 use crate::zpage::ZCopy;
 use crate::{lock, ClientId, Page, PageKey, PageSource, Reserve, Store, TmemError, PAGE_SIZE};
 
+/// Own pages an ephemeral put over its client's cap may evict to make room: enough for a
+/// raw page's worth of compressed ones, bounded so that a pile of same-filled pages (which
+/// free nothing) cannot hold the lock.
+const OWN_EVICT_MAX: usize = 64;
+
 impl Store {
     /// Store a page. Duplicate puts replace the data (allowed while frozen; in place on heap
     /// frames, in a new frame on a durable pool); if a duplicate cannot be stored the old copy
@@ -148,9 +153,9 @@ impl Store {
             };
         }
         // A new handle.
-        let (frozen, cap, pages, account) = {
+        let (frozen, account) = {
             let cl = m.client(c)?;
-            (cl.frozen, cl.cap, cl.pages, cl.account)
+            (cl.frozen, cl.account)
         };
         if frozen {
             return Err(TmemError::Frozen);
@@ -160,21 +165,41 @@ impl Store {
             return Err(TmemError::OverCap);
         }
         let mut own_frame = None;
-        if !kind.is_shared() && cap != 0 && pages >= cap {
-            // Over cap: an ephemeral put may push out this client's own oldest ephemeral page.
+        if !kind.is_shared() && m.client(c)?.at_limit(false) {
+            // Over cap: an ephemeral put may push out this client's own oldest ephemeral
+            // pages until a raw page fits (a few compressed ones, or one raw one).
             if kind.is_persistent() {
                 return Err(TmemError::OverCap);
             }
-            match m.evict_from(account) {
-                Some(f) => own_frame = f,
-                None => return Err(TmemError::OverCap),
-            }
-            if m.client(c)?.pages >= cap {
-                if let Some(f) = own_frame {
-                    drop(m);
-                    self.free_frames(&[f]);
-                }
+            // Only its ephemeral pages can go: if the rest alone leaves no room, evict none.
+            let cl = m.client(c)?;
+            let eph = m
+                .accounts
+                .get(account as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |a| a.eph_bytes);
+            if cl.bytes.saturating_sub(eph) + PAGE_SIZE as u64 > cl.cap_bytes {
                 return Err(TmemError::OverCap);
+            }
+            let mut frames = Vec::new();
+            for _ in 0..OWN_EVICT_MAX {
+                match m.evict_from(account) {
+                    Some(f) => frames.extend(f),
+                    None => break,
+                }
+                if !m.client(c)?.at_limit(false) {
+                    break;
+                }
+            }
+            frames.append(&mut m.zfreed);
+            if m.client(c)?.at_limit(false) {
+                drop(m);
+                self.free_frames(&frames);
+                return Err(TmemError::OverCap);
+            }
+            own_frame = frames.pop();
+            if !frames.is_empty() {
+                self.free_frames(&frames);
             }
         }
         let reserved = match own_frame {

@@ -119,6 +119,9 @@ pub struct GlobalStats {
     pub frames_free: u64,
     /// Ephemeral pages whose eviction would release page data now.
     pub freeable_pages: u64,
+    /// The page memory, in bytes, their eviction would release (`tmem freeable`).
+    #[serde(default)]
+    pub freeable_bytes: u64,
     /// Estimate of the bytes of metadata (index, LRU links, frame locks, objects, pools).
     pub metadata_bytes: u64,
     /// Whether joining a shared pool needs a per-domain authorisation.
@@ -146,8 +149,16 @@ pub struct ClientStats {
     pub attached: bool,
     /// Eviction weight (`ww`).
     pub weight: u32,
-    /// Page cap, 0 = none (`ca`); enforced.
+    /// Cap on the page memory of its private pools, in 4 KiB units (`cap_bytes / 4096`),
+    /// 0 = none (`ca`); enforced on `mem_bytes`.
     pub cap_pages: u64,
+    /// The same cap in bytes (0 = none).
+    #[serde(default)]
+    pub cap_bytes: u64,
+    /// Page memory its private pools' pages take (raw 4096 B each, compressed their share of
+    /// a run, same-filled none): what its cap and its weighted share count.
+    #[serde(default)]
+    pub mem_bytes: u64,
     /// Compression requested (`co`); stored and reported only.
     pub compress: bool,
     /// Frozen: puts of new handles refused (`fr`).
@@ -301,7 +312,9 @@ impl Store {
                 name: cl.name.clone(),
                 attached: cl.attached,
                 weight: cl.weight,
-                cap_pages: cl.cap,
+                cap_pages: cl.cap_bytes / PAGE_SIZE as u64,
+                cap_bytes: cl.cap_bytes,
+                mem_bytes: cl.bytes,
                 compress: cl.compress,
                 frozen: cl.frozen,
                 pages: cl.pages,
@@ -395,6 +408,7 @@ impl Store {
                 frames_allocated: fresh,
                 frames_free: free_len,
                 freeable_pages: m.g.eph_data,
+                freeable_bytes: m.g.eph_bytes,
                 metadata_bytes: self.metadata_bytes(&m, free_len),
                 shared_auth_required: m.auth_required,
                 compression: CompressionStats {

@@ -194,14 +194,24 @@ fn zero_pages_store_no_data_but_count() {
     let mut d = [0xFFu8; PAGE_SIZE];
     assert_eq!(s.get(c, p, key(1, 0), &mut d), Ok(true));
     assert_eq!(d, z);
-    s.put(c, p, key(1, 2), &z).unwrap();
-    assert_eq!(s.put(c, p, key(1, 3), &z), Err(TmemError::OverCap));
+    // The cap counts page memory: zero pages take none, so they never reach it.
+    for i in 2..8 {
+        s.put(c, p, key(1, i), &z).unwrap();
+    }
+    assert_eq!(s.stats().clients[0].mem_bytes, 0);
     // A data page over a zero page takes a frame; zero over data gives it back.
     s.put(c, p, key(1, 0), &page(5)).unwrap();
     assert_eq!(s.stats().global.data_bytes, PAGE_SIZE as u64);
+    assert_eq!(s.stats().clients[0].mem_bytes, PAGE_SIZE as u64);
     s.put(c, p, key(1, 0), &z).unwrap();
     assert_eq!(s.stats().global.data_bytes, 0);
+    assert_eq!(s.stats().clients[0].mem_bytes, 0);
     assert_eq!(get(&s, c, p, key(1, 0)), Ok(Some(z)));
+    // Three data pages fill the cap of three pages' memory.
+    for i in 0..3 {
+        s.put(c, p, key(2, i), &page(6)).unwrap();
+    }
+    assert_eq!(s.put(c, p, key(2, 3), &page(6)), Err(TmemError::OverCap));
 }
 
 #[test]
@@ -1293,4 +1303,27 @@ fn persistent_pools_are_listed_and_read_after_a_detach() {
         gets_before,
         "not a guest's get"
     );
+}
+
+#[test]
+fn an_ephemeral_put_over_cap_evicts_its_own_pages_only_when_that_makes_room() {
+    let s = store_pages(64);
+    let c = client(&s, 1);
+    let (e, _) = s.new_pool(c, [0, 0], EP).unwrap();
+    let (p, _) = s.new_pool(c, [0, 0], PP).unwrap();
+    s.set_cap_pages(c, 4).unwrap();
+    for i in 0..2 {
+        s.put(c, e, key(1, i), &page(10 + i as u64)).unwrap();
+        s.put(c, p, key(1, i), &page(20 + i as u64)).unwrap();
+    }
+    // At the cap: a new ephemeral page pushes out the client's oldest one.
+    s.put(c, e, key(1, 2), &page(12)).unwrap();
+    let st = &s.stats().clients[0];
+    assert_eq!((st.eph_pages, st.mem_bytes, st.evictions), (2, 4 * 4096, 1));
+    // Persistent pages alone fill a lowered cap: evicting ephemeral ones cannot make room,
+    // so none goes.
+    s.set_cap_pages(c, 2).unwrap();
+    assert_eq!(s.put(c, e, key(1, 3), &page(13)), Err(TmemError::OverCap));
+    let st = &s.stats().clients[0];
+    assert_eq!((st.eph_pages, st.evictions), (2, 1));
 }

@@ -457,3 +457,142 @@ fn compressed_persistent_pages_are_read_back_for_a_save() {
         }
     }
 }
+
+// ---- accounting in bytes of page memory --------------------------------------------------
+
+fn client_n(s: &Store, domid: u32, kind: PoolKind, z: ClientCompression) -> (ClientId, u32) {
+    let (c, _) = s.attach_client(domid, 1, "g").unwrap();
+    s.set_compression(c, z).unwrap();
+    let (p, _) = s.new_pool(c, [0, 0], kind).unwrap();
+    (c, p)
+}
+
+fn client_stats(s: &Store, c: ClientId) -> ClientStats {
+    s.stats()
+        .clients
+        .into_iter()
+        .find(|x| x.client_id == c.0)
+        .unwrap()
+}
+
+#[test]
+fn equal_weights_share_memory_in_bytes_not_pages() {
+    let s = store(256);
+    let lz4 = ClientCompression::both(Compression::Lz4);
+    let (a, pa) = client_n(&s, 1, PoolKind::PrivateEphemeral, lz4);
+    let (b, pb) = client_n(&s, 2, PoolKind::PrivateEphemeral, lz4);
+    // Both keep putting far more than memory holds: A's pages compress, B's do not.
+    for i in 0..4000u32 {
+        s.put(a, pa, key(i), &text(i as u64)).unwrap();
+        s.put(b, pb, key(i), &noise(i as u64)).unwrap();
+    }
+    let (sa, sb) = (client_stats(&s, a), client_stats(&s, b));
+    let limit = 256 * PAGE_SIZE as u64;
+    // Memory is full and shared evenly in bytes (within 10%)...
+    assert!(
+        sa.mem_bytes + sb.mem_bytes > limit * 8 / 10,
+        "{sa:?} {sb:?}"
+    );
+    let (lo, hi) = (
+        sa.mem_bytes.min(sb.mem_bytes),
+        sa.mem_bytes.max(sb.mem_bytes),
+    );
+    assert!(
+        hi - lo <= hi / 10,
+        "A {} B {} bytes",
+        sa.mem_bytes,
+        sb.mem_bytes
+    );
+    // ...so the client whose pages compress keeps about twice as many pages.
+    assert!(
+        sa.eph_pages * 10 >= sb.eph_pages * 18,
+        "A {} B {} pages",
+        sa.eph_pages,
+        sb.eph_pages
+    );
+    // Every page still there reads back byte for byte.
+    let mut found = 0;
+    for i in 0..4000u32 {
+        if let Some(p) = get(&s, a, pa, i) {
+            assert!(p == text(i as u64), "A page {i}");
+            found += 1;
+        }
+        if let Some(p) = get(&s, b, pb, i) {
+            assert!(p == noise(i as u64), "B page {i}");
+            found += 1;
+        }
+    }
+    assert_eq!(found, sa.eph_pages + sb.eph_pages);
+}
+
+#[test]
+fn a_cap_counts_the_memory_of_compressed_pages() {
+    const CAP_KIB: u64 = 256;
+    let cap = CAP_KIB * 1024;
+    for kind in [PoolKind::PrivatePersistent, PoolKind::PrivateEphemeral] {
+        let s = store(1024);
+        let (c, p) = client_n(&s, 1, kind, ClientCompression::both(Compression::Lz4));
+        s.set_cap_bytes(c, cap).unwrap();
+        let mut stored = 0u64;
+        for i in 0..1000u32 {
+            match s.put(c, p, key(i), &text(i as u64)) {
+                Ok(()) => stored += 1,
+                Err(TmemError::OverCap) => {}
+                Err(e) => panic!("{kind:?} put {i}: {e}"),
+            }
+            let st = client_stats(&s, c);
+            assert!(st.mem_bytes <= cap, "{kind:?} put {i}: {st:?}");
+        }
+        let st = client_stats(&s, c);
+        assert_eq!(st.cap_bytes, cap);
+        assert_eq!(st.cap_pages, CAP_KIB / 4);
+        // More pages than raw ones would fit in the cap (64), in no more than the cap.
+        assert!(st.pages > CAP_KIB / 4 + CAP_KIB / 8, "{kind:?}: {st:?}");
+        assert!(st.mem_bytes > cap - PAGE_SIZE as u64, "{kind:?}: {st:?}");
+        if kind.is_persistent() {
+            // Nothing evicted: the ones refused were refused at the cap.
+            assert_eq!(stored, st.pages);
+        } else {
+            // Ephemeral puts push out the client's own oldest pages instead.
+            assert_eq!(stored, 1000);
+        }
+    }
+}
+
+#[test]
+fn flush_kib_releases_at_least_that_much_memory() {
+    let s = store(512);
+    let lz4 = ClientCompression::both(Compression::Lz4);
+    let (a, pa) = client_n(&s, 1, PoolKind::PrivateEphemeral, lz4);
+    let (b, pb) = client_n(
+        &s,
+        2,
+        PoolKind::PrivateEphemeral,
+        ClientCompression::default(),
+    );
+    for i in 0..600u32 {
+        s.put(a, pa, key(i), &text(i as u64)).unwrap();
+    }
+    for i in 0..100u32 {
+        s.put(b, pb, key(i), &noise(i as u64)).unwrap();
+    }
+    for want in [1u64, 100, 700] {
+        let before = s.stats();
+        let mem = |st: &StoreStats| st.clients.iter().map(|c| c.mem_bytes).sum::<u64>();
+        assert_eq!(before.global.freeable_bytes, mem(&before));
+        let got = s.flush_kib(want);
+        let after = s.stats();
+        assert!(got >= want, "flush {want} KiB released {got}");
+        // Released in the accounting the caps use, and in frames given back (compaction
+        // leaves at most one part-filled run of up to 8 frames per size class in use).
+        let released = mem(&before) - mem(&after);
+        assert!(released >= want * 1024, "{want} KiB: {released} B");
+        assert_eq!(released / 1024, got);
+        let frames_back = (before.global.data_bytes - after.global.data_bytes) / 1024;
+        assert!(
+            frames_back + 8 * 4 >= want,
+            "{want} KiB: {frames_back} KiB of frames back"
+        );
+        assert_eq!(after.global.freeable_bytes, mem(&after));
+    }
+}

@@ -58,7 +58,8 @@ pub struct Args {
     /// Seconds a disconnected guest's persistent pools are kept for it to reattach.
     #[arg(long, value_name = "SECS")]
     pub reattach_grace_secs: Option<u64>,
-    /// Page cap for each guest, in pages (0 = only the memory limit).
+    /// Cap on each guest's page memory, in 4 KiB units (0 = only the memory limit): a raw
+    /// page takes one, a compressed page less, a same-filled page none.
     #[arg(long, value_name = "PAGES")]
     pub default_cap_pages: Option<u64>,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).

@@ -765,10 +765,10 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
         }))),
         Op::Freeable => {
-            let pages = store.freeable_pages();
+            // Memory actually used: compressed pages release less than a frame each.
             Ok(OkReply::Freeable {
-                pages,
-                kib: pages * (tmem_abi::PAGE_SIZE as u64 / 1024),
+                pages: store.freeable_pages(),
+                kib: store.freeable_bytes() / 1024,
             })
         }
         Op::Flush { kib } => Ok(OkReply::Flushed {

@@ -440,6 +440,7 @@ pub fn status(
             pools: r.pools,
             pages: r.pages,
             zero_pages: r.zero_pages,
+            compressed_pages: r.compressed_pages,
             superseded: r.superseded,
             orphans: r.orphans,
             torn: r.torn,

@@ -94,8 +94,9 @@ struct Fleet {
 
 impl Fleet {
     /// `n` guests, labels 1..=n, each with two private filesystems (private ephemeral), the
-    /// shared filesystem (shared ephemeral) and swap (private persistent).
-    fn start(dir: &TempDir, n: u32, rng: &mut Rng) -> Fleet {
+    /// shared filesystem (shared ephemeral) and swap (private persistent). `text`: text-like
+    /// page bodies, which compress (else random ones, which do not).
+    fn start(dir: &TempDir, n: u32, rng: &mut Rng, text: bool) -> Fleet {
         let pace = env_u64("TMEM_DURABLE_PACE_US", 0).to_string();
         let guests = (1..=n)
             .map(|label| {
@@ -104,7 +105,7 @@ impl Fleet {
                     rng.next().to_string(),
                     rng.next().to_string(),
                 );
-                let args = [
+                let mut args = vec![
                     "--domid",
                     &domid,
                     "--instance",
@@ -133,6 +134,9 @@ impl Fleet {
                     "--pace-us",
                     &pace,
                 ];
+                if text {
+                    args.push("--text-pages");
+                }
                 (format!("guest {label}"), Guest::start(dir, &args))
             })
             .collect();
@@ -255,6 +259,20 @@ fn authorise(daemon: &Daemon, guests: u32) {
     }
 }
 
+/// Pages stored compressed in private persistent pools (the guests' swap), from `tmem list`.
+fn compressed_persistent_pages(daemon: &Daemon) -> u64 {
+    let st = daemon.stats();
+    let mut z = 0;
+    for c in st["clients"].as_array().into_iter().flatten() {
+        for p in c["pools"].as_array().into_iter().flatten() {
+            if p["kind"] == "PP" {
+                z += counter(p, &["counters", "compressed_pages"]);
+            }
+        }
+    }
+    z
+}
+
 /// Turn compression on for every guest label (a saved administrator setting, so it is given
 /// back to each guest after every restart).
 fn compress_all(daemon: &Daemon, guests: u32) {
@@ -288,7 +306,7 @@ fn restart_under_load_with(sig: Signal, rounds: u64, tag: &str, compress: bool) 
     let mut daemon = Daemon::start(&dir, &args);
     // Authorised once: administrator settings must survive the restarts too.
     authorise(&daemon, n);
-    let fleet = Fleet::start(&dir, n, &mut rng);
+    let fleet = Fleet::start(&dir, n, &mut rng, compress);
     fleet.wait_all(Duration::from_secs(20), "all pools mapped", all_mapped);
     if compress {
         // `tmem set` names clients tmemd knows: once every guest is attached.
@@ -302,7 +320,16 @@ fn restart_under_load_with(sig: Signal, rounds: u64, tag: &str, compress: bool) 
 
     let mut worst = Duration::ZERO;
     fleet.wait_load(&last, false);
+    let mut z_before = Vec::new();
     for round in 1..=rounds {
+        if compress {
+            // What the kill must not lose includes pages stored compressed.
+            z_before.push(wait_for(
+                Duration::from_secs(30),
+                "compressed persistent pages",
+                || Some(compressed_persistent_pages(&daemon)).filter(|&z| z > 0),
+            ));
+        }
         // A random moment in the guests' traffic (the randomness is the point, not a wait).
         let delay = Duration::from_millis(rng.below(1500));
         std::thread::sleep(delay);
@@ -365,6 +392,9 @@ fn restart_under_load_with(sig: Signal, rounds: u64, tag: &str, compress: bool) 
         if rec["formatted"] != false || rec_pages == 0 {
             problems.push(format!("tmemd recovered no pages: {rec}"));
         }
+        if compress && counter(&rec, &["compressed_pages"]) == 0 {
+            problems.push(format!("tmemd recovered no compressed page: {rec}"));
+        }
         let mut round_worst = Duration::ZERO;
         for ((who, g), prev) in fleet.guests.iter().zip(last.iter_mut()) {
             let (at, v) = match g.wait_line_at(Duration::from_secs(20), settled) {
@@ -410,10 +440,11 @@ fn restart_under_load_with(sig: Signal, rounds: u64, tag: &str, compress: bool) 
         worst = worst.max(round_worst);
         eprintln!(
             "{tag} {round}/{rounds}: {sig} after {} ms of load{note}; tmemd ready {} ms \
-             after start, {rec_pages} pages recovered ({} torn records dropped); guests \
-             remapped within {} ms of ready",
+             after start, {rec_pages} pages recovered ({} compressed; {} torn records \
+             dropped); guests remapped within {} ms of ready",
             delay.as_millis(),
             ready.duration_since(restart).as_millis(),
+            rec["compressed_pages"],
             rec["torn"],
             round_worst.as_millis()
         );
@@ -438,6 +469,9 @@ fn restart_under_load_with(sig: Signal, rounds: u64, tag: &str, compress: bool) 
         .iter()
         .map(|v| counter(v, &["guest", "verified_pages"]))
         .sum();
+    if compress {
+        eprintln!("{tag}: compressed persistent pages stored just before each kill: {z_before:?}");
+    }
     eprintln!(
         "{tag}: {rounds} × {sig} with {n} guests: 0 pages lost, 0 stale; {verified} pages \
          verified, {survived} of them swap pages stored before a restart; slowest remap {} ms \
@@ -454,11 +488,10 @@ fn kill_9_ten_times_under_load_loses_no_persistent_page_and_serves_nothing_stale
 }
 
 /// The same with every guest compressing (lz4, set with `tmem set -p 1` once the guests are
-/// attached, so it is a saved setting given back after each restart). The verifying guests'
-/// page bodies are pseudo-random, so their pages do not compress and stay raw (tmemd's log
-/// line "page memory opened" says `compressed_pages=0` in runs here): this checks the daemon
-/// path with compression switched on.
-/// The kill -9 test with mostly compressed pages is the store's (`tmem-store/tests/kill9.rs`).
+/// attached, so it is a saved setting given back after each restart) pages that compress:
+/// the verifying guests write text-like page bodies (`tmem-guest --text-pages`), every byte
+/// still checked. Before each kill `tmem list` must show compressed persistent pages, and
+/// after each restart tmemd must have recovered compressed pages.
 #[test]
 fn kill_9_with_compression_on_loses_no_persistent_page_and_serves_nothing_stale() {
     restart_under_load_with(
