@@ -96,7 +96,7 @@ pub use compress::{ClientCompression, Compression};
 pub use config::{Attach, AttachRefused, ClientId, StoreConfig};
 pub use durable::{page_file_len, Recovery};
 pub use identity::Identity;
-pub use rekey::RekeyRefused;
+pub use rekey::{ParkedStats, RekeyRefused};
 pub use stats::{
     ClientStats, CompressionStats, GlobalStats, PoolCounters, PoolStats, SharedPoolStats,
     StoreStats, SwapDiskStats,

@@ -164,3 +164,22 @@ impl crate::meta::Meta {
         }
     }
 }
+
+/// A Xen domain saved or migrated away whose pages wait for a domain with its uuid (filled
+/// in by the daemon, which parks them; shown by `tmem list`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ParkedStats {
+    /// `parked`.
+    pub state: String,
+    /// The domain's uuid (from its `vm` path) and name, and the domain id it had.
+    pub uuid: String,
+    pub name: String,
+    pub old_domid: u32,
+    /// The store client holding its pages (none if it had no pages).
+    pub client_id: Option<u64>,
+    /// Its swap disk's device name, if it had one (spill file kept).
+    pub swap_disk: Option<String>,
+    /// Seconds until its pages are released.
+    pub secs_left: u64,
+}

@@ -12,7 +12,7 @@
 //! taken, each domain's events collapse into one pending flag, and a domain's pending change is
 //! acted on only when its [`Pace`] allows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use tmem_xen::{Evtchn, Gntdev, Tx, Xs, XsError};
 use tracing::{debug, info, warn};
 
 use super::pace::{may_act, DomLog, Pace};
+use super::park::{Parked, Tracked};
 use super::policy::Policy;
 use super::vbd::VbdDom;
 use super::BACKEND_DOMID;
@@ -93,6 +94,12 @@ pub struct XenBackend {
     pub(super) swap_usable: bool,
     pub(super) swap_ring_order: u32,
     pub(super) vbds: BTreeMap<u32, VbdDom>,
+    /// Parking (`park.rs`): how long a parked domain waits, each admitted domain's uuid and
+    /// suspend mark, the parked domains by uuid, and domains whose frontends wait for a twin.
+    pub(super) park_timeout: Duration,
+    pub(super) tracked: BTreeMap<u32, Tracked>,
+    pub(super) parked: BTreeMap<String, Parked>,
+    pub(super) held: BTreeSet<u32>,
 }
 
 fn frontend_token(d: u32) -> String {
@@ -133,6 +140,10 @@ impl XenBackend {
             swap_usable: false,
             swap_ring_order: 4,
             vbds: BTreeMap::new(),
+            park_timeout: config.park_timeout,
+            tracked: BTreeMap::new(),
+            parked: BTreeMap::new(),
+            held: BTreeSet::new(),
         }
     }
 
@@ -201,6 +212,8 @@ impl XenBackend {
                 }
             } else if let Some(d) = Self::vbd_token_domid(&ev.token) {
                 self.vbd_event(d);
+            } else if let Some(d) = Self::suspend_token_domid(&ev.token) {
+                self.suspend_event(d)?;
             }
         }
         if self.xs.take_events_dropped() {
@@ -224,6 +237,7 @@ impl XenBackend {
             self.last_housekeeping = Instant::now();
             self.close_dropped()?;
             self.vbd_close_ended()?;
+            self.expire_parked();
         }
         self.act_on_pending()?;
         self.vbd_act_on_pending()
@@ -300,6 +314,13 @@ impl XenBackend {
     /// Orderly stop: close every connection and, if xenstore is reachable, tell the frontends
     /// (`Closed`), so they drop to fake handles and wait for the next tmemd.
     pub fn shutdown(&mut self, xenstore_up: bool) {
+        if self.parked_count() > 0 {
+            warn!(
+                parked = self.parked_count(),
+                "stopping with parked domains: a restarted tmemd does not know them, and drops \
+                 their pages once the reattach grace ends"
+            );
+        }
         self.vbd_shutdown();
         let doms: Vec<u32> = self.domains.keys().copied().collect();
         for d in doms {
@@ -342,6 +363,7 @@ impl XenBackend {
             xenbus::watch_frontend_state(&mut self.xs, d, &frontend_token(d))?;
         }
         self.vbd_rewatch()?;
+        self.rewatch_suspend()?;
         self.rescan()
     }
 
@@ -414,9 +436,10 @@ impl XenBackend {
                 // One store client per domain: a domain with a swap disk is not offered the
                 // tmem device as well (see vbd.rs).
                 self.swap_admit(d, name, rule)?;
-                continue;
+            } else {
+                self.admit(d, name)?;
             }
-            self.admit(d, name)?;
+            self.track(d)?;
         }
         Ok(())
     }
@@ -515,19 +538,27 @@ impl XenBackend {
         }
     }
 
-    /// The domain is gone: close its connection, destroy its pools, remove the backend.
+    /// The domain is gone: close its connection, destroy its pools (or park them, if it was
+    /// suspending: `park.rs`), remove the backend.
     fn release(&mut self, d: u32) -> Result<(), XsError> {
         self.teardown(d);
-        if let Some(c) = self.shared.store.client_by_domid(d) {
-            lock(&self.shared.detached).remove(&c);
-            if self.shared.store.destroy_client(c) {
-                info!(
-                    domid = d,
-                    client = c.0,
-                    "domain released; its pools are destroyed"
-                );
+        if self.should_park(d) {
+            let name = self.dom_name(d);
+            self.park(d, name, None);
+        } else {
+            if let Some(c) = self.shared.store.client_by_domid(d) {
+                lock(&self.shared.detached).remove(&c);
+                if self.shared.store.destroy_client(c) {
+                    info!(
+                        domid = d,
+                        client = c.0,
+                        "domain released; its pools are destroyed"
+                    );
+                }
             }
+            self.unhold_twins(d);
         }
+        self.untrack(d)?;
         self.domains.remove(&d);
         xenbus::unwatch_frontend_state(&mut self.xs, d, &frontend_token(d))?;
         xenbus::remove_device(&mut self.xs, BACKEND_DOMID, d)?;
@@ -562,6 +593,7 @@ impl XenBackend {
                 xenbus::clear_backend_error(&mut self.xs, BACKEND_DOMID, d)?;
                 self.set_state(d, state::INIT_WAIT)
             }
+            Step::Connect if self.hold_for_twin(d) => Ok(()),
             Step::Connect => self.connect(d),
         }
     }
