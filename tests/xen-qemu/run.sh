@@ -40,7 +40,9 @@ ALL_REAL="first-boot two-guests restart destroy transfer swapdisk systemd"
 SYSTEMD_SCENARIOS="systemd"
 # Known but not in "auto": swap-compare (a benchmark) takes about 12 minutes under TCG;
 # save-probe (reports what xl save / xl restore do to a tmem guest today; fails only if it cannot run);
-# xen-path (issue 14: Xen against local transport, spinning against not, in one dom0 and run).
+# xen-path (issue 14: Xen against local transport, spinning against not, in one dom0 and run);
+# migrate (issue 12: xl save/restore and xl migrate on one host with tmem pages and a swap disk)
+# until it has passed twice.
 SWAP="swap-compare swapdisk"
 
 START=$SECONDS
@@ -95,7 +97,7 @@ flock -n 9 || die "another run.sh is using $CACHE: wait for it, or set TMEMXQ_CA
 # ------------------------------------------------------------------ scenarios
 SCENARIOS=${*:-${TMEMXQ_SCENARIOS:-auto}}
 SCENARIOS=$(echo "$SCENARIOS" | tr ',' ' ' | sed "s/\(^\| \)swap\( \|\$\)/ $SWAP /g")
-wants_swap() { case " $SCENARIOS " in *" swap-compare "*|*" swapdisk "*) return 0;; esac; return 1; }
+wants_swap() { case " $SCENARIOS " in *" swap-compare "*|*" swapdisk "*|*" migrate "*) return 0;; esac; return 1; }
 
 # ------------------------------------------------------------------ binaries
 BIN=$TARGET_DIR/release
