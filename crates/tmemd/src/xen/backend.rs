@@ -40,6 +40,8 @@ const TOKEN_FRONTEND: &str = "tmemd-fe-";
 /// How often domains are rescanned even without a watch event (a safety net, also for
 /// introduce/release events dropped from a full queue).
 const RESCAN: Duration = Duration::from_secs(2);
+/// The rescan interval while domains are parked (see [`XenBackend::round`]).
+const RESCAN_PARKED: Duration = Duration::from_millis(250);
 /// How often connections a worker dropped are looked for.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// Watch events taken per round; the rest wait for the next round (the loop does not sleep
@@ -100,6 +102,8 @@ pub struct XenBackend {
     pub(super) tracked: BTreeMap<u32, Tracked>,
     pub(super) parked: BTreeMap<String, Parked>,
     pub(super) held: BTreeSet<u32>,
+    /// Domains admitted before their introduction, to claim parked pages (park.rs).
+    pub(super) early: BTreeSet<u32>,
 }
 
 fn frontend_token(d: u32) -> String {
@@ -144,6 +148,7 @@ impl XenBackend {
             tracked: BTreeMap::new(),
             parked: BTreeMap::new(),
             held: BTreeSet::new(),
+            early: BTreeSet::new(),
         }
     }
 
@@ -199,7 +204,14 @@ impl XenBackend {
     /// An error means the xenstore connection is lost.
     pub fn round(&mut self) -> Result<(), XsError> {
         self.xs.pump()?;
-        let mut rescan = self.last_rescan.elapsed() >= RESCAN;
+        // While pages are parked, a restored domain must be seen before its unpause (its
+        // blkfront resumes at once and needs its disk offered by then): look more often.
+        let every = if self.parked.is_empty() {
+            RESCAN
+        } else {
+            RESCAN_PARKED
+        };
+        let mut rescan = self.last_rescan.elapsed() >= every;
         for _ in 0..MAX_EVENTS_PER_ROUND {
             let Some(ev) = self.xs.take_event() else {
                 break;
@@ -393,7 +405,13 @@ impl XenBackend {
         {
             return Ok(false);
         }
-        self.xs.is_domain_introduced(domid)
+        if self.xs.is_domain_introduced(domid)? {
+            self.early.remove(&domid);
+            return Ok(true);
+        }
+        // A domain being restored that claimed parked pages is served before it is
+        // introduced (park.rs): alive while its home directory is there.
+        Ok(self.early.contains(&domid))
     }
 
     fn rescan(&mut self) -> Result<(), XsError> {
@@ -429,7 +447,7 @@ impl XenBackend {
             if !self.policy.admits(d, &name) {
                 continue;
             }
-            if !self.xs.is_domain_introduced(d)? {
+            if !self.xs.is_domain_introduced(d)? && !self.early_claimant(d)? {
                 continue;
             }
             if let Some(rule) = self.swap_rule_for(d, &name) {

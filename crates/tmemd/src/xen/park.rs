@@ -12,7 +12,7 @@
 //!   the parked table under its uuid, for `park_timeout_secs`. Ephemeral pools went at the
 //!   detach. Any other release destroys as before.
 //! - **Claim.** The first domain with the same uuid (admitted later, as `xl restore` makes
-//!   it; or already there, as `xl migrate` to this host makes it while the old one lives)
+//!   it: before its introduction, so that its devices are there when it resumes; or already there, as `xl migrate` to this host makes it while the old one lives)
 //!   takes the entry: the store client is re-keyed to its domain id (durably,
 //!   `Store::rekey`), the spill file renamed, and its devices connect to the old pages. The
 //!   entry is consumed: a second domain restored from the same image starts empty.
@@ -99,12 +99,36 @@ impl XenBackend {
         Ok(())
     }
 
+    /// A domain not introduced yet (its restore is under way): admit it now if dom0 vouches
+    /// for a uuid that has parked pages. `xl restore` introduces a domain only shortly before
+    /// it unpauses it, and a resumed blkfront gives up on a disk whose frontend directory is
+    /// not there yet; libxl has written the domain's home directory and `vm` path by then.
+    pub(super) fn early_claimant(&mut self, d: u32) -> Result<bool, XsError> {
+        if self.parked.is_empty() {
+            return Ok(false);
+        }
+        let Some(uuid) = xenbus::read_domain_uuid(&mut self.xs, d)? else {
+            return Ok(false);
+        };
+        if !self.parked.contains_key(&uuid) {
+            return Ok(false);
+        }
+        info!(
+            domid = d,
+            uuid = %uuid,
+            "a domain with a parked uuid is being built: offering its devices before it runs"
+        );
+        self.early.insert(d);
+        Ok(true)
+    }
+
     /// The domain is gone: forget it.
     pub(super) fn untrack(&mut self, d: u32) -> Result<(), XsError> {
         if self.tracked.remove(&d).is_none() {
             return Ok(());
         }
         self.held.remove(&d);
+        self.early.remove(&d);
         self.xs
             .unwatch(&xenbus::shutdown_path(d), &suspend_token(d))
     }

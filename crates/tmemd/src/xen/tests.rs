@@ -1001,9 +1001,22 @@ fn a_suspended_domain_is_parked_and_its_uuid_claims_the_pages_once() {
         (3, Some(u64::from(c.0)), "web", "parked")
     );
 
-    // Restored as domain 9: the client is re-keyed to 9 before the device is connected.
-    vm_domain(&fx, &mut admin, 9, "web", UUID_A, 0);
-    drive(&mut x, "9 offered", |x| x.domains.contains_key(&9));
+    // Restored as domain 9: seen while being built, before its introduction (xl restore
+    // introduces it just before the unpause); the client is re-keyed to 9 and the device
+    // offered at once.
+    fx.write("/local/domain/9/name", "web");
+    fx.write("/local/domain/9/vm", &format!("/vm/{UUID_A}"));
+    drive(&mut x, "9 offered before its introduction", |x| {
+        x.domains.contains_key(&9)
+    });
+    assert_eq!(
+        state_of(&fx, &backend_path(0, 9)).as_deref(),
+        Some("2"),
+        "offered"
+    );
+    fx.introduce(9, "web");
+    drive(&mut x, "9 introduced", |x| !x.early.contains(&9));
+    assert!(x.domains.contains_key(&9), "still served once introduced");
     assert!(parked_uuids(&d).is_empty(), "claimed");
     assert_eq!(d.shared.store.client_by_domid(3), None);
     assert_eq!(d.shared.store.client_by_domid(9), Some(c));
