@@ -34,15 +34,13 @@ TARGET_DIR=${TMEMXQ_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target}}
 DOM0_TIMEOUT=${TMEMXQ_DOM0_TIMEOUT:-240}
 QEMU_CPU=${TMEMXQ_QEMU_CPU:-qemu64}
 XENVER=4.17
-ALL_REAL="first-boot two-guests restart destroy transfer swapdisk systemd"
+ALL_REAL="first-boot two-guests restart destroy transfer swapdisk migrate systemd"
 # Scenarios that need dom0 to run systemd as PID 1: they get a boot of their own (a Debian 12
 # root made with mmdebstrap, dom0/init-systemd), after the busybox boot of the others.
 SYSTEMD_SCENARIOS="systemd"
 # Known but not in "auto": swap-compare (a benchmark) takes about 12 minutes under TCG;
 # save-probe (reports what xl save / xl restore do to a tmem guest today; fails only if it cannot run);
-# xen-path (issue 14: Xen against local transport, spinning against not, in one dom0 and run);
-# migrate (issue 12: xl save/restore and xl migrate on one host with tmem pages and a swap disk)
-# until it has passed twice.
+# xen-path (issue 14: Xen against local transport, spinning against not, in one dom0 and run).
 SWAP="swap-compare swapdisk"
 
 START=$SECONDS
