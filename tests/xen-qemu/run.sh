@@ -34,7 +34,7 @@ TARGET_DIR=${TMEMXQ_TARGET_DIR:-${CARGO_TARGET_DIR:-$REPO/target}}
 DOM0_TIMEOUT=${TMEMXQ_DOM0_TIMEOUT:-240}
 QEMU_CPU=${TMEMXQ_QEMU_CPU:-qemu64}
 XENVER=4.17
-ALL_REAL="first-boot two-guests restart destroy transfer swapdisk systemd"
+ALL_REAL="first-boot two-guests restart destroy transfer swapdisk migrate systemd"
 # Scenarios that need dom0 to run systemd as PID 1: they get a boot of their own (a Debian 12
 # root made with mmdebstrap, dom0/init-systemd), after the busybox boot of the others.
 SYSTEMD_SCENARIOS="systemd"
@@ -95,7 +95,7 @@ flock -n 9 || die "another run.sh is using $CACHE: wait for it, or set TMEMXQ_CA
 # ------------------------------------------------------------------ scenarios
 SCENARIOS=${*:-${TMEMXQ_SCENARIOS:-auto}}
 SCENARIOS=$(echo "$SCENARIOS" | tr ',' ' ' | sed "s/\(^\| \)swap\( \|\$\)/ $SWAP /g")
-wants_swap() { case " $SCENARIOS " in *" swap-compare "*|*" swapdisk "*) return 0;; esac; return 1; }
+wants_swap() { case " $SCENARIOS " in *" swap-compare "*|*" swapdisk "*|*" migrate "*) return 0;; esac; return 1; }
 
 # ------------------------------------------------------------------ binaries
 BIN=$TARGET_DIR/release

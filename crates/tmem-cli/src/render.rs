@@ -232,7 +232,45 @@ pub fn render_table(stats: &StoreStats, all: bool) -> String {
         out.push('\n');
         out.push_str(&swap_disk_table(&stats.swap_disks));
     }
+    if !stats.parked.is_empty() {
+        out.push('\n');
+        out.push_str(&parked_table(&stats.parked));
+    }
     out
+}
+
+/// Xen domains saved or migrated away whose pages wait for a domain with their uuid.
+fn parked_table(parked: &[tmem_control::ParkedStats]) -> String {
+    let mut rows = vec![[
+        "PARKED",
+        "NAME",
+        "UUID",
+        "STATE",
+        "CLIENT",
+        "SWAP DISK",
+        "TIME LEFT",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for p in parked {
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        rows.push(vec![
+            format!("dom{}", p.old_domid),
+            dash(&p.name),
+            dash(&p.uuid),
+            dash(&p.state),
+            p.client_id.map_or("-".into(), |c| c.to_string()),
+            p.swap_disk.clone().unwrap_or_else(|| "-".into()),
+            format!("{}s", p.secs_left),
+        ]);
+    }
+    columns(&rows)
 }
 
 /// The swap disks: where each one's pages are, and what it served.
@@ -811,6 +849,7 @@ pub(crate) mod tests {
                 counters: counters(100),
             }],
             swap_disks: Vec::new(),
+            parked: Vec::new(),
         }
     }
 
@@ -860,6 +899,39 @@ pub(crate) mod tests {
         pm.settings = "memory only".into();
         let text = page_memory_text(&pm);
         assert!(text.starts_with("page memory: heap; not durable"), "{text}");
+    }
+
+    #[test]
+    fn parked_domains_are_listed_with_their_time_left() {
+        let mut s = sample();
+        s.parked.push(tmem_control::ParkedStats {
+            state: "parked".into(),
+            uuid: "5e6f0000-0000-0000-0000-000000000001".into(),
+            name: "web".into(),
+            old_domid: 7,
+            client_id: Some(3),
+            swap_disk: Some("xvdz".into()),
+            secs_left: 290,
+        });
+        let text = render_table(&s, true);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("dom7"))
+            .unwrap_or_else(|| panic!("{text}"));
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "dom7",
+                "web",
+                "5e6f0000-0000-0000-0000-000000000001",
+                "parked",
+                "3",
+                "xvdz",
+                "290s"
+            ]
+        );
+        assert!(text.contains("PARKED"), "{text}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! decoding byte buffers, so the daemon and the CLI agree by construction.
 
 use serde::{Deserialize, Serialize};
-pub use tmem_store::{StoreStats, SwapDiskStats};
+pub use tmem_store::{ParkedStats, StoreStats, SwapDiskStats};
 
 /// The protocol version this crate speaks.
 pub const CONTROL_VERSION: u32 = 1;

@@ -178,6 +178,7 @@ pub(crate) fn destroy_client_locked(m: &mut Meta, c: ClientId, out: &mut Vec<u32
             m.by_identity.remove(&cl.identity);
         }
         m.free_account(cl.account);
+        m.drop_renames(cl.identity, cl.instance);
     }
     true
 }

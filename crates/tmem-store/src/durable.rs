@@ -17,6 +17,10 @@
 //!   can be reused;
 //! * a destroyed pool: its pool record is cleared at once (its pages are then orphans that
 //!   recovery drops), and the record slot is reused only when every page is gone.
+//! * a Xen client re-keyed to another domain id ([`Store::rekey`], `rekey.rs`): pool records
+//!   are never rewritten (a rewrite in place could be torn and lose the pool); a *rename
+//!   record* in a free pool slot says which records now belong to the new domain id, and its
+//!   single sealed write is the commit point.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -92,6 +96,60 @@ const TAG_LOCAL: u8 = 2;
 const KIND_PRIVATE_PERSISTENT: u8 = 1;
 const KIND_PRIVATE_EPHEMERAL: u8 = 2;
 const KIND_SHARED_EPHEMERAL: u8 = 3;
+/// Not a pool: a rename record (see [`Rename`]). A tmemd before format 1.3's renames reads it
+/// as a record of an unknown kind and drops it (its pools then come back under the old id).
+pub(crate) const KIND_RENAME: u8 = 4;
+
+/// A rename record: pool records of Xen domain `from`, instance `instance`, with a generation
+/// below `bound`, belong to Xen domain `to`. Encoded in a pool record slot as `owner_tag`
+/// Xen, `owner_a` = from, `owner_b` = to, `uuid[0]` = bound, `kind` [`KIND_RENAME`]. Of two
+/// for one `(from, instance)` the higher `gen` wins; recovery applies them in `gen` order, so
+/// a chain (5 to 6, then 6 to 9) resolves to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rename {
+    pub(crate) slot: u32,
+    pub(crate) from: u32,
+    pub(crate) to: u32,
+    pub(crate) instance: u64,
+    pub(crate) bound: u64,
+    pub(crate) gen: u64,
+}
+
+impl Rename {
+    fn record(&self) -> PoolRecord {
+        PoolRecord {
+            owner_tag: TAG_XEN,
+            owner_a: self.from,
+            owner_b: self.to,
+            instance: self.instance,
+            pool_index: 0,
+            kind: KIND_RENAME,
+            uuid: [self.bound, 0],
+            gen: self.gen,
+        }
+    }
+}
+
+/// The identity a pool record of `id`, `instance` and `gen` belongs to after the renames
+/// (sorted by `gen`); marks the renames that applied.
+fn renamed(
+    renames: &[Rename],
+    used: &mut [bool],
+    id: Identity,
+    instance: u64,
+    gen: u64,
+) -> Identity {
+    let Identity::Xen { mut domid } = id else {
+        return id;
+    };
+    for (i, rn) in renames.iter().enumerate() {
+        if rn.from == domid && rn.instance == instance && gen < rn.bound {
+            domid = rn.to;
+            used[i] = true;
+        }
+    }
+    Identity::Xen { domid }
+}
 
 fn kind_code(k: PoolKind) -> u8 {
     match k {
@@ -149,6 +207,10 @@ pub(crate) struct Dur {
     xrec_fresh: u32,
     /// Clients rebuilt by recovery, with their detach epoch.
     recovered: Vec<(ClientId, u64)>,
+    /// Rename records in the file (see [`Rename`]).
+    pub(crate) renames: Vec<Rename>,
+    /// The Xen domain id each pool record slot was written under (renames leave it as is).
+    pub(crate) slot_owner: HashMap<u32, u32>,
 }
 
 impl Dur {
@@ -160,8 +222,35 @@ impl Dur {
             xrec_free: Vec::new(),
             xrec_fresh: 0,
             recovered: Vec::new(),
+            renames: Vec::new(),
+            slot_owner: HashMap::new(),
             pm,
         }
+    }
+
+    /// Write rename `rn` into a free pool slot (its `slot` is filled in); false if none free.
+    pub(crate) fn write_rename(&mut self, rn: &mut Rename) -> bool {
+        let Some(slot) = self.pool_free.pop() else {
+            return false;
+        };
+        rn.slot = slot;
+        self.pm.write_pool(slot, &rn.record());
+        self.renames.push(*rn);
+        true
+    }
+
+    /// Clear the rename record in `slot` and free the slot.
+    pub(crate) fn clear_rename(&mut self, slot: u32) {
+        if let Some(i) = self.renames.iter().position(|r| r.slot == slot) {
+            self.renames.swap_remove(i);
+            self.pm.clear_pool(slot);
+            self.pool_free.push(slot);
+        }
+    }
+
+    /// Free pool record slots.
+    pub(crate) fn free_pool_slots(&self) -> usize {
+        self.pool_free.len()
     }
 
     /// The metadata record of extra node `x`, if it has one.
@@ -367,6 +456,9 @@ impl Meta {
         let d = self.dur.as_mut()?;
         let slot = d.pool_free.pop()?;
         d.pm.write_pool(slot, &rec);
+        if tag == TAG_XEN {
+            d.slot_owner.insert(slot, a);
+        }
         Some(slot)
     }
 
@@ -375,6 +467,7 @@ impl Meta {
         if let Some(d) = self.dur.as_mut().filter(|_| rec != NIL) {
             d.pm.clear_pool(rec);
             d.pool_free.push(rec);
+            d.slot_owner.remove(&rec);
         }
     }
 
@@ -391,6 +484,7 @@ impl Meta {
     pub(crate) fn release_pool_record(&mut self, rec: u32) {
         if let Some(d) = self.dur.as_mut().filter(|_| rec != NIL) {
             d.pool_free.push(rec);
+            d.slot_owner.remove(&rec);
         }
     }
 }
@@ -439,10 +533,46 @@ impl Store {
 
         // Pools: per identity the newest instance wins (an older one was being replaced);
         // per (identity, pool index) the newest record.
+        // Renames first: per (from, instance) the newest, applied in generation order.
+        let (rename_recs, pool_recs): (Vec<_>, Vec<_>) = scan
+            .pools
+            .into_iter()
+            .partition(|(_, r)| r.kind == KIND_RENAME && r.owner_tag == TAG_XEN);
+        let mut newest_rename: HashMap<(u32, u64), Rename> = HashMap::new();
+        for (slot, r) in rename_recs {
+            let rn = Rename {
+                slot,
+                from: r.owner_a,
+                to: r.owner_b,
+                instance: r.instance,
+                bound: r.uuid[0],
+                gen: r.gen,
+            };
+            let loser = match newest_rename.get(&(rn.from, rn.instance)) {
+                Some(o) if o.gen > rn.gen => rn.slot,
+                Some(o) => {
+                    let l = o.slot;
+                    newest_rename.insert((rn.from, rn.instance), rn);
+                    l
+                }
+                None => {
+                    newest_rename.insert((rn.from, rn.instance), rn);
+                    continue;
+                }
+            };
+            rep.orphans += 1;
+            pm.clear_pool(loser);
+        }
+        let mut renames: Vec<Rename> = newest_rename.into_values().collect();
+        renames.sort_by_key(|r| r.gen);
+        let mut rename_used = vec![false; renames.len()];
+        let mut slot_owner: HashMap<u32, u32> = HashMap::new();
+
         let mut newest: HashMap<Identity, (u64, u64)> = HashMap::new();
         let mut pools: Vec<(u32, Identity, PoolKind, PoolRecord)> = Vec::new();
-        for (slot, r) in scan.pools {
-            let id = decode_identity(r.owner_tag, r.owner_a, r.owner_b);
+        for (slot, r) in pool_recs {
+            let id = decode_identity(r.owner_tag, r.owner_a, r.owner_b)
+                .map(|id| renamed(&renames, &mut rename_used, id, r.instance, r.gen));
             let kind = kind_of(r.kind);
             match (id, kind) {
                 (Some(id), Some(kind))
@@ -533,6 +663,20 @@ impl Store {
                 });
             }
             used_slots[slot as usize] = true;
+            if r.owner_tag == TAG_XEN {
+                slot_owner.insert(slot, r.owner_a);
+            }
+        }
+        // Renames no kept record needs go; the others stay with their slots.
+        let mut kept_renames = Vec::new();
+        for (rn, used) in renames.into_iter().zip(rename_used) {
+            max_gen = max_gen.max(rn.gen).max(rn.bound);
+            if used {
+                used_slots[rn.slot as usize] = true;
+                kept_renames.push(rn);
+            } else {
+                pm.clear_pool(rn.slot);
+            }
         }
         m.next_gen = m.next_gen.max(max_gen + 1);
 
@@ -670,6 +814,8 @@ impl Store {
                 .filter(|&s| !used_slots[s as usize])
                 .collect();
             d.recovered = m.clients.keys().map(|&c| (c, 1)).collect();
+            d.renames = kept_renames;
+            d.slot_owner = slot_owner;
         }
         rep.rebuild = start.elapsed();
     }

@@ -87,6 +87,7 @@ mod pagemap;
 mod pools;
 mod put;
 mod reap;
+mod rekey;
 mod stats;
 mod transfer;
 mod zpage;
@@ -95,6 +96,7 @@ pub use compress::{ClientCompression, Compression};
 pub use config::{Attach, AttachRefused, ClientId, StoreConfig};
 pub use durable::{page_file_len, Recovery};
 pub use identity::Identity;
+pub use rekey::{ParkedStats, RekeyRefused};
 pub use stats::{
     ClientStats, CompressionStats, GlobalStats, PoolCounters, PoolStats, SharedPoolStats,
     StoreStats, SwapDiskStats,

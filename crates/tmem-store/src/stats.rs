@@ -20,6 +20,9 @@ pub struct StoreStats {
     /// their pages, in each domain's persistent pool tagged "tmemswap").
     #[serde(default)]
     pub swap_disks: Vec<SwapDiskStats>,
+    /// Xen domains saved or migrated away, pages kept for their uuid (filled in by tmemd).
+    #[serde(default)]
+    pub parked: Vec<crate::ParkedStats>,
 }
 
 /// One swap disk (a Xen PV block device served from a domain's persistent tmem pages).
@@ -426,6 +429,7 @@ impl Store {
             clients,
             shared_pools,
             swap_disks: Vec::new(),
+            parked: Vec::new(),
         }
     }
 

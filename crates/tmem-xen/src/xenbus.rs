@@ -414,6 +414,46 @@ pub fn unwatch_frontend_state(xs: &mut Xs, domid: u32, token: &str) -> Result<()
     xs.unwatch(&format!("{}/{}", frontend_path(domid), key::STATE), token)
 }
 
+/// Where the toolstack asks a domain to shut down (`suspend` for a save or migration).
+pub fn shutdown_path(domid: u32) -> String {
+    format!("/local/domain/{domid}/control/shutdown")
+}
+
+/// The uuid in a domain's `vm` path (`/vm/<uuid>`, lower-case hex in 8-4-4-4-12 form, maybe
+/// followed by `-<suffix>`); `None` for anything else.
+pub fn parse_vm_uuid(vm: &[u8]) -> Option<String> {
+    let rest = vm.strip_prefix(b"/vm/")?;
+    if rest.len() < 36 || (rest.len() > 36 && rest[36] != b'-') {
+        return None;
+    }
+    let (u, tail) = rest.split_at(36);
+    let uuid_ok = u.iter().enumerate().all(|(i, &c)| match i {
+        8 | 13 | 18 | 23 => c == b'-',
+        _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+    });
+    let tail_ok = tail.len() <= 64 && tail.iter().all(|c| c.is_ascii_graphic());
+    (uuid_ok && tail_ok).then(|| String::from_utf8_lossy(u).into_owned())
+}
+
+/// A domain's uuid, from its `vm` path, if dom0 vouches for it: the node must be owned by
+/// dom0 (the toolstack writes it; a domain owns most of its own home directory and could
+/// otherwise name another domain's uuid) and well formed. `Ok(None)` otherwise.
+pub fn read_domain_uuid(xs: &mut Xs, domid: u32) -> Result<Option<String>, XsError> {
+    let path = format!("/local/domain/{domid}/vm");
+    let Some(vm) = xs.read(Tx::NONE, &path)? else {
+        return Ok(None);
+    };
+    let owner = match xs.get_perms(Tx::NONE, &path) {
+        Ok(p) => p.first().map(|p| p.domid),
+        Err(e) if e.is_enoent() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if owner != Some(0) {
+        return Ok(None);
+    }
+    Ok(parse_vm_uuid(&vm))
+}
+
 /// Frontend: the backend's advertised limits and protocol version.
 pub fn read_backend_limits(xs: &mut Xs, be: &str) -> Result<Limits, KeyError> {
     let v = read_u32(xs, Tx::NONE, be, key::PROTOCOL_VERSION)?;
@@ -645,6 +685,33 @@ mod tests {
         remove_device(&mut xs, 0, 4).unwrap();
         assert!(!fx.exists("/local/domain/0/backend/tmem/4"));
         assert_eq!(backend_state(&mut xs, 0, 4).unwrap(), None);
+    }
+
+    #[test]
+    fn vm_uuids_are_parsed_strictly() {
+        let u = "5e6f7a00-1234-4abc-8def-0123456789ab";
+        assert_eq!(
+            parse_vm_uuid(format!("/vm/{u}").as_bytes()).as_deref(),
+            Some(u)
+        );
+        assert_eq!(
+            parse_vm_uuid(format!("/vm/{u}-1").as_bytes()).as_deref(),
+            Some(u)
+        );
+        for bad in [
+            String::new(),
+            "/vm/".into(),
+            format!("/vm/{}", &u[..35]),
+            format!("/vm/{}", u.to_uppercase()),
+            format!("/vm/{u}x"),
+            format!("/vm/{u}-a b"),
+            format!("/vm/{u}-{}", "1".repeat(65)),
+            format!("vm/{u}"),
+            format!("/vm/{}", u.replace('-', "0")),
+            format!("/local/{u}"),
+        ] {
+            assert_eq!(parse_vm_uuid(bad.as_bytes()), None, "{bad}");
+        }
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub struct FileConfig {
     pub max_data_slots: Option<u32>,
     pub max_guests: Option<u32>,
     pub reattach_grace_secs: Option<u64>,
+    /// Seconds a Xen domain saved or migrated away keeps its persistent pages and swap disk
+    /// for a domain with its uuid to claim them (0 = never park: destroy at release).
+    pub park_timeout_secs: Option<u64>,
     pub default_cap_pages: Option<u64>,
     /// Percent of mem_limit one guest may pin in persistent pages (0 = no limit).
     pub default_persistent_share_percent: Option<u32>,
@@ -185,6 +188,8 @@ pub struct Config {
     pub max_data_slots: u32,
     pub max_guests: u32,
     pub reattach_grace: Duration,
+    /// How long a suspended-then-released Xen domain's pages wait for its uuid (0: never).
+    pub park_timeout: Duration,
     pub log_level: String,
     pub control_uids: Vec<u32>,
     /// Peers with one of these uids, or effective gid in `control_readonly_gids`, may only read.
@@ -374,6 +379,8 @@ impl Config {
             .or(file.reattach_grace_secs)
             .unwrap_or(30);
         check_range("reattach_grace_secs", grace, 0, 86_400)?;
+        let park_timeout = file.park_timeout_secs.unwrap_or(300);
+        check_range("park_timeout_secs", park_timeout, 0, 86_400)?;
         let store = StoreConfig {
             mem_limit_bytes: mem_limit,
             max_pools_per_client: file
@@ -487,6 +494,7 @@ impl Config {
             max_data_slots,
             max_guests,
             reattach_grace: Duration::from_secs(grace),
+            park_timeout: Duration::from_secs(park_timeout),
             log_level,
             allow_overcommit: args.allow_overcommit || file.allow_overcommit.unwrap_or(false),
             control_uids: file.control_uids.unwrap_or_default(),

@@ -644,12 +644,17 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
         Op::List { target } => {
             let mut stats = store.stats();
             stats.swap_disks = swap_disks(ctx, &stats);
+            stats.parked = parked(ctx);
             if target != Target::All {
                 let ids = resolve(ctx, &target)?;
                 stats
                     .clients
                     .retain(|c| ids.contains(&ClientId(c.client_id)));
                 stats.swap_disks.retain(|s| {
+                    s.client_id
+                        .is_some_and(|c| ids.iter().any(|i| u64::from(i.0) == c))
+                });
+                stats.parked.retain(|s| {
                     s.client_id
                         .is_some_and(|c| ids.iter().any(|i| u64::from(i.0) == c))
                 });
@@ -803,6 +808,19 @@ fn execute(op: Op, ctx: &Context) -> OpResult {
 /// gets either the old settings and then the change, or the new ones), then save them: a
 /// change that is in effect but could not be saved is reported, since it would not survive
 /// a restart.
+/// Parked Xen domains, with the seconds each has left.
+fn parked(ctx: &Context) -> Vec<tmem_store::ParkedStats> {
+    let now = std::time::Instant::now();
+    lock(&ctx.shared.parked)
+        .values()
+        .map(|p| {
+            let mut s = p.stats.clone();
+            s.secs_left = p.deadline.saturating_duration_since(now).as_secs();
+            s
+        })
+        .collect()
+}
+
 /// The swap disks as their threads last reported them, with the pages each holds in memory
 /// (its pool's page count in this snapshot).
 fn swap_disks(ctx: &Context, stats: &tmem_store::StoreStats) -> Vec<tmem_store::SwapDiskStats> {

@@ -19,4 +19,4 @@ pub use connection::{GuestConn, GuestMem, Link};
 pub use event_loop::{
     pick_worker, spawn, worker_name, WorkerGone, WorkerHandle, WorkerMsg, BATCH, IDLE_BEAT,
 };
-pub use state::{Detached, End, Full, GuestHandle, Reservation, Shared};
+pub use state::{Detached, End, Full, GuestHandle, ParkedStatus, Reservation, Shared};

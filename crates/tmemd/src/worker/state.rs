@@ -37,6 +37,16 @@ pub struct Shared {
     /// Swap disks by (domid, devid): what `tmem list` shows of each, kept current by the
     /// Xen control plane and each disk's thread.
     pub swap_disks: Mutex<BTreeMap<(u32, u32), SwapDiskStatus>>,
+    /// Xen domains saved or migrated away, by uuid: what `tmem list` shows of each (the Xen
+    /// control plane owns the parked table itself).
+    pub parked: Mutex<BTreeMap<String, ParkedStatus>>,
+}
+
+/// One parked domain as `tmem list` shows it; `secs_left` is filled in from `deadline`.
+#[derive(Debug, Clone)]
+pub struct ParkedStatus {
+    pub stats: tmem_store::ParkedStats,
+    pub deadline: Instant,
 }
 
 /// One swap disk's figures, written by its thread and the control plane, read by `tmem list`.
@@ -102,6 +112,7 @@ impl Shared {
         Shared {
             store: Arc::new(store),
             swap_disks: Mutex::new(BTreeMap::new()),
+            parked: Mutex::new(BTreeMap::new()),
             guests: Mutex::new(HashMap::new()),
             detached: Mutex::new(HashMap::new()),
             connected: AtomicU32::new(0),

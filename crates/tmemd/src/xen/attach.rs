@@ -68,7 +68,7 @@ impl XenBackend {
         ))
     }
 
-    fn dom_name(&self, d: u32) -> String {
+    pub(super) fn dom_name(&self, d: u32) -> String {
         self.domains
             .get(&d)
             .map(|x| x.name.clone())

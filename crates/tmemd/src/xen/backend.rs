@@ -12,7 +12,7 @@
 //! taken, each domain's events collapse into one pending flag, and a domain's pending change is
 //! acted on only when its [`Pace`] allows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use tmem_xen::{Evtchn, Gntdev, Tx, Xs, XsError};
 use tracing::{debug, info, warn};
 
 use super::pace::{may_act, DomLog, Pace};
+use super::park::{Parked, Tracked};
 use super::policy::Policy;
 use super::vbd::VbdDom;
 use super::BACKEND_DOMID;
@@ -39,6 +40,8 @@ const TOKEN_FRONTEND: &str = "tmemd-fe-";
 /// How often domains are rescanned even without a watch event (a safety net, also for
 /// introduce/release events dropped from a full queue).
 const RESCAN: Duration = Duration::from_secs(2);
+/// The rescan interval while domains are parked (see [`XenBackend::round`]).
+const RESCAN_PARKED: Duration = Duration::from_millis(250);
 /// How often connections a worker dropped are looked for.
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// Watch events taken per round; the rest wait for the next round (the loop does not sleep
@@ -93,6 +96,14 @@ pub struct XenBackend {
     pub(super) swap_usable: bool,
     pub(super) swap_ring_order: u32,
     pub(super) vbds: BTreeMap<u32, VbdDom>,
+    /// Parking (`park.rs`): how long a parked domain waits, each admitted domain's uuid and
+    /// suspend mark, the parked domains by uuid, and domains whose frontends wait for a twin.
+    pub(super) park_timeout: Duration,
+    pub(super) tracked: BTreeMap<u32, Tracked>,
+    pub(super) parked: BTreeMap<String, Parked>,
+    pub(super) held: BTreeSet<u32>,
+    /// Domains admitted before their introduction, to claim parked pages (park.rs).
+    pub(super) early: BTreeSet<u32>,
 }
 
 fn frontend_token(d: u32) -> String {
@@ -133,6 +144,11 @@ impl XenBackend {
             swap_usable: false,
             swap_ring_order: 4,
             vbds: BTreeMap::new(),
+            park_timeout: config.park_timeout,
+            tracked: BTreeMap::new(),
+            parked: BTreeMap::new(),
+            held: BTreeSet::new(),
+            early: BTreeSet::new(),
         }
     }
 
@@ -188,7 +204,14 @@ impl XenBackend {
     /// An error means the xenstore connection is lost.
     pub fn round(&mut self) -> Result<(), XsError> {
         self.xs.pump()?;
-        let mut rescan = self.last_rescan.elapsed() >= RESCAN;
+        // While pages are parked, a restored domain must be seen before its unpause (its
+        // blkfront resumes at once and needs its disk offered by then): look more often.
+        let every = if self.parked.is_empty() {
+            RESCAN
+        } else {
+            RESCAN_PARKED
+        };
+        let mut rescan = self.last_rescan.elapsed() >= every;
         for _ in 0..MAX_EVENTS_PER_ROUND {
             let Some(ev) = self.xs.take_event() else {
                 break;
@@ -201,6 +224,8 @@ impl XenBackend {
                 }
             } else if let Some(d) = Self::vbd_token_domid(&ev.token) {
                 self.vbd_event(d);
+            } else if let Some(d) = Self::suspend_token_domid(&ev.token) {
+                self.suspend_event(d)?;
             }
         }
         if self.xs.take_events_dropped() {
@@ -224,6 +249,7 @@ impl XenBackend {
             self.last_housekeeping = Instant::now();
             self.close_dropped()?;
             self.vbd_close_ended()?;
+            self.expire_parked();
         }
         self.act_on_pending()?;
         self.vbd_act_on_pending()
@@ -300,6 +326,13 @@ impl XenBackend {
     /// Orderly stop: close every connection and, if xenstore is reachable, tell the frontends
     /// (`Closed`), so they drop to fake handles and wait for the next tmemd.
     pub fn shutdown(&mut self, xenstore_up: bool) {
+        if self.parked_count() > 0 {
+            warn!(
+                parked = self.parked_count(),
+                "stopping with parked domains: a restarted tmemd does not know them, and drops \
+                 their pages once the reattach grace ends"
+            );
+        }
         self.vbd_shutdown();
         let doms: Vec<u32> = self.domains.keys().copied().collect();
         for d in doms {
@@ -342,6 +375,7 @@ impl XenBackend {
             xenbus::watch_frontend_state(&mut self.xs, d, &frontend_token(d))?;
         }
         self.vbd_rewatch()?;
+        self.rewatch_suspend()?;
         self.rescan()
     }
 
@@ -371,7 +405,13 @@ impl XenBackend {
         {
             return Ok(false);
         }
-        self.xs.is_domain_introduced(domid)
+        if self.xs.is_domain_introduced(domid)? {
+            self.early.remove(&domid);
+            return Ok(true);
+        }
+        // A domain being restored that claimed parked pages is served before it is
+        // introduced (park.rs): alive while its home directory is there.
+        Ok(self.early.contains(&domid))
     }
 
     fn rescan(&mut self) -> Result<(), XsError> {
@@ -407,16 +447,17 @@ impl XenBackend {
             if !self.policy.admits(d, &name) {
                 continue;
             }
-            if !self.xs.is_domain_introduced(d)? {
+            if !self.xs.is_domain_introduced(d)? && !self.early_claimant(d)? {
                 continue;
             }
             if let Some(rule) = self.swap_rule_for(d, &name) {
                 // One store client per domain: a domain with a swap disk is not offered the
                 // tmem device as well (see vbd.rs).
                 self.swap_admit(d, name, rule)?;
-                continue;
+            } else {
+                self.admit(d, name)?;
             }
-            self.admit(d, name)?;
+            self.track(d)?;
         }
         Ok(())
     }
@@ -515,19 +556,27 @@ impl XenBackend {
         }
     }
 
-    /// The domain is gone: close its connection, destroy its pools, remove the backend.
+    /// The domain is gone: close its connection, destroy its pools (or park them, if it was
+    /// suspending: `park.rs`), remove the backend.
     fn release(&mut self, d: u32) -> Result<(), XsError> {
         self.teardown(d);
-        if let Some(c) = self.shared.store.client_by_domid(d) {
-            lock(&self.shared.detached).remove(&c);
-            if self.shared.store.destroy_client(c) {
-                info!(
-                    domid = d,
-                    client = c.0,
-                    "domain released; its pools are destroyed"
-                );
+        if self.should_park(d) {
+            let name = self.dom_name(d);
+            self.park(d, name, None);
+        } else {
+            if let Some(c) = self.shared.store.client_by_domid(d) {
+                lock(&self.shared.detached).remove(&c);
+                if self.shared.store.destroy_client(c) {
+                    info!(
+                        domid = d,
+                        client = c.0,
+                        "domain released; its pools are destroyed"
+                    );
+                }
             }
+            self.unhold_twins(d);
         }
+        self.untrack(d)?;
         self.domains.remove(&d);
         xenbus::unwatch_frontend_state(&mut self.xs, d, &frontend_token(d))?;
         xenbus::remove_device(&mut self.xs, BACKEND_DOMID, d)?;
@@ -562,6 +611,7 @@ impl XenBackend {
                 xenbus::clear_backend_error(&mut self.xs, BACKEND_DOMID, d)?;
                 self.set_state(d, state::INIT_WAIT)
             }
+            Step::Connect if self.hold_for_twin(d) => Ok(()),
             Step::Connect => self.connect(d),
         }
     }

@@ -28,6 +28,7 @@ mod backend;
 mod disk_thread;
 mod grant_io;
 mod pace;
+mod park;
 pub(crate) mod policy;
 #[cfg(test)]
 mod tests;

@@ -24,7 +24,10 @@ impl Policy {
 }
 
 /// Whether a configured entry (a domain id or a name) names domain `domid` called `name`.
+/// A domain `xl migrate` is receiving is called `NAME--incoming` until it is renamed at the
+/// end, after tmemd has offered its devices: it counts as `NAME`.
 pub fn names(entry: &str, domid: u32, name: &str) -> bool {
+    let name = name.strip_suffix("--incoming").unwrap_or(name);
     parse_u32(entry) == Some(domid) || (!name.is_empty() && entry == name)
 }
 
@@ -42,6 +45,12 @@ mod tests {
         };
         assert!(some.admits(3, "x"));
         assert!(some.admits(9, "web"));
+        assert!(
+            some.admits(9, "web--incoming"),
+            "a migration's receiving domain"
+        );
+        assert!(!some.admits(9, "web--migratedaway"));
+        assert!(!some.admits(9, "--incoming"));
         assert!(!some.admits(4, "db"));
         assert!(!some.admits(4, ""));
         assert!(!some.admits(0, "web"));

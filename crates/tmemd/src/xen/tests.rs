@@ -381,8 +381,8 @@ fn the_backend_reconnects_after_xenstored_goes_away_and_comes_back() {
         || state_of(&fx, &be3).as_deref() == Some("2"),
         || format!("{:?}", state_of(&fx, &be3)),
     );
-    // introduce, release, domain 3's frontend state.
-    watches(&fx, 3);
+    // introduce, release, domain 3's frontend state and shutdown node.
+    watches(&fx, 4);
 
     fx.stop();
     wait_for(
@@ -419,8 +419,9 @@ fn the_backend_reconnects_after_xenstored_goes_away_and_comes_back() {
         .read(&format!("{be3}/error"))
         .unwrap()
         .contains("grant device"));
-    // Each registered again exactly once (with a duplicate the count would not settle at 4).
-    watches(&fx, 4);
+    // Each registered again exactly once (with a duplicate the count would not settle at 6):
+    // introduce, release, and each domain's frontend state and shutdown node.
+    watches(&fx, 6);
     eprintln!("reconnected and offered domain 7 {offered:?} after xenstored came back");
 
     // Still fully working: a release is seen.
@@ -528,7 +529,7 @@ fn a_xenstore_failure_at_start_up_is_retried_on_the_thread() {
         || format!("{:?}", state_of(&fx, &be3)),
     );
     assert!(!fx.exists("/local/domain/0/backend/tmem/9"), "reconciled");
-    watches(&fx, 3);
+    watches(&fx, 4);
     plane.stop().unwrap();
     d.stop();
 }
@@ -882,4 +883,312 @@ fn swap_disk_lifecycle_against_a_fake_xenstored() {
     assert_eq!(left, ["notes.txt"]);
     d.stop();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- parking (save, restore, migration on one host) ------------------------------------------
+
+const UUID_A: &str = "5e6f7a00-1234-4abc-8def-0123456789ab";
+const UUID_B: &str = "0badf00d-0000-4000-8000-000000000001";
+
+/// A domain as libxl makes it: home directory, name, and a `vm` path dom0 owns (`owner`
+/// lets a test make it the guest's own instead).
+fn vm_domain(fx: &FakeXenstore, admin: &mut Xs, d: u32, name: &str, uuid: &str, owner: u32) {
+    fx.introduce(d, name);
+    let vm = format!("/local/domain/{d}/vm");
+    fx.write(&vm, &format!("/vm/{uuid}"));
+    use tmem_xen::wire::{Access, Perm};
+    admin
+        .set_perms(
+            tmem_xen::Tx::NONE,
+            &vm,
+            &[Perm::new(owner, Access::None), Perm::new(d, Access::Read)],
+        )
+        .unwrap();
+}
+
+/// Domain `d`'s guest had a client with one persistent page (seed `b`), now detached.
+fn guest_pages(d: &Daemon, domid: u32, b: u8) -> tmem_store::ClientId {
+    let s = &d.shared.store;
+    let (c, _) = s.attach_client(domid, 42, "g").unwrap();
+    let (p, _) = s.new_pool(c, [7, 7], PoolKind::PrivatePersistent).unwrap();
+    let key = PageKey {
+        oid: Oid([1, 2, 3]),
+        index: 0,
+    };
+    s.put(c, p, key, &page_of(b)).unwrap();
+    s.detach_client(c);
+    c
+}
+
+/// The page a reattached guest of `domid` (instance 42) finds, if any.
+fn page_found(d: &Daemon, domid: u32) -> Option<Page> {
+    let s = &d.shared.store;
+    let (c, _) = s.attach_client(domid, 42, "g").ok()?;
+    let (p, re) = s.new_pool(c, [7, 7], PoolKind::PrivatePersistent).unwrap();
+    let mut buf = [0u8; PAGE_SIZE];
+    let key = PageKey {
+        oid: Oid([1, 2, 3]),
+        index: 0,
+    };
+    let found = re && s.get(c, p, key, &mut buf) == Ok(true);
+    s.detach_client(c);
+    found.then_some(buf)
+}
+
+fn park_config(extra: &str) -> Config {
+    let file: FileConfig = toml::from_str(&format!("park_timeout_secs = 1\n{extra}")).unwrap();
+    Config::merge(Args::default(), file).unwrap()
+}
+
+fn suspend(fx: &FakeXenstore, d: u32) {
+    fx.write(&format!("/local/domain/{d}/control/shutdown"), "suspend");
+}
+
+fn parked_uuids(d: &Daemon) -> Vec<String> {
+    crate::sync::lock(&d.shared.parked)
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// `xl save` then `xl restore`: the suspended domain's pages are parked at its release and
+/// handed to the next domain with its uuid, once; a plain release destroys; a `vm` node the
+/// guest owns is not trusted; an unclaimed entry is released after the timeout.
+#[test]
+fn a_suspended_domain_is_parked_and_its_uuid_claims_the_pages_once() {
+    let fx = FakeXenstore::new();
+    let (mut admin, _a) = fx.connect();
+    fx.introduce(0, "Domain-0");
+    vm_domain(&fx, &mut admin, 3, "web", UUID_A, 0);
+    vm_domain(&fx, &mut admin, 4, "db", UUID_B, 0);
+    let config = park_config("");
+    let store = tmem_store::Store::new(config.store.clone());
+    let d = Daemon::with_store(config, store);
+    let (xs, _srv) = fx.connect();
+    let mut x = d.backend(xs);
+    x.init().unwrap();
+    guest_pages(&d, 3, 33);
+    guest_pages(&d, 4, 44);
+
+    // Domain 4 just dies: destroyed as ever.
+    fx.release(4);
+    drive(&mut x, "4 released", |x| !x.domains.contains_key(&4));
+    assert_eq!(d.shared.store.client_by_domid(4), None);
+    assert!(parked_uuids(&d).is_empty());
+
+    // Domain 3 is saved: suspend, then released. Parked, shown, out of the reattach grace.
+    suspend(&fx, 3);
+    drive(&mut x, "suspend seen", |x| {
+        x.tracked.get(&3).is_some_and(|t| t.suspending)
+    });
+    fx.release(3);
+    drive(&mut x, "3 released", |x| !x.domains.contains_key(&3));
+    let c = d
+        .shared
+        .store
+        .client_by_domid(3)
+        .expect("parked client kept");
+    assert!(!crate::sync::lock(&d.shared.detached).contains_key(&c));
+    assert_eq!(parked_uuids(&d), [UUID_A]);
+    let st = crate::sync::lock(&d.shared.parked)[UUID_A].stats.clone();
+    assert_eq!(
+        (
+            st.old_domid,
+            st.client_id,
+            st.name.as_str(),
+            st.state.as_str()
+        ),
+        (3, Some(u64::from(c.0)), "web", "parked")
+    );
+
+    // Restored as domain 9: seen while being built, before its introduction (xl restore
+    // introduces it just before the unpause); the client is re-keyed to 9 and the device
+    // offered at once.
+    fx.write("/local/domain/9/name", "web");
+    fx.write("/local/domain/9/vm", &format!("/vm/{UUID_A}"));
+    drive(&mut x, "9 offered before its introduction", |x| {
+        x.domains.contains_key(&9)
+    });
+    assert_eq!(
+        state_of(&fx, &backend_path(0, 9)).as_deref(),
+        Some("2"),
+        "offered"
+    );
+    fx.introduce(9, "web");
+    drive(&mut x, "9 introduced", |x| !x.early.contains(&9));
+    assert!(x.domains.contains_key(&9), "still served once introduced");
+    assert!(parked_uuids(&d).is_empty(), "claimed");
+    assert_eq!(d.shared.store.client_by_domid(3), None);
+    assert_eq!(d.shared.store.client_by_domid(9), Some(c));
+    assert_eq!(page_found(&d, 9), Some(page_of(33)));
+
+    // The same image restored again as domain 10: nothing parked, so it starts empty.
+    vm_domain(&fx, &mut admin, 10, "web", UUID_A, 0);
+    drive(&mut x, "10 offered", |x| x.domains.contains_key(&10));
+    assert_eq!(page_found(&d, 10), None);
+    assert_eq!(
+        page_found(&d, 9),
+        Some(page_of(33)),
+        "the first claimant keeps its pages"
+    );
+
+    // A domain whose `vm` node it owns itself names a uuid: not trusted, never parked.
+    vm_domain(&fx, &mut admin, 11, "liar", UUID_B, 11);
+    drive(&mut x, "11 offered", |x| x.domains.contains_key(&11));
+    assert_eq!(x.tracked.get(&11).map(|t| t.uuid.clone()), Some(None));
+    guest_pages(&d, 11, 111);
+    suspend(&fx, 11);
+    drive(&mut x, "suspend seen", |x| {
+        x.tracked.get(&11).is_some_and(|t| t.suspending)
+    });
+    fx.release(11);
+    drive(&mut x, "11 released", |x| !x.domains.contains_key(&11));
+    assert_eq!(
+        d.shared.store.client_by_domid(11),
+        None,
+        "destroyed, not parked"
+    );
+
+    // Domain 9 saved and never restored: released after park_timeout_secs.
+    suspend(&fx, 9);
+    drive(&mut x, "suspend seen", |x| {
+        x.tracked.get(&9).is_some_and(|t| t.suspending)
+    });
+    fx.release(9);
+    drive(&mut x, "9 parked", |_x| parked_uuids(&d) == [UUID_A]);
+    let t = Instant::now();
+    drive(&mut x, "timeout", |_x| parked_uuids(&d).is_empty());
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(d.shared.store.client_by_domid(9), None);
+    d.stop();
+}
+
+/// `xl migrate` to this host: the new domain exists while the old one lives. Its devices are
+/// offered but its frontend's connect is held until the old domain is released and parked;
+/// then the new domain claims the pages at once and its connect goes ahead. A domain that
+/// takes a parked domain id with another uuid releases the parked pages first.
+#[test]
+fn a_migration_on_one_host_holds_the_new_domain_until_the_old_one_is_parked() {
+    let fx = FakeXenstore::new();
+    let (mut admin, _a) = fx.connect();
+    fx.introduce(0, "Domain-0");
+    vm_domain(&fx, &mut admin, 3, "web", UUID_A, 0);
+    let d = Daemon::with_store(
+        park_config(""),
+        tmem_store::Store::new(park_config("").store),
+    );
+    let (xs, _srv) = fx.connect();
+    let mut x = d.backend(xs);
+    x.init().unwrap();
+    let c = guest_pages(&d, 3, 33);
+    suspend(&fx, 3);
+    vm_domain(&fx, &mut admin, 8, "web--incoming", UUID_A, 0);
+    drive(&mut x, "8 offered", |x| x.domains.contains_key(&8));
+    publish_keys(&fx, 8);
+    fx.write(&format!("{}/state", frontend_path(8)), "3");
+    drive(&mut x, "8 held", |x| x.held.contains(&8));
+    assert_eq!(state_of(&fx, &backend_path(0, 8)).as_deref(), Some("2"));
+
+    fx.release(3);
+    // Claimed at the release; the held connect then runs (and fails here: no grant device).
+    drive(&mut x, "8 connect tried", |_x| {
+        state_of(&fx, &backend_path(0, 8)).as_deref() == Some("6")
+    });
+    assert!(x.held.is_empty());
+    assert!(parked_uuids(&d).is_empty());
+    assert_eq!(d.shared.store.client_by_domid(8), Some(c));
+    assert_eq!(page_found(&d, 8), Some(page_of(33)));
+
+    // Domain 8 saved; domain id 8 then reused by another uuid: the parked pages go first.
+    suspend(&fx, 8);
+    drive(&mut x, "suspend seen", |x| {
+        x.tracked.get(&8).is_some_and(|t| t.suspending)
+    });
+    fx.release(8);
+    drive(&mut x, "8 parked", |_x| parked_uuids(&d) == [UUID_A]);
+    vm_domain(&fx, &mut admin, 8, "other", UUID_B, 0);
+    drive(&mut x, "8 again", |x| x.domains.contains_key(&8));
+    assert!(parked_uuids(&d).is_empty());
+    assert_eq!(page_found(&d, 8), None, "another domain never sees them");
+    d.stop();
+}
+
+/// A swap disk parked with its domain: the spill file stays under the old domain id, is
+/// renamed for the claimant, and the old ring's journal goes.
+#[test]
+fn a_parked_swap_disk_keeps_its_spill_file_for_the_claimant() {
+    let dir = std::env::temp_dir().join(format!("tmemd-park-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fx = FakeXenstore::new();
+    let (mut admin, _a) = fx.connect();
+    fx.introduce(0, "Domain-0");
+    vm_domain(&fx, &mut admin, 5, "swapper", UUID_A, 0);
+    let config = park_config(&format!(
+        "swap_spill_dir = {:?}\n[[swap_disk]]\ndomains = [\"swapper\"]\nsize = \"64MiB\"\n",
+        dir.display().to_string()
+    ));
+    let d = Daemon::with_store(config.clone(), tmem_store::Store::new(config.store.clone()));
+    let (xs, _srv) = fx.connect();
+    let mut x = d.backend(xs);
+    x.init().unwrap();
+    drive(&mut x, "5 tracked", |x| x.vbds.contains_key(&5));
+    let instance = x.vbds[&5].instance;
+    let file = |domid: u32, ext: &str| {
+        dir.join(format!(
+            "swap-dom{domid}-{instance:016x}-{}.{ext}",
+            x_devid()
+        ))
+    };
+    std::fs::write(file(5, "spill"), b"pages").unwrap();
+    std::fs::write(file(5, "ring"), b"journal").unwrap();
+    suspend(&fx, 5);
+    drive(&mut x, "suspend seen", |x| {
+        x.tracked.get(&5).is_some_and(|t| t.suspending)
+    });
+    fx.release(5);
+    drive(&mut x, "5 parked", |_x| parked_uuids(&d) == [UUID_A]);
+    assert!(file(5, "spill").exists() && file(5, "ring").exists());
+    assert_eq!(
+        crate::sync::lock(&d.shared.parked)[UUID_A]
+            .stats
+            .swap_disk
+            .as_deref(),
+        Some("xvdz")
+    );
+    vm_domain(&fx, &mut admin, 6, "swapper", UUID_A, 0);
+    drive(&mut x, "claimed", |_x| parked_uuids(&d).is_empty());
+    assert_eq!(std::fs::read(file(6, "spill")).unwrap(), b"pages");
+    assert!(!file(5, "spill").exists() && !file(5, "ring").exists());
+
+    // Saved again and never claimed: spill file removed at the timeout.
+    suspend(&fx, 6);
+    drive(&mut x, "suspend seen", |x| {
+        x.tracked.get(&6).is_some_and(|t| t.suspending)
+    });
+    fx.release(6);
+    drive(&mut x, "6 parked", |_x| parked_uuids(&d) == [UUID_A]);
+    assert!(file(6, "spill").exists());
+    drive(&mut x, "timeout", |_x| parked_uuids(&d).is_empty());
+    assert!(!file(6, "spill").exists());
+    d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// [`until`], with the backend handed to the condition.
+fn drive(x: &mut XenBackend, what: &str, mut cond: impl FnMut(&XenBackend) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond(x) {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+        x.round().unwrap();
+    }
+}
+
+/// The default swap disk's device number (`xvdz`).
+fn x_devid() -> u32 {
+    268_441_856
 }

@@ -334,6 +334,7 @@ impl XenBackend {
                 self.vbd_teardown(d);
                 self.vbd_set_state(d, state::INIT_WAIT)
             }
+            Step::Connect if self.hold_for_twin(d) => Ok(()),
             Step::Connect => match self.vbd_connect(d) {
                 Ok(()) => {
                     blkback::clear_vbd_error(&mut self.xs, d, devid)?;
@@ -628,34 +629,50 @@ impl XenBackend {
     }
 
     /// The domain is gone: stop its disk, destroy its client's pages, remove the spill file,
-    /// the journal and every xenstore entry tmemd made for it.
+    /// the journal and every xenstore entry tmemd made for it. A domain that was suspending
+    /// keeps its pages and spill file, parked (`park.rs`).
     pub(super) fn vbd_release(&mut self, d: u32) -> Result<(), XsError> {
         let Some(v) = self.vbds.get(&d) else {
             return Ok(());
         };
         let devid = v.rule.devid;
         let id = self.disk_id(d, v);
+        let parked = (v.rule.clone(), v.instance, v.name.clone(), v.refused);
         self.vbd_teardown(d);
-        if let Some(c) = self.shared.store.client_by_domid(d) {
-            lock(&self.shared.detached).remove(&c);
-            self.shared.store.destroy_client(c);
-        }
-        for name in [id.spill_name(), id.journal_name()] {
-            let p = self.spill_dir().join(name);
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => warn!(domid = d, "cannot remove {}: {e}", p.display()),
+        let park = self.should_park(d) && !parked.3;
+        if park {
+            self.park(d, parked.2, Some((parked.0, parked.1)));
+        } else {
+            if let Some(c) = self.shared.store.client_by_domid(d) {
+                lock(&self.shared.detached).remove(&c);
+                self.shared.store.destroy_client(c);
             }
+            for name in [id.spill_name(), id.journal_name()] {
+                let p = self.spill_dir().join(name);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => warn!(domid = d, "cannot remove {}: {e}", p.display()),
+                }
+            }
+            self.unhold_twins(d);
         }
+        self.untrack(d)?;
         lock(&self.shared.swap_disks).remove(&(d, devid));
         self.vbds.remove(&d);
         blkback::unwatch_vbd_frontend(&mut self.xs, d, devid, &vbd_token(d))?;
         blkback::remove_vbd(&mut self.xs, d, devid)?;
-        info!(
-            domid = d,
-            "domain gone; swap disk, its pages and its spill file removed"
-        );
+        if park {
+            info!(
+                domid = d,
+                "domain gone; its swap disk's xenstore entries removed"
+            );
+        } else {
+            info!(
+                domid = d,
+                "domain gone; swap disk, its pages and its spill file removed"
+            );
+        }
         Ok(())
     }
 
