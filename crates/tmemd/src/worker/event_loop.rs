@@ -22,8 +22,9 @@ use tmem_xen::Evtchn;
 use tracing::{debug, error, info, warn};
 
 use super::connection::{GuestConn, Link};
-use super::dispatch::serve;
+use super::dispatch::{serve, CROWDED_BATCH};
 use super::latency::Latency;
+use super::presence;
 use super::state::{End, Shared};
 use crate::health::Heartbeat;
 use crate::ratelimit::RateLimiter;
@@ -215,28 +216,45 @@ impl Worker {
         let mut last_work = Instant::now();
         let mut last_check = Instant::now();
         let mut crowd = tmem_ring::Crowding::new();
+        let mut crowded = false;
+        let mut since_yield = 0usize;
         loop {
             self.heartbeat.beat();
             let mut work = 0usize;
+            let max = if crowded { CROWDED_BATCH } else { BATCH };
             for slot in 0..self.guests.len() {
-                match self.serve_slot(slot) {
+                match self.serve_slot(slot, max) {
                     Ok(n) => work += n,
                     Err(exit) => return exit,
                 }
             }
             let now = Instant::now();
+            crowded = crowd.check(now);
+            let presence = &self.shared.presence;
             if work > 0 {
                 last_work = now;
+                presence.not_polling(self.index);
                 // With more runnable threads than CPUs, a worker that always has work would
                 // keep its CPU for a whole time slice while another worker (or a guest) on
-                // the same CPU waits to answer a synchronous request: let it in once a round.
-                if crowd.check(now) {
-                    std::thread::yield_now();
+                // the same CPU waits to answer a synchronous request. Rounds are short then
+                // (`CROWDED_BATCH`); yield after one if a sibling that polls for work is
+                // queued behind us, and in any case every `BATCH` requests.
+                if crowded {
+                    since_yield += work;
+                    if since_yield >= BATCH
+                        || presence.sibling_starved(self.index, presence::current_cpu(), now)
+                    {
+                        since_yield = 0;
+                        std::thread::yield_now();
+                    }
                 }
             }
             let timeout = if now.duration_since(last_work) < self.poll_window {
                 if now.duration_since(last_check) < EVENT_CHECK {
                     if work == 0 {
+                        if crowded {
+                            presence.polling(self.index, presence::current_cpu(), now);
+                        }
                         // Let a guest sharing this CPU run while we wait for it.
                         std::thread::yield_now();
                     }
@@ -259,6 +277,9 @@ impl Worker {
                 }
             };
             last_check = now;
+            if timeout != Some(Duration::ZERO) {
+                presence.not_polling(self.index);
+            }
             // Beat again before a sleep: a long round must not leave a stale beat behind it.
             self.heartbeat.beat();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -298,7 +319,7 @@ impl Worker {
 
     /// One round for one guest. A panic while serving it disconnects that guest only,
     /// unless it poisoned the store, which ends the worker.
-    fn serve_slot(&mut self, slot: usize) -> Result<usize, Exit> {
+    fn serve_slot(&mut self, slot: usize, max: usize) -> Result<usize, Exit> {
         let Some(g) = self.guests[slot].as_mut() else {
             return Ok(0);
         };
@@ -310,7 +331,7 @@ impl Worker {
         super::tests::inject_outside(g);
         let store = &self.shared.store;
         let latency = &*self.latency;
-        let outcome = catch_unwind(AssertUnwindSafe(|| serve(store, g, latency)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| serve(store, g, latency, max)));
         match outcome {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(reason)) => {

@@ -37,6 +37,8 @@ pub struct Shared {
     /// Swap disks by (domid, devid): what `tmem list` shows of each, kept current by the
     /// Xen control plane and each disk's thread.
     pub swap_disks: Mutex<BTreeMap<(u32, u32), SwapDiskStatus>>,
+    /// Where the workers poll (see `presence.rs`).
+    pub presence: super::presence::Presence,
 }
 
 /// One swap disk's figures, written by its thread and the control plane, read by `tmem list`.
@@ -107,6 +109,7 @@ impl Shared {
             connected: AtomicU32::new(0),
             health: Health::default(),
             settings: Mutex::new(settings),
+            presence: Default::default(),
         }
     }
 
