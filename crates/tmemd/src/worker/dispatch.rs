@@ -13,9 +13,9 @@ use super::latency::{kind_of, Latency, REFUSED};
 
 /// Requests taken from one guest's ring before the worker turns to the next guest.
 pub const BATCH: usize = 64;
-/// The same while more threads are runnable than CPUs: the worker yields after each round
-/// then (see `event_loop.rs`), and a round of 64 puts (~70 µs) is what a synchronous guest's
-/// worker queued on the same CPU waited for.
+/// The same while more threads are runnable than CPUs and another worker polls: a busy
+/// worker can yield to that sibling after each round (see `event_loop.rs`); a round of 64
+/// puts (~70 µs) is what a synchronous guest's worker queued on the same CPU waited for.
 pub const CROWDED_BATCH: usize = 8;
 /// Responses are published (and the guest notified, if it sleeps) at least this often.
 const PUBLISH_EVERY: usize = 16;

@@ -221,7 +221,13 @@ impl Worker {
         loop {
             self.heartbeat.beat();
             let mut work = 0usize;
-            let max = if crowded { CROWDED_BATCH } else { BATCH };
+            // Short rounds only while crowded and another worker polls (serves a guest that
+            // waits for answers): alone, a worker keeps its long rounds.
+            let max = if crowded && self.shared.presence.sibling_polling(self.index) {
+                CROWDED_BATCH
+            } else {
+                BATCH
+            };
             for slot in 0..self.guests.len() {
                 match self.serve_slot(slot, max) {
                     Ok(n) => work += n,

@@ -68,6 +68,14 @@ impl Presence {
         }
     }
 
+    /// Whether another worker polls for work (then the caller keeps its rounds short).
+    pub fn sibling_polling(&self, me: usize) -> bool {
+        self.slots
+            .iter()
+            .enumerate()
+            .any(|(i, s)| i != me && s.cpu.load(Ordering::Relaxed) != NOT_POLLING)
+    }
+
     /// Whether another worker last polled on `cpu` and has not run for [`STARVED`]: it is
     /// queued behind the caller.
     pub fn sibling_starved(&self, me: usize, cpu: u32, now: Instant) -> bool {
@@ -96,7 +104,10 @@ mod tests {
     fn a_polling_sibling_on_my_cpu_is_starved_only_after_the_threshold() {
         let p = Presence::default();
         let t0 = Instant::now();
+        assert!(!p.sibling_polling(0));
         p.polling(1, 3, t0);
+        assert!(p.sibling_polling(0));
+        assert!(!p.sibling_polling(1), "itself");
         assert!(!p.sibling_starved(0, 3, t0), "just seen");
         let later = t0 + STARVED;
         assert!(p.sibling_starved(0, 3, later));
@@ -104,6 +115,7 @@ mod tests {
         assert!(!p.sibling_starved(1, 3, later), "itself");
         p.not_polling(1);
         assert!(!p.sibling_starved(0, 3, later), "not polling any more");
+        assert!(!p.sibling_polling(0));
         // Out-of-range workers are ignored rather than panicking.
         p.polling(SLOTS + 5, 3, t0);
         assert!(!p.sibling_starved(0, 3, later));
