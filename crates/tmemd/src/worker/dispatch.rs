@@ -10,30 +10,29 @@ use tracing::warn;
 
 use super::connection::{GuestConn, Link};
 use super::latency::{kind_of, Latency, REFUSED};
-use super::presence::{current_cpu, Presence};
 
 /// Requests taken from one guest's ring before the worker turns to the next guest.
 pub const BATCH: usize = 64;
-/// While the machine is crowded, every this many requests the worker checks whether a sibling
-/// worker that polls for work is queued behind it on its CPU, and yields to it if so: a round
-/// of 64 puts (~70 µs) is what a synchronous guest's worker waited for (see `presence.rs`).
-const YIELD_CHECK_EVERY: usize = 8;
+/// The same while more threads are runnable than CPUs and another worker polls: a busy
+/// worker can yield to that sibling after each round (see `event_loop.rs`); a round of 64
+/// puts (~70 µs) is what a synchronous guest's worker queued on the same CPU waited for.
+pub const CROWDED_BATCH: usize = 8;
 /// Responses are published (and the guest notified, if it sleeps) at least this often.
 const PUBLISH_EVERY: usize = 16;
 
-/// Serve up to [`BATCH`] requests of one guest. An error means: disconnect this guest.
-/// `crowded`: the presence board and this worker's index, to yield to a starved sibling.
+/// Serve up to `max` (at most [`BATCH`]) requests of one guest. An error means: disconnect
+/// this guest.
 pub(super) fn serve(
     store: &Store,
     g: &mut GuestConn,
     latency: &Latency,
-    crowded: Option<(&Presence, usize)>,
+    max: usize,
 ) -> Result<usize, String> {
     #[cfg(test)]
     super::tests::inject(store, g);
     g.batch.clear();
     g.ring
-        .next_batch(BATCH, &mut g.batch)
+        .next_batch(max.min(BATCH), &mut g.batch)
         .map_err(|e| format!("ring protocol violation: {e}"))?;
     let n = g.batch.len();
     if n == 0 {
@@ -64,17 +63,6 @@ pub(super) fn serve(
         // can consume them and refill the ring while we work on the rest.
         if ((i + 1) % PUBLISH_EVERY == 0 || i + 1 == n) && publish(g)? {
             since = Instant::now();
-        }
-        if let Some((presence, me)) = crowded {
-            if (i + 1) % YIELD_CHECK_EVERY == 0
-                && i + 1 < n
-                && presence.sibling_starved(me, done, current_cpu)
-            {
-                // The answers so far go out first: the guest may run while we are away.
-                publish(g)?;
-                std::thread::yield_now();
-                since = Instant::now();
-            }
         }
     }
     latency.record_batch(since.saturating_duration_since(taken));

@@ -22,7 +22,7 @@ use tmem_xen::Evtchn;
 use tracing::{debug, error, info, warn};
 
 use super::connection::{GuestConn, Link};
-use super::dispatch::serve;
+use super::dispatch::{serve, CROWDED_BATCH};
 use super::latency::Latency;
 use super::presence;
 use super::state::{End, Shared};
@@ -217,11 +217,19 @@ impl Worker {
         let mut last_check = Instant::now();
         let mut crowd = tmem_ring::Crowding::new();
         let mut crowded = false;
+        let mut since_yield = 0usize;
         loop {
             self.heartbeat.beat();
             let mut work = 0usize;
+            // Short rounds only while crowded and another worker polls (serves a guest that
+            // waits for answers): alone, a worker keeps its long rounds.
+            let max = if crowded && self.shared.presence.sibling_polling(self.index) {
+                CROWDED_BATCH
+            } else {
+                BATCH
+            };
             for slot in 0..self.guests.len() {
-                match self.serve_slot(slot, crowded) {
+                match self.serve_slot(slot, max) {
                     Ok(n) => work += n,
                     Err(exit) => return exit,
                 }
@@ -234,10 +242,17 @@ impl Worker {
                 presence.not_polling(self.index);
                 // With more runnable threads than CPUs, a worker that always has work would
                 // keep its CPU for a whole time slice while another worker (or a guest) on
-                // the same CPU waits to answer a synchronous request: let it in once a round
-                // (and within a round if a polling sibling is queued here, see `serve`).
+                // the same CPU waits to answer a synchronous request. Rounds are short then
+                // (`CROWDED_BATCH`); yield after one if a sibling that polls for work is
+                // queued behind us, and in any case every `BATCH` requests.
                 if crowded {
-                    std::thread::yield_now();
+                    since_yield += work;
+                    if since_yield >= BATCH
+                        || presence.sibling_starved(self.index, presence::current_cpu(), now)
+                    {
+                        since_yield = 0;
+                        std::thread::yield_now();
+                    }
                 }
             }
             let timeout = if now.duration_since(last_work) < self.poll_window {
@@ -310,7 +325,7 @@ impl Worker {
 
     /// One round for one guest. A panic while serving it disconnects that guest only,
     /// unless it poisoned the store, which ends the worker.
-    fn serve_slot(&mut self, slot: usize, crowded: bool) -> Result<usize, Exit> {
+    fn serve_slot(&mut self, slot: usize, max: usize) -> Result<usize, Exit> {
         let Some(g) = self.guests[slot].as_mut() else {
             return Ok(0);
         };
@@ -322,8 +337,7 @@ impl Worker {
         super::tests::inject_outside(g);
         let store = &self.shared.store;
         let latency = &*self.latency;
-        let board = crowded.then_some((&self.shared.presence, self.index));
-        let outcome = catch_unwind(AssertUnwindSafe(|| serve(store, g, latency, board)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| serve(store, g, latency, max)));
         match outcome {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(reason)) => {

@@ -9,7 +9,7 @@
 //! time slice of theirs), so it yields only when a polling sibling on its CPU has not run for
 //! [`STARVED`].
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Most workers (the configuration's upper bound).
@@ -32,8 +32,6 @@ struct Slot {
 pub struct Presence {
     epoch: Instant,
     slots: Box<[Slot]>,
-    /// One past the highest worker index that ever polled: scans stop there.
-    used: AtomicUsize,
 }
 
 impl Default for Presence {
@@ -46,7 +44,6 @@ impl Default for Presence {
                     seen: AtomicU64::new(0),
                 })
                 .collect(),
-            used: AtomicUsize::new(0),
         }
     }
 }
@@ -61,7 +58,6 @@ impl Presence {
         if let Some(s) = self.slots.get(me) {
             s.seen.store(self.nanos(now), Ordering::Relaxed);
             s.cpu.store(cpu, Ordering::Relaxed);
-            self.used.fetch_max(me + 1, Ordering::Relaxed);
         }
     }
 
@@ -72,29 +68,24 @@ impl Presence {
         }
     }
 
-    /// Whether another worker last polled on the caller's CPU (`cpu`, asked only if some
-    /// sibling is polling and stale: the common case costs a few loads) and has not run for
-    /// [`STARVED`]: it is queued behind the caller.
-    pub fn sibling_starved(&self, me: usize, now: Instant, cpu: impl FnOnce() -> u32) -> bool {
+    /// Whether another worker polls for work (then the caller keeps its rounds short).
+    pub fn sibling_polling(&self, me: usize) -> bool {
+        self.slots
+            .iter()
+            .enumerate()
+            .any(|(i, s)| i != me && s.cpu.load(Ordering::Relaxed) != NOT_POLLING)
+    }
+
+    /// Whether another worker last polled on `cpu` and has not run for [`STARVED`]: it is
+    /// queued behind the caller.
+    pub fn sibling_starved(&self, me: usize, cpu: u32, now: Instant) -> bool {
         let now = self.nanos(now);
         let starved = STARVED.as_nanos() as u64;
-        let used = self.used.load(Ordering::Relaxed).min(self.slots.len());
-        let mut mine = None;
-        let mut cpu = Some(cpu);
-        for (i, s) in self.slots[..used].iter().enumerate() {
-            let c = s.cpu.load(Ordering::Relaxed);
-            if i == me
-                || c == NOT_POLLING
-                || now.saturating_sub(s.seen.load(Ordering::Relaxed)) < starved
-            {
-                continue;
-            }
-            let mine = *mine.get_or_insert_with(|| cpu.take().map_or(NOT_POLLING, |f| f()));
-            if c == mine {
-                return true;
-            }
-        }
-        false
+        self.slots.iter().enumerate().any(|(i, s)| {
+            i != me
+                && s.cpu.load(Ordering::Relaxed) == cpu
+                && now.saturating_sub(s.seen.load(Ordering::Relaxed)) >= starved
+        })
     }
 }
 
@@ -113,21 +104,21 @@ mod tests {
     fn a_polling_sibling_on_my_cpu_is_starved_only_after_the_threshold() {
         let p = Presence::default();
         let t0 = Instant::now();
-        let later = t0 + STARVED;
-        let on = |c: u32| move || c;
-        assert!(!p.sibling_starved(0, later, on(3)), "nobody polls");
+        assert!(!p.sibling_polling(0));
         p.polling(1, 3, t0);
-        assert!(!p.sibling_starved(0, t0, on(3)), "just seen");
-        assert!(p.sibling_starved(0, later, on(3)));
-        assert!(!p.sibling_starved(0, later, on(2)), "another CPU");
-        assert!(!p.sibling_starved(1, later, on(3)), "itself");
-        p.polling(2, 2, t0);
-        assert!(p.sibling_starved(0, later, on(2)), "the second sibling");
+        assert!(p.sibling_polling(0));
+        assert!(!p.sibling_polling(1), "itself");
+        assert!(!p.sibling_starved(0, 3, t0), "just seen");
+        let later = t0 + STARVED;
+        assert!(p.sibling_starved(0, 3, later));
+        assert!(!p.sibling_starved(0, 2, later), "another CPU");
+        assert!(!p.sibling_starved(1, 3, later), "itself");
         p.not_polling(1);
-        assert!(!p.sibling_starved(0, later, on(3)), "not polling any more");
+        assert!(!p.sibling_starved(0, 3, later), "not polling any more");
+        assert!(!p.sibling_polling(0));
         // Out-of-range workers are ignored rather than panicking.
         p.polling(SLOTS + 5, 3, t0);
-        assert!(!p.sibling_starved(0, later, on(3)));
+        assert!(!p.sibling_starved(0, 3, later));
     }
 
     #[test]
