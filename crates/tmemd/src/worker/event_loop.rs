@@ -42,6 +42,11 @@ pub const IDLE_BEAT: Duration = Duration::from_secs(1);
 /// kicking in a tight loop cannot keep the worker reading its port.
 const PORTS_PER_ROUND: usize = 256;
 
+/// A worker whose last busy round served at most this many requests serves guests that wait
+/// for their answers (synchronous, or nearly): it is marked on the presence board while it
+/// polls, so that a busy sibling on its CPU keeps its rounds short.
+const SYNC_ROUND: usize = 2;
+
 /// Messages to a worker.
 #[derive(Debug)]
 pub enum WorkerMsg {
@@ -217,6 +222,10 @@ impl Worker {
         let mut last_check = Instant::now();
         let mut crowd = tmem_ring::Crowding::new();
         let mut crowded = false;
+        // Requests in the last round that had any: a worker whose guests wait for each answer
+        // (a few per round) is the one a busy sibling should let in; one serving a stream
+        // (dozens per round) is not, or two streaming workers would slow each other down.
+        let mut last_round = 0usize;
         let mut since_yield = 0usize;
         loop {
             self.heartbeat.beat();
@@ -239,6 +248,7 @@ impl Worker {
             let presence = &self.shared.presence;
             if work > 0 {
                 last_work = now;
+                last_round = work;
                 presence.not_polling(self.index);
                 // With more runnable threads than CPUs, a worker that always has work would
                 // keep its CPU for a whole time slice while another worker (or a guest) on
@@ -258,7 +268,7 @@ impl Worker {
             let timeout = if now.duration_since(last_work) < self.poll_window {
                 if now.duration_since(last_check) < EVENT_CHECK {
                     if work == 0 {
-                        if crowded {
+                        if crowded && last_round <= SYNC_ROUND {
                             presence.polling(self.index, presence::current_cpu(), now);
                         }
                         // Let a guest sharing this CPU run while we wait for it.
