@@ -232,11 +232,8 @@ impl Worker {
             let mut work = 0usize;
             // Short rounds only while crowded and another worker polls (serves a guest that
             // waits for answers): alone, a worker keeps its long rounds.
-            let max = if crowded && self.shared.presence.sibling_polling(self.index) {
-                CROWDED_BATCH
-            } else {
-                BATCH
-            };
+            let short = crowded && self.shared.presence.sibling_polling(self.index);
+            let max = if short { CROWDED_BATCH } else { BATCH };
             for slot in 0..self.guests.len() {
                 match self.serve_slot(slot, max) {
                     Ok(n) => work += n,
@@ -251,13 +248,14 @@ impl Worker {
                 last_round = work;
                 presence.not_polling(self.index);
                 // With more runnable threads than CPUs, a worker that always has work would
-                // keep its CPU for a whole time slice while another worker (or a guest) on
-                // the same CPU waits to answer a synchronous request. Rounds are short then
-                // (`CROWDED_BATCH`); yield after one if a sibling that polls for work is
-                // queued behind us, and in any case every `BATCH` requests.
+                // keep its CPU for a whole time slice while its guest or another worker on the
+                // same CPU waits: let them in once a round. While a sibling serving a waiting
+                // guest polls, rounds are short (`CROWDED_BATCH`) and the yield comes after
+                // one only if that sibling is queued behind us, else every `BATCH` requests.
                 if crowded {
                     since_yield += work;
-                    if since_yield >= BATCH
+                    if !short
+                        || since_yield >= BATCH
                         || presence.sibling_starved(self.index, presence::current_cpu(), now)
                     {
                         since_yield = 0;
