@@ -22,8 +22,9 @@ use tmem_xen::Evtchn;
 use tracing::{debug, error, info, warn};
 
 use super::connection::{GuestConn, Link};
-use super::dispatch::serve;
+use super::dispatch::{serve, CROWDED_BATCH};
 use super::latency::Latency;
+use super::presence;
 use super::state::{End, Shared};
 use crate::health::Heartbeat;
 use crate::ratelimit::RateLimiter;
@@ -40,6 +41,11 @@ pub const IDLE_BEAT: Duration = Duration::from_secs(1);
 /// Event-channel ports taken per wake-up; the rest wait for the next round, so a guest
 /// kicking in a tight loop cannot keep the worker reading its port.
 const PORTS_PER_ROUND: usize = 256;
+
+/// A worker whose last busy round served at most this many requests serves guests that wait
+/// for their answers (synchronous, or nearly): it is marked on the presence board while it
+/// polls, so that a busy sibling on its CPU keeps its rounds short.
+const SYNC_ROUND: usize = 2;
 
 /// Messages to a worker.
 #[derive(Debug)]
@@ -215,28 +221,54 @@ impl Worker {
         let mut last_work = Instant::now();
         let mut last_check = Instant::now();
         let mut crowd = tmem_ring::Crowding::new();
+        let mut crowded = false;
+        // Requests in the last round that had any: a worker whose guests wait for each answer
+        // (a few per round) is the one a busy sibling should let in; one serving a stream
+        // (dozens per round) is not, or two streaming workers would slow each other down.
+        let mut last_round = 0usize;
+        let mut since_yield = 0usize;
         loop {
             self.heartbeat.beat();
             let mut work = 0usize;
+            // Short rounds only while crowded and another worker polls (serves a guest that
+            // waits for answers): alone, a worker keeps its long rounds.
+            let short = crowded && self.shared.presence.sibling_polling(self.index);
+            let max = if short { CROWDED_BATCH } else { BATCH };
             for slot in 0..self.guests.len() {
-                match self.serve_slot(slot) {
+                match self.serve_slot(slot, max) {
                     Ok(n) => work += n,
                     Err(exit) => return exit,
                 }
             }
             let now = Instant::now();
+            crowded = crowd.check(now);
+            let presence = &self.shared.presence;
             if work > 0 {
                 last_work = now;
+                last_round = work;
+                presence.not_polling(self.index);
                 // With more runnable threads than CPUs, a worker that always has work would
-                // keep its CPU for a whole time slice while another worker (or a guest) on
-                // the same CPU waits to answer a synchronous request: let it in once a round.
-                if crowd.check(now) {
-                    std::thread::yield_now();
+                // keep its CPU for a whole time slice while its guest or another worker on the
+                // same CPU waits: let them in once a round. While a sibling serving a waiting
+                // guest polls, rounds are short (`CROWDED_BATCH`) and the yield comes after
+                // one only if that sibling is queued behind us, else every `BATCH` requests.
+                if crowded {
+                    since_yield += work;
+                    if !short
+                        || since_yield >= BATCH
+                        || presence.sibling_starved(self.index, presence::current_cpu(), now)
+                    {
+                        since_yield = 0;
+                        std::thread::yield_now();
+                    }
                 }
             }
             let timeout = if now.duration_since(last_work) < self.poll_window {
                 if now.duration_since(last_check) < EVENT_CHECK {
                     if work == 0 {
+                        if crowded && last_round <= SYNC_ROUND {
+                            presence.polling(self.index, presence::current_cpu(), now);
+                        }
                         // Let a guest sharing this CPU run while we wait for it.
                         std::thread::yield_now();
                     }
@@ -259,6 +291,9 @@ impl Worker {
                 }
             };
             last_check = now;
+            if timeout != Some(Duration::ZERO) {
+                presence.not_polling(self.index);
+            }
             // Beat again before a sleep: a long round must not leave a stale beat behind it.
             self.heartbeat.beat();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -298,7 +333,7 @@ impl Worker {
 
     /// One round for one guest. A panic while serving it disconnects that guest only,
     /// unless it poisoned the store, which ends the worker.
-    fn serve_slot(&mut self, slot: usize) -> Result<usize, Exit> {
+    fn serve_slot(&mut self, slot: usize, max: usize) -> Result<usize, Exit> {
         let Some(g) = self.guests[slot].as_mut() else {
             return Ok(0);
         };
@@ -310,7 +345,7 @@ impl Worker {
         super::tests::inject_outside(g);
         let store = &self.shared.store;
         let latency = &*self.latency;
-        let outcome = catch_unwind(AssertUnwindSafe(|| serve(store, g, latency)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| serve(store, g, latency, max)));
         match outcome {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(reason)) => {

@@ -4,12 +4,14 @@
 //! - [`connection`]: one guest connection (ring, memory, notification link, log limits);
 //! - [`dispatch`]: serving one guest's ring against the store;
 //! - [`event_loop`]: the worker thread, its epoll loop, panic containment and heartbeat;
-//! - [`latency`]: per-worker request service-time histograms.
+//! - [`latency`]: per-worker request service-time histograms;
+//! - [`presence`]: where polling workers run, so a busy one can yield to a queued sibling.
 
 mod connection;
 mod dispatch;
 mod event_loop;
 pub mod latency;
+pub mod presence;
 mod state;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -40,6 +40,8 @@ pub struct Shared {
     /// Xen domains saved or migrated away, by uuid: what `tmem list` shows of each (the Xen
     /// control plane owns the parked table itself).
     pub parked: Mutex<BTreeMap<String, ParkedStatus>>,
+    /// Where the workers poll (see `presence.rs`).
+    pub presence: super::presence::Presence,
 }
 
 /// One parked domain as `tmem list` shows it; `secs_left` is filled in from `deadline`.
@@ -118,6 +120,7 @@ impl Shared {
             connected: AtomicU32::new(0),
             health: Health::default(),
             settings: Mutex::new(settings),
+            presence: Default::default(),
         }
     }
 

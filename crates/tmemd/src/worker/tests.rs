@@ -472,7 +472,14 @@ pub(crate) fn serve_until_idle(
     let mut g = GuestConn::new(client, domid, "test".into(), ring, link, kill);
     let mut n = 0;
     loop {
-        match super::dispatch::serve(store, &mut g, &super::latency::Latency::default()).unwrap() {
+        match super::dispatch::serve(
+            store,
+            &mut g,
+            &super::latency::Latency::default(),
+            super::BATCH,
+        )
+        .unwrap()
+        {
             0 => return n,
             k => n += k,
         }
