@@ -19,7 +19,9 @@
 #   TMEMXQ_DOM0_TIMEOUT   QEMU start -> dom0 control plane up (default 240)
 #   TMEMXQ_SCENARIO_TIMEOUT  per scenario, seconds (default: the scenario's "# txq-timeout: N"
 #                      line, else 300)
-#   TMEMXQ_QEMU_CPU    QEMU -cpu under TCG (default qemu64; "max" needs ",-smap")
+#   TMEMXQ_QEMU_CPU    QEMU -cpu under TCG (default qemu64, or qemu64,+npt when migrate-live runs:
+#                      emulated nested paging gives Xen HAP, which PVH domUs and so
+#                      `xl migrate` need; "max" needs ",-smap")
 #   TMEMXQ_QEMU_MEM, TMEMXQ_DOM0_MEM  MiB for QEMU and dom0 (default 3072 and 1024; 4096 and
 #                      2048 when a swap scenario runs: spill files and page memory live in dom0)
 #   TMEMXQ_KEEP=1      keep QEMU's staging trees after the run
@@ -40,6 +42,7 @@ ALL_REAL="first-boot two-guests restart destroy transfer swapdisk migrate system
 SYSTEMD_SCENARIOS="systemd"
 # Known but not in "auto": swap-compare (a benchmark) takes about 12 minutes under TCG;
 # save-probe (reports what xl save / xl restore do to a tmem guest today; fails only if it cannot run);
+# migrate-live (issue 12: xl migrate to localhost of PVH domUs using tmem; boots with -cpu qemu64,+npt);
 # xen-path (issue 14: Xen against local transport, spinning against not, in one dom0 and run).
 SWAP="swap-compare swapdisk"
 
@@ -95,7 +98,9 @@ flock -n 9 || die "another run.sh is using $CACHE: wait for it, or set TMEMXQ_CA
 # ------------------------------------------------------------------ scenarios
 SCENARIOS=${*:-${TMEMXQ_SCENARIOS:-auto}}
 SCENARIOS=$(echo "$SCENARIOS" | tr ',' ' ' | sed "s/\(^\| \)swap\( \|\$\)/ $SWAP /g")
-wants_swap() { case " $SCENARIOS " in *" swap-compare "*|*" swapdisk "*|*" migrate "*) return 0;; esac; return 1; }
+wants_swap() { case " $SCENARIOS " in *" swap-compare "*|*" swapdisk "*|*" migrate "*|*" migrate-live "*) return 0;; esac; return 1; }
+# migrate-live needs PVH domUs, so HAP: let TCG emulate AMD nested paging (PV domUs do not mind).
+case " $SCENARIOS " in *" migrate-live "*) [ -n "${TMEMXQ_QEMU_CPU:-}" ] || QEMU_CPU=qemu64,+npt;; esac
 
 # ------------------------------------------------------------------ binaries
 BIN=$TARGET_DIR/release

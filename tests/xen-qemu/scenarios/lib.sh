@@ -108,7 +108,7 @@ tmemd_log_has() { grep -q -- "$1" "$TMEMD_LOG"; }
 # ---------------------------------------------------------------- domUs
 # guest_start NAME TMEM-GUEST-ARGS...: create a PV domU running tmem-guest with these args
 # (GUEST_PAUSED=1: leave it paused; `xl unpause NAME` starts it). GUEST_MEMORY: MiB (192);
-# GUEST_EXTRA: more kernel command line; GUEST_DISK: an xl disk spec ('phy:/dev/loop0,xvdb,w').
+# GUEST_EXTRA: more kernel command line; GUEST_TYPE: pv (default) or pvh; GUEST_DISK: an xl disk spec ('phy:/dev/loop0,xvdb,w').
 guest_start() {
     _name=$1
     shift
@@ -116,7 +116,7 @@ guest_start() {
     rm -f "$CONSOLE_DIR/guest-$_name.log"
     cat > "/etc/xen/$_name.cfg" <<EOF
 name = "$_name"
-type = "pv"
+type = "${GUEST_TYPE:-pv}"
 kernel = "/boot/vmlinuz"
 ramdisk = "/boot/domu.cpio.gz"
 extra = "console=hvc0 quiet loglevel=1 tmemxq.args=$_args${GUEST_EXTRA:+ $GUEST_EXTRA}"
@@ -133,7 +133,9 @@ EOF
     relay "$_name" "$CONSOLE_DIR/guest-$_name.log"
 }
 
-guest_log() { tr -d '\r' < "$CONSOLE_DIR/guest-$1.log" 2>/dev/null; }
+# A domain received by `xl migrate` is created as NAME--incoming and renamed at the end;
+# xenconsoled names its log by the name it first saw, so NAME's console continues there.
+guest_log() { cat "$CONSOLE_DIR/guest-$1.log" "$CONSOLE_DIR/guest-$1--incoming.log" 2>/dev/null | tr -d '\r'; }
 guest_domid() { xl domid "$1" 2>/dev/null; }
 
 # guest_wait NAME PATTERN SECONDS: wait for a line in the guest's console.
