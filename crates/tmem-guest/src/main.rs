@@ -169,6 +169,11 @@ struct BenchArgs {
     /// 0.3 of a page, like real file pages); every byte of a `text` page is checked on get.
     #[arg(long, value_enum, default_value = "zero")]
     content: BenchContent,
+    /// Put-then-get rounds over the same pages (0: until killed, as a load beside another
+    /// guest; SIGTERM or SIGINT then ends it after the current round, with the report).
+    /// Rates and latencies cover every round.
+    #[arg(long, default_value_t = 1)]
+    rounds: u64,
 }
 
 /// `tmem-guest bench --content`.
@@ -256,87 +261,94 @@ fn bench(a: BenchArgs) -> ExitCode {
         p[PAGE_SIZE - 8..].copy_from_slice(&(!i).to_le_bytes());
     };
     let mut scratch = [0u8; PAGE_SIZE];
-    // Put phase.
     let mut pages: Vec<Page> = vec![[0u8; PAGE_SIZE]; batch];
     let mut out = Vec::with_capacity(batch);
     let mut lat_put = Vec::with_capacity((a.pages as usize).div_ceil(batch));
-    let mut stored = 0u64;
-    let t0 = Instant::now();
-    let mut i = 0u64;
-    while i < a.pages {
-        let n = ((a.pages - i) as usize).min(batch);
-        for (j, p) in pages.iter_mut().take(n).enumerate() {
-            stamp(p, i + j as u64);
+    let mut lat_get = Vec::with_capacity(lat_put.capacity());
+    let (mut stored, mut hits, mut bad) = (0u64, 0u64, 0u64);
+    let (mut put_s, mut get_s) = (0.0, 0.0);
+    let mut round = 0u64;
+    loop {
+        // Put phase.
+        let t0 = Instant::now();
+        let mut i = 0u64;
+        while i < a.pages {
+            let n = ((a.pages - i) as usize).min(batch);
+            for (j, p) in pages.iter_mut().take(n).enumerate() {
+                stamp(p, i + j as u64);
+            }
+            let mut ops: Vec<PageOp<'_>> = pages
+                .iter()
+                .take(n)
+                .enumerate()
+                .map(|(j, p)| PageOp::Put(key(i + j as u64), p))
+                .collect();
+            let s = Instant::now();
+            let _ = client.batch(h, &mut ops, &mut out);
+            lat_put.push(s.elapsed().as_nanos() as u64);
+            stored += out.iter().filter(|o| **o == Outcome::Stored).count() as u64;
+            i += n as u64;
         }
-        let mut ops: Vec<PageOp<'_>> = pages
-            .iter()
-            .take(n)
-            .enumerate()
-            .map(|(j, p)| PageOp::Put(key(i + j as u64), p))
-            .collect();
-        let s = Instant::now();
-        let _ = client.batch(h, &mut ops, &mut out);
-        lat_put.push(s.elapsed().as_nanos() as u64);
-        stored += out.iter().filter(|o| **o == Outcome::Stored).count() as u64;
-        i += n as u64;
-    }
-    let put_s = t0.elapsed().as_secs_f64();
-    // Get phase.
-    let mut lat_get = Vec::with_capacity(lat_put.len());
-    let mut hits = 0u64;
-    let mut bad = 0u64;
-    let t1 = Instant::now();
-    let mut i = 0u64;
-    while i < a.pages {
-        let n = ((a.pages - i) as usize).min(batch);
-        let mut ops: Vec<PageOp<'_>> = pages
-            .iter_mut()
-            .take(n)
-            .enumerate()
-            .map(|(j, p)| PageOp::Get(key(i + j as u64), p))
-            .collect();
-        let s = Instant::now();
-        let _ = client.batch(h, &mut ops, &mut out);
-        lat_get.push(s.elapsed().as_nanos() as u64);
-        drop(ops);
-        for (j, o) in out.iter().enumerate() {
-            if *o == Outcome::Hit {
-                hits += 1;
-                let want = i + j as u64;
-                let p = &pages[j];
-                let ok = if text {
-                    content::check(p, text_id(want), &mut scratch) == content::Check::Ok
-                } else {
-                    p[0..8] == want.to_le_bytes() && p[PAGE_SIZE - 8..] == (!want).to_le_bytes()
-                };
-                if !ok {
-                    bad += 1;
+        put_s += t0.elapsed().as_secs_f64();
+        // Get phase.
+        let t1 = Instant::now();
+        let mut i = 0u64;
+        while i < a.pages {
+            let n = ((a.pages - i) as usize).min(batch);
+            let mut ops: Vec<PageOp<'_>> = pages
+                .iter_mut()
+                .take(n)
+                .enumerate()
+                .map(|(j, p)| PageOp::Get(key(i + j as u64), p))
+                .collect();
+            let s = Instant::now();
+            let _ = client.batch(h, &mut ops, &mut out);
+            lat_get.push(s.elapsed().as_nanos() as u64);
+            drop(ops);
+            for (j, o) in out.iter().enumerate() {
+                if *o == Outcome::Hit {
+                    hits += 1;
+                    let want = i + j as u64;
+                    let p = &pages[j];
+                    let ok = if text {
+                        content::check(p, text_id(want), &mut scratch) == content::Check::Ok
+                    } else {
+                        p[0..8] == want.to_le_bytes() && p[PAGE_SIZE - 8..] == (!want).to_le_bytes()
+                    };
+                    if !ok {
+                        bad += 1;
+                    }
                 }
             }
+            i += n as u64;
         }
-        i += n as u64;
+        get_s += t1.elapsed().as_secs_f64();
+        round += 1;
+        if round == a.rounds || workload::stop_requested() {
+            break;
+        }
     }
-    let get_s = t1.elapsed().as_secs_f64();
     lat_put.sort_unstable();
     lat_get.sort_unstable();
     let _ = client.destroy_pool(h);
     let j = serde_json::json!({
         "type": "bench",
         "pages": a.pages,
+        "rounds": round,
         "window": window,
         "batch": batch,
         "kind": a.kind,
         "content": if text { "text" } else { "zero" },
         "latency_unit": if batch == 1 { "op" } else { "batch" },
         "put": {
-            "pages_per_s": a.pages as f64 / put_s.max(1e-9),
+            "pages_per_s": (a.pages * round) as f64 / put_s.max(1e-9),
             "stored": stored,
             "seconds": put_s,
             "p50_us": percentile(&lat_put, 0.50),
             "p99_us": percentile(&lat_put, 0.99),
         },
         "get": {
-            "pages_per_s": a.pages as f64 / get_s.max(1e-9),
+            "pages_per_s": (a.pages * round) as f64 / get_s.max(1e-9),
             "hits": hits,
             "seconds": get_s,
             "p50_us": percentile(&lat_get, 0.50),

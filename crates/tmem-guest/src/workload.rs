@@ -159,6 +159,11 @@ pub fn stop_on_signals() {
         });
 }
 
+/// Whether SIGTERM or SIGINT asked this program to stop (see [`stop_on_signals`]).
+pub fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn run(a: RunArgs) -> ExitCode {
     crate::content::set_text(a.text_pages);
     let mut shared_uuids = Vec::new();
