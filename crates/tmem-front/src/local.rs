@@ -373,8 +373,16 @@ impl<M: SharedMem + 'static, S: Signal + 'static> Connection for RingConnection<
                 self.inflight[tag as usize] = Some((next, id));
                 next += 1;
                 pushed += 1;
-                if pushed.is_multiple_of(PUBLISH_EVERY) && self.ring.publish() {
-                    self.signal.kick();
+                if pushed.is_multiple_of(PUBLISH_EVERY) {
+                    if self.ring.publish() {
+                        self.signal.kick();
+                    }
+                    if self.spin.crowded() {
+                        // Copying a window of pages in takes a few hundred µs: on a crowded
+                        // machine, let a thread waiting for this CPU (the backend, or another
+                        // guest's synchronous call) in between, not only at the end.
+                        std::thread::yield_now();
+                    }
                 }
             }
             if pushed > 0 && self.ring.publish() {
