@@ -22,6 +22,9 @@ const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 /// backend idle while the guest copies pages in, and the guest idle while the backend works
 /// through them (the two would alternate instead of overlapping).
 const PUBLISH_EVERY: usize = 16;
+/// While the machine is crowded, a guest pushing a batch yields its CPU this often (a
+/// multiple of [`PUBLISH_EVERY`]).
+const YIELD_EVERY: usize = 64;
 
 /// How long one sleep on the notify eventfd lasts before the socket is checked again.
 const SLEEP_SLICE: Duration = Duration::from_millis(20);
@@ -377,7 +380,7 @@ impl<M: SharedMem + 'static, S: Signal + 'static> Connection for RingConnection<
                     if self.ring.publish() {
                         self.signal.kick();
                     }
-                    if self.spin.crowded() {
+                    if self.spin.crowded() && pushed.is_multiple_of(YIELD_EVERY) {
                         // Copying a window of pages in takes a few hundred µs: on a crowded
                         // machine, let a thread waiting for this CPU (the backend, or another
                         // guest's synchronous call) in between, not only at the end.
