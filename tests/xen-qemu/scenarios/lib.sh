@@ -30,6 +30,20 @@ diagnostics() {
         echo "--- tmem list --json ---"
         timeout 5 tmem list --json 2>&1 | cut -c1-2000
     fi
+    # Last, so it is in the tail CI prints: where the guests of guest_json_since checks stood.
+    for f in /tmp/*.since.json; do
+        [ -s "$f" ] || continue
+        _g=$(basename "$f" .since.json)
+        _pick='{connected, map: .counters.map, swap_stored: .guest.swap_stored, swap_loaded: .guest.swap_loaded, errors: .guest.verification_errors}'
+        echo "--- $_g, status lines: before the mark, first and last after it ($(wc -l < "$f") after) ---"
+        if [ -s "/tmp/$_g.before.json" ]; then
+            jq -c "$_pick" "/tmp/$_g.before.json" 2>&1 | cut -c1-400
+        else
+            echo "(no status line before the mark)"
+        fi
+        head -n 1 "$f" | jq -c "$_pick" 2>&1 | cut -c1-400
+        tail -n 1 "$f" | jq -c "$_pick" 2>&1 | cut -c1-400
+    done
     echo "----- end of diagnostics -----"
 }
 
@@ -307,8 +321,14 @@ guest_destroy() {
 NO_LOSS='.counters.map.losses == 0 and .counters.map.lost_pages == 0 and .guest.swap_lost == 0 and .guest.verification_errors == 0'
 
 # guest_json_since NAME LINE JQ: like guest_json, over the status lines after console line
-# LINE only; `$first` is the first of them (where the guest stood then).
+# LINE only; `$first` is the first of them, `$before` the last status line up to LINE (the
+# first after it if there is none). Compare a counter that an event bumps with `$before`:
+# when the event (a reattach after xl restore) comes before the guest's next status line,
+# `$first` already counts it.
 guest_json_since() {
-    guest_log "$1" | tail -n +$(($2 + 1)) | grep -E '^\{.*"type":"(status|final)"' > "/tmp/$1.since.json"
-    [ -s "/tmp/$1.since.json" ] && jq -e -s ".[0] as \$first | any(.[]; $3)" "/tmp/$1.since.json" >/dev/null 2>&1
+    guest_log "$1" | grep -n '' | grep -E '^[0-9]+:\{.*"type":"(status|final)"' > "/tmp/$1.numbered.json"
+    awk -F: -v l="$2" '$1 > l' "/tmp/$1.numbered.json" | cut -d: -f2- > "/tmp/$1.since.json"
+    awk -F: -v l="$2" '$1 <= l' "/tmp/$1.numbered.json" | tail -n 1 | cut -d: -f2- > "/tmp/$1.before.json"
+    [ -s "/tmp/$1.since.json" ] && jq -e -s --slurpfile b "/tmp/$1.before.json" \
+        ".[0] as \$first | (\$b[0] // \$first) as \$before | any(.[]; $3)" "/tmp/$1.since.json" >/dev/null 2>&1
 }

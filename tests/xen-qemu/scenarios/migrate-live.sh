@@ -68,9 +68,9 @@ S2=$(guest_domid ms)
 tmemd_log_has "domain claimed the parked pages.*domid=$M2 old_domid=$M" || fail "tmemd did not hand mp's pages to domain $M2"
 tmemd_log_has "domain claimed the parked pages.*domid=$S2 old_domid=$S" || fail "tmemd did not hand ms's pages to domain $S2"
 wait_for 300 "mp served again, reattached, nothing lost" guest_json_since mp "$LINE" \
-    "$ALL_MAPPED and .counters.map.reattached > \$first.counters.map.reattached and $NO_LOSS"
+    "$ALL_MAPPED and .counters.map.reattached > \$before.counters.map.reattached and $NO_LOSS"
 wait_for 300 "mp reads back swap pages stored before the move" guest_json_since mp "$LINE" \
-    ".guest.swap_stored == 64 and .guest.swap_loaded > \$first.guest.swap_loaded + 20 and $NO_LOSS"
+    ".guest.swap_stored == 64 and .guest.swap_loaded > \$before.guest.swap_loaded + 20 and $NO_LOSS"
 ok "xl migrate: mp (domain $M -> $M2) reattached and read back its pages, none lost"
 wait_for 300 "domain $S2's swap disk connected and serving" list_has /tmp/mg-back.json \
     "$(disk_of "$S2") | .state == \"connected\" and .reads + .writes > 100"

@@ -53,9 +53,9 @@ ok "ms (domain $S) swaps on xvdz: $(jq -c "$(disk_of "$S") | {writes, reads, pag
 # again), with nothing lost.
 mp_back() {
     wait_for 180 "mp served again, reattached, nothing lost" guest_json_since mp "$1" \
-        "$ALL_MAPPED and .counters.map.reattached > \$first.counters.map.reattached and $NO_LOSS"
+        "$ALL_MAPPED and .counters.map.reattached > \$before.counters.map.reattached and $NO_LOSS"
     wait_for 180 "mp reads back swap pages stored before the move" guest_json_since mp "$1" \
-        ".guest.swap_stored == 64 and .guest.swap_loaded > \$first.guest.swap_loaded + 20 and $NO_LOSS"
+        ".guest.swap_stored == 64 and .guest.swap_loaded > \$before.guest.swap_loaded + 20 and $NO_LOSS"
 }
 # ms_back DOMID: its swap disk is connected again under DOMID and serves requests.
 ms_back() {
