@@ -102,6 +102,27 @@ tmemd_start() {
     ok "tmemd up (pid $(tmemd_pid))"
 }
 
+# migrate_tmemd_start SPILL PARK MEM_LIMIT: the tmemd of the migrate scenarios: domain "ms"
+# gets a swap disk of SWAP_MIB spilling to a tmpfs mounted at SPILL (unmounted at cleanup),
+# released domains are parked for PARK seconds; then wait until it serves Xen.
+migrate_tmemd_start() {
+    mkdir -p "$1"
+    mount -t tmpfs -o size=$((SWAP_MIB + 64))m swapspill "$1" || fail "mount a tmpfs on $1"
+    on_cleanup "umount $1"
+    cat > /etc/tmemd-migrate.toml <<EOF
+swap_spill_dir = "$1"
+park_timeout_secs = $2
+[[swap_disk]]
+domains = ["ms"]
+size = "${SWAP_MIB}MiB"
+device = "xvdz"
+EOF
+    TMEMD_MEM_LIMIT=$3 \
+        TMEMD_START_HINT="this scenario needs a tmemd that parks domains (issue 12)" \
+        tmemd_start -c /etc/tmemd-migrate.toml
+    wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
+}
+
 # tmemd_stop SIGNAL: signal tmemd and wait until it is gone.
 tmemd_stop() {
     _pid=$(tmemd_pid)

@@ -24,19 +24,7 @@ xl info | grep -q '^virt_caps.* hap' \
     || fail "this Xen has no HAP, so no PVH domU and no xl migrate: boot QEMU with nested paging (TMEMXQ_QEMU_CPU=qemu64,+npt)"
 export GUEST_TYPE=pvh
 
-mkdir -p "$SPILL"
-mount -t tmpfs -o size=$((SWAP_MIB + 64))m swapspill "$SPILL" || fail "mount a tmpfs on $SPILL"
-on_cleanup "umount $SPILL"
-cat > /etc/tmemd-migrate.toml <<EOT
-swap_spill_dir = "$SPILL"
-park_timeout_secs = $PARK
-[[swap_disk]]
-domains = ["ms"]
-size = "${SWAP_MIB}MiB"
-device = "xvdz"
-EOT
-TMEMD_MEM_LIMIT=${TXQ_MIGRATE_MEM_LIMIT:-96M} tmemd_start -c /etc/tmemd-migrate.toml
-wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
+migrate_tmemd_start "$SPILL" "$PARK" "${TXQ_MIGRATE_MEM_LIMIT:-96M}"
 
 guest_start mp $XEN_GUEST --seconds 3600 --filesystems 1 --swap \
     --swap-pages 64 --swap-cold-pages 64 --call-timeout-ms 120000

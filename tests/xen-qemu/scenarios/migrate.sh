@@ -21,21 +21,8 @@ BE=/local/domain/0/backend/tmemblk
 PARK=${TXQ_PARK_TIMEOUT:-60}
 disk_of() { echo "(.swap_disks[]? | select(.domid == $1))"; }
 
-mkdir -p "$SPILL"
-mount -t tmpfs -o size=$((SWAP_MIB + 64))m swapspill "$SPILL" || fail "mount a tmpfs on $SPILL"
-on_cleanup "umount $SPILL; rm -f /tmp/mp*.chk /tmp/ms*.chk"
-cat > /etc/tmemd-migrate.toml <<EOF
-swap_spill_dir = "$SPILL"
-park_timeout_secs = $PARK
-[[swap_disk]]
-domains = ["ms"]
-size = "${SWAP_MIB}MiB"
-device = "xvdz"
-EOF
-TMEMD_MEM_LIMIT=${TXQ_MIGRATE_MEM_LIMIT:-96M} \
-    TMEMD_START_HINT="this scenario needs a tmemd that parks domains (issue 12)" \
-    tmemd_start -c /etc/tmemd-migrate.toml
-wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
+migrate_tmemd_start "$SPILL" "$PARK" "${TXQ_MIGRATE_MEM_LIMIT:-96M}"
+on_cleanup "rm -f /tmp/mp*.chk /tmp/ms*.chk"
 
 guest_start mp $XEN_GUEST --seconds 3600 --filesystems 1 --swap \
     --swap-pages 64 --swap-cold-pages 64 --call-timeout-ms 120000
