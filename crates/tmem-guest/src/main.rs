@@ -165,8 +165,13 @@ struct BenchArgs {
     #[arg(long, default_value_t = 5.0)]
     wait: f64,
     /// Page content: `zero` (a zero page with the page number stamped at both ends; lz4
-    /// packs it to a few dozen bytes) or `text` (text-like phrases, which lz4 packs to about
-    /// 0.3 of a page, like real file pages); every byte of a `text` page is checked on get.
+    /// packs it to a few dozen bytes), `text` (text-like phrases of a 16-word vocabulary,
+    /// which lz4 packs to about 0.3 of a page: the slowest pages for its decoder) or `mixed`
+    /// (page i is page i of the mixed corpus of `tmem-corpus`: this machine's executables,
+    /// libraries, text and logs, zero, same-filled and random pages; built before any timing
+    /// and held in memory, --pages × 4 KiB). Every byte of a `text` or `mixed` page is checked
+    /// on get. With `mixed`, the report also gives the get latency of the pages tmemd stores
+    /// compressed with lz4 (get.compressible_*; latencies with --batch 1 only).
     #[arg(long, value_enum, default_value = "zero")]
     content: BenchContent,
     /// Put-then-get rounds over the same pages (0: until killed, as a load beside another
@@ -174,6 +179,10 @@ struct BenchArgs {
     /// Rates and latencies cover every round.
     #[arg(long, default_value_t = 1)]
     rounds: u64,
+    /// After the last round, keep the pages stored this long before destroying the pool (not
+    /// timed), in milliseconds: time for an observer to read tmemd's statistics of them.
+    #[arg(long, default_value_t = 0)]
+    hold_ms: u64,
 }
 
 /// `tmem-guest bench --content`.
@@ -181,6 +190,29 @@ struct BenchArgs {
 enum BenchContent {
     Zero,
     Text,
+    Mixed,
+}
+
+impl BenchContent {
+    fn name(self) -> &'static str {
+        match self {
+            BenchContent::Zero => "zero",
+            BenchContent::Text => "text",
+            BenchContent::Mixed => "mixed",
+        }
+    }
+}
+
+/// tmemd's default `compress_max_bytes`: a page that compresses to more is stored raw.
+const COMPRESS_MAX_BYTES: usize = PAGE_SIZE * 3 / 4;
+
+/// Whether tmemd with lz4 on stores `p` compressed (tmem-store's `compress.rs`, with the
+/// default threshold): not same-filled (those are kept as metadata only) and lz4 packs it to
+/// at most [`COMPRESS_MAX_BYTES`]. tmemd may still store a few such pages raw: after eight
+/// pages in a row that do not compress it skips some without trying.
+fn lz4_compressible(p: &Page) -> bool {
+    !tmem_corpus::same_filled(p)
+        && (1..=COMPRESS_MAX_BYTES).contains(&lz4_flex::block::compress(p).len())
 }
 
 fn main() -> ExitCode {
@@ -217,6 +249,14 @@ fn bench(a: BenchArgs) -> ExitCode {
             eprintln!("tmem-guest bench: --kind must be ephemeral or persistent, not {other:?}");
             return ExitCode::from(2);
         }
+    };
+    // `--content mixed`: the corpus and which of its pages compress, before connecting.
+    let (corpus, compressible) = if a.content == BenchContent::Mixed {
+        let c = tmem_corpus::Corpus::mixed(a.pages as usize);
+        let z: Vec<bool> = c.pages.iter().map(|p| lz4_compressible(&p.0)).collect();
+        (Some(c), z)
+    } else {
+        (None, Vec::new())
     };
     let (client, _) = a.conn.client();
     if !client.wait_mapped(Duration::from_secs_f64(a.wait.max(0.0))) {
@@ -255,16 +295,20 @@ fn bench(a: BenchArgs) -> ExitCode {
     let stamp = |p: &mut Page, i: u64| {
         if text {
             content::fill(p, text_id(i));
-            return;
+        } else if let Some(c) = &corpus {
+            *p = c.pages[i as usize].0;
+        } else {
+            p[0..8].copy_from_slice(&i.to_le_bytes());
+            p[PAGE_SIZE - 8..].copy_from_slice(&(!i).to_le_bytes());
         }
-        p[0..8].copy_from_slice(&i.to_le_bytes());
-        p[PAGE_SIZE - 8..].copy_from_slice(&(!i).to_le_bytes());
     };
     let mut scratch = [0u8; PAGE_SIZE];
     let mut pages: Vec<Page> = vec![[0u8; PAGE_SIZE]; batch];
     let mut out = Vec::with_capacity(batch);
     let mut lat_put = Vec::with_capacity((a.pages as usize).div_ceil(batch));
     let mut lat_get = Vec::with_capacity(lat_put.capacity());
+    // Gets of the pages tmemd stores compressed (`--content mixed`, one page a call).
+    let mut lat_get_z = Vec::new();
     let (mut stored, mut hits, mut bad) = (0u64, 0u64, 0u64);
     let (mut put_s, mut get_s) = (0.0, 0.0);
     let mut round = 0u64;
@@ -303,7 +347,11 @@ fn bench(a: BenchArgs) -> ExitCode {
                 .collect();
             let s = Instant::now();
             let _ = client.batch(h, &mut ops, &mut out);
-            lat_get.push(s.elapsed().as_nanos() as u64);
+            let ns = s.elapsed().as_nanos() as u64;
+            lat_get.push(ns);
+            if batch == 1 && compressible.get(i as usize) == Some(&true) {
+                lat_get_z.push(ns);
+            }
             drop(ops);
             for (j, o) in out.iter().enumerate() {
                 if *o == Outcome::Hit {
@@ -312,6 +360,8 @@ fn bench(a: BenchArgs) -> ExitCode {
                     let p = &pages[j];
                     let ok = if text {
                         content::check(p, text_id(want), &mut scratch) == content::Check::Ok
+                    } else if let Some(c) = &corpus {
+                        *p == c.pages[want as usize].0
                     } else {
                         p[0..8] == want.to_le_bytes() && p[PAGE_SIZE - 8..] == (!want).to_le_bytes()
                     };
@@ -330,15 +380,17 @@ fn bench(a: BenchArgs) -> ExitCode {
     }
     lat_put.sort_unstable();
     lat_get.sort_unstable();
+    lat_get_z.sort_unstable();
+    std::thread::sleep(Duration::from_millis(a.hold_ms));
     let _ = client.destroy_pool(h);
-    let j = serde_json::json!({
+    let mut j = serde_json::json!({
         "type": "bench",
         "pages": a.pages,
         "rounds": round,
         "window": window,
         "batch": batch,
         "kind": a.kind,
-        "content": if text { "text" } else { "zero" },
+        "content": a.content.name(),
         "latency_unit": if batch == 1 { "op" } else { "batch" },
         "put": {
             "pages_per_s": (a.pages * round) as f64 / put_s.max(1e-9),
@@ -357,6 +409,15 @@ fn bench(a: BenchArgs) -> ExitCode {
         "verification_errors": bad,
         "counters": client.counters(),
     });
+    if let Some(c) = &corpus {
+        j["corpus"] = c.describe().into();
+        let g = &mut j["get"];
+        g["compressible_pages"] = compressible.iter().filter(|z| **z).count().into();
+        // Per page only if one page a call; none if no page compresses.
+        let one = batch == 1 && !lat_get_z.is_empty();
+        g["compressible_p50_us"] = one.then(|| percentile(&lat_get_z, 0.50)).into();
+        g["compressible_p99_us"] = one.then(|| percentile(&lat_get_z, 0.99)).into();
+    }
     outln!("{j}");
     if bad > 0 {
         eprintln!("tmem-guest bench: {bad} pages came back with the wrong content");

@@ -2,7 +2,7 @@
 //! memory with compression off / lz4 / zstd, against the same compressor run on the same pages
 //! with no store around it (the limit), plus put and get rates and synchronous get latency.
 //!
-//! Two corpora, built on any machine from what is on it (see [`corpus`]):
+//! Two corpora, built on any machine from what is on it (the `tmem-corpus` crate):
 //! * **mixed**: 40% pages of executables and shared libraries, 20% of text (documentation,
 //!   headers), 10% of logs (`/var/log`, text if too few), 15% zero pages, 5% same-filled
 //!   pages of a non-zero word, 10% random pages;
@@ -20,157 +20,17 @@
 //! (min-max).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Instant;
+use tmem_corpus::{same_filled, AlignedPage as APage, Corpus};
 use tmem_store::*;
 
 const MAX_COMPRESSED: usize = PAGE_SIZE * 3 / 4;
-
-#[derive(Clone, Copy)]
-#[repr(C, align(4096))]
-struct APage(Page);
 
 fn key(i: u64) -> PageKey {
     PageKey {
         oid: Oid([i / 64, 0xcafe, 0]),
         index: (i % 64) as u32,
     }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// Pages of the regular files under `dirs` (sorted walk, at most 8 pages per file spread
-/// over it, full pages only) until `want` pages; fewer if the machine has fewer.
-fn file_pages(dirs: &[&str], want: usize, filter: &dyn Fn(&Path) -> bool) -> Vec<APage> {
-    let mut out = Vec::new();
-    let mut stack: Vec<std::path::PathBuf> = dirs.iter().map(|d| d.into()).collect();
-    stack.reverse();
-    while let Some(p) = stack.pop() {
-        if out.len() >= want {
-            break;
-        }
-        let Ok(md) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if md.is_dir() {
-            let Ok(rd) = std::fs::read_dir(&p) else {
-                continue;
-            };
-            let mut v: Vec<_> = rd.flatten().map(|e| e.path()).collect();
-            v.sort();
-            v.reverse();
-            stack.extend(v);
-            continue;
-        }
-        if !md.is_file() || md.len() < PAGE_SIZE as u64 || !filter(&p) {
-            continue;
-        }
-        let Ok(data) = std::fs::read(&p) else {
-            continue;
-        };
-        let pages = data.len() / PAGE_SIZE;
-        let step = pages.div_ceil(8).max(1);
-        for i in (0..pages).step_by(step) {
-            if out.len() >= want {
-                break;
-            }
-            let mut a = APage([0u8; PAGE_SIZE]);
-            a.0.copy_from_slice(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
-            out.push(a);
-        }
-    }
-    out
-}
-
-fn random_page(r: &mut Rng) -> APage {
-    let mut a = APage([0u8; PAGE_SIZE]);
-    for c in a.0.chunks_exact_mut(8) {
-        c.copy_from_slice(&r.next().to_le_bytes());
-    }
-    a
-}
-
-/// The mixed corpus of `n` pages, shuffled, and what it is made of.
-fn corpus(n: usize) -> (Vec<APage>, String) {
-    let mut r = Rng(0x1234_5678_9abc_def1);
-    let bins = file_pages(
-        &[
-            "/usr/bin",
-            "/usr/sbin",
-            "/usr/lib/x86_64-linux-gnu",
-            "/usr/lib",
-        ],
-        n * 40 / 100,
-        &|p| {
-            let s = p.to_string_lossy();
-            p.starts_with("/usr/bin") || p.starts_with("/usr/sbin") || s.contains(".so")
-        },
-    );
-    let text = file_pages(
-        &["/usr/share/doc", "/usr/include", "/usr/share"],
-        n * 20 / 100,
-        &|p| {
-            let s = p.to_string_lossy();
-            !s.ends_with(".gz") && !s.ends_with(".png") && !s.ends_with(".mo")
-        },
-    );
-    let mut logs = file_pages(&["/var/log"], n * 10 / 100, &|p| {
-        !p.to_string_lossy().ends_with(".gz")
-    });
-    let nlogs = logs.len();
-    if logs.len() < n * 10 / 100 {
-        // Few logs here: text instead, said in the header.
-        let more = file_pages(
-            &["/usr/share/common-licenses", "/usr/share/doc"],
-            n,
-            &|_| true,
-        );
-        logs.extend(more.into_iter().rev().take(n * 10 / 100 - nlogs));
-    }
-    let mut v = Vec::with_capacity(n);
-    let (nb, nt, nl) = (bins.len(), text.len(), nlogs);
-    v.extend(bins);
-    v.extend(text);
-    v.extend(logs);
-    for _ in 0..n * 15 / 100 {
-        v.push(APage([0u8; PAGE_SIZE]));
-    }
-    for i in 0..n * 5 / 100 {
-        let mut a = APage([0u8; PAGE_SIZE]);
-        let w = 0x0101_0101_0101_0101u64.wrapping_mul(i as u64 % 255 + 1);
-        for c in a.0.chunks_exact_mut(8) {
-            c.copy_from_slice(&w.to_le_bytes());
-        }
-        v.push(a);
-    }
-    while v.len() < n {
-        v.push(random_page(&mut r));
-    }
-    for i in (1..v.len()).rev() {
-        let j = (r.next() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
-    let desc = format!(
-        "{n} pages: {nb} of executables/libraries, {nt} of text, {nl} of logs{}, {} zero, {} same-filled, {} random",
-        if nl < n * 10 / 100 { " (+ text for the missing logs)" } else { "" },
-        n * 15 / 100,
-        n * 5 / 100,
-        n - nb - nt - n * 10 / 100 - n * 15 / 100 - n * 5 / 100
-    );
-    (v, desc)
-}
-
-fn same_filled(p: &Page) -> bool {
-    let w = &p[..8];
-    p.chunks_exact(8).all(|c| c == w)
 }
 
 /// The compressor alone: bytes the pages need (same-filled: none; compressed if at most the
@@ -333,13 +193,11 @@ fn main() {
         .unwrap_or(5);
     // Enough pages to fill the store at 4:1.
     let n = (mib as usize * 256 * 4).max(4096);
-    let (mixed, desc) = corpus(n);
-    println!("# capacity benchmark\n\nmixed corpus: {desc}");
+    let mixed = Corpus::mixed(n);
+    println!("# capacity benchmark\n\nmixed corpus: {}", mixed.describe());
+    let mixed = mixed.pages;
     table("mixed", &mixed, mib, runs);
-    let mut r = Rng(0xfeed_f00d_dead_beef);
-    let noise: Vec<APage> = (0..mib as usize * 256 + 64)
-        .map(|_| random_page(&mut r))
-        .collect();
+    let noise = tmem_corpus::incompressible(mib as usize * 256 + 64);
     table("incompressible", &noise, mib, runs);
     if std::env::var_os("TMEM_BENCH_SKIP_MODES").is_none() {
         inline_vs_background(&mixed, runs);

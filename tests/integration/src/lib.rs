@@ -268,6 +268,42 @@ impl Daemon {
             other => panic!("list failed: {other:?}"),
         }
     }
+
+    /// While process `pid` runs (the caller's child, not reaped yet), poll the statistics
+    /// every 250 ms: the most pages tmemd held compressed, and their compressed bytes. A
+    /// `tmem-guest bench` destroys its pool when done, so give it `--hold-ms` of a few polls.
+    pub fn compression_peak_while(&self, pid: u32) -> (u64, u64) {
+        let (mut pages, mut bytes) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline {
+            let z = &self.stats()["global"]["compression"];
+            let p = z["pages"].as_u64().unwrap_or(0);
+            if p > pages {
+                pages = p;
+                bytes = z["compressed_bytes"].as_u64().unwrap_or(0);
+            }
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "));
+            if !alive {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        (pages, bytes)
+    }
+}
+
+/// A tmemd config file in `dir` that turns lz4 on for this user's guests of `labels` (their
+/// `--domid`) and nothing else, with no memory set aside for persistent pools.
+pub fn lz4_config(dir: &TempDir, labels: &[u32]) -> PathBuf {
+    let uid = nix::unistd::getuid().as_raw();
+    let mut text = String::from("compression = \"lz4\"\ndefault_persistent_share_percent = 0\n");
+    for l in labels {
+        text += &format!("[[guest]]\nuid = {uid}\nlabel = {l}\ncompress = true\n");
+    }
+    let path = dir.path().join("tmemd.toml");
+    std::fs::write(&path, text).expect("write tmemd.toml");
+    path
 }
 
 impl Drop for Daemon {
