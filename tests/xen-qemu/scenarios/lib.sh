@@ -9,6 +9,8 @@ CONTROL_SOCK=/run/tmemd/control.sock
 PAGE_DIR=/run/tmemd-pages
 : > /run/txq-relays
 : > /run/txq-cleanup
+# guest_json_since's files of an earlier scenario would show in this one's diagnostics.
+rm -f /tmp/*.since.json /tmp/*.before.json /tmp/*.numbered.json
 
 say() { echo "[scenario $(now)] $*"; }
 now() { cut -d' ' -f1 /proc/uptime; }

@@ -64,6 +64,7 @@ wait_for 30 "both domains parked" list_has /tmp/mg-parked.json \
 jcheck /tmp/mg-parked.json "[.parked[] | select(.old_domid == $S)][0].swap_disk == \"xvdz\" and all(.parked[]; .secs_left > 0 and (.uuid | length) == 36)" \
     "tmem list: both parked, with uuid and time left ($(jq -c '[.parked[] | {old_domid, name, client_id, swap_disk, secs_left}]' /tmp/mg-parked.json))"
 ls "$SPILL" | grep -q "^swap-dom$S-.*\.spill$" || fail "the parked swap disk's spill file is gone"
+ok "how tmemd knew of the saves: suspend read $(grep -c 'domain is suspending' "$TMEMD_LOG") times, acknowledged before it read it $(grep -c 'acknowledged a shutdown request' "$TMEMD_LOG") times"
 for g in mp ms; do
     LINE_mp=$(lines mp)
     t0=$(secs)

@@ -7,6 +7,11 @@
 //! - **Suspending.** The toolstack writes `suspend` there for a save or a migration; tmemd
 //!   marks the domain (the mark stays until the domain is released). A guest can write it
 //!   too: then it only gets its *own* pages kept for `park_timeout_secs` after its death.
+//!   The guest acknowledges a request by writing an empty value, and it may do so before
+//!   tmemd reads the node (seen in the QEMU migrate scenario: a saved domain's swap disk was
+//!   destroyed). So a write tmemd only ever reads as empty, a request that came and went
+//!   unseen, marks the domain too: a poweroff missed that way parks pages until the timeout,
+//!   a save missed that way would lose them.
 //! - **Park instead of destroy.** A marked domain that is released keeps its persistent pools
 //!   and its swap disk (pages, spill file; the ring journal is of no use to a new ring), in
 //!   the parked table under its uuid, for `park_timeout_secs`. Ephemeral pools went at the
@@ -65,6 +70,19 @@ pub(super) struct Tracked {
     pub uuid: Option<String>,
     /// The toolstack (or the guest) asked it to suspend.
     pub suspending: bool,
+    /// The next event of the shutdown watch is the one xenstored fires when a watch is set.
+    pub initial_event: bool,
+    /// A request other than `suspend` was read (its acknowledgement is no surprise).
+    pub request_seen: bool,
+    /// A request was acknowledged before tmemd could read it: it may have been `suspend`.
+    pub unseen_request: bool,
+}
+
+impl Tracked {
+    /// Whether its release may be a save or a migration (see the module comment).
+    pub fn may_be_suspending(&self) -> bool {
+        self.suspending || self.unseen_request
+    }
 }
 
 impl XenBackend {
@@ -86,7 +104,8 @@ impl XenBackend {
             d,
             Tracked {
                 uuid: uuid.clone(),
-                suspending: false,
+                initial_event: true,
+                ..Tracked::default()
             },
         );
         self.xs
@@ -137,6 +156,9 @@ impl XenBackend {
     pub(super) fn rewatch_suspend(&mut self) -> Result<(), XsError> {
         let doms: Vec<u32> = self.tracked.keys().copied().collect();
         for d in doms {
+            if let Some(t) = self.tracked.get_mut(&d) {
+                t.initial_event = true;
+            }
             self.xs
                 .watch(&xenbus::shutdown_path(d), &suspend_token(d))?;
         }
@@ -148,26 +170,45 @@ impl XenBackend {
         token.strip_prefix(TOKEN_SUSPEND).and_then(parse_u32)
     }
 
-    /// A domain's shutdown node changed: `suspend` marks it (for good: the guest clears the
-    /// node when it acknowledges).
+    /// A domain's shutdown node was written: `suspend` marks it (for good: the guest clears
+    /// the node when it acknowledges), and so does an acknowledgement of a request never read
+    /// (see the module comment).
     pub(super) fn suspend_event(&mut self, d: u32) -> Result<(), XsError> {
         if !self.tracked.contains_key(&d) {
             return Ok(());
         }
         let v = self.xs.read(Tx::NONE, &xenbus::shutdown_path(d))?;
-        if v.as_deref() != Some(b"suspend".as_slice()) {
+        let Some(t) = self.tracked.get_mut(&d) else {
             return Ok(());
-        }
-        if let Some(t) = self.tracked.get_mut(&d) {
-            if !t.suspending {
-                t.suspending = true;
-                info!(
-                    domid = d,
-                    uuid = t.uuid.as_deref().unwrap_or("-"),
-                    "domain is suspending (save or migration): its pages will be parked at its \
-                     release"
-                );
+        };
+        let initial = std::mem::replace(&mut t.initial_event, false);
+        match v.as_deref().unwrap_or_default() {
+            b"suspend" => {
+                if !t.suspending {
+                    t.suspending = true;
+                    info!(
+                        domid = d,
+                        uuid = t.uuid.as_deref().unwrap_or("-"),
+                        "domain is suspending (save or migration): its pages will be parked \
+                         at its release"
+                    );
+                }
             }
+            // The watch being set, or an acknowledgement: of a request read before, or of one
+            // that came and went unseen.
+            b"" => {
+                if !initial && !t.request_seen && !t.suspending && !t.unseen_request {
+                    t.unseen_request = true;
+                    info!(
+                        domid = d,
+                        uuid = t.uuid.as_deref().unwrap_or("-"),
+                        "domain acknowledged a shutdown request before tmemd read it: its \
+                         pages will be parked at its release, in case it was a save"
+                    );
+                }
+                t.request_seen = false;
+            }
+            _ => t.request_seen = true,
         }
         Ok(())
     }
@@ -178,7 +219,7 @@ impl XenBackend {
             && self
                 .tracked
                 .get(&d)
-                .is_some_and(|t| t.suspending && t.uuid.is_some())
+                .is_some_and(|t| t.may_be_suspending() && t.uuid.is_some())
     }
 
     /// Another tracked domain with `d`'s uuid (the old domain of a migration on this host).
@@ -197,7 +238,11 @@ impl XenBackend {
         let Some(twin) = self.twin_of(d) else {
             return false;
         };
-        if !self.tracked.get(&twin).is_some_and(|t| t.suspending) {
+        if !self
+            .tracked
+            .get(&twin)
+            .is_some_and(Tracked::may_be_suspending)
+        {
             return false;
         }
         if self.held.insert(d) {

@@ -1067,6 +1067,71 @@ fn a_suspended_domain_is_parked_and_its_uuid_claims_the_pages_once() {
     d.stop();
 }
 
+/// A guest can acknowledge `suspend` (clear the node) before tmemd reads it: tmemd then sees
+/// only an empty node, and the save must still park the pages. A request read as another
+/// value (poweroff) and then acknowledged is no save: the pages are destroyed at once.
+#[test]
+fn a_save_acknowledged_before_tmemd_reads_the_request_still_parks() {
+    let fx = FakeXenstore::new();
+    let (mut admin, _a) = fx.connect();
+    fx.introduce(0, "Domain-0");
+    vm_domain(&fx, &mut admin, 5, "swapper", UUID_A, 0);
+    vm_domain(&fx, &mut admin, 6, "plain", UUID_B, 0);
+    let config = park_config("");
+    let store = tmem_store::Store::new(config.store.clone());
+    let d = Daemon::with_store(config, store);
+    let (xs, _srv) = fx.connect();
+    let mut x = d.backend(xs);
+    x.init().unwrap();
+    guest_pages(&d, 5, 55);
+    guest_pages(&d, 6, 66);
+    drive(
+        &mut x,
+        "both watches set and their first events taken",
+        |x| {
+            [5, 6]
+                .iter()
+                .all(|d| x.tracked.get(d).is_some_and(|t| !t.initial_event))
+        },
+    );
+    assert!(
+        !x.tracked[&5].may_be_suspending(),
+        "setting the watch is no request"
+    );
+
+    // The toolstack's request and the guest's acknowledgement, both before tmemd looks.
+    let node = "/local/domain/5/control/shutdown";
+    fx.write(node, "suspend");
+    fx.write(node, "");
+    fx.release(5);
+    drive(&mut x, "5 released", |x| !x.domains.contains_key(&5));
+    assert_eq!(parked_uuids(&d), [UUID_A], "parked, not destroyed");
+    let c = d
+        .shared
+        .store
+        .client_by_domid(5)
+        .expect("parked client kept");
+    vm_domain(&fx, &mut admin, 15, "swapper", UUID_A, 0);
+    drive(&mut x, "15 claims", |_x| parked_uuids(&d).is_empty());
+    assert_eq!(d.shared.store.client_by_domid(15), Some(c));
+    assert_eq!(page_found(&d, 15), Some(page_of(55)));
+
+    // A poweroff read as such, then acknowledged: destroyed at the release.
+    let node = "/local/domain/6/control/shutdown";
+    fx.write(node, "poweroff");
+    drive(&mut x, "poweroff read", |x| x.tracked[&6].request_seen);
+    fx.write(node, "");
+    drive(&mut x, "acknowledgement read", |x| {
+        !x.tracked[&6].request_seen
+    });
+    assert!(!x.tracked[&6].may_be_suspending());
+    fx.release(6);
+    drive(&mut x, "6 released", |x| !x.domains.contains_key(&6));
+    assert_eq!(d.shared.store.client_by_domid(6), None, "destroyed");
+    assert!(parked_uuids(&d).is_empty());
+    d.stop();
+}
+
 /// `xl migrate` to this host: the new domain exists while the old one lives. Its devices are
 /// offered but its frontend's connect is held until the old domain is released and parked;
 /// then the new domain claims the pages at once and its connect goes ahead. A domain that
