@@ -207,7 +207,11 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the reconnect thread (disconnect, stop).
+    /// The reconnect thread's doorbell (disconnect, stop): rung, and the condvar it sleeps on.
+    /// Apart from `state` so that its periodic wake-up never queues on the state lock, which a
+    /// caller holds for each whole batch: waiting there, it was woken and sent back to sleep
+    /// at hundreds of the callers' unlocks a second, each one a futex syscall for the caller.
+    bell: Mutex<bool>,
     wake: Condvar,
     /// Signalled whenever the connection or the map changes.
     changed: Condvar,
@@ -254,6 +258,7 @@ impl Client {
                 stop: false,
                 cfg,
             }),
+            bell: Mutex::new(false),
             wake: Condvar::new(),
             changed: Condvar::new(),
         });
@@ -540,7 +545,7 @@ impl Client {
 
     fn disconnect(&self, st: &mut State, why: &FrontError) {
         disconnect_state(st, why);
-        self.shared.wake.notify_all();
+        self.shared.ring();
         self.shared.changed.notify_all();
     }
 
@@ -600,7 +605,7 @@ impl Drop for Client {
                 c.goodbye();
             }
         }
-        self.shared.wake.notify_all();
+        self.shared.ring();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -865,31 +870,66 @@ fn count(c: &mut Counters, kind: PoolKind, op: &PageOp<'_>, o: Outcome, sent: bo
     }
 }
 
+impl Shared {
+    /// Wake the reconnect thread: the connection went away, or the client stops.
+    fn ring(&self) {
+        *self.bell.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.wake.notify_all();
+    }
+
+    /// Sleep until the doorbell rings or `timeout` passes; true if it rang (and unring it).
+    fn sleep(&self, timeout: Duration) -> bool {
+        let mut rung = self.bell.lock().unwrap_or_else(|p| p.into_inner());
+        if !*rung {
+            rung = self
+                .wake
+                .wait_timeout(rung, timeout)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        std::mem::replace(&mut *rung, false)
+    }
+}
+
 fn reconnect_loop(shared: &Shared, mut transport: Box<dyn Transport>) {
-    let mut backoff = lock(&shared.state).cfg.backoff_initial;
+    let (mut backoff, interval) = {
+        let g = lock(&shared.state);
+        (g.cfg.backoff_initial, g.cfg.liveness_interval)
+    };
     loop {
-        {
-            let mut g = lock(&shared.state);
+        let connected = {
+            let g = lock(&shared.state);
+            if g.stop {
+                return;
+            }
+            g.conn.is_some()
+        };
+        // Connected: check the peer every `interval`, without queueing on the state lock.
+        if connected {
             loop {
+                let rung = shared.sleep(interval);
+                let mut g = if rung {
+                    lock(&shared.state)
+                } else {
+                    match shared.state.try_lock() {
+                        Ok(g) => g,
+                        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                        // A caller holds it for a batch: it uses the connection and notices a dead
+                        // peer itself. Check again next time.
+                        Err(std::sync::TryLockError::WouldBlock) => continue,
+                    }
+                };
                 if g.stop {
                     return;
                 }
                 if g.conn.is_none() {
                     break;
                 }
-                let interval = g.cfg.liveness_interval;
-                g = shared
-                    .wake
-                    .wait_timeout(g, interval)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-                if g.stop {
-                    return;
-                }
                 let dead = g.conn.as_mut().is_some_and(|c| !c.is_alive());
                 if dead {
                     disconnect_state(&mut g, &FrontError::Disconnected("peer hung up".into()));
                     shared.changed.notify_all();
+                    break;
                 }
             }
         }
@@ -924,8 +964,9 @@ fn reconnect_loop(shared: &Shared, mut transport: Box<dyn Transport>) {
                     // (every op misses), and let the status say why.
                     g.refused = true;
                     shared.changed.notify_all();
-                    while !g.stop {
-                        g = shared.wake.wait(g).unwrap_or_else(|p| p.into_inner());
+                    drop(g);
+                    while !lock(&shared.state).stop {
+                        shared.sleep(Duration::from_secs(3600));
                     }
                     return;
                 }
@@ -933,17 +974,16 @@ fn reconnect_loop(shared: &Shared, mut transport: Box<dyn Transport>) {
         }
         let wait = backoff;
         backoff = (backoff * 2).min(g.cfg.backoff_max);
+        drop(g);
         let deadline = Instant::now() + wait;
-        while !g.stop {
+        loop {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
-            g = shared
-                .wake
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            if shared.sleep(deadline - now) && lock(&shared.state).stop {
+                return;
+            }
         }
     }
 }
