@@ -25,6 +25,11 @@ const HANDLE_MASK: u32 = (1 << ALGO_SHIFT) - 1;
 
 /// Misses in a row after which a client's pages are stored raw without a try for a while.
 pub(crate) const MISS_RUN: u32 = 8;
+/// The longest run of pages stored raw without a try during a streak: a try on a page that
+/// does not compress costs about as much as the put itself with lz4, four times that with
+/// zstd, so one in 1025 keeps an incompressible client within ~1% of compression off (one
+/// in 65 cost zstd ~7%), and a client whose pages compress again is noticed within 4 MiB.
+pub(crate) const MAX_SKIP: u32 = 1024;
 /// Slots of the per-client miss record.
 pub(crate) const ZMISS_SLOTS: usize = 64;
 
@@ -281,19 +286,25 @@ impl Store {
     ///
     /// A client whose pages keep failing to compress (encrypted swap, media) stops paying for
     /// it: after [`MISS_RUN`] misses in a row the next pages are stored raw without a try,
-    /// 1, 2, 4 ... up to 64 of them after each further miss, and one page that compresses
-    /// ends the streak. The record is per client, hashed into a few slots (two clients
-    /// sharing one only share a streak).
+    /// 1, 2, 4 ... up to [`MAX_SKIP`] of them after each further miss, and one page that
+    /// compresses ends the streak. The record is per client, hashed into a few slots (two
+    /// clients sharing one only share a streak). A skipped page costs two atomics: the
+    /// client's setting (behind a lock) is not even looked up.
     pub(crate) fn try_compress(&self, c: ClientId, page: &Page) -> Option<Box<ZCopy>> {
-        let algo = self.zsetting(c)?.guess();
+        if !self.zany.load(Ordering::Relaxed) {
+            return None;
+        }
         let slot = &self.zmiss[c.0 as usize % ZMISS_SLOTS];
         let v = slot.load(Ordering::Relaxed);
         let (miss, skip) = (v & 0xffff, v >> 16);
         if skip > 0 {
+            // Stored raw either way: this client is in a streak, or (sharing its slot) does
+            // not compress at all.
             slot.store(v - (1 << 16), Ordering::Relaxed);
             self.zskipped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
+        let algo = self.zsetting(c)?.guess();
         let max = self.zmax.load(Ordering::Relaxed);
         let mut z = Box::new(ZCopy {
             algo,
@@ -312,7 +323,7 @@ impl Store {
                 self.zincompressible.fetch_add(1, Ordering::Relaxed);
                 let miss = (miss + 1).min(0xffff);
                 let skip = if miss >= MISS_RUN {
-                    1u32 << (miss - MISS_RUN).min(6)
+                    1u32 << (miss - MISS_RUN).min(MAX_SKIP.trailing_zeros())
                 } else {
                     0
                 };
