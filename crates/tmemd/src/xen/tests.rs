@@ -951,24 +951,36 @@ fn parked_uuids(d: &Daemon) -> Vec<String> {
         .collect()
 }
 
+/// Two domains with dom0-vouched uuids (`UUID_A`, then `UUID_B`), each with one persistent
+/// page (`guest_pages`), and a tmemd that parks (`park_timeout_secs = 1`), initialised. The
+/// last item holds the fake xenstored's connection threads: keep it.
+fn parking_pair(
+    doms: [(u32, &str, u8); 2],
+) -> (FakeXenstore, Xs, Daemon, XenBackend, [JoinHandle<()>; 2]) {
+    let fx = FakeXenstore::new();
+    let (mut admin, a) = fx.connect();
+    fx.introduce(0, "Domain-0");
+    for ((dom, name, _), uuid) in doms.iter().zip([UUID_A, UUID_B]) {
+        vm_domain(&fx, &mut admin, *dom, name, uuid, 0);
+    }
+    let config = park_config("");
+    let store = tmem_store::Store::new(config.store.clone());
+    let d = Daemon::with_store(config, store);
+    let (xs, srv) = fx.connect();
+    let mut x = d.backend(xs);
+    x.init().unwrap();
+    for (dom, _, b) in doms {
+        guest_pages(&d, dom, b);
+    }
+    (fx, admin, d, x, [a, srv])
+}
+
 /// `xl save` then `xl restore`: the suspended domain's pages are parked at its release and
 /// handed to the next domain with its uuid, once; a plain release destroys; a `vm` node the
 /// guest owns is not trusted; an unclaimed entry is released after the timeout.
 #[test]
 fn a_suspended_domain_is_parked_and_its_uuid_claims_the_pages_once() {
-    let fx = FakeXenstore::new();
-    let (mut admin, _a) = fx.connect();
-    fx.introduce(0, "Domain-0");
-    vm_domain(&fx, &mut admin, 3, "web", UUID_A, 0);
-    vm_domain(&fx, &mut admin, 4, "db", UUID_B, 0);
-    let config = park_config("");
-    let store = tmem_store::Store::new(config.store.clone());
-    let d = Daemon::with_store(config, store);
-    let (xs, _srv) = fx.connect();
-    let mut x = d.backend(xs);
-    x.init().unwrap();
-    guest_pages(&d, 3, 33);
-    guest_pages(&d, 4, 44);
+    let (fx, mut admin, d, mut x, _conns) = parking_pair([(3, "web", 33), (4, "db", 44)]);
 
     // Domain 4 just dies: destroyed as ever.
     fx.release(4);
@@ -1072,19 +1084,7 @@ fn a_suspended_domain_is_parked_and_its_uuid_claims_the_pages_once() {
 /// value (poweroff) and then acknowledged is no save: the pages are destroyed at once.
 #[test]
 fn a_save_acknowledged_before_tmemd_reads_the_request_still_parks() {
-    let fx = FakeXenstore::new();
-    let (mut admin, _a) = fx.connect();
-    fx.introduce(0, "Domain-0");
-    vm_domain(&fx, &mut admin, 5, "swapper", UUID_A, 0);
-    vm_domain(&fx, &mut admin, 6, "plain", UUID_B, 0);
-    let config = park_config("");
-    let store = tmem_store::Store::new(config.store.clone());
-    let d = Daemon::with_store(config, store);
-    let (xs, _srv) = fx.connect();
-    let mut x = d.backend(xs);
-    x.init().unwrap();
-    guest_pages(&d, 5, 55);
-    guest_pages(&d, 6, 66);
+    let (fx, mut admin, d, mut x, _conns) = parking_pair([(5, "swapper", 55), (6, "plain", 66)]);
     drive(
         &mut x,
         "both watches set and their first events taken",
