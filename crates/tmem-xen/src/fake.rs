@@ -81,6 +81,35 @@ impl State {
         );
     }
 
+    /// Remove `path` and everything beneath it. Like xenstored, this fires the watches on the
+    /// node and its parents, and also those set beneath it (each with its own path).
+    fn remove(&mut self, path: &str) {
+        let gone: Vec<String> = self
+            .tree
+            .keys()
+            .filter(|k| under(k, path))
+            .cloned()
+            .collect();
+        for k in &gone {
+            self.tree.remove(k);
+        }
+        self.fire(path);
+        let beneath: Vec<(usize, String, String)> = self
+            .watches
+            .iter()
+            .filter(|(_, w, _)| w.as_str() != path && under(w, path))
+            .map(|(c, w, t)| (*c, w.clone(), t.clone()))
+            .collect();
+        for (c, w, token) in beneath {
+            self.outbox.entry(c).or_default().push(Message {
+                ty: ty::WATCH_EVENT,
+                req_id: 0,
+                tx_id: 0,
+                payload: join_nul(&[w.as_bytes(), token.as_bytes()]),
+            });
+        }
+    }
+
     fn fire(&mut self, path: &str) {
         let hits: Vec<(usize, String)> = self
             .watches
@@ -129,12 +158,7 @@ impl State {
                 if !self.tree.contains_key(&p) {
                     return Err("ENOENT");
                 }
-                let gone: Vec<String> =
-                    self.tree.keys().filter(|k| under(k, &p)).cloned().collect();
-                for k in &gone {
-                    self.tree.remove(k);
-                }
-                self.fire(&p);
+                self.remove(&p);
                 Ok(b"OK\0".to_vec())
             }
             ty::DIRECTORY => {
@@ -371,12 +395,7 @@ impl FakeXenstore {
     }
 
     pub fn rm(&self, path: &str) {
-        let mut s = self.state();
-        let gone: Vec<String> = s.tree.keys().filter(|k| under(k, path)).cloned().collect();
-        for k in &gone {
-            s.tree.remove(k);
-        }
-        s.fire(path);
+        self.state().remove(path);
     }
 
     /// A domain appears as the toolstack makes it: home directory, name, introduced.

@@ -11,7 +11,8 @@
 //!   tmemd reads the node (seen in the QEMU migrate scenario: a saved domain's swap disk was
 //!   destroyed). So a write tmemd only ever reads as empty, a request that came and went
 //!   unseen, marks the domain too: a poweroff missed that way parks pages until the timeout,
-//!   a save missed that way would lose them.
+//!   a save missed that way would lose them. The node read as gone is no acknowledgement:
+//!   the toolstack removes it with the domain's directory at every destroy.
 //! - **Park instead of destroy.** A marked domain that is released keeps its persistent pools
 //!   and its swap disk (pages, spill file; the ring journal is of no use to a new ring), in
 //!   the parked table under its uuid, for `park_timeout_secs`. Ephemeral pools went at the
@@ -182,7 +183,12 @@ impl XenBackend {
             return Ok(());
         };
         let initial = std::mem::replace(&mut t.initial_event, false);
-        match v.as_deref().unwrap_or_default() {
+        // The node is gone: the toolstack is removing the domain's directory (a destroy, or
+        // the end of a save). That is no acknowledgement; a save was marked before it.
+        let Some(v) = v else {
+            return Ok(());
+        };
+        match v.as_slice() {
             b"suspend" => {
                 if !t.suspending {
                     t.suspending = true;

@@ -982,7 +982,8 @@ fn parking_pair(
 fn a_suspended_domain_is_parked_and_its_uuid_claims_the_pages_once() {
     let (fx, mut admin, d, mut x, _conns) = parking_pair([(3, "web", 33), (4, "db", 44)]);
 
-    // Domain 4 just dies: destroyed as ever.
+    // Domain 4 just dies: destroyed as ever. Removing its directory fires its shutdown watch
+    // too, and a node read as gone is no acknowledgement of an unseen request.
     fx.release(4);
     drive(&mut x, "4 released", |x| !x.domains.contains_key(&4));
     assert_eq!(d.shared.store.client_by_domid(4), None);
@@ -1099,10 +1100,14 @@ fn a_save_acknowledged_before_tmemd_reads_the_request_still_parks() {
         "setting the watch is no request"
     );
 
-    // The toolstack's request and the guest's acknowledgement, both before tmemd looks.
+    // The toolstack's request and the guest's acknowledgement, both before tmemd looks. The
+    // save itself takes a while: tmemd reads the acknowledgement before the domain is gone.
     let node = "/local/domain/5/control/shutdown";
     fx.write(node, "suspend");
     fx.write(node, "");
+    drive(&mut x, "acknowledgement read", |x| {
+        x.tracked[&5].unseen_request
+    });
     fx.release(5);
     drive(&mut x, "5 released", |x| !x.domains.contains_key(&5));
     assert_eq!(parked_uuids(&d), [UUID_A], "parked, not destroyed");
