@@ -119,8 +119,11 @@ crates=$(cargo tree --locked --offline -p tmemd -p tmem-cli -e normal --prefix n
             --format '{p}|{l}' 2>/dev/null | grep -v -e '(/' -e '(proc-macro)' | sed 's/ (\*)$//' |
             grep . | sort -u | sed 's/^\([^ ]*\) v\([^|]*\)|\(.*\)$/\1|\2|\3/') ||
     die "cargo tree failed: the crate list for the copyright file needs the registry cache"
-metadata=$(cargo metadata --locked --offline --format-version 1 2>/dev/null) ||
-    die "cargo metadata failed: the copyright file needs the registry cache"
+# Only this platform's crates: without the filter cargo wants every target's (Windows-only
+# crates too), which a fresh machine's build never fetched.
+host=$(rustc -vV | sed -n 's/^host: //p')
+metadata=$(cargo metadata --locked --offline --format-version 1 --filter-platform "$host" 2>/dev/null) ||
+    die "cargo metadata failed: the copyright file needs the registry cache (run 'cargo fetch --locked' once)"
 
 # An SPDX expression as a DEP-5 licence field ("MIT" is "Expat" there; "/" is an old "OR").
 dep5_license() {

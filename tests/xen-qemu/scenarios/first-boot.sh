@@ -11,7 +11,7 @@ wait_json fb 60 '(.pools | length) == 3 and (.connected | not) and all(.pools[];
 domid=$(guest_domid fb)
 
 tmemd_start
-wait_for 10 "tmemd serves Xen ('xen transport ready' in its log)" tmemd_log_has "xen transport ready"
+wait_for 60 "tmemd serves Xen ('xen transport ready' in its log)" tmemd_log_has "xen transport ready"
 ok "tmemd: xen transport ready"
 BE=/local/domain/0/backend/tmem/$domid/0
 wait_json fb 60 "$ALL_MAPPED" "connected over Xen; every fake handle remapped to a real pool"

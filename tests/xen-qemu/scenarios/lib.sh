@@ -122,7 +122,7 @@ EOF
     TMEMD_MEM_LIMIT=$3 \
         TMEMD_START_HINT="this scenario needs a tmemd that parks domains (issue 12)" \
         tmemd_start -c /etc/tmemd-migrate.toml
-    wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
+    wait_for 60 "tmemd serves Xen" tmemd_log_has "xen transport ready"
 }
 
 # tmemd_stop SIGNAL: signal tmemd and wait until it is gone.

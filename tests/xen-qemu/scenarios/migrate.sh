@@ -59,7 +59,7 @@ for g in mp ms; do
     xl save "$g" "/tmp/$g.chk" > "/tmp/xl-save-$g.log" 2>&1 || { cat "/tmp/xl-save-$g.log"; fail "xl save $g"; }
     ok "xl save $g took $(( $(secs) - t0 ))s"
 done
-wait_for 30 "both domains parked" list_has /tmp/mg-parked.json \
+wait_for 60 "both domains parked" list_has /tmp/mg-parked.json \
     "[.parked[]? | select(.state == \"parked\")] | (map(.old_domid) | sort) == ([$M, $S] | sort)"
 jcheck /tmp/mg-parked.json "[.parked[] | select(.old_domid == $S)][0].swap_disk == \"xvdz\" and all(.parked[]; .secs_left > 0 and (.uuid | length) == 36)" \
     "tmem list: both parked, with uuid and time left ($(jq -c '[.parked[] | {old_domid, name, client_id, swap_disk, secs_left}]' /tmp/mg-parked.json))"

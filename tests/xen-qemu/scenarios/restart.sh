@@ -28,7 +28,7 @@ log_line_secs() {
 }
 
 tmemd_start
-wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
+wait_for 60 "tmemd serves Xen" tmemd_log_has "xen transport ready"
 ARGS="$XEN_GUEST --seconds 150 --filesystems 2 --swap"
 # ra's swap is small and cold: each of its 64 pages is stored once, then only read back.
 guest_start ra $ARGS --swap-pages 64 --swap-cold-pages 64 --call-timeout-ms 60000
@@ -54,7 +54,7 @@ for sig in TERM KILL; do
     LINE_rb=$(wc -l < "$CONSOLE_DIR/guest-rb.log")
     tmemd_start
     ok "tmemd stopped by SIG$sig and started again"
-    wait_for 30 "restarted tmemd serves Xen" sh -c "[ \$(grep -c 'xen transport ready' $TMEMD_LOG) -ge $((n + 1)) ]"
+    wait_for 60 "restarted tmemd serves Xen" sh -c "[ \$(grep -c 'xen transport ready' $TMEMD_LOG) -ge $((n + 1)) ]"
     n=$((n + 1))
     for g in ra rb; do
         eval "d=\$DOM_$g; line=\$LINE_$g; con=\$CON_$g"

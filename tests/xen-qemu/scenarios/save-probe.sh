@@ -9,7 +9,7 @@ ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 probe() { echo "TXQ-PROBE [$(now)] $*"; }
 
 tmemd_start
-wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
+wait_for 60 "tmemd serves Xen" tmemd_log_has "xen transport ready"
 guest_start sp $XEN_GUEST --seconds 240 --filesystems 1 --swap \
     --swap-pages 64 --swap-cold-pages 64 --call-timeout-ms 120000
 wait_json sp 180 "$ALL_MAPPED" "connected, all pools real"
@@ -42,7 +42,7 @@ t2=$(ms)
 ) &
 xl restore /tmp/sp.chk > /tmp/xl-restore.log 2>&1 || { cat /tmp/xl-restore.log; fail "xl restore"; }
 t3=$(ms)
-wait_for 20 "the new domain id seen" test -s /tmp/sp.newdom
+wait_for 60 "the new domain id seen" test -s /tmp/sp.newdom
 read -r NEW tnew < /tmp/sp.newdom
 probe "xl restore took $((t3 - t2)) ms; new domid $NEW visible $((tnew - t2)) ms after it started, unpaused at its end"
 wait_for 60 "tmemd offers the device to domain $NEW" tmemd_log_has "tmem device offered to domain (InitWait).*domid=$NEW"

@@ -10,7 +10,7 @@ ok "xenstore answers in dom0 (domain 0 is '$(xenstore-read /local/domain/0/name)
 
 tmemd_start
 # tmemd must say which transport it serves: Xen, or why Xen is absent.
-wait_for 10 "tmemd logged its readiness line" tmemd_log_has "ready"
+wait_for 60 "tmemd logged its readiness line" tmemd_log_has "ready"
 XEN=0
 if tmemd_log_has "xen transport ready"; then
     XEN=1
@@ -27,7 +27,7 @@ guest_start smoke --json --seconds 6 --filesystems 2 --swap --report-interval 2
 guest_wait smoke "TXQ-GUEST-UP" 120
 domid=$(guest_domid smoke)
 [ -n "$domid" ] || fail "xl does not know domU smoke"
-wait_for 10 "domU's xenstore write visible in dom0" \
+wait_for 60 "domU's xenstore write visible in dom0" \
     sh -c "[ \"\$(xenstore-read /local/domain/$domid/data/tmemxq)\" = alive-$domid ]"
 ok "domU $domid wrote its xenstore node; dom0 read it back"
 for d in evtchn gntdev gntalloc; do
@@ -62,7 +62,7 @@ fi
 jcheck $f '.guest.ops > 0' "tmem-guest ran $(jq .guest.ops $f) operations"
 if [ $XEN = 1 ]; then
     # on_poweroff=destroy: the domain goes away after the guest's run; tmemd must notice.
-    wait_for 30 "domU $domid gone" sh -c "! xl domid smoke"
+    wait_for 60 "domU $domid gone" sh -c "! xl domid smoke"
     wait_for 15 "tmemd removed $BE after the domain died" sh -c "! xenstore-read $BE/state"
     ok "domain $domid gone: tmemd removed its backend directory"
 fi

@@ -31,7 +31,7 @@ run_phy() {
     swap_finish sw-phy phy "$JOB_LIMIT"
     guest_destroy sw-phy
     # blkback lets go of the loop device once the backend is torn down.
-    wait_for 30 "losetup -d $loopdev" losetup -d "$loopdev"
+    wait_for 60 "losetup -d $loopdev" losetup -d "$loopdev"
     rm -f "$img"
 }
 
@@ -59,7 +59,7 @@ EOF
     TMEMD_MEM_LIMIT=$MEM_LIMIT \
         TMEMD_START_HINT="the tmem swap disk needs a tmemd that serves swap disks (issue 10)" \
         tmemd_start -c /etc/tmemd-swap-compare.toml
-    wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
+    wait_for 60 "tmemd serves Xen" tmemd_log_has "xen transport ready"
     swap_guest_start sw-tmem xvdz
     swap_finish sw-tmem tmem "$JOB_LIMIT"
     d=$(guest_domid sw-tmem)

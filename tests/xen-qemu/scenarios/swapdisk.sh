@@ -45,7 +45,7 @@ ok "domU sp (domain $P) is up and waiting for /dev/xvdz; no tmemd yet"
 TMEMD_MEM_LIMIT=${TXQ_SWAPDISK_MEM_LIMIT:-96M} \
     TMEMD_START_HINT="this scenario needs a tmemd that serves swap disks (issue 10)" \
     tmemd_start -c /etc/tmemd-swapdisk.toml
-wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
+wait_for 60 "tmemd serves Xen" tmemd_log_has "xen transport ready"
 t_up=$(secs)
 guest_wait sp "TXQ-GUEST-SWAP on dev=xvdz" 300
 ok "sp got /dev/xvdz $(( $(secs) - t_up ))s after tmemd came up ($(guest_log sp | grep TXQ-GUEST-DEV | tail -n 1))"
@@ -121,7 +121,7 @@ ok "sa while swapping: its disk held up to $mid pages (after the fill: $(jq -c "
 swap_finish sp tmem-late "$JOB_LIMIT"
 guest_log sp | grep -q "TXQ-GUEST-SWAP on .*discard_max_bytes=[1-9]" || fail "sp: /dev/xvdz offers no discard"
 guest_destroy sp
-wait_for 30 "$BE/$P removed" sh -c "! xenstore-exists $BE/$P"
+wait_for 60 "$BE/$P removed" sh -c "! xenstore-exists $BE/$P"
 ok "xl destroy sp: $BE/$P removed"
 
 # sa: after memhog ends and swapoff, discards have freed its pages.
@@ -133,17 +133,17 @@ ok "after swapoff, domain $A's disk holds $(jq -c "$(disk_of $A) | {pages_in_mem
 # xl destroy sa: every xenstore entry tmemd made for it, its client and its spill file go.
 devid=$(jq "$(disk_of $A) | .devid" /tmp/sd-off.json)
 guest_destroy sa
-wait_for 30 "$BE/$A removed" sh -c "! xenstore-exists $BE/$A"
+wait_for 60 "$BE/$A removed" sh -c "! xenstore-exists $BE/$A"
 xenstore-exists "/local/domain/$A/device/vbd/$devid" && fail "frontend /local/domain/$A/device/vbd/$devid is still there"
-wait_for 30 "domain $A's client and swap disk gone from tmem list" list_has /tmp/sd-gone.json \
+wait_for 60 "domain $A's client and swap disk gone from tmem list" list_has /tmp/sd-gone.json \
     "([.clients[] | select(.domid == $A)] | length == 0) and ([$(disk_of $A)] | length == 0)"
-wait_for 30 "domain $A's spill file removed" sh -c "! ls $SPILL | grep -q '^swap-dom$A-'"
+wait_for 60 "domain $A's spill file removed" sh -c "! ls $SPILL | grep -q '^swap-dom$A-'"
 ok "xl destroy sa: $BE/$A and the frontend directory removed, client and spill file gone"
 
 swap_finish sb tmem "$JOB_LIMIT"
 guest_destroy sb
-wait_for 30 "no tmemblk backend entry left" sh -c "[ -z \"\$(xenstore-list $BE 2>/dev/null)\" ]"
-wait_for 30 "tmem list: no client and no swap disk" list_has /tmp/sd-end.json \
+wait_for 60 "no tmemblk backend entry left" sh -c "[ -z \"\$(xenstore-list $BE 2>/dev/null)\" ]"
+wait_for 60 "tmem list: no client and no swap disk" list_has /tmp/sd-end.json \
     '(.clients | length) == 0 and ((.swap_disks // []) | length) == 0'
 [ -z "$(ls "$SPILL")" ] || fail "spill files left: $(ls "$SPILL" | tr '\n' ' ')"
 ok "nothing left: no $BE entry, no client, no swap disk, no spill file"

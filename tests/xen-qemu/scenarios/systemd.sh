@@ -64,20 +64,20 @@ echo "$st" | grep -Eq '^0 guest\(s\) connected; 0 pages stored \(0 persistent\);
     || fail "STATUS= after start is '$st'"
 exec_us=$(prop ExecMainStartTimestampMonotonic)
 ready_us=$(prop ActiveEnterTimestampMonotonic)
-wait_for 20 "tmemd logs its page memory faulted in" tmemd_log_has "page-data memory faulted in"
+wait_for 60 "tmemd logs its page memory faulted in" tmemd_log_has "page-data memory faulted in"
 ok "systemctl start returned after $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s; READY=1 $(( (ready_us - exec_us) / 1000 )) ms after exec; STATUS=$st"
 tmem status > /tmp/status.txt 2>&1 || { cat /tmp/status.txt; fail "tmem status"; }
 grep -q "fd store" /tmp/status.txt || { cat /tmp/status.txt; fail "page memory is not in systemd's fd store"; }
 ok "tmem status: $(sed -n 's/^page memory: //p' /tmp/status.txt)"
 
 # ---- 3. a guest with persistent pages
-wait_for 30 "tmemd serves Xen" tmemd_log_has "xen transport ready"
+wait_for 60 "tmemd serves Xen" tmemd_log_has "xen transport ready"
 guest_start sa $XEN_GUEST --seconds 600 --filesystems 1 --swap --swap-pages $SWAP_PAGES --swap-cold-pages $SWAP_PAGES \
     --call-timeout-ms 60000
 wait_json sa 180 "$ALL_MAPPED" "connected, all pools real"
 wait_json sa 120 ".guest.swap_stored >= $SWAP_PAGES and .guest.swap_loaded > 0 and $NO_LOSS" \
     "all $SWAP_PAGES of its swap pages stored, some read back"
-wait_for 30 "STATUS= shows the guest and its persistent pages" status_matches \
+wait_for 60 "STATUS= shows the guest and its persistent pages" status_matches \
     '^1 guest\(s\) connected; [1-9][0-9]* pages stored \([1-9][0-9]* persistent\); page memory [0-9]+\.[0-9] of'
 ok "STATUS=$(prop StatusText)"
 systemctl status --no-pager --lines 0 tmemd.service 2>&1 | sed 's/^/[systemctl status] /'

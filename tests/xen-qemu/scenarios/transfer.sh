@@ -11,7 +11,7 @@ B_MEM=/run/txq-xfer-b
 mkdir -p "$A_MEM" "$B_MEM"
 on_cleanup "rm -rf $A_MEM $B_MEM /tmp/xfer*.tmem"
 tmemd_start --page-file "$A_MEM/pages"
-wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
+wait_for 60 "tmemd serves Xen" tmemd_log_has "xen transport ready"
 # Its swap is small and cold: each of its 64 pages is stored once, then only read back; a
 # call may wait 60 s (it waits out the move instead of giving up on tmemd).
 guest_start ta $XEN_GUEST --seconds 150 --filesystems 1 --swap \
@@ -34,7 +34,7 @@ tmemd_stop KILL
 rm -rf "$A_MEM"
 ok "the first tmemd killed and its page memory deleted: only the file holds the pages"
 tmemd_start --page-file "$B_MEM/pages"
-wait_for 30 "the second tmemd serves Xen" sh -c "[ \$(grep -c 'xen transport ready' $TMEMD_LOG) -ge 2 ]"
+wait_for 60 "the second tmemd serves Xen" sh -c "[ \$(grep -c 'xen transport ready' $TMEMD_LOG) -ge 2 ]"
 
 # Bad files first: each refused with a message naming what is wrong, nothing left behind.
 size=$(stat -c %s /tmp/xfer.tmem)

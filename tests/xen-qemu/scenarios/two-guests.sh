@@ -6,7 +6,7 @@
 
 UUID=7e3c0f52-41d2-4b8a-9c55-0123456789ab
 tmemd_start
-wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
+wait_for 60 "tmemd serves Xen" tmemd_log_has "xen transport ready"
 ARGS="$XEN_GUEST --seconds 50 --filesystems 2 --swap --shared-fs $UUID"
 GUEST_PAUSED=1 guest_start a $ARGS
 GUEST_PAUSED=1 guest_start b $ARGS

@@ -16,7 +16,7 @@ rate() { sed -n "s/.*\"$2\":{\"pages_per_s\":\([0-9]*\).*/\1/p" "$1" | head -n 1
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%d", a * 100 / b; else printf "-" }'; }
 
 tmemd_start
-wait_for 10 "tmemd serves Xen" tmemd_log_has "xen transport ready"
+wait_for 60 "tmemd serves Xen" tmemd_log_has "xen transport ready"
 
 # Local transport, in dom0 (same tmemd, same machine).
 for w in 1 128; do
