@@ -101,13 +101,18 @@ impl State {
             .map(|(c, w, t)| (*c, w.clone(), t.clone()))
             .collect();
         for (c, w, token) in beneath {
-            self.outbox.entry(c).or_default().push(Message {
-                ty: ty::WATCH_EVENT,
-                req_id: 0,
-                tx_id: 0,
-                payload: join_nul(&[w.as_bytes(), token.as_bytes()]),
-            });
+            self.event(c, &w, &token);
         }
+    }
+
+    /// Queue a watch event for connection `c`.
+    fn event(&mut self, c: usize, path: &str, token: &str) {
+        self.outbox.entry(c).or_default().push(Message {
+            ty: ty::WATCH_EVENT,
+            req_id: 0,
+            tx_id: 0,
+            payload: join_nul(&[path.as_bytes(), token.as_bytes()]),
+        });
     }
 
     fn fire(&mut self, path: &str) {
@@ -118,12 +123,7 @@ impl State {
             .map(|(c, _, t)| (*c, t.clone()))
             .collect();
         for (c, token) in hits {
-            self.outbox.entry(c).or_default().push(Message {
-                ty: ty::WATCH_EVENT,
-                req_id: 0,
-                tx_id: 0,
-                payload: join_nul(&[path.as_bytes(), token.as_bytes()]),
-            });
+            self.event(c, path, &token);
         }
     }
 
@@ -201,15 +201,9 @@ impl State {
             }
             ty::WATCH => {
                 let (p, t) = (arg(0)?, arg(1)?);
-                self.watches.push((conn, p.clone(), t));
                 // xenstored fires every new watch once.
-                let t = self.watches.last().expect("pushed").2.clone();
-                self.outbox.entry(conn).or_default().push(Message {
-                    ty: ty::WATCH_EVENT,
-                    req_id: 0,
-                    tx_id: 0,
-                    payload: join_nul(&[p.as_bytes(), t.as_bytes()]),
-                });
+                self.event(conn, &p, &t);
+                self.watches.push((conn, p, t));
                 Ok(b"OK\0".to_vec())
             }
             ty::UNWATCH => {
